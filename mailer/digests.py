@@ -1,0 +1,127 @@
+"""From matches to digests: which papers a subscriber gets, grouped and ordered.
+
+Pure values in, values out; the renderer turns a Digest into a message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+
+from mailer.matching import highlight_spans
+from mailer.papers import Paper
+
+Span = tuple[int, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Matched:
+    """A paper that matched some of one subscriber's subscriptions.
+
+    ``subscriptions`` and ``scores`` run in parallel; ``terms`` are the query
+    terms that made it match, used for highlighting.
+    """
+
+    paper: Paper
+    subscriptions: tuple[str, ...]
+    terms: tuple[str, ...]
+    scores: tuple[float, ...] = ()
+
+    @property
+    def best(self) -> str:
+        if not self.scores:
+            return self.subscriptions[0]
+        best = max(range(len(self.subscriptions)), key=lambda i: self.scores[i])
+        return self.subscriptions[best]
+
+    @property
+    def score(self) -> float:
+        return max(self.scores, default=0.0)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One paper as a digest shows it."""
+
+    paper: Paper
+    subscription: str
+    also: tuple[str, ...]
+    terms: tuple[str, ...]
+    title_marks: tuple[Span, ...]
+    abstract_marks: tuple[Span, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Section:
+    subscription: str
+    entries: tuple[Entry, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Recipient:
+    email: str
+    name: str
+    subscriptions: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Digest:
+    """Everything a digest message says, before it is rendered."""
+
+    recipient: Recipient
+    sections: tuple[Section, ...]
+    since: datetime | None = None
+    more: int = 0
+    test: bool = False
+
+    @property
+    def count(self) -> int:
+        return sum(len(s.entries) for s in self.sections)
+
+    @property
+    def entries(self) -> list[Entry]:
+        return [e for s in self.sections for e in s.entries]
+
+
+def _order(m: Matched) -> tuple[float, int, date]:
+    return (-m.score, -m.paper.upvotes, _neg_date(m.paper.published))
+
+
+def _neg_date(d: date | None) -> date:
+    return date.max if d is None else date.fromordinal(date.max.toordinal() - d.toordinal() + 1)
+
+
+def build_digest(
+    recipient: Recipient,
+    matched: Sequence[Matched],
+    *,
+    since: datetime | None = None,
+    max_papers: int | None = None,
+    test: bool = False,
+) -> Digest:
+    """Group papers under their best subscription, best first, capped at
+    ``max_papers`` with the remainder counted in ``more``."""
+    ordered = sorted(matched, key=_order)
+    kept = ordered if max_papers is None else ordered[:max_papers]
+    groups: dict[str, list[Entry]] = {name: [] for name in recipient.subscriptions}
+    for m in kept:
+        best = m.best
+        groups.setdefault(best, []).append(
+            Entry(
+                paper=m.paper,
+                subscription=best,
+                also=tuple(s for s in m.subscriptions if s != best),
+                terms=m.terms,
+                title_marks=tuple(highlight_spans(m.paper.title, m.terms)),
+                abstract_marks=tuple(highlight_spans(m.paper.abstract, m.terms)),
+            )
+        )
+    sections = tuple(Section(name, tuple(es)) for name, es in groups.items() if es)
+    return Digest(
+        recipient=recipient,
+        sections=sections,
+        since=since,
+        more=len(ordered) - len(kept),
+        test=test,
+    )
