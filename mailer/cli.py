@@ -1,0 +1,266 @@
+"""The command line: a thin layer over the library.
+
+Every command catches only MailerError, prints its message and hint, and
+exits with the error's status (2 for configuration, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.markup import escape
+
+from mailer import __version__
+from mailer.config import Config, load_config
+from mailer.daemon import Daemon
+from mailer.delivery import make_transport
+from mailer.dumps import paper_json, read_dump
+from mailer.errors import ConfigError, DeliveryError, MailerError
+from mailer.papers import Paper
+from mailer.pipeline import PassReport, Pipeline, digest_for_test, utc_now
+from mailer.store import Store
+
+app = typer.Typer(
+    name="mailer",
+    help="Email digests of new research papers from Hugging Face Daily Papers dumps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+log = logging.getLogger("mailer")
+
+
+@dataclass
+class State:
+    config_path: Path | None
+    _loaded: tuple[Config, str] | None = None
+
+    def config(self) -> Config:
+        if self._loaded is None:
+            self._loaded = load_config(self.config_path)
+            log.debug("configuration from %s", self._loaded[1])
+        return self._loaded[0]
+
+    @property
+    def config_source(self) -> str:
+        self.config()
+        assert self._loaded is not None
+        return self._loaded[1]
+
+
+def _setup_logging(verbose: bool) -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handler: logging.Handler
+    if sys.stderr.isatty():
+        handler = RichHandler(console=err, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
+    root = logging.getLogger("mailer")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mailer {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="MAILER_CONFIG",
+            help="Configuration file [default: config.toml, else the built-in example].",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    _setup_logging(verbose)
+    ctx.obj = State(config)
+
+
+def _state(ctx: typer.Context) -> State:
+    state = ctx.obj
+    assert isinstance(state, State)
+    return state
+
+
+def _open(config: Config) -> Store:
+    return Store(config.database.url)
+
+
+@app.command()
+def run(ctx: typer.Context) -> None:
+    """Run the daemon: watch the dumps folder, ingest, match and send digests."""
+    state = _state(ctx)
+    config = state.config()
+    log.info("mailer %s with configuration from %s", __version__, state.config_source)
+    store = _open(config)
+    try:
+        pipeline = Pipeline(config, store, lambda: make_transport(pipeline.config))
+        asyncio.run(Daemon(pipeline, config.watch.interval_seconds).run())
+    finally:
+        store.close()
+
+
+@app.command()
+def ingest(ctx: typer.Context) -> None:
+    """Run one pass (ingest new dumps, match, send what is due), then exit."""
+    state = _state(ctx)
+    config = state.config()
+    store = _open(config)
+    try:
+        pipeline = Pipeline(config, store, lambda: make_transport(config))
+        report: PassReport = asyncio.run(pipeline.run_pass())
+    finally:
+        store.close()
+    out.print(f"pass done: {report.summary()}")
+    if report.deferred:
+        raise typer.Exit(3)
+
+
+@app.command("send-test")
+def send_test(
+    ctx: typer.Context,
+    to: Annotated[str, typer.Option("--to", help="Address that receives the test digest.")],
+    subscriber: Annotated[
+        str | None,
+        typer.Option(help="Whose digest to send [default: the first configured subscriber]."),
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, help="Papers first seen in the last N days.")] = 7,
+) -> None:
+    """Send one test digest now, recording nothing: the real digest is unaffected."""
+    config = _state(ctx).config()
+    if not config.subscribers:
+        raise ConfigError("no [[subscribers]] are configured", hint="add one to the config file")
+    sub = config.subscriber(subscriber) if subscriber else config.subscribers[0]
+    store = _open(config)
+    try:
+        now = utc_now()
+        since = now - timedelta(days=days)
+        papers = store.papers_since(since)
+        digest = digest_for_test(config, sub, papers, since)
+        pipeline = Pipeline(config, store, lambda: make_transport(config))
+    finally:
+        store.close()
+    digest = type(digest)(
+        recipient=type(digest.recipient)(to, sub.name, digest.recipient.subscriptions),
+        sections=digest.sections,
+        since=digest.since,
+        more=digest.more,
+        test=True,
+    )
+    message_id, data, subject = pipeline.message_bytes(digest, now)
+
+    async def send() -> str:
+        async with make_transport(config) as transport:
+            return await transport.send(config.smtp.sender_address, to, data)
+
+    try:
+        reply = asyncio.run(send())
+    except DeliveryError as exc:
+        raise DeliveryError(f"test digest to {to} not sent: {exc.message}", hint=exc.hint) from exc
+    what = f"{digest.count} papers" if digest.count else "no papers matched; said so"
+    out.print(f"sent test digest for {sub.email} to {to} ({what}): {subject}")
+    out.print(f"Message-ID {message_id}; {reply.strip()}")
+
+
+@app.command("check-config")
+def check_config(ctx: typer.Context) -> None:
+    """Validate the configuration and explain what it will do."""
+    state = _state(ctx)
+    config = state.config()
+    out.print(f"[green]configuration OK[/green] ({state.config_source})")
+    out.print(f"watch   {config.watch.dir} every {config.watch.interval_seconds:g}s")
+    out.print(f"store   {config.database.url}")
+    if config.delivery.transport == "smtp":
+        s = config.smtp
+        auth = f" as {s.username}" if s.username else ""
+        out.print(f"deliver by SMTP to {s.host}:{s.port} ({s.security}){auth}, from {s.sender}")
+    else:
+        out.print(f"deliver into Maildir {config.delivery.maildir}, from {config.smtp.sender}")
+    if not config.subscribers:
+        out.print("[yellow]no subscribers: nothing will be sent[/yellow]")
+    for sub in config.subscribers:
+        out.print(f"subscriber {sub.name or '-'} <{sub.email}>: {sub.schedule}, {sub.timezone}")
+        for q in sub.subscriptions:
+            out.print(f"  {q.name}: {q.query}")
+
+
+@app.command()
+def parse(
+    files: Annotated[list[Path], typer.Argument(help="Dump files to parse.")],
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object per record (JSON Lines).")
+    ] = False,
+) -> None:
+    """Parse dumps and print their records; a summary per file goes to stderr."""
+    today = date.today()
+    refused = 0
+    for path in files:
+        try:
+            parsed = read_dump(path, today=today)
+        except MailerError as exc:
+            err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
+            refused += 1
+            continue
+        for warning in parsed.warnings:
+            err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+        for paper in parsed.papers:
+            if as_json:
+                sys.stdout.write(json.dumps(paper_json(paper), ensure_ascii=False) + "\n")
+            else:
+                out.print(f"[bold]{escape(paper.title)}[/bold]", soft_wrap=True)
+                out.print(f"  {escape(_meta_line(paper))}", soft_wrap=True)
+        page = parsed.page_date.isoformat() if parsed.page_date else "none"
+        err.print(
+            f"{path}: {len(parsed.papers)} records, page date {page}, "
+            f"{len(parsed.warnings)} warnings",
+            soft_wrap=True,
+        )
+    if refused:
+        raise typer.Exit(1)
+
+
+def _meta_line(paper: Paper) -> str:
+    who = paper.organization or (
+        f"{paper.authors} authors" if paper.authors is not None else "no authors listed"
+    )
+    when = paper.published.isoformat() if paper.published else "no date"
+    return f"{when} · {paper.upvotes} upvotes · {who}"
+
+
+def main() -> None:
+    """Entry point: run the app, turning MailerError into a message and a status."""
+    try:
+        app()
+    except MailerError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True)
+        sys.exit(exc.exit_code)

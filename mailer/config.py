@@ -1,0 +1,306 @@
+"""The configuration: a TOML file, overridden by MAILER_* environment variables.
+
+Everything is validated when loaded (including every subscription query), so
+a bad value is reported once, at start, naming its key, never at send time.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from email.utils import parseaddr
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+from mailer.errors import ConfigError, QueryError
+from mailer.matching import parse_query
+
+DEFAULT_CONFIG = Path("config.toml")
+DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
+_HHMM = r"([01]\d|2[0-3]):[0-5]\d"
+_SCHEDULE = re.compile(
+    rf"^(instant|daily {_HHMM}|weekly (mon|tue|wed|thu|fri|sat|sun)[a-z]* {_HHMM})$", re.IGNORECASE
+)
+
+
+def _no_control(value: str) -> str:
+    if _CONTROL.search(value):
+        raise ValueError("must not contain control characters (CR, LF, NUL, ESC, ...)")
+    return value
+
+
+def _address(value: str) -> str:
+    _no_control(value)
+    if not _ADDRESS.match(value):
+        raise ValueError(f"{value!r} is not an email address like name@example.org")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_control)]
+Address = Annotated[str, AfterValidator(_address)]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class WatchConfig(_Section):
+    dir: Path = Path("seeds")
+    interval_seconds: float = Field(default=60.0, gt=0)
+    settle_seconds: float = Field(default=1.0, ge=0)
+
+
+class DatabaseConfig(_Section):
+    url: str = "sqlite:///mailer.db"
+
+    @field_validator("url")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        if not value.startswith(("sqlite:", "postgresql")):
+            raise ValueError("must start with sqlite:/// or postgresql+psycopg://")
+        return value
+
+
+class DeliveryConfig(_Section):
+    transport: Literal["maildir", "smtp"] = "maildir"
+    maildir: Path = Path("outbox")
+
+
+class SmtpConfig(_Section):
+    host: Text = "localhost"
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["none", "starttls", "tls"] = "starttls"
+    username: Text = ""
+    password: SecretStr = SecretStr("")
+    sender: Text = "Paper Digest <digest@example.org>"
+    timeout_seconds: float = Field(default=30.0, gt=0)
+
+    @field_validator("sender")
+    @classmethod
+    def _sender_has_address(cls, value: str) -> str:
+        _address(parseaddr(value)[1])
+        return value
+
+    @property
+    def sender_address(self) -> str:
+        return parseaddr(self.sender)[1]
+
+
+class RenderConfig(_Section):
+    templates: Path | None = None
+    paper_url: str = DEFAULT_PAPER_URL
+    max_papers: int = Field(default=50, ge=1)
+
+    @field_validator("paper_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if "{title}" not in value:
+            raise ValueError("must contain {title}, where the URL-encoded title goes")
+        if not value.lower().startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
+class SubscriptionConfig(_Section):
+    name: Annotated[Text, Field(min_length=1)]
+    query: str
+    stemming: bool = True
+
+    @field_validator("query")
+    @classmethod
+    def _parses(cls, value: str) -> str:
+        try:
+            parse_query(value)
+        except QueryError as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+
+class SubscriberConfig(_Section):
+    email: Address
+    name: Text = ""
+    schedule: str = "instant"
+    timezone: str = "UTC"
+    subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str) -> str:
+        value = " ".join(value.split())
+        if not _SCHEDULE.match(value):
+            raise ValueError("must be 'instant', 'daily HH:MM' or 'weekly DAY HH:MM'")
+        return value
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"{value!r} is not an IANA time zone like Europe/London") from exc
+        return value
+
+    @model_validator(mode="after")
+    def _unique_subscription_names(self) -> SubscriberConfig:
+        names = [s.name for s in self.subscriptions]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"subscription names must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+
+class Config(BaseSettings):
+    """All settings; see config.example.toml for every key with its meaning."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MAILER_", env_nested_delimiter="__", extra="forbid", frozen=True
+    )
+
+    watch: WatchConfig = WatchConfig()
+    database: DatabaseConfig = DatabaseConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    smtp: SmtpConfig = SmtpConfig()
+    render: RenderConfig = RenderConfig()
+    subscribers: list[SubscriberConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_subscribers(self) -> Config:
+        emails = [s.email.lower() for s in self.subscribers]
+        dupes = sorted({e for e in emails if emails.count(e) > 1})
+        if dupes:
+            raise ValueError(f"subscriber emails must be unique; repeated: {', '.join(dupes)}")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """The environment overrides the file, which arrives as init values."""
+        return env_settings, init_settings
+
+    def subscriber(self, email: str) -> SubscriberConfig:
+        for sub in self.subscribers:
+            if sub.email.lower() == email.lower():
+                return sub
+        raise ConfigError(
+            f"no subscriber {email!r} in the configuration",
+            hint="see the [[subscribers]] tables, or 'mailer check-config'",
+        )
+
+
+def example_config_text() -> str:
+    """The bundled config.example.toml: the embedded default configuration."""
+    packaged = resources.files("mailer").joinpath("config.example.toml")
+    if packaged.is_file():
+        return packaged.read_text(encoding="utf-8")
+    return (Path(__file__).parent.parent / "config.example.toml").read_text(encoding="utf-8")
+
+
+def parse_config(text: str, *, source: str, base_dir: Path | None = None) -> Config:
+    """Validate TOML text as a configuration; relative paths resolve from ``base_dir``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"{source}: not valid TOML: {exc}", hint="fix the syntax at that line and column"
+        ) from exc
+    try:
+        config = Config(**data)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source, data), hint="see config.example.toml") from exc
+    return _resolve(config, base_dir) if base_dir else config
+
+
+def load_config(path: Path | None) -> tuple[Config, str]:
+    """Load ``path`` (or config.toml, or else the embedded example) and say which."""
+    if path is None:
+        env = os.environ.get("MAILER_CONFIG")
+        path = Path(env) if env else None
+    if path is None and not DEFAULT_CONFIG.exists():
+        return parse_config(example_config_text(), source="<embedded example>"), "embedded example"
+    path = path or DEFAULT_CONFIG
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the configuration: {exc.strerror}",
+            hint="pass --config PATH or set MAILER_CONFIG; copy config.example.toml to start",
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text", hint="save it as UTF-8") from exc
+    return parse_config(text, source=str(path), base_dir=path.resolve().parent), str(path)
+
+
+def _resolve(config: Config, base: Path) -> Config:
+    def at(p: Path) -> Path:
+        return p if p.is_absolute() else base / p
+
+    url = config.database.url
+    prefix = "sqlite:///"
+    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+        url = prefix + str(at(Path(url.removeprefix(prefix))))
+    templates = config.render.templates
+    return config.model_copy(
+        update={
+            "watch": config.watch.model_copy(update={"dir": at(config.watch.dir)}),
+            "delivery": config.delivery.model_copy(update={"maildir": at(config.delivery.maildir)}),
+            "database": config.database.model_copy(update={"url": url}),
+            "render": config.render.model_copy(
+                update={"templates": at(templates) if templates else None}
+            ),
+        }
+    )
+
+
+def _explain(exc: ValidationError, source: str, data: dict[str, Any]) -> str:
+    lines = [f"{source}: invalid configuration"]
+    for error in exc.errors():
+        loc = error["loc"]
+        key = _key_name(loc, data)
+        msg = error["msg"].removeprefix("Value error, ")
+        if error["type"] == "extra_forbidden":
+            msg = "unknown key (misspelt, or in the wrong [section]?)"
+        lines.append(f"  {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _key_name(loc: tuple[int | str, ...], data: dict[str, Any]) -> str:
+    """subscribers[0].subscriptions[1].query, with the subscriber's email for
+    orientation, so the operator can find the key in a long file."""
+    parts: list[str] = []
+    node: Any = data
+    for item in loc:
+        if isinstance(item, int):
+            label = f"[{item}]"
+            if isinstance(node, list) and item < len(node) and isinstance(node[item], dict):
+                ident = node[item].get("email") or node[item].get("name")
+                if ident:
+                    label = f"[{item}] ({ident})"
+            parts.append(label)
+            node = node[item] if isinstance(node, list) and item < len(node) else None
+        else:
+            parts.append(("." if parts else "") + item)
+            node = node.get(item) if isinstance(node, dict) else None
+    return "".join(parts) or "(top level)"

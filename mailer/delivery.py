@@ -1,0 +1,160 @@
+"""Transports: how a composed message leaves mailer.
+
+``smtp`` hands messages to a mail server with aiosmtplib, reusing one
+connection for a batch; ``maildir`` writes them to a local Maildir folder, so
+mailer works with no mail server at all. Both raise DeliveryError, marked
+permanent when retrying cannot help.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+import ssl
+from pathlib import Path
+from types import TracebackType
+from typing import Protocol, Self
+
+import aiosmtplib
+
+from mailer.config import Config, SmtpConfig
+from mailer.errors import DeliveryError
+
+
+class TransportUnavailableError(DeliveryError):
+    """The transport itself is down (connection, TLS, login): the whole batch waits."""
+
+
+class Transport(Protocol):
+    name: str
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        """Deliver one message; return the server's reply, or raise DeliveryError."""
+        ...
+
+
+class MaildirTransport:
+    """Writes each message into ``path`` (a Maildir: tmp/, new/, cur/)."""
+
+    name = "maildir"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    async def __aenter__(self) -> Self:
+        try:
+            self._box = mailbox.Maildir(self.path, create=True)
+        except OSError as exc:
+            raise TransportUnavailableError(
+                f"cannot open Maildir {self.path}: {exc.strerror}",
+                hint="check [delivery] maildir points to a writable folder",
+            ) from exc
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        return None
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        try:
+            key = await asyncio.to_thread(self._box.add, message)
+        except OSError as exc:
+            raise DeliveryError(f"cannot write to Maildir {self.path}: {exc.strerror}") from exc
+        return f"stored as {self.path / 'new' / key}"
+
+
+class SmtpTransport:
+    """One SMTP connection per batch, opened on first use and reopened if dropped."""
+
+    name = "smtp"
+
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+        self._client: aiosmtplib.SMTP | None = None
+
+    @property
+    def where(self) -> str:
+        return f"{self.config.host}:{self.config.port}"
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit()
+            except aiosmtplib.SMTPException:
+                client.close()
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        cfg = self.config
+        client = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            use_tls=cfg.security == "tls",
+            start_tls=cfg.security == "starttls",
+            timeout=cfg.timeout_seconds,
+            tls_context=ssl.create_default_context() if cfg.security != "none" else None,
+        )
+        try:
+            await client.connect()
+            if cfg.username:
+                await client.login(cfg.username, cfg.password.get_secret_value())
+        except aiosmtplib.SMTPAuthenticationError as exc:
+            client.close()
+            raise TransportUnavailableError(
+                f"SMTP server {self.where} refused the login for {cfg.username!r}: "
+                f"{exc.code} {exc.message}",
+                hint="check [smtp] username and MAILER_SMTP__PASSWORD",
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError, ssl.SSLError) as exc:
+            client.close()
+            raise TransportUnavailableError(
+                f"cannot connect to SMTP server {self.where}: {exc}",
+                hint="check [smtp] host, port and security, and that the server is up; "
+                "mailer retries on the next pass",
+            ) from exc
+        return client
+
+    async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        if self._client is None or not self._client.is_connected:
+            self._client = await self._connect()
+        try:
+            refused, reply = await self._client.sendmail(sender, [recipient], message)
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            first = exc.recipients[0]
+            raise DeliveryError(
+                f"{self.where} refused {recipient}: {first.code} {first.message}",
+                permanent=500 <= first.code < 600,
+            ) from exc
+        except aiosmtplib.SMTPResponseException as exc:
+            raise DeliveryError(
+                f"{self.where} answered {exc.code} {exc.message} for {recipient}",
+                permanent=500 <= exc.code < 600,
+            ) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:
+            self._client = None
+            raise TransportUnavailableError(
+                f"lost the connection to {self.where} while sending to {recipient}: {exc}"
+            ) from exc
+        if recipient in refused:
+            code, text = refused[recipient]
+            raise DeliveryError(
+                f"{self.where} refused {recipient}: {code} {text}", permanent=500 <= code < 600
+            )
+        return reply
+
+
+def make_transport(config: Config) -> Transport:
+    if config.delivery.transport == "smtp":
+        return SmtpTransport(config.smtp)
+    return MaildirTransport(config.delivery.maildir)

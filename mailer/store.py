@@ -1,0 +1,523 @@
+"""The database: dumps ingested, papers seen, subscribers, matches and the outbox.
+
+Every state change a crash could interrupt happens in one transaction:
+a dump and its papers together; matches together with the papers they cover;
+a composed message together with the matches it claims. SQLite (WAL) by
+default; the same code runs on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlmodel import Field, Session, SQLModel, col, create_engine, select
+
+from mailer.errors import StoreError
+from mailer.papers import Paper, paper_key
+
+
+class DumpRow(SQLModel, table=True):
+    __tablename__ = "dumps"
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str
+    sha256: str = Field(unique=True, max_length=64)
+    size: int
+    ingested_at: datetime
+    page_date: date | None = None
+    records: int = 0
+    new_papers: int = 0
+    seen_papers: int = 0
+    warnings: int = 0
+    status: str = Field(max_length=16)  # ingested | empty | refused
+    error: str | None = None
+
+
+class PaperRow(SQLModel, table=True):
+    __tablename__ = "papers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)
+    title: str
+    abstract: str
+    authors: int | None = None
+    organization: str | None = None
+    published: date | None = None
+    upvotes: int = 0
+    first_seen_at: datetime = Field(index=True)
+    first_dump_id: int | None = Field(default=None, foreign_key="dumps.id")
+    matched: bool = Field(default=False, index=True)
+
+    def paper(self) -> Paper:
+        return Paper(
+            title=self.title,
+            abstract=self.abstract,
+            authors=self.authors,
+            organization=self.organization,
+            published=self.published,
+            upvotes=self.upvotes,
+        )
+
+
+class SubscriberRow(SQLModel, table=True):
+    __tablename__ = "subscribers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True)
+    name: str = ""
+    active: bool = True  # false once removed from the config
+    created_at: datetime
+    unsubscribed_at: datetime | None = None
+
+
+class SubscriptionRow(SQLModel, table=True):
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("subscriber_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    name: str
+    query: str
+    active: bool = True
+
+
+class DeliveryRow(SQLModel, table=True):
+    """One composed message in the outbox, with the bytes that go on the wire."""
+
+    __tablename__ = "deliveries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    recipient: str
+    message_id: str = Field(unique=True)
+    subject: str
+    papers: int
+    message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status: str = Field(default="pending", max_length=16, index=True)  # pending | sent | failed
+    attempts: int = 0
+    created_at: datetime
+    next_attempt_at: datetime | None = None
+    sent_at: datetime | None = None
+    last_reply: str | None = None
+
+
+class MatchRow(SQLModel, table=True):
+    __tablename__ = "matches"
+    __table_args__ = (UniqueConstraint("subscriber_id", "paper_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    paper_id: int = Field(foreign_key="papers.id")
+    subscriptions: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    terms: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    scores: list[float] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime
+    delivery_id: int | None = Field(default=None, foreign_key="deliveries.id", index=True)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    dump_id: int
+    new_papers: int
+    seen_papers: int
+
+
+@dataclass(frozen=True, slots=True)
+class PendingMatch:
+    id: int
+    paper: Paper
+    subscriptions: tuple[str, ...]
+    terms: tuple[str, ...]
+    scores: tuple[float, ...]
+    first_seen_at: datetime
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+class Store:
+    """All reads and writes of mailer's state; the only module that speaks SQL."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _connect(url)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed on success, rolled back on any error."""
+        with Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except SQLAlchemyError as exc:
+                session.rollback()
+                raise StoreError(
+                    f"database {self.safe_url}: {exc.__class__.__name__}: {exc.orig or exc}"
+                    if hasattr(exc, "orig")
+                    else f"database {self.safe_url}: {exc}",
+                    hint="check that the database is reachable and writable",
+                ) from exc
+            except BaseException:
+                session.rollback()
+                raise
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    # --- dumps and papers -------------------------------------------------
+
+    def dump_by_hash(self, sha256: str) -> DumpRow | None:
+        with self.session() as s:
+            return s.exec(select(DumpRow).where(DumpRow.sha256 == sha256)).first()
+
+    def record_refused(
+        self, *, path: str, sha256: str, size: int, error: str, now: datetime
+    ) -> None:
+        with self.session() as s:
+            s.add(
+                DumpRow(
+                    path=path,
+                    sha256=sha256,
+                    size=size,
+                    ingested_at=now,
+                    status="refused",
+                    error=error,
+                )
+            )
+
+    def ingest(
+        self,
+        *,
+        path: str,
+        sha256: str,
+        size: int,
+        page_date: date | None,
+        papers: Sequence[Paper],
+        warnings: int,
+        now: datetime,
+        batch: int = 1000,
+    ) -> IngestOutcome:
+        """Record a dump and its papers in one transaction: a crash leaves
+        either all of it or none, so the file is simply read again."""
+        with self.session() as s:
+            dump = DumpRow(
+                path=path,
+                sha256=sha256,
+                size=size,
+                ingested_at=now,
+                page_date=page_date,
+                records=len(papers),
+                warnings=warnings,
+                status="ingested" if papers else "empty",
+            )
+            s.add(dump)
+            s.flush()
+            unique: dict[str, Paper] = {}
+            for paper in papers:
+                unique.setdefault(paper_key(paper.title), paper)
+            keys = list(unique)
+            new = seen = 0
+            for start in range(0, len(keys), batch):
+                chunk = keys[start : start + batch]
+                existing = {
+                    row.key: row
+                    for row in s.exec(select(PaperRow).where(col(PaperRow.key).in_(chunk)))
+                }
+                for key in chunk:
+                    paper = unique[key]
+                    row = existing.get(key)
+                    if row is None:
+                        new += 1
+                        s.add(_paper_row(key, paper, now, dump.id))
+                    else:
+                        seen += 1
+                        _refresh(row, paper)
+                s.flush()
+            dump.new_papers, dump.seen_papers = new, seen
+            assert dump.id is not None
+            return IngestOutcome(dump.id, new, seen)
+
+    def unmatched_papers(self, limit: int = 5000) -> list[tuple[int, Paper]]:
+        with self.session() as s:
+            rows = s.exec(
+                select(PaperRow)
+                .where(col(PaperRow.matched).is_(False))
+                .order_by(col(PaperRow.id))
+                .limit(limit)
+            ).all()
+            return [(r.id, r.paper()) for r in rows if r.id is not None]
+
+    def papers_since(self, since: datetime) -> list[Paper]:
+        with self.session() as s:
+            rows = s.exec(
+                select(PaperRow).where(PaperRow.first_seen_at >= since).order_by(col(PaperRow.id))
+            ).all()
+            return [r.paper() for r in rows]
+
+    # --- subscribers ------------------------------------------------------
+
+    def sync_subscribers(
+        self, subscribers: Iterable[tuple[str, str, Sequence[tuple[str, str]]]], now: datetime
+    ) -> dict[str, int]:
+        """Mirror the configured subscribers (email, name, [(name, query)]):
+        new ones start now, removed ones are deactivated, history is kept."""
+        wanted = {email.lower(): (email, name, subs) for email, name, subs in subscribers}
+        ids: dict[str, int] = {}
+        with self.session() as s:
+            rows = {r.email.lower(): r for r in s.exec(select(SubscriberRow))}
+            for low, row in rows.items():
+                if low not in wanted and row.active:
+                    row.active = False
+            for low, (email, name, subs) in wanted.items():
+                found = rows.get(low)
+                if found is None:
+                    row = SubscriberRow(email=email, name=name, created_at=now)
+                    s.add(row)
+                    s.flush()
+                else:
+                    row = found
+                    row.active, row.name = True, name
+                assert row.id is not None
+                ids[email] = row.id
+                existing = {
+                    q.name: q
+                    for q in s.exec(
+                        select(SubscriptionRow).where(SubscriptionRow.subscriber_id == row.id)
+                    )
+                }
+                names = {n for n, _ in subs}
+                for q in existing.values():
+                    q.active = q.name in names
+                for sub_name, query in subs:
+                    current = existing.get(sub_name)
+                    if current is None:
+                        s.add(SubscriptionRow(subscriber_id=row.id, name=sub_name, query=query))
+                    else:
+                        current.query = query
+        return ids
+
+    def subscriber_since(self, subscriber_id: int) -> datetime | None:
+        with self.session() as s:
+            row = s.get(SubscriberRow, subscriber_id)
+            return None if row is None else row.created_at
+
+    def active_subscriber_ids(self) -> dict[str, int]:
+        with self.session() as s:
+            rows = s.exec(
+                select(SubscriberRow).where(
+                    col(SubscriberRow.active).is_(True),
+                    col(SubscriberRow.unsubscribed_at).is_(None),
+                )
+            )
+            return {r.email: r.id for r in rows if r.id is not None}
+
+    # --- matches and the outbox --------------------------------------------
+
+    def record_matches(
+        self,
+        paper_ids: Sequence[int],
+        matches: Iterable[tuple[int, int, Sequence[str], Sequence[str], Sequence[float]]],
+        now: datetime,
+    ) -> int:
+        """Store (subscriber_id, paper_id, subscriptions, terms, scores) and mark
+        the papers matched, together, so no paper is matched twice or never."""
+        count = 0
+        with self.session() as s:
+            for subscriber_id, paper_id, subs, terms, scores in matches:
+                s.add(
+                    MatchRow(
+                        subscriber_id=subscriber_id,
+                        paper_id=paper_id,
+                        subscriptions=list(subs),
+                        terms=list(terms),
+                        scores=list(scores),
+                        created_at=now,
+                    )
+                )
+                count += 1
+            for start in range(0, len(paper_ids), 1000):
+                chunk = paper_ids[start : start + 1000]
+                for row in s.exec(select(PaperRow).where(col(PaperRow.id).in_(chunk))):
+                    row.matched = True
+        return count
+
+    def pending_matches(self, subscriber_id: int) -> list[PendingMatch]:
+        with self.session() as s:
+            rows = s.exec(
+                select(MatchRow, PaperRow)
+                .join(PaperRow, col(PaperRow.id) == col(MatchRow.paper_id))
+                .where(
+                    MatchRow.subscriber_id == subscriber_id,
+                    col(MatchRow.delivery_id).is_(None),
+                )
+                .order_by(col(MatchRow.id))
+            ).all()
+            return [
+                PendingMatch(
+                    id=m.id,
+                    paper=p.paper(),
+                    subscriptions=tuple(m.subscriptions),
+                    terms=tuple(m.terms),
+                    scores=tuple(m.scores),
+                    first_seen_at=p.first_seen_at,
+                )
+                for m, p in rows
+                if m.id is not None
+            ]
+
+    def last_digest_at(self, subscriber_id: int) -> datetime | None:
+        with self.session() as s:
+            return s.exec(
+                select(func.max(DeliveryRow.created_at)).where(
+                    DeliveryRow.subscriber_id == subscriber_id
+                )
+            ).one()
+
+    def enqueue(
+        self,
+        *,
+        subscriber_id: int,
+        recipient: str,
+        message_id: str,
+        subject: str,
+        message: bytes,
+        match_ids: Sequence[int],
+        now: datetime,
+    ) -> int:
+        """Put a composed message in the outbox and claim its matches, together:
+        a match is in exactly one message, and a message is never lost."""
+        with self.session() as s:
+            row = DeliveryRow(
+                subscriber_id=subscriber_id,
+                recipient=recipient,
+                message_id=message_id,
+                subject=subject,
+                papers=len(match_ids),
+                message=message,
+                created_at=now,
+                next_attempt_at=now,
+            )
+            s.add(row)
+            s.flush()
+            claimed = 0
+            for start in range(0, len(match_ids), 1000):
+                chunk = match_ids[start : start + 1000]
+                for m in s.exec(
+                    select(MatchRow).where(
+                        col(MatchRow.id).in_(chunk), col(MatchRow.delivery_id).is_(None)
+                    )
+                ):
+                    m.delivery_id = row.id
+                    claimed += 1
+            if claimed != len(match_ids):
+                raise StoreError(
+                    f"outbox: {len(match_ids) - claimed} of the matches for {recipient} "
+                    "were already claimed by another message",
+                    hint="is a second mailer running on the same database?",
+                )
+            assert row.id is not None
+            return row.id
+
+    def due_deliveries(self, now: datetime) -> list[DeliveryRow]:
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(DeliveryRow)
+                    .where(
+                        DeliveryRow.status == "pending",
+                        col(DeliveryRow.next_attempt_at) <= now,
+                    )
+                    .order_by(col(DeliveryRow.id))
+                ).all()
+            )
+
+    def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> None:
+        with self.session() as s:
+            row = s.get_one(DeliveryRow, delivery_id)
+            row.status, row.sent_at, row.last_reply = "sent", now, reply
+            row.attempts += 1
+
+    def mark_attempt_failed(
+        self, delivery_id: int, *, reply: str, permanent: bool, retry_at: datetime | None
+    ) -> None:
+        with self.session() as s:
+            row = s.get_one(DeliveryRow, delivery_id)
+            row.attempts += 1
+            row.last_reply = reply
+            if permanent:
+                row.status = "failed"
+            else:
+                row.next_attempt_at = retry_at
+
+    def deliveries(self) -> list[DeliveryRow]:
+        with self.session() as s:
+            return list(s.exec(select(DeliveryRow).order_by(col(DeliveryRow.id))).all())
+
+    def dumps(self) -> list[DumpRow]:
+        with self.session() as s:
+            return list(s.exec(select(DumpRow).order_by(col(DumpRow.id))).all())
+
+    def count_papers(self) -> int:
+        with self.session() as s:
+            return s.exec(select(func.count()).select_from(PaperRow)).one()
+
+
+def _paper_row(key: str, paper: Paper, now: datetime, dump_id: int | None) -> PaperRow:
+    return PaperRow(
+        key=key,
+        title=paper.title,
+        abstract=paper.abstract,
+        authors=paper.authors,
+        organization=paper.organization,
+        published=paper.published,
+        upvotes=paper.upvotes,
+        first_seen_at=now,
+        first_dump_id=dump_id,
+    )
+
+
+def _refresh(row: PaperRow, paper: Paper) -> None:
+    """A paper seen again keeps its identity; its counters move on."""
+    row.upvotes = max(row.upvotes, paper.upvotes)
+    row.authors = row.authors if row.authors is not None else paper.authors
+    row.organization = row.organization or paper.organization
+    row.published = row.published or paper.published
+
+
+def _connect(url: str) -> Engine:
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 10})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        SQLModel.metadata.create_all(engine)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise StoreError(
+            f"database URL {url!r} is not usable: {exc}",
+            hint="use sqlite:///path.db or postgresql+psycopg://user@host/db "
+            "(pip install 'mailer[postgres]')",
+        ) from exc
+    except (OperationalError, ModuleNotFoundError) as exc:
+        raise StoreError(
+            f"cannot open database {url!r}: {exc}",
+            hint="check the [database] url, that the folder exists and the server is running",
+        ) from exc
+    return engine

@@ -1,0 +1,87 @@
+"""Transports against a real SMTP server on loopback, and a real Maildir."""
+
+from __future__ import annotations
+
+import asyncio
+import mailbox
+from pathlib import Path
+
+import pytest
+
+from mailer.config import SmtpConfig
+from mailer.delivery import MaildirTransport, SmtpTransport, TransportUnavailableError
+from mailer.errors import DeliveryError
+from tests.conftest import SmtpServer, free_port
+
+MESSAGE = b"From: d@example.org\r\nTo: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
+
+
+def smtp(server_port: int) -> SmtpTransport:
+    return SmtpTransport(
+        SmtpConfig(host="127.0.0.1", port=server_port, security="none", timeout_seconds=5)
+    )
+
+
+async def send_all(transport: SmtpTransport | MaildirTransport, recipients: list[str]) -> list[str]:
+    async with transport as t:
+        return [await t.send("d@example.org", r, MESSAGE) for r in recipients]
+
+
+def test_smtp_delivers_to_the_server(smtp_server: SmtpServer) -> None:
+    replies = asyncio.run(send_all(smtp(smtp_server.port), ["a@example.org"]))
+    assert replies[0].startswith("Message accepted") or "accepted" in replies[0]
+    (got,) = smtp_server.messages
+    assert got.recipients == ["a@example.org"]
+    assert got.message["Subject"] == "hi"
+
+
+def test_smtp_reuses_one_connection_for_a_batch(smtp_server: SmtpServer) -> None:
+    sessions: list[object] = []
+    original = smtp_server.sink.handle_DATA
+
+    async def counting(server, session, envelope):  # type: ignore[no-untyped-def]
+        sessions.append(session)
+        return await original(server, session, envelope)
+
+    smtp_server.sink.handle_DATA = counting  # type: ignore[method-assign]
+    asyncio.run(send_all(smtp(smtp_server.port), ["a@example.org", "b@example.org"]))
+    assert len(smtp_server.messages) == 2
+    assert sessions[0] is sessions[1]
+
+
+def test_refused_recipient_is_a_permanent_failure(smtp_server: SmtpServer) -> None:
+    smtp_server.sink.refuse["gone@example.org"] = "550 5.1.1 no such user"
+    with pytest.raises(DeliveryError) as info:
+        asyncio.run(send_all(smtp(smtp_server.port), ["gone@example.org"]))
+    assert info.value.permanent
+    assert "550" in info.value.message
+    assert "gone@example.org" in info.value.message
+
+
+def test_temporary_refusal_is_not_permanent(smtp_server: SmtpServer) -> None:
+    smtp_server.sink.refuse["busy@example.org"] = "451 4.3.0 try later"
+    with pytest.raises(DeliveryError) as info:
+        asyncio.run(send_all(smtp(smtp_server.port), ["busy@example.org"]))
+    assert not info.value.permanent
+
+
+def test_server_down_names_host_and_port() -> None:
+    port = free_port()
+    with pytest.raises(TransportUnavailableError) as info:
+        asyncio.run(send_all(smtp(port), ["a@example.org"]))
+    assert f"127.0.0.1:{port}" in info.value.message
+
+
+def test_maildir_stores_message_in_new(tmp_path: Path) -> None:
+    asyncio.run(send_all(MaildirTransport(tmp_path / "box"), ["a@example.org"]))
+    box = mailbox.Maildir(tmp_path / "box", create=False)
+    (stored,) = list(box)
+    assert stored["Subject"] == "hi"
+    assert len(list((tmp_path / "box" / "new").iterdir())) == 1
+
+
+def test_unwritable_maildir_is_unavailable(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(TransportUnavailableError, match="Maildir"):
+        asyncio.run(send_all(MaildirTransport(blocker / "box"), ["a@example.org"]))

@@ -1,0 +1,341 @@
+"""One pass of the pipeline, end to end in-process: dumps in a folder, digests
+out over real SMTP (aiosmtpd on loopback), state in a real SQLite file."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Callable
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from mailer.config import Config, parse_config
+from mailer.delivery import SmtpTransport, make_transport
+from mailer.dumps import format_dump
+from mailer.papers import Paper
+from mailer.pipeline import PassReport, Pipeline
+from mailer.store import Store
+from tests.conftest import SEEDS, SmtpServer, free_port
+
+TODAY = date(2026, 11, 23)
+NEW = Paper(
+    "Guided Diffusion Model Distillation",
+    "A diffusion model distilled into four steps.",
+    authors=4,
+    published=date(2026, 11, 20),
+    upvotes=12,
+)
+
+
+def config_for(tmp_path: Path, port: int, *, extra: str = "") -> Config:
+    text = f"""
+[watch]
+dir = "dumps"
+interval_seconds = 0.2
+settle_seconds = 0
+[database]
+url = "sqlite:///{tmp_path / 'mailer.db'}"
+[delivery]
+transport = "smtp"
+[smtp]
+host = "127.0.0.1"
+port = {port}
+security = "none"
+timeout_seconds = 5
+sender = "Paper Digest <digest@example.org>"
+[[subscribers]]
+email = "ada@example.org"
+name = "Ada"
+[[subscribers.subscriptions]]
+name = "Diffusion"
+query = '"diffusion model" OR "score matching"'
+[[subscribers]]
+email = "grace@example.org"
+name = "Grace"
+[[subscribers.subscriptions]]
+name = "Agents"
+query = 'agent OR agents'
+{extra}
+"""
+    return parse_config(text, source="test.toml", base_dir=tmp_path)
+
+
+class Harness:
+    def __init__(self, tmp_path: Path, port: int, extra: str = "") -> None:
+        self.tmp_path = tmp_path
+        self.dumps = tmp_path / "dumps"
+        self.dumps.mkdir(exist_ok=True)
+        self.config = config_for(tmp_path, port, extra=extra)
+        self.store = Store(self.config.database.url)
+        self.pipeline = Pipeline(
+            self.config,
+            self.store,
+            lambda: make_transport(self.pipeline.config),
+            clock=lambda: datetime(2026, 11, 23, 9, 0, tzinfo=UTC),
+        )
+
+    def run(self) -> PassReport:
+        return asyncio.run(self.pipeline.run_pass())
+
+    def drop(self, name: str, text: str | bytes) -> Path:
+        path = self.dumps / name
+        if isinstance(text, str):
+            path.write_text(text, encoding="utf-8")
+        else:
+            path.write_bytes(text)
+        old = time.time() - 10
+        os.utime(path, (old, old))
+        return path
+
+    def drop_seeds(self) -> None:
+        for seed in sorted(SEEDS.glob("*.txt")):
+            self.drop(seed.name, seed.read_bytes())
+
+
+@pytest.fixture
+def harness(tmp_path: Path, smtp_server: SmtpServer) -> Harness:
+    h = Harness(tmp_path, smtp_server.port)
+    yield h  # type: ignore[misc]
+    h.store.close()
+
+
+def test_first_pass_mails_each_subscriber_one_digest(
+    harness: Harness, smtp_server: SmtpServer
+) -> None:
+    harness.drop_seeds()
+    report = harness.run()
+    assert report.dumps == 5
+    assert report.sent == 2
+    by_rcpt = {m.recipients[0]: m.message for m in smtp_server.messages}
+    assert set(by_rcpt) == {"ada@example.org", "grace@example.org"}
+    ada = by_rcpt["ada@example.org"]
+    assert ada["To"] == "Ada <ada@example.org>"
+    assert ada["From"] == "Paper Digest <digest@example.org>"
+    assert ada["Message-ID"] and ada["Date"] and ada["List-Unsubscribe"]
+    assert ada.get_content_type() == "multipart/alternative"
+
+
+def test_digest_subject_counts_its_papers(harness: Harness, smtp_server: SmtpServer) -> None:
+    harness.drop_seeds()
+    harness.run()
+    ada = next(m for m in smtp_server.messages if m.recipients == ["ada@example.org"])
+    pending = harness.store.deliveries()[0]
+    assert str(pending.papers) in ada.message["Subject"]
+
+
+def test_second_pass_sends_nothing(harness: Harness, smtp_server: SmtpServer) -> None:
+    harness.drop_seeds()
+    harness.run()
+    report = harness.run()
+    assert (report.dumps, report.digests, report.sent) == (0, 0, 0)
+    assert len(smtp_server.messages) == 2
+
+
+def test_restart_does_not_mail_already_ingested_dumps(
+    harness: Harness, smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    harness.drop_seeds()
+    harness.run()
+    again = Harness(tmp_path, smtp_server.port)
+    report = again.run()
+    again.store.close()
+    assert (report.dumps, report.sent) == (0, 0)
+    assert len(smtp_server.messages) == 2
+
+
+def test_dump_repeating_old_papers_mails_only_the_new_ones(
+    harness: Harness, smtp_server: SmtpServer
+) -> None:
+    harness.drop_seeds()
+    harness.run()
+    old = Paper(
+        "Solving Inverse Problems via Diffusion-Based Priors: "
+        "An Approximation-Free Ensemble Sampling Approach",
+        "A diffusion model prior.",
+    )
+    harness.drop("later.txt", format_dump(TODAY, [old, NEW]))
+    report = harness.run()
+    assert (report.papers_new, report.papers_seen) == (1, 1)
+    (digest,) = smtp_server.messages[2:]
+    assert digest.recipients == ["ada@example.org"]
+    text = digest.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "Guided" in text
+    assert "four steps" in text
+    assert "1 new paper" in digest.message["Subject"]
+
+
+def test_same_dump_under_another_name_is_not_new(
+    harness: Harness, smtp_server: SmtpServer
+) -> None:
+    harness.drop("a.txt", format_dump(TODAY, [NEW]))
+    harness.run()
+    harness.drop("copy-of-a.txt", format_dump(TODAY, [NEW]))
+    report = harness.run()
+    assert (report.dumps, report.known, report.sent) == (0, 1, 0)
+    assert len(smtp_server.messages) == 1
+
+
+def test_changed_dump_is_read_again_and_only_its_unseen_papers_are_new(
+    harness: Harness, smtp_server: SmtpServer
+) -> None:
+    path = harness.drop("a.txt", format_dump(TODAY, [NEW]))
+    harness.run()
+    extra = Paper("Score Matching for Graphs", "We use score matching on graphs.")
+    harness.drop(path.name, format_dump(TODAY, [NEW, extra]))
+    report = harness.run()
+    assert (report.dumps, report.papers_new, report.papers_seen) == (1, 1, 1)
+    assert "Score Matching for Graphs" in smtp_server.messages[-1].data.decode()
+
+
+def test_bad_files_are_reported_and_skipped(harness: Harness, smtp_server: SmtpServer) -> None:
+    harness.drop("binary.txt", b"\x00\x01\x02PNG\x00" * 50)
+    harness.drop("notes.txt", "shopping list\n\neggs\n")
+    harness.drop("good.txt", format_dump(TODAY, [NEW]))
+    report = harness.run()
+    assert (report.refused, report.dumps, report.sent) == (2, 1, 1)
+    assert any("binary.txt" in e for e in report.errors)
+    refused = {Path(d.path).name: d for d in harness.store.dumps() if d.status == "refused"}
+    assert set(refused) == {"binary.txt", "notes.txt"}
+    assert harness.run().refused == 0
+
+
+def test_hidden_and_partial_files_are_ignored(harness: Harness, smtp_server: SmtpServer) -> None:
+    for name in (".hidden.txt", "upload.tmp", "upload.txt.part"):
+        harness.drop(name, format_dump(TODAY, [NEW]))
+    report = harness.run()
+    assert (report.dumps, report.refused, len(smtp_server.messages)) == (0, 0, 0)
+
+
+def test_file_still_being_written_waits_until_complete(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    harness = Harness(tmp_path, smtp_server.port, extra="")
+    harness.pipeline.scanner.settle = 0.5
+    path = harness.dumps / "growing.txt"
+    full = format_dump(TODAY, [NEW, Paper("Diffusion Model Agents", "Agents with a diffusion model.")])
+    half = len(full) // 2
+
+    def write_rest(seconds: float) -> None:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(full[half:])
+
+    path.write_text(full[:half], encoding="utf-8")
+    harness.pipeline.scanner.sleep = write_rest
+    first = harness.run()
+    harness.pipeline.scanner.sleep = lambda s: None
+    time.sleep(0.6)
+    second = harness.run()
+    harness.store.close()
+    assert first.dumps == 0
+    assert (second.dumps, second.papers_new) == (1, 2)
+
+
+def test_markup_in_a_dump_is_shown_literally(harness: Harness, smtp_server: SmtpServer) -> None:
+    evil = Paper(
+        "<script>alert(1)</script> Diffusion Model {{ config }}",
+        "A diffusion model with <b>bold</b> & {% raw %} claims.",
+    )
+    harness.drop("evil.txt", format_dump(TODAY, [evil]))
+    harness.run()
+    (got,) = smtp_server.messages
+    html = got.message.get_body(("html",)).get_content()  # type: ignore[union-attr]
+    text = got.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert "<script>" not in html
+    assert "&lt;script&gt;" in html
+    assert "{{ config }}" in html
+    assert "&lt;b&gt;bold&lt;/b&gt; &amp; {% raw %}" in html
+    assert "<script>alert(1)</script>" in text
+
+
+def test_smtp_down_keeps_digests_until_it_is_back(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    harness = Harness(tmp_path, free_port())
+    harness.drop_seeds()
+    down = harness.run()
+    assert (down.digests, down.sent, down.deferred) == (2, 0, 2)
+    harness.pipeline.transport = lambda: SmtpTransport(
+        harness.config.smtp.model_copy(update={"port": smtp_server.port})
+    )
+    harness.pipeline.clock = lambda: datetime(2026, 11, 23, 9, 5, tzinfo=UTC)
+    up = harness.run()
+    harness.store.close()
+    assert (up.digests, up.sent) == (0, 2)
+    assert sorted(m.recipients[0] for m in smtp_server.messages) == [
+        "ada@example.org",
+        "grace@example.org",
+    ]
+
+
+def test_refused_recipient_fails_alone(harness: Harness, smtp_server: SmtpServer) -> None:
+    smtp_server.sink.refuse["ada@example.org"] = "550 5.1.1 mailbox unavailable"
+    harness.drop_seeds()
+    report = harness.run()
+    assert (report.sent, report.failed) == (1, 1)
+    assert [m.recipients for m in smtp_server.messages] == [["grace@example.org"]]
+    statuses = {d.recipient: (d.status, d.last_reply) for d in harness.store.deliveries()}
+    assert statuses["ada@example.org"][0] == "failed"
+    assert "550" in (statuses["ada@example.org"][1] or "")
+    assert harness.run().sent == 0
+
+
+def test_temporary_refusal_is_retried_and_delivered_once(
+    harness: Harness, smtp_server: SmtpServer
+) -> None:
+    smtp_server.sink.refuse["ada@example.org"] = "451 4.3.0 try again later"
+    harness.drop_seeds()
+    first = harness.run()
+    assert (first.sent, first.deferred) == (1, 1)
+    del smtp_server.sink.refuse["ada@example.org"]
+    harness.pipeline.clock = lambda: datetime(2026, 11, 23, 9, 5, tzinfo=UTC)
+    second = harness.run()
+    assert second.sent == 1
+    assert harness.run().sent == 0
+    assert sorted(m.recipients[0] for m in smtp_server.messages) == [
+        "ada@example.org",
+        "grace@example.org",
+    ]
+
+
+def test_removed_subscriber_gets_no_more_mail(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    harness = Harness(tmp_path, smtp_server.port)
+    without_ada = harness.config.model_copy(update={"subscribers": harness.config.subscribers[1:]})
+    harness.pipeline.configure(without_ada)
+    harness.drop_seeds()
+    harness.run()
+    harness.store.close()
+    assert [m.recipients for m in smtp_server.messages] == [["grace@example.org"]]
+
+
+def test_new_subscriber_does_not_get_the_back_catalogue(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    harness = Harness(tmp_path, smtp_server.port)
+    harness.drop_seeds()
+    harness.run()
+    extra = harness.config.subscribers[0].model_copy(update={"email": "new@example.org"})
+    harness.pipeline.configure(
+        harness.config.model_copy(update={"subscribers": [*harness.config.subscribers, extra]})
+    )
+    assert harness.run().sent == 0
+    harness.drop("fresh.txt", format_dump(TODAY, [NEW]))
+    harness.run()
+    harness.store.close()
+    assert sorted(m.recipients[0] for m in smtp_server.messages[2:]) == [
+        "ada@example.org",
+        "new@example.org",
+    ]
+
+
+def test_maildir_transport_needs_no_server(tmp_path: Path) -> None:
+    harness = Harness(tmp_path, free_port())
+    harness.pipeline.configure(
+        harness.config.model_copy(
+            update={"delivery": harness.config.delivery.model_copy(update={"transport": "maildir"})}
+        )
+    )
+    harness.drop_seeds()
+    report = harness.run()
+    harness.store.close()
+    assert report.sent == 2
+    assert len(list((tmp_path / "outbox" / "new").iterdir())) == 2

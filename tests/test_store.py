@@ -1,0 +1,190 @@
+"""The store, on a SQLite file and on PostgreSQL: ingest once, diff, claim, deliver."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from mailer.errors import StoreError
+from mailer.papers import Paper
+from mailer.store import Store
+
+NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+A = Paper("Diffusion Models Beat GANs", "We show diffusion models win.", authors=3, upvotes=2)
+B = Paper("Score Matching, Revisited", "Score matching again.", organization="Acme")
+C = Paper("Agents That Plan", "Planning agents.")
+
+
+@pytest.fixture
+def store(database_url: str) -> Iterator[Store]:
+    s = Store(database_url)
+    yield s
+    s.close()
+
+
+def ingest(store: Store, sha: str, papers: list[Paper], now: datetime = NOW) -> tuple[int, int]:
+    outcome = store.ingest(
+        path=f"/d/{sha}.txt",
+        sha256=sha,
+        size=1,
+        page_date=None,
+        papers=papers,
+        warnings=0,
+        now=now,
+    )
+    return outcome.new_papers, outcome.seen_papers
+
+
+def subscribe(store: Store, email: str = "ada@example.org") -> int:
+    return store.sync_subscribers([(email, "Ada", [("Diffusion", "diffusion")])], NOW)[email]
+
+
+def test_papers_from_a_dump_are_new_once(store: Store) -> None:
+    assert ingest(store, "h1", [A, B]) == (2, 0)
+    assert ingest(store, "h2", [A, B, C]) == (1, 2)
+    assert store.count_papers() == 3
+
+
+def test_same_title_differently_cased_is_the_same_paper(store: Store) -> None:
+    ingest(store, "h1", [A])
+    shouting = Paper(A.title.upper() + "!", A.abstract)
+    assert ingest(store, "h2", [shouting]) == (0, 1)
+
+
+def test_a_dump_is_found_by_its_content_hash(store: Store) -> None:
+    ingest(store, "h1", [A])
+    found = store.dump_by_hash("h1")
+    assert found is not None
+    assert found.records == 1
+    assert found.new_papers == 1
+    assert store.dump_by_hash("other") is None
+
+
+def test_ingesting_the_same_hash_twice_is_refused_by_the_database(store: Store) -> None:
+    ingest(store, "h1", [A])
+    with pytest.raises(StoreError):
+        ingest(store, "h1", [B])
+    assert store.count_papers() == 1
+
+
+def test_seen_again_paper_keeps_highest_upvotes(store: Store) -> None:
+    ingest(store, "h1", [A])
+    ingest(store, "h2", [Paper(A.title, A.abstract, authors=3, upvotes=9)])
+    assert store.unmatched_papers()[0][1].upvotes == 9
+
+
+def test_refused_dump_is_recorded_with_its_error(store: Store) -> None:
+    store.record_refused(path="/d/bin", sha256="bad", size=4, error="not a dump", now=NOW)
+    (row,) = store.dumps()
+    assert (row.status, row.error) == ("refused", "not a dump")
+
+
+def test_matches_mark_papers_matched(store: Store) -> None:
+    sid = subscribe(store)
+    ingest(store, "h1", [A, B])
+    ids = [pid for pid, _ in store.unmatched_papers()]
+    store.record_matches(ids, [(sid, ids[0], ["Diffusion"], ["diffusion"], [1.0])], NOW)
+    assert store.unmatched_papers() == []
+    (pending,) = store.pending_matches(sid)
+    assert pending.paper.title == A.title
+    assert pending.terms == ("diffusion",)
+
+
+def test_enqueue_claims_matches_so_they_are_not_sent_again(store: Store) -> None:
+    sid = subscribe(store)
+    ingest(store, "h1", [A])
+    (pid,) = [pid for pid, _ in store.unmatched_papers()]
+    store.record_matches([pid], [(sid, pid, ["Diffusion"], ["diffusion"], [1.0])], NOW)
+    match_ids = [m.id for m in store.pending_matches(sid)]
+    delivery = store.enqueue(
+        subscriber_id=sid,
+        recipient="ada@example.org",
+        message_id="<1@x>",
+        subject="s",
+        message=b"bytes",
+        match_ids=match_ids,
+        now=NOW,
+    )
+    assert store.pending_matches(sid) == []
+    assert [d.id for d in store.due_deliveries(NOW)] == [delivery]
+    with pytest.raises(StoreError, match="already claimed"):
+        store.enqueue(
+            subscriber_id=sid,
+            recipient="ada@example.org",
+            message_id="<2@x>",
+            subject="s",
+            message=b"bytes",
+            match_ids=match_ids,
+            now=NOW,
+        )
+    assert len(store.deliveries()) == 1
+
+
+def test_sent_delivery_is_no_longer_due(store: Store) -> None:
+    sid = subscribe(store)
+    did = store.enqueue(
+        subscriber_id=sid,
+        recipient="a@b.org",
+        message_id="<1@x>",
+        subject="s",
+        message=b"m",
+        match_ids=[],
+        now=NOW,
+    )
+    store.mark_sent(did, reply="250 ok", now=NOW)
+    assert store.due_deliveries(NOW + timedelta(days=1)) == []
+    (row,) = store.deliveries()
+    assert (row.status, row.attempts, row.last_reply) == ("sent", 1, "250 ok")
+
+
+def test_failed_attempt_waits_until_retry_time(store: Store) -> None:
+    sid = subscribe(store)
+    did = store.enqueue(
+        subscriber_id=sid,
+        recipient="a@b.org",
+        message_id="<1@x>",
+        subject="s",
+        message=b"m",
+        match_ids=[],
+        now=NOW,
+    )
+    later = NOW + timedelta(minutes=5)
+    store.mark_attempt_failed(did, reply="451 later", permanent=False, retry_at=later)
+    assert store.due_deliveries(NOW) == []
+    assert [d.id for d in store.due_deliveries(later)] == [did]
+
+
+def test_permanent_failure_is_never_due_again(store: Store) -> None:
+    sid = subscribe(store)
+    did = store.enqueue(
+        subscriber_id=sid,
+        recipient="a@b.org",
+        message_id="<1@x>",
+        subject="s",
+        message=b"m",
+        match_ids=[],
+        now=NOW,
+    )
+    store.mark_attempt_failed(did, reply="550 no such user", permanent=True, retry_at=None)
+    assert store.due_deliveries(NOW + timedelta(days=9)) == []
+    assert store.deliveries()[0].status == "failed"
+
+
+def test_removed_subscriber_is_inactive_and_returns_with_history(store: Store) -> None:
+    sid = subscribe(store)
+    store.sync_subscribers([], NOW)
+    assert store.active_subscriber_ids() == {}
+    assert subscribe(store) == sid
+
+
+def test_papers_since_returns_only_recent_ones(store: Store) -> None:
+    ingest(store, "h1", [A], now=NOW - timedelta(days=10))
+    ingest(store, "h2", [B], now=NOW)
+    assert [p.title for p in store.papers_since(NOW - timedelta(days=7))] == [B.title]
+
+
+def test_unusable_url_is_a_store_error() -> None:
+    with pytest.raises(StoreError, match="not usable"):
+        Store("nosuchdb://x")
