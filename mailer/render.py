@@ -37,7 +37,7 @@ EXCERPT_SENTENCES = 3
 
 # Inline because marks are made per message, after the template was inlined;
 # the class lets the dark-mode media query override the colours.
-MARK_STYLE = "background-color:#fde68a;color:#1f2328;padding:0 2px;border-radius:3px"
+MARK_STYLE = "background:#fde68a;color:#1f2328"
 
 # Invisible filler after the preheader, so clients don't pad the preview with
 # the first lines of the body.
@@ -178,11 +178,23 @@ def _clip(marks: Sequence[Span], limit: int) -> tuple[Span, ...]:
     return tuple(kept)
 
 
+def _joined(text: str, marks: Sequence[Span]) -> list[Span]:
+    """Spans clipped to ``text``, neighbours separated only by spaces joined,
+    so a matched phrase reads as one highlight."""
+    joined: list[Span] = []
+    for start, end in _clip(marks, len(text)):
+        if joined and not text[joined[-1][1] : start].strip():
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+    return joined
+
+
 def highlight_html(text: str, marks: Sequence[Span]) -> Markup:
     """Escape each piece between the spans; only the <mark> tags are markup."""
     out: list[str] = []
     pos = 0
-    for start, end in _clip(marks, len(text)):
+    for start, end in _joined(text, marks):
         out.append(escape(text[pos:start]))
         out.append(
             Markup('<mark class="hl" style="{}">{}</mark>').format(MARK_STYLE, text[start:end])
@@ -195,7 +207,7 @@ def highlight_html(text: str, marks: Sequence[Span]) -> Markup:
 def highlight_text(text: str, marks: Sequence[Span]) -> str:
     out: list[str] = []
     pos = 0
-    for start, end in _clip(marks, len(text)):
+    for start, end in _joined(text, marks):
         out += [text[pos:start], "*", text[start:end], "*"]
         pos = end
     out.append(text[pos:])
