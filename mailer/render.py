@@ -51,6 +51,9 @@ _PLACEHOLDER = re.compile(r"(?:<!--)?@@J(\d+)@@(?:-->)?")
 # whitespace and a capital, digit or opening bracket.
 _SENTENCE_END = re.compile(r"""[.!?]['"\u201d\u2019)\]]*(?=\s+['"\u201c\u2018(\[]?[A-Z0-9])""")
 _ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", "resp", "approx"})
+# Only ASCII whitespace is collapsed and wrapped at, as textwrap does: a
+# no-break space keeps its meaning.
+_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
 _SAMPLE_TITLE = "Attention Is All You Need & more?"
 
 
@@ -150,7 +153,8 @@ def excerpt(text: str, marks: Sequence[Span] = ()) -> tuple[str, tuple[Span, ...
         if count == EXCERPT_SENTENCES:
             break
     if cut:
-        return text[:cut] + " …", _clip(marks, cut)
+        # No-break space: the ellipsis must not wrap onto a line of its own.
+        return text[:cut] + "\u00a0…", _clip(marks, cut)
     space = text.rfind(" ", 0, EXCERPT_CHARS + 1)
     cut = space if space > 0 else EXCERPT_CHARS
     while cut > 0 and text[cut - 1] in ",;:-\u2013\u2014(":
@@ -218,7 +222,7 @@ def wrap(text: str, indent: str = "", width: int = TEXT_WIDTH) -> str:
     """Wrap prose; words are never split, so a long token may overrun rather
     than be broken."""
     return textwrap.fill(
-        " ".join(text.split()),
+        _ASCII_SPACE.sub(" ", text).strip(),
         width=width,
         initial_indent=indent,
         subsequent_indent=indent,
