@@ -15,9 +15,11 @@ import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from email.headerregistry import Address
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
+from email.policy import EmailPolicy
 from pathlib import Path
+from typing import cast
 from urllib.parse import quote, urlsplit
 
 import css_inline
@@ -54,6 +56,7 @@ _ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", 
 # Only ASCII whitespace is collapsed and wrapped at, as textwrap does: a
 # no-break space keeps its meaning.
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
+_BRACKETED = re.compile(r"<[^<>]*>")
 _SAMPLE_TITLE = "Attention Is All You Need & more?"
 
 
@@ -85,7 +88,7 @@ def _fill(template: str, title: str) -> str:
 
 
 def _is_web_url(url: str) -> bool:
-    if any(c.isspace() or unicodedata.category(c) == "Cc" for c in url):
+    if any(c.isspace() or c in '<>"' or unicodedata.category(c) == "Cc" for c in url):
         return False
     try:
         parts = urlsplit(url)
@@ -96,7 +99,7 @@ def _is_web_url(url: str) -> bool:
 
 def _is_link(url: str) -> bool:
     if url.startswith("mailto:"):
-        return "@" in url and not any(c.isspace() for c in url)
+        return "@" in url and not any(c.isspace() or c in '<>"' for c in url)
     return _is_web_url(url)
 
 
@@ -349,8 +352,8 @@ class Renderer:
             ) from None
 
     def render(self, digest: Digest, *, unsubscribe_url: str | None, manage_hint: str) -> Rendered:
-        if unsubscribe_url is not None and not _is_link(unsubscribe_url):
-            raise ValueError(f"unsubscribe URL {unsubscribe_url!r} is not an http(s) or mailto URL")
+        if unsubscribe_url is not None and not _is_web_url(unsubscribe_url):
+            raise ValueError(f"unsubscribe URL {unsubscribe_url!r} is not an http(s) URL")
         sections = tuple(
             SectionView(s.subscription, tuple(self._entry(e) for e in s.entries))
             for s in digest.sections
@@ -427,6 +430,25 @@ class Renderer:
 # --- the message ------------------------------------------------------------
 
 
+class _UrlListHeader(UnstructuredHeader):
+    """List-Unsubscribe holds <URL>s that receivers do not decode, so a long
+    one must be folded only between URLs, never turned into encoded words."""
+
+    def fold(self, *, policy: EmailPolicy[EmailMessage]) -> str:
+        items = _BRACKETED.findall(str(self))
+        name: str = self.name  # type: ignore[attr-defined]
+        return f"{name}: " + f",{policy.linesep} ".join(items) + policy.linesep
+
+
+def _message_policy() -> EmailPolicy[EmailMessage]:
+    registry = HeaderRegistry()
+    registry.map_to_type("list-unsubscribe", cast("type[BaseHeader]", _UrlListHeader))
+    return email.policy.default.clone(header_factory=registry)
+
+
+_POLICY = _message_policy()
+
+
 def compose_message(
     digest: Digest,
     rendered: Rendered,
@@ -439,7 +461,7 @@ def compose_message(
 ) -> EmailMessage:
     """A multipart/alternative message, plain text first so clients that
     prefer the last part they can show pick the HTML."""
-    msg = EmailMessage(policy=email.policy.default)
+    msg = EmailMessage(policy=_POLICY)
     sender_name, sender_addr = email.utils.parseaddr(header_text(sender))
     if not sender_addr:
         raise ValueError(f"sender {sender!r} has no email address")

@@ -581,6 +581,43 @@ def test_list_unsubscribe_post_only_with_one_click(renderer: Renderer) -> None:
     assert "List-Unsubscribe-Post" not in parsed
 
 
+def test_long_list_unsubscribe_is_folded_between_urls_not_encoded(renderer: Renderer) -> None:
+    d = realistic_digest()
+    long = "https://digest.example.org/unsubscribe?token=" + "a1B2" * 60
+    msg = compose_message(
+        d,
+        render(renderer, d),
+        sender="digest@example.org",
+        message_id="x@example.org",
+        date=SINCE,
+        list_unsubscribe=[long, "mailto:unsubscribe@example.org"],
+        one_click=True,
+    )
+    data = msg.as_bytes(policy=email.policy.SMTP)
+    assert f"List-Unsubscribe: <{long}>,\r\n <mailto:unsubscribe@example.org>\r\n".encode() in data
+    assert b"=?utf-8?" not in data.split(b"List-Unsubscribe:")[1].split(b"\r\nList")[0]
+
+
+def test_unusable_list_unsubscribe_entries_are_dropped(renderer: Renderer) -> None:
+    d = realistic_digest()
+    msg = compose_message(
+        d,
+        render(renderer, d),
+        sender="digest@example.org",
+        message_id="x@example.org",
+        date=SINCE,
+        list_unsubscribe=["javascript:alert(1)", "https://x.example/u>, <https://evil.example"],
+        one_click=True,
+    )
+    assert "List-Unsubscribe" not in msg
+    assert "List-Unsubscribe-Post" not in msg
+
+
+def test_unsubscribe_url_must_be_http(renderer: Renderer) -> None:
+    with pytest.raises(ValueError, match="unsubscribe URL"):
+        render(renderer, realistic_digest(), unsubscribe="javascript:alert(1)")
+
+
 def test_header_injection_through_name_and_title_is_stripped(renderer: Renderer) -> None:
     evil = "Ada\r\nBcc: victim@example.com\r\n\r\nbody"
     p = paper("Diffusion\r\nX-Injected: yes")
