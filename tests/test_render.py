@@ -13,7 +13,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.digests import Digest, Entry, Recipient, Section
@@ -246,6 +246,27 @@ def test_markup_in_title_and_abstract_is_literal_in_text(renderer: Renderer) -> 
     assert EVIL_TITLE in flat
     assert EVIL_ABSTRACT in flat
     assert "&amp;" not in out.text
+
+
+_DATA = st.text(alphabet="ab <>&\"'{}%#/=;é日😀", min_size=1, max_size=40).filter(str.strip)
+
+
+@settings(max_examples=60, deadline=None)
+@given(title=_DATA, abstract=_DATA)
+def test_any_title_and_abstract_text_is_shown_literally(title: str, abstract: str) -> None:
+    out = Renderer().render(
+        digest_of(entry(paper(title, abstract + "."), "S", ["a", "b"])),
+        unsubscribe_url=None,
+        manage_hint="",
+    )
+    page = Page(out.html)
+    assert " ".join(title.split()) in page.plain
+    assert " ".join(abstract.split()) in page.plain
+    assert set(page.tags) <= {
+        "html", "head", "meta", "title", "style", "body", "div", "table", "tbody",
+        "tr", "td", "h1", "h2", "h3", "span", "a", "p", "mark",
+    }  # fmt: skip
+    assert " ".join(title.split()) in " ".join(out.text.replace("*", "").split())
 
 
 def test_highlighted_terms_are_marked_in_html(renderer: Renderer) -> None:
