@@ -1,0 +1,485 @@
+"""From a Digest to an email: Jinja2 templates for the HTML and plain-text parts.
+
+Paper titles and abstracts come from scraped dumps and are data, never markup:
+highlighting splits them at the matcher's spans and escapes every piece, and
+every value that reaches a header is stripped of control characters first.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import email.utils
+import re
+import textwrap
+import unicodedata
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage
+from email.policy import EmailPolicy
+from pathlib import Path
+from typing import cast
+from urllib.parse import quote, urlsplit
+
+import css_inline
+import jinja2
+from markupsafe import Markup, escape
+
+from mailer.digests import Digest, Entry, Span
+from mailer.errors import TemplateError
+
+DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
+
+HTML_TEMPLATE = "digest.html"
+TEXT_TEMPLATE = "digest.txt"
+TEXT_WIDTH = 72
+EXCERPT_CHARS = 350
+EXCERPT_SENTENCES = 3
+
+# Inline because marks are made per message, after the template was inlined;
+# the class lets the dark-mode media query override the colours.
+MARK_STYLE = "background:#fde68a;color:#1f2328"
+
+# Invisible filler after the preheader, so clients don't pad the preview with
+# the first lines of the body.
+PREHEADER_PAD = "\u034f\u200c\u00a0" * 40
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_JINJA = re.compile(r"\{%.*?%\}|\{#.*?#\}|\{\{.*?\}\}", re.DOTALL)
+_PLACEHOLDER = re.compile(r"(?:<!--)?@@J(\d+)@@(?:-->)?")
+# A sentence ends at . ! or ? (maybe closed by a quote or bracket) before
+# whitespace and a capital, digit or opening bracket.
+_SENTENCE_END = re.compile(r"""[.!?]['"\u201d\u2019)\]]*(?=\s+['"\u201c\u2018(\[]?[A-Z0-9])""")
+_ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", "resp", "approx"})
+# Only ASCII whitespace is collapsed and wrapped at, as textwrap does: a
+# no-break space keeps its meaning.
+_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
+_BRACKETED = re.compile(r"<[^<>]*>")
+_SAMPLE_TITLE = "Attention Is All You Need & more?"
+
+
+def default_templates_dir() -> Path:
+    """Templates ship inside the wheel; a source checkout keeps them at the top."""
+    packaged = Path(__file__).parent / "templates"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parent.parent / "templates"
+
+
+def check_paper_url(template: str) -> str:
+    """Fail at config time rather than ship digests with dead or unsafe links."""
+    if "{title}" not in template:
+        raise ValueError(f"paper URL template {template!r} must contain {{title}}")
+    url = _fill(template, _SAMPLE_TITLE)
+    if not _is_web_url(url):
+        raise ValueError(
+            f"paper URL template {template!r} must give an http:// or https:// URL "
+            f"with a host, but gives {url!r}"
+        )
+    return template
+
+
+def _fill(template: str, title: str) -> str:
+    # str.replace, not str.format: a template from config must not reach
+    # attributes through format fields, and other braces stay literal.
+    return template.replace("{title}", quote(title, safe=""))
+
+
+def _is_web_url(url: str) -> bool:
+    if any(c.isspace() or c in '<>"' or unicodedata.category(c) == "Cc" for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _is_link(url: str) -> bool:
+    if url.startswith("mailto:"):
+        return "@" in url and not any(c.isspace() or c in '<>"' for c in url)
+    return _is_web_url(url)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    html: str
+    text: str
+    preheader: str
+
+
+# --- text helpers ---------------------------------------------------------
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def join_names(names: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C': reads as a sentence in the summary line."""
+    if len(names) <= 1:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def format_date(d: date) -> str:
+    return f"{_MONTHS[d.month - 1]} {d.day}, {d.year}"
+
+
+def format_since(d: datetime) -> str:
+    # Built by hand: strftime names follow the process locale.
+    return f"{_DAYS[d.weekday()]} {d.day} {_MONTHS[d.month - 1]}"
+
+
+def header_text(value: str) -> str:
+    """One header-safe line: control characters and line/paragraph separators
+    (which str.splitlines honours) become spaces, so nothing can start a header."""
+    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in value)
+    return " ".join(cleaned.split())
+
+
+def excerpt(text: str, marks: Sequence[Span] = ()) -> tuple[str, tuple[Span, ...]]:
+    """The first sentences of ``text`` up to EXCERPT_CHARS, cut at a sentence or
+    word boundary, with highlight spans clipped to what is kept."""
+    # Whitespace is left alone so the spans stay valid; both parts collapse it.
+    text = text.rstrip()
+    if len(text) <= EXCERPT_CHARS:
+        return text, _clip(marks, len(text))
+    cut = 0
+    for count, m in enumerate(_sentence_ends(text), start=1):
+        if m > EXCERPT_CHARS:
+            break
+        cut = m
+        if count == EXCERPT_SENTENCES:
+            break
+    if cut:
+        # No-break space: the ellipsis must not wrap onto a line of its own.
+        return text[:cut] + "\u00a0…", _clip(marks, cut)
+    space = text.rfind(" ", 0, EXCERPT_CHARS + 1)
+    cut = space if space > 0 else EXCERPT_CHARS
+    while cut > 0 and text[cut - 1] in ",;:-\u2013\u2014(":
+        cut -= 1
+    kept = text[:cut].rstrip()
+    return kept + "…", _clip(marks, len(kept))
+
+
+def _sentence_ends(text: str) -> Iterable[int]:
+    for m in _SENTENCE_END.finditer(text):
+        word = text[: m.start()].rsplit(None, 1)[-1].casefold() if m.start() else ""
+        if word.rstrip(".") in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+            continue
+        yield m.end()
+
+
+def _clip(marks: Sequence[Span], limit: int) -> tuple[Span, ...]:
+    """Spans in order, inside ``limit``, never overlapping: data from elsewhere
+    is not trusted to be tidy."""
+    kept: list[Span] = []
+    for start, end in sorted(marks):
+        start, end = max(start, kept[-1][1] if kept else 0), min(end, limit)
+        if start < end:
+            kept.append((start, end))
+    return tuple(kept)
+
+
+def _joined(text: str, marks: Sequence[Span]) -> list[Span]:
+    """Spans clipped to ``text``, neighbours separated only by spaces joined,
+    so a matched phrase reads as one highlight."""
+    joined: list[Span] = []
+    for start, end in _clip(marks, len(text)):
+        if joined and not text[joined[-1][1] : start].strip():
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+    return joined
+
+
+def highlight_html(text: str, marks: Sequence[Span]) -> Markup:
+    """Escape each piece between the spans; only the <mark> tags are markup."""
+    out: list[str] = []
+    pos = 0
+    for start, end in _joined(text, marks):
+        out.append(escape(text[pos:start]))
+        out.append(
+            Markup('<mark class="hl" style="{}">{}</mark>').format(MARK_STYLE, text[start:end])
+        )
+        pos = end
+    out.append(escape(text[pos:]))
+    return Markup("").join(out)
+
+
+def highlight_text(text: str, marks: Sequence[Span]) -> str:
+    out: list[str] = []
+    pos = 0
+    for start, end in _joined(text, marks):
+        out += [text[pos:start], "*", text[start:end], "*"]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def wrap(text: str, indent: str = "", width: int = TEXT_WIDTH) -> str:
+    """Wrap prose; words are never split, so a long token may overrun rather
+    than be broken."""
+    return textwrap.fill(
+        _ASCII_SPACE.sub(" ", text).strip(),
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+
+
+# --- view model -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EntryView:
+    title: str
+    title_html: Markup
+    title_text: str
+    url: str
+    abstract_html: Markup
+    abstract_text: str
+    meta: str
+    also: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class SectionView:
+    name: str
+    entries: tuple[EntryView, ...]
+
+
+def _meta(entry: Entry) -> str:
+    paper = entry.paper
+    parts: list[str] = []
+    if paper.published is not None:
+        parts.append(format_date(paper.published))
+    if paper.organization:
+        parts.append(paper.organization)
+    if paper.authors:
+        parts.append(plural(paper.authors, "author"))
+    if paper.upvotes:
+        parts.append(plural(paper.upvotes, "upvote"))
+    return " · ".join(parts)
+
+
+# --- the renderer ---------------------------------------------------------
+
+
+class _InliningLoader(jinja2.FileSystemLoader):
+    """Inlines CSS into HTML template sources as they are loaded, so the work
+    is done once per template instead of once per message."""
+
+    def __init__(self, searchpath: Path) -> None:
+        super().__init__(searchpath)
+        self._inliner = css_inline.CSSInliner(keep_at_rules=True, minify_css=True)
+
+    def get_source(
+        self, environment: jinja2.Environment, template: str
+    ) -> tuple[str, str, Callable[[], bool]]:
+        source, filename, uptodate = super().get_source(environment, template)
+        if template.endswith(".html"):
+            source = self._inline(source)
+        return source, filename, uptodate
+
+    def _inline(self, source: str) -> str:
+        # Jinja syntax is hidden behind placeholders so the HTML parser keeps
+        # it where it is: statements become comments, which a table keeps in
+        # place, and expressions become plain tokens.
+        saved: list[str] = []
+
+        def hide(m: re.Match[str]) -> str:
+            saved.append(m.group())
+            token = f"@@J{len(saved) - 1}@@"
+            return token if m.group().startswith("{{") else f"<!--{token}-->"
+
+        inlined: str = self._inliner.inline(_JINJA.sub(hide, source))
+        return _PLACEHOLDER.sub(lambda m: saved[int(m.group(1))], inlined)
+
+
+class Renderer:
+    """Loads and checks the templates once; renders any number of digests."""
+
+    def __init__(
+        self,
+        templates_dir: Path | None = None,
+        *,
+        paper_url: str = DEFAULT_PAPER_URL,
+        product_name: str = "Paper Digest",
+    ) -> None:
+        self.templates_dir = templates_dir or default_templates_dir()
+        self.paper_url = check_paper_url(paper_url)
+        self.product_name = header_text(product_name)
+        if not self.templates_dir.is_dir():
+            raise TemplateError(
+                f"templates directory {self.templates_dir} does not exist",
+                hint="point templates_dir at a folder holding digest.html and digest.txt",
+            )
+        env = jinja2.Environment(
+            loader=_InliningLoader(self.templates_dir),
+            autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+            keep_trailing_newline=True,
+            auto_reload=False,
+        )
+        env.filters["wrap"] = wrap
+        env.filters["plural"] = plural
+        env.filters["join_names"] = join_names
+        self._html = self._load(env, HTML_TEMPLATE)
+        self._text = self._load(env, TEXT_TEMPLATE)
+
+    def _load(self, env: jinja2.Environment, name: str) -> jinja2.Template:
+        path = self.templates_dir / name
+        try:
+            return env.get_template(name)
+        except jinja2.TemplateNotFound:
+            raise TemplateError(
+                f"template {path} is missing",
+                hint="restore it from the mailer package or point templates_dir elsewhere",
+            ) from None
+        except jinja2.TemplateSyntaxError as e:
+            raise TemplateError(
+                f"template {path}, line {e.lineno}: {e.message}",
+                hint="fix the Jinja2 syntax there",
+            ) from None
+
+    def render(self, digest: Digest, *, unsubscribe_url: str | None, manage_hint: str) -> Rendered:
+        if unsubscribe_url is not None and not _is_web_url(unsubscribe_url):
+            raise ValueError(f"unsubscribe URL {unsubscribe_url!r} is not an http(s) URL")
+        sections = tuple(
+            SectionView(s.subscription, tuple(self._entry(e) for e in s.entries))
+            for s in digest.sections
+            if s.entries
+        )
+        entries = [e for s in sections for e in s.entries]
+        matched = [s.name for s in sections]
+        since = format_since(digest.since) if digest.since else None
+        subject = self._subject(digest, matched)
+        if entries:
+            total = len(entries) + digest.more
+            summary = f"{plural(total, 'paper')} matched {join_names(matched)}"
+            if since:
+                summary += f" since {since}"
+            summary += f"; here are the top {len(entries)}." if digest.more else "."
+            preheader = " · ".join(e.title for e in entries[:2])
+            if len(entries) > 2:
+                preheader += f" · and {len(entries) - 2 + digest.more} more"
+        else:
+            summary = "No new papers matched your subscriptions"
+            summary += f" since {since}." if since else "."
+            preheader = summary
+        context = {
+            "product": self.product_name,
+            "subject": subject,
+            "preheader": preheader,
+            "preheader_pad": PREHEADER_PAD,
+            "summary": summary,
+            "since": since,
+            "sections": sections,
+            "count": len(entries),
+            "more": digest.more,
+            "test": digest.test,
+            "recipient": digest.recipient,
+            "subscriptions": digest.recipient.subscriptions,
+            "unsubscribe_url": unsubscribe_url,
+            "manage_hint": " ".join(manage_hint.split()),
+        }
+        try:
+            html = self._html.render(context)
+            text = self._text.render(context)
+        except jinja2.TemplateError as e:
+            raise TemplateError(
+                f"template in {self.templates_dir} failed to render: {e}",
+                hint="a template refers to a value the renderer does not provide",
+            ) from e
+        return Rendered(subject=subject, html=html, text=text, preheader=preheader)
+
+    def _subject(self, digest: Digest, matched: Sequence[str]) -> str:
+        n = digest.count
+        if n == 0:
+            subject = f"{self.product_name}: no new papers"
+        else:
+            names = ", ".join(matched[:3]) + (" …" if len(matched) > 3 else "")
+            subject = f"{self.product_name}: {plural(n, 'new paper')} — {names}"
+        return header_text(("[test] " if digest.test else "") + subject)
+
+    def _entry(self, entry: Entry) -> EntryView:
+        paper = entry.paper
+        title = " ".join(paper.title.split())
+        abstract, abstract_marks = excerpt(paper.abstract, entry.abstract_marks)
+        return EntryView(
+            title=title,
+            title_html=highlight_html(paper.title, entry.title_marks),
+            title_text=highlight_text(paper.title, entry.title_marks),
+            url=_fill(self.paper_url, title),
+            abstract_html=highlight_html(abstract, abstract_marks),
+            abstract_text=highlight_text(abstract, abstract_marks),
+            meta=_meta(entry),
+            also=entry.also,
+        )
+
+
+# --- the message ------------------------------------------------------------
+
+
+class _UrlListHeader(UnstructuredHeader):
+    """List-Unsubscribe holds <URL>s that receivers do not decode, so a long
+    one must be folded only between URLs, never turned into encoded words."""
+
+    def fold(self, *, policy: EmailPolicy[EmailMessage]) -> str:
+        items = _BRACKETED.findall(str(self))
+        name: str = self.name  # type: ignore[attr-defined]
+        return f"{name}: " + f",{policy.linesep} ".join(items) + policy.linesep
+
+
+def _message_policy() -> EmailPolicy[EmailMessage]:
+    registry = HeaderRegistry()
+    registry.map_to_type("list-unsubscribe", cast("type[BaseHeader]", _UrlListHeader))
+    return email.policy.default.clone(header_factory=registry)
+
+
+_POLICY = _message_policy()
+
+
+def compose_message(
+    digest: Digest,
+    rendered: Rendered,
+    *,
+    sender: str,
+    message_id: str,
+    date: datetime,
+    list_unsubscribe: Sequence[str],
+    one_click: bool,
+) -> EmailMessage:
+    """A multipart/alternative message, plain text first so clients that
+    prefer the last part they can show pick the HTML."""
+    msg = EmailMessage(policy=_POLICY)
+    sender_name, sender_addr = email.utils.parseaddr(header_text(sender))
+    if not sender_addr:
+        raise ValueError(f"sender {sender!r} has no email address")
+    msg["From"] = Address(display_name=sender_name, addr_spec=sender_addr)
+    msg["To"] = Address(
+        display_name=header_text(digest.recipient.name),
+        addr_spec=header_text(digest.recipient.email),
+    )
+    msg["Subject"] = header_text(rendered.subject)
+    msg["Date"] = date
+    mid = header_text(message_id).strip("<>")
+    msg["Message-ID"] = f"<{mid}>"
+    links = [header_text(u) for u in list_unsubscribe]
+    links = [u for u in links if _is_link(u)]
+    if links:
+        msg["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in links)
+        if one_click and any(u.startswith("https://") for u in links):
+            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    msg.set_content(rendered.text, subtype="plain", charset="utf-8")
+    msg.add_alternative(rendered.html, subtype="html", charset="utf-8")
+    return msg
