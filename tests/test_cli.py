@@ -81,16 +81,23 @@ def test_parse_json_prints_one_object_per_record(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(records) == 315
-    assert set(records[0]) >= {"title", "abstract", "authors", "organization", "published",
-                               "upvotes"}
+    assert set(records[0]) >= {
+        "title",
+        "abstract",
+        "authors",
+        "organization",
+        "published",
+        "upvotes",
+    }
     assert "000_60125a6c42a31246.txt: 40 records" in result.stderr
 
 
 def test_parse_refuses_a_non_dump_naming_it(tmp_path: Path) -> None:
     bad = tmp_path / "photo.txt"
     bad.write_bytes(b"\x89PNG\x00\x00\x00" * 20)
-    result = mailer("parse", "--json", str(bad), str(SEEDS / "004_8d3ac697b747adc8.txt"),
-                    cwd=tmp_path)
+    result = mailer(
+        "parse", "--json", str(bad), str(SEEDS / "004_8d3ac697b747adc8.txt"), cwd=tmp_path
+    )
     assert result.returncode == 1
     assert "photo.txt" in result.stderr
     assert len(result.stdout.splitlines()) == 43
@@ -129,8 +136,13 @@ def test_config_from_environment_variable(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     env = {**ENV, "MAILER_CONFIG": str(config)}
     result = subprocess.run(
-        [sys.executable, "-m", "mailer", "check-config"], cwd=ROOT, env=env,
-        capture_output=True, text=True, check=False, timeout=60,
+        [sys.executable, "-m", "mailer", "check-config"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
     )
     assert str(config) in result.stdout
 
@@ -160,8 +172,9 @@ def test_send_test_sends_exactly_one_message_and_records_nothing(
     quiet.write_text(config.read_text().replace('transport = "smtp"', 'transport = "maildir"'))
     assert mailer("--config", str(quiet), "ingest", cwd=tmp_path).returncode == 0
     smtp_server.messages.clear()
-    result = mailer("--config", str(config), "send-test", "--to", "me@example.org",
-                    "--days", "3", cwd=tmp_path)
+    result = mailer(
+        "--config", str(config), "send-test", "--to", "me@example.org", "--days", "3", cwd=tmp_path
+    )
     assert result.returncode == 0, result.stderr
     (got,) = smtp_server.messages
     assert got.recipients == ["me@example.org"]
@@ -175,8 +188,16 @@ def test_send_test_with_nothing_matching_still_sends_and_says_so(
     tmp_path: Path, smtp_server: SmtpServer
 ) -> None:
     config = write_config(tmp_path, smtp_server.port)
-    result = mailer("--config", str(config), "send-test", "--to", "me@example.org",
-                    "--subscriber", "grace@example.org", cwd=tmp_path)
+    result = mailer(
+        "--config",
+        str(config),
+        "send-test",
+        "--to",
+        "me@example.org",
+        "--subscriber",
+        "grace@example.org",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     (got,) = smtp_server.messages
     text = got.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
@@ -185,8 +206,16 @@ def test_send_test_with_nothing_matching_still_sends_and_says_so(
 
 def test_send_test_to_unknown_subscriber_names_it(tmp_path: Path) -> None:
     config = write_config(tmp_path)
-    result = mailer("--config", str(config), "send-test", "--to", "me@example.org",
-                    "--subscriber", "who@example.org", cwd=tmp_path)
+    result = mailer(
+        "--config",
+        str(config),
+        "send-test",
+        "--to",
+        "me@example.org",
+        "--subscriber",
+        "who@example.org",
+        cwd=tmp_path,
+    )
     assert result.returncode == 2
     assert "who@example.org" in result.stderr
 
@@ -210,7 +239,11 @@ def test_daemon_ingests_new_dumps_mails_and_stops_on_sigterm(
     config = write_config(tmp_path, smtp_server.port, interval=0.5)
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailer", "--config", str(config), "run"],
-        cwd=tmp_path, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         time.sleep(1.0)

@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import time
-from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -38,7 +36,7 @@ dir = "dumps"
 interval_seconds = 0.2
 settle_seconds = 0
 [database]
-url = "sqlite:///{tmp_path / 'mailer.db'}"
+url = "sqlite:///{tmp_path / "mailer.db"}"
 [delivery]
 transport = "smtp"
 [smtp]
@@ -115,7 +113,9 @@ def test_first_pass_mails_each_subscriber_one_digest(
     ada = by_rcpt["ada@example.org"]
     assert ada["To"] == "Ada <ada@example.org>"
     assert ada["From"] == "Paper Digest <digest@example.org>"
-    assert ada["Message-ID"] and ada["Date"] and ada["List-Unsubscribe"]
+    assert ada["Message-ID"]
+    assert ada["Date"]
+    assert ada["List-Unsubscribe"]
     assert ada.get_content_type() == "multipart/alternative"
 
 
@@ -168,9 +168,7 @@ def test_dump_repeating_old_papers_mails_only_the_new_ones(
     assert "1 new paper" in digest.message["Subject"]
 
 
-def test_same_dump_under_another_name_is_not_new(
-    harness: Harness, smtp_server: SmtpServer
-) -> None:
+def test_same_dump_under_another_name_is_not_new(harness: Harness, smtp_server: SmtpServer) -> None:
     harness.drop("a.txt", format_dump(TODAY, [NEW]))
     harness.run()
     harness.drop("copy-of-a.txt", format_dump(TODAY, [NEW]))
@@ -210,11 +208,15 @@ def test_hidden_and_partial_files_are_ignored(harness: Harness, smtp_server: Smt
     assert (report.dumps, report.refused, len(smtp_server.messages)) == (0, 0, 0)
 
 
-def test_file_still_being_written_waits_until_complete(tmp_path: Path, smtp_server: SmtpServer) -> None:
+def test_file_still_being_written_waits_until_complete(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
     harness = Harness(tmp_path, smtp_server.port, extra="")
     harness.pipeline.scanner.settle = 0.5
     path = harness.dumps / "growing.txt"
-    full = format_dump(TODAY, [NEW, Paper("Diffusion Model Agents", "Agents with a diffusion model.")])
+    full = format_dump(
+        TODAY, [NEW, Paper("Diffusion Model Agents", "Agents with a diffusion model.")]
+    )
     half = len(full) // 2
 
     def write_rest(seconds: float) -> None:

@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.digests import Digest, Entry, Recipient, Section
+from mailer.dumps import read_dump
 from mailer.errors import TemplateError
 from mailer.papers import Paper
 from mailer.render import (
@@ -36,36 +37,18 @@ GOLDEN = Path(__file__).parent / "golden" / "digest.txt"
 UNSUBSCRIBE = "https://digest.example.org/unsubscribe?token=abc123"
 MANAGE = "Reply to this message to change your subscriptions."
 SINCE = datetime(2024, 11, 16, 7, 0, tzinfo=UTC)
-_META_DATE = re.compile(r"^([A-Z][a-z]{2}) (\d{1,2})(?:, (\d{4}))?(?: (\d+))?$")
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 
 
 # --- sample data ----------------------------------------------------------
 
 
 def seed_papers() -> list[Paper]:
-    """Papers from the sample dumps, split the simple way: a title line, a
-    blank line, a long abstract line, then optional author/date lines."""
-    papers: list[Paper] = []
-    for path in sorted(SEEDS.glob("*.txt")):
-        lines = path.read_text(encoding="utf-8").splitlines()
-        for i in range(len(lines) - 2):
-            title, blank, abstract = lines[i], lines[i + 1], lines[i + 2]
-            if not title.strip() or blank.strip() or len(abstract) < 200 or len(title) > 300:
-                continue
-            authors: int | None = None
-            published: date | None = None
-            upvotes = 0
-            for line in lines[i + 3 : i + 8]:
-                if m := re.fullmatch(r"\s*•\s*(\d+) authors?", line):
-                    authors = int(m.group(1))
-                elif m := _META_DATE.match(line.strip()):
-                    year = int(m.group(3) or 2025)
-                    published = date(year, _MONTHS.index(m.group(1)) + 1, int(m.group(2)))
-                    upvotes = int(m.group(4) or 0)
-                    break
-            papers.append(Paper(title, abstract, authors, None, published, upvotes))
-    return papers
+    """Papers from the sample dumps, as the parser reads them in Dec 2025."""
+    return [
+        paper
+        for path in sorted(SEEDS.glob("*.txt"))
+        for paper in read_dump(path, today=date(2025, 12, 20)).papers
+    ]
 
 
 def spans(text: str, terms: Iterable[str]) -> tuple[tuple[int, int], ...]:

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import pytest
-from test_render import MANAGE, UNSUBSCRIBE, realistic_digest
 
 from mailer.render import Rendered, Renderer
+from tests.test_render import MANAGE, UNSUBSCRIBE, realistic_digest
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
@@ -87,7 +87,10 @@ def browser() -> Iterator[Browser]:
         "playwright.sync_api", reason="the playwright package is not installed"
     )
     if not CHROMIUM.exists() or shutil.which(str(CHROMIUM)) is None:
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package 'chromium')")
+        reason = f"no Chromium at {CHROMIUM} (Debian package 'chromium')"
+        if os.environ.get("MAILER_TEST_REQUIRE_BROWSER"):
+            pytest.fail(reason + ", but MAILER_TEST_REQUIRE_BROWSER is set")
+        pytest.skip(reason)
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=LAUNCH_ARGS)
         yield b
