@@ -81,6 +81,11 @@ class DatabaseConfig(_Section):
 class DeliveryConfig(_Section):
     transport: Literal["maildir", "smtp"] = "maildir"
     maildir: Path = Path("outbox")
+    # Retries: the first back-off, doubled each failed attempt (with jitter) up
+    # to the maximum; a message still undelivered after give_up is failed.
+    retry_initial_seconds: float = Field(default=60.0, gt=0)
+    retry_max_seconds: float = Field(default=3600.0, gt=0)
+    give_up_after_seconds: float = Field(default=259200.0, gt=0)
 
 
 class SmtpConfig(_Section):
@@ -91,6 +96,8 @@ class SmtpConfig(_Section):
     password: SecretStr = SecretStr("")
     sender: Text = "Paper Digest <digest@example.org>"
     timeout_seconds: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=4, ge=1, le=64)
+    rate_per_minute: float = Field(default=0.0, ge=0)  # 0 = unlimited
 
     @field_validator("sender")
     @classmethod
@@ -138,6 +145,7 @@ class SubscriberConfig(_Section):
     name: Text = ""
     schedule: str = "instant"
     timezone: str = "UTC"
+    max_papers: int | None = Field(default=None, ge=1)  # None: [render] max_papers
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
 
     @field_validator("schedule")

@@ -12,13 +12,13 @@ import hashlib
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from email.utils import make_msgid
 from pathlib import Path
 from typing import cast
-from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from mailer.config import Config, SubscriberConfig
@@ -27,10 +27,17 @@ from mailer.digests import Digest, Matched, Recipient, build_digest
 from mailer.dumps import parse_dump
 from mailer.errors import DeliveryError, DumpError
 from mailer.matching import Query, match_paper, parse_query
+from mailer.outbox import (
+    RateLimiter,
+    RenderJob,
+    backoff_seconds,
+    build_message,
+    render_jobs,
+)
 from mailer.papers import Paper
-from mailer.render import Renderer, compose_message
+from mailer.render import Renderer
 from mailer.schedule import Schedule
-from mailer.store import Store
+from mailer.store import DeliveryRow, Outgoing, Store
 
 log = logging.getLogger("mailer")
 
@@ -117,8 +124,13 @@ class PassReport:
     digests: int = 0
     sent: int = 0
     failed: int = 0
-    deferred: int = 0
     errors: list[str] = field(default_factory=list)
+    deferred_ids: set[int] = field(default_factory=set)
+
+    @property
+    def deferred(self) -> int:
+        """Messages this pass wanted to send that wait for a later attempt."""
+        return len(self.deferred_ids)
 
     def summary(self) -> str:
         return (
@@ -145,10 +157,18 @@ class Pipeline:
         *,
         clock: Clock = utc_now,
         sleep: Callable[[float], None] = time.sleep,
+        compose_pool: Executor | None = None,
     ) -> None:
         self.store = store
         self.transport = transport
         self.clock = clock
+        # Rendering many digests at once runs here (a ProcessPoolExecutor whose
+        # initializer is mailer.outbox.init_worker); None renders in-process.
+        self.compose_pool = compose_pool
+        # After the transport itself failed (down, TLS, login), sending waits
+        # with back-off instead of retrying in a tight loop.
+        self.paused_until: datetime | None = None
+        self.transport_failures = 0
         self.scanner = Scanner(config.watch.dir, config.watch.settle_seconds, sleep)
         self.stopping = False
         self.configure(config)
@@ -156,6 +176,7 @@ class Pipeline:
     def configure(self, config: Config) -> None:
         """Adopt a (re)loaded configuration."""
         self.config = config
+        self.limiter = RateLimiter(config.smtp.rate_per_minute)
         self.queries = compile_queries(config)
         self.renderer = Renderer(config.render.templates, paper_url=config.render.paper_url)
         self.scanner.directory = config.watch.dir
@@ -172,8 +193,7 @@ class Pipeline:
         report = PassReport()
         await asyncio.to_thread(self.ingest, report)
         await asyncio.to_thread(self.match, report)
-        await asyncio.to_thread(self.compose, report)
-        await self.deliver(report)
+        await self.compose_and_deliver(report)
         return report
 
     # --- files -> dumps -> papers --------------------------------------------
@@ -269,124 +289,232 @@ class Pipeline:
 
     # --- matches -> digests -> messages (the outbox) ---------------------------
 
-    def compose(self, report: PassReport) -> None:
-        now = self.clock()
+    def due_subscribers(self, now: datetime) -> list[tuple[SubscriberConfig, int, datetime | None]]:
+        """(subscriber, id, last digest) of each active subscriber whose schedule is due."""
         active = self.store.active_subscriber_ids()
-        for sub in self.config.subscribers:
-            subscriber_id = active.get(sub.email)
-            if subscriber_id is None or self.stopping:
-                continue
-            last = self.store.last_digest_at(subscriber_id)
-            since = self.store.subscriber_since(subscriber_id) or now
+        subs = [(s, active[s.email]) for s in self.config.subscribers if s.email in active]
+        state = self.store.digest_state([i for _, i in subs])
+        due = []
+        for sub, subscriber_id in subs:
+            since, last = state.get(subscriber_id, (now, None))
             schedule = Schedule.parse(sub.schedule)
-            if not schedule.is_due(last=last, since=since, now=now, zone=ZoneInfo(sub.timezone)):
+            if schedule.is_due(last=last, since=since, now=now, zone=ZoneInfo(sub.timezone)):
+                due.append((sub, subscriber_id, last))
+        return due
+
+    def compose(self, report: PassReport) -> None:
+        """Render every due digest into the outbox. Digests are built in chunks;
+        with a worker pool, the next chunk renders while this one is stored."""
+        now = self.clock()
+        due = self.due_subscribers(now)
+        pool = self.compose_pool if len(due) >= POOL_THRESHOLD else None
+        in_flight: list[tuple[list[Outgoing], Future[list[tuple[str, bytes, str]]]]] = []
+        for start in range(0, len(due), COMPOSE_CHUNK):
+            if self.stopping:
+                break
+            chunk = due[start : start + COMPOSE_CHUNK]
+            pending = self.store.pending_matches_for([i for _, i, _ in chunk])
+            digests: list[tuple[SubscriberConfig, int, list[int], Digest]] = []
+            for sub, subscriber_id, last in chunk:
+                matches = pending.get(subscriber_id, [])
+                if not matches:
+                    continue
+                matched = [Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in matches]
+                digest = build_digest(
+                    recipient(sub),
+                    matched,
+                    since=last,
+                    max_papers=sub.max_papers or self.config.render.max_papers,
+                )
+                digests.append((sub, subscriber_id, [p.id for p in matches], digest))
+            if not digests:
                 continue
-            pending = self.store.pending_matches(subscriber_id)
-            if not pending:
+            shells = [
+                Outgoing(subscriber_id, sub.email, "", "", b"", ids)
+                for sub, subscriber_id, ids, _ in digests
+            ]
+            if pool is None:
+                built = [self.message_bytes(d, now) for _, _, _, d in digests]
+                self._enqueue(shells, built, now, report)
                 continue
-            matched = [Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in pending]
-            digest = build_digest(
-                recipient(sub),
-                matched,
-                since=last,
-                max_papers=self.config.render.max_papers,
-            )
-            message_id, data, subject = self.message_bytes(digest, now)
-            self.store.enqueue(
-                subscriber_id=subscriber_id,
-                recipient=sub.email,
-                message_id=message_id,
-                subject=subject,
-                message=data,
-                match_ids=[p.id for p in pending],
-                now=now,
-            )
-            report.digests += 1
+            smtp = self.config.smtp
+            jobs = [RenderJob(d, now, smtp.sender, smtp.sender_address) for *_, d in digests]
+            in_flight.append((shells, pool.submit(render_jobs, jobs)))
+            while len(in_flight) > POOL_DEPTH:
+                shells_done, future = in_flight.pop(0)
+                self._enqueue(shells_done, future.result(), now, report)
+        for shells_done, future in in_flight:
+            self._enqueue(shells_done, future.result(), now, report)
+
+    def _enqueue(
+        self,
+        shells: list[Outgoing],
+        built: list[tuple[str, bytes, str]],
+        now: datetime,
+        report: PassReport,
+    ) -> None:
+        messages = [
+            Outgoing(o.subscriber_id, o.recipient, mid, subject, data, o.match_ids)
+            for o, (mid, data, subject) in zip(shells, built, strict=True)
+        ]
+        self.store.enqueue_many(messages, now)
+        report.digests += len(messages)
+        for m in messages:
             log.info(
                 "digest queued subscriber=%s papers=%d message_id=%s",
-                sub.email,
-                digest.count,
-                message_id,
+                m.recipient,
+                len(m.match_ids),
+                m.message_id,
             )
 
-    def message_bytes(self, digest: Digest, now: datetime) -> tuple[str, bytes, str]:
+    def message_bytes(
+        self, digest: Digest, now: datetime, unsubscribe_url: str | None = None
+    ) -> tuple[str, bytes, str]:
+        """(Message-ID, bytes, subject); the Message-ID is made once, here."""
         smtp = self.config.smtp
-        domain = smtp.sender_address.rpartition("@")[2] or "localhost"
-        message_id = make_msgid(idstring="digest", domain=domain)
-        mailto = f"mailto:{smtp.sender_address}?subject=" + quote(
-            f"unsubscribe {digest.recipient.email}"
-        )
-        rendered = self.renderer.render(digest, unsubscribe_url=None, manage_hint=MANAGE_HINT)
-        message = compose_message(
+        return build_message(
+            self.renderer,
             digest,
-            rendered,
+            now,
             sender=smtp.sender,
-            message_id=message_id,
-            date=now,
-            list_unsubscribe=[mailto],
-            one_click=False,
+            sender_address=smtp.sender_address,
+            unsubscribe_url=unsubscribe_url,
         )
-        return message_id, message.as_bytes(), rendered.subject
 
     # --- messages -> deliveries ---------------------------------------------
 
+    async def compose_and_deliver(self, report: PassReport) -> None:
+        """Compose in a thread (and its worker pool) while the sender drains
+        what is already queued; then drain what composing added."""
+        composing = asyncio.ensure_future(asyncio.to_thread(self.compose, report))
+        try:
+            while not composing.done() and not self.stopping:
+                await self.deliver(report)
+                await asyncio.wait({composing}, timeout=0.1)
+        finally:
+            await composing
+        await self.deliver(report)
+
     async def deliver(self, report: PassReport) -> None:
-        due = await asyncio.to_thread(self.store.due_deliveries, self.clock())
-        if not due:
+        """Drain the due part of the outbox over ``smtp.max_connections``
+        connections at most ``smtp.rate_per_minute``. A message is marked sent
+        only after the server accepted it; one cut off by a stop or crash stays
+        pending and goes again, with the same bytes and Message-ID."""
+        now = self.clock()
+        if self.paused_until is not None and now < self.paused_until:
+            ids = await asyncio.to_thread(lambda: [r.id for r in self.store.due_deliveries(now)])
+            report.deferred_ids.update(i for i in ids if i is not None)
             return
         sender = self.config.smtp.sender_address
-        try:
-            async with self.transport() as transport:
-                for row in due:
-                    if self.stopping:
-                        return
-                    assert row.id is not None
-                    try:
-                        reply = await transport.send(sender, row.recipient, row.message)
-                    except TransportUnavailableError:
-                        raise
-                    except DeliveryError as exc:
-                        await asyncio.to_thread(self._failed, row.id, exc, report)
-                        log.error(
-                            "send failed subscriber=%s message_id=%s permanent=%s reply=%s",
-                            row.recipient,
-                            row.message_id,
-                            exc.permanent,
-                            exc.message,
-                        )
-                        continue
-                    await asyncio.to_thread(
-                        self.store.mark_sent, row.id, reply=reply, now=self.clock()
-                    )
-                    report.sent += 1
-                    log.info(
-                        "sent subscriber=%s message_id=%s papers=%d reply=%s",
-                        row.recipient,
-                        row.message_id,
-                        row.papers,
-                        reply.strip(),
-                    )
-        except TransportUnavailableError as exc:
-            report.deferred += len(due) - report.sent - report.failed
-            report.errors.append(str(exc))
-            log.error("delivery paused: %s", exc.message)
+        unavailable: list[TransportUnavailableError] = []
+        while not self.stopping and not unavailable:
+            due = await asyncio.to_thread(self.store.due_deliveries, self.clock(), DELIVER_BATCH)
+            due = [r for r in due if r.id not in report.deferred_ids]
+            if not due:
+                break
+            queue = deque(due)
+            workers = min(self.config.smtp.max_connections, len(due))
 
-    def _failed(self, delivery_id: int, exc: DeliveryError, report: PassReport) -> None:
-        if exc.permanent:
-            report.failed += 1
-        else:
-            report.deferred += 1
-        self.store.mark_attempt_failed(
-            delivery_id,
-            reply=exc.message,
-            permanent=exc.permanent,
-            retry_at=self.clock() + timedelta(seconds=1),
+            try:
+                await asyncio.gather(
+                    *(self._drain(queue, sender, unavailable, report) for _ in range(workers))
+                )
+            except TransportUnavailableError as exc:
+                unavailable.append(exc)
+            report.deferred_ids.update(r.id for r in queue if r.id is not None)
+            if len(due) < DELIVER_BATCH:
+                break
+        if unavailable:
+            first = unavailable[0]
+            self.transport_failures += 1
+            delay = self._backoff(self.transport_failures)
+            self.paused_until = self.clock() + timedelta(seconds=delay)
+            report.errors.append(str(first))
+            log.error("delivery paused for %.0fs: %s", delay, first.message)
+        elif report.sent:
+            self.transport_failures, self.paused_until = 0, None
+
+    async def _drain(
+        self,
+        queue: deque[DeliveryRow],
+        sender: str,
+        unavailable: list[TransportUnavailableError],
+        report: PassReport,
+    ) -> None:
+        """One connection's share of a batch; stops all when the transport fails."""
+        async with self.transport() as transport:
+            while queue and not self.stopping and not unavailable:
+                row = queue.popleft()
+                await self.limiter.wait()
+                try:
+                    reply = await transport.send(sender, row.recipient, row.message)
+                except TransportUnavailableError as exc:
+                    unavailable.append(exc)
+                    await asyncio.to_thread(self._attempt_failed, row, exc, report)
+                    return
+                except DeliveryError as exc:
+                    await asyncio.to_thread(self._attempt_failed, row, exc, report)
+                    continue
+                await asyncio.to_thread(self._sent, row, reply, report)
+
+    def _backoff(self, attempts: int) -> float:
+        d = self.config.delivery
+        return backoff_seconds(
+            attempts, initial=d.retry_initial_seconds, maximum=d.retry_max_seconds
         )
 
+    def _sent(self, row: DeliveryRow, reply: str, report: PassReport) -> None:
+        assert row.id is not None
+        self.store.mark_sent(row.id, reply=reply, now=self.clock())
+        report.sent += 1
+        report.deferred_ids.discard(row.id)
+        log.info(
+            "sent subscriber=%s message_id=%s papers=%d reply=%s",
+            row.recipient,
+            row.message_id,
+            row.papers,
+            reply.strip(),
+        )
 
-MANAGE_HINT = (
-    "Reply to this message, or ask the operator of this digest to change your subscriptions."
-)
+    def _attempt_failed(self, row: DeliveryRow, exc: DeliveryError, report: PassReport) -> None:
+        """A 5xx fails the message now; anything else defers it with back-off,
+        until it has been deferred for ``give_up_after_seconds``."""
+        assert row.id is not None
+        now = self.clock()
+        give_up = timedelta(seconds=self.config.delivery.give_up_after_seconds)
+        permanent = exc.permanent
+        reply = exc.message
+        if not permanent and row.deferred_since is not None and now - row.deferred_since >= give_up:
+            permanent = True
+            reply = f"gave up after {give_up} of temporary failures; last: {reply}"
+        retry_at = now + timedelta(seconds=self._backoff(row.attempts + 1))
+        self.store.mark_attempt_failed(
+            row.id, reply=reply, permanent=permanent, retry_at=retry_at, now=now
+        )
+        if permanent:
+            report.failed += 1
+            log.error(
+                "send failed subscriber=%s message_id=%s reply=%s",
+                row.recipient,
+                row.message_id,
+                reply,
+            )
+        else:
+            report.deferred_ids.add(row.id)
+            log.warning(
+                "send deferred subscriber=%s message_id=%s attempt=%d retry_at=%s reply=%s",
+                row.recipient,
+                row.message_id,
+                row.attempts + 1,
+                retry_at.isoformat(timespec="seconds"),
+                reply,
+            )
+
+
+POOL_THRESHOLD = 200  # below this many due digests, rendering in-process is quicker
+COMPOSE_CHUNK = 100
+POOL_DEPTH = 4  # chunks rendering ahead of the one being stored
+DELIVER_BATCH = 1000
 
 
 def recipient(sub: SubscriberConfig) -> Recipient:

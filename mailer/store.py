@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -106,6 +106,7 @@ class DeliveryRow(SQLModel, table=True):
     next_attempt_at: datetime | None = None
     sent_at: datetime | None = None
     last_reply: str | None = None
+    deferred_since: datetime | None = None  # first temporary failure; give-up counts from here
 
 
 class MatchRow(SQLModel, table=True):
@@ -127,6 +128,18 @@ class IngestOutcome:
     dump_id: int
     new_papers: int
     seen_papers: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A composed message on its way into the outbox."""
+
+    subscriber_id: int
+    recipient: str
+    message_id: str
+    subject: str
+    message: bytes
+    match_ids: Sequence[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,18 +448,17 @@ class Store:
             assert row.id is not None
             return row.id
 
-    def due_deliveries(self, now: datetime) -> list[DeliveryRow]:
+    def due_deliveries(self, now: datetime, limit: int | None = None) -> list[DeliveryRow]:
         with self.session() as s:
-            return list(
-                s.exec(
-                    select(DeliveryRow)
-                    .where(
-                        DeliveryRow.status == "pending",
-                        col(DeliveryRow.next_attempt_at) <= now,
-                    )
-                    .order_by(col(DeliveryRow.id))
-                ).all()
+            query = (
+                select(DeliveryRow)
+                .where(
+                    DeliveryRow.status == "pending",
+                    col(DeliveryRow.next_attempt_at) <= now,
+                )
+                .order_by(col(DeliveryRow.id))
             )
+            return list(s.exec(query.limit(limit) if limit else query).all())
 
     def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> None:
         with self.session() as s:
@@ -455,7 +467,13 @@ class Store:
             row.attempts += 1
 
     def mark_attempt_failed(
-        self, delivery_id: int, *, reply: str, permanent: bool, retry_at: datetime | None
+        self,
+        delivery_id: int,
+        *,
+        reply: str,
+        permanent: bool,
+        retry_at: datetime | None,
+        now: datetime | None = None,
     ) -> None:
         with self.session() as s:
             row = s.get_one(DeliveryRow, delivery_id)
@@ -465,6 +483,118 @@ class Store:
                 row.status = "failed"
             else:
                 row.next_attempt_at = retry_at
+                if row.deferred_since is None:
+                    row.deferred_since = now or retry_at
+
+    # --- the outbox in bulk (compose many digests per transaction) -------------
+
+    def digest_state(
+        self, subscriber_ids: Sequence[int]
+    ) -> dict[int, tuple[datetime, datetime | None]]:
+        """(subscribed since, last digest composed) per subscriber, in two queries."""
+        state: dict[int, tuple[datetime, datetime | None]] = {}
+        with self.session() as s:
+            for start in range(0, len(subscriber_ids), 1000):
+                chunk = subscriber_ids[start : start + 1000]
+                last = dict(
+                    s.exec(
+                        select(DeliveryRow.subscriber_id, func.max(DeliveryRow.created_at))
+                        .where(col(DeliveryRow.subscriber_id).in_(chunk))
+                        .group_by(col(DeliveryRow.subscriber_id))
+                    ).all()
+                )
+                for row_id, created in s.exec(
+                    select(SubscriberRow.id, SubscriberRow.created_at).where(
+                        col(SubscriberRow.id).in_(chunk)
+                    )
+                ).all():
+                    if row_id is not None:
+                        state[row_id] = (created, last.get(row_id))
+        return state
+
+    def pending_matches_for(self, subscriber_ids: Sequence[int]) -> dict[int, list[PendingMatch]]:
+        """Unclaimed matches of many subscribers at once, oldest first."""
+        found: dict[int, list[PendingMatch]] = {i: [] for i in subscriber_ids}
+        with self.session() as s:
+            for start in range(0, len(subscriber_ids), 500):
+                chunk = subscriber_ids[start : start + 500]
+                rows = s.exec(
+                    select(MatchRow, PaperRow)
+                    .join(PaperRow, col(PaperRow.id) == col(MatchRow.paper_id))
+                    .where(
+                        col(MatchRow.subscriber_id).in_(chunk),
+                        col(MatchRow.delivery_id).is_(None),
+                    )
+                    .order_by(col(MatchRow.id))
+                ).all()
+                for m, p in rows:
+                    if m.id is not None:
+                        found[m.subscriber_id].append(
+                            PendingMatch(
+                                id=m.id,
+                                paper=p.paper(),
+                                subscriptions=tuple(m.subscriptions),
+                                terms=tuple(m.terms),
+                                scores=tuple(m.scores),
+                                first_seen_at=p.first_seen_at,
+                            )
+                        )
+        return found
+
+    def enqueue_many(self, messages: Sequence[Outgoing], now: datetime) -> list[int]:
+        """Put many composed messages in the outbox, each claiming its matches,
+        in one transaction: all of them are queued, or none and no match claimed."""
+        ids: list[int] = []
+        with self.session() as s:
+            rows = [
+                DeliveryRow(
+                    subscriber_id=m.subscriber_id,
+                    recipient=m.recipient,
+                    message_id=m.message_id,
+                    subject=m.subject,
+                    papers=len(m.match_ids),
+                    message=m.message,
+                    created_at=now,
+                    next_attempt_at=now,
+                )
+                for m in messages
+            ]
+            s.add_all(rows)
+            s.flush()
+            for m, row in zip(messages, rows, strict=True):
+                claimed = 0
+                for start in range(0, len(m.match_ids), 1000):
+                    chunk = m.match_ids[start : start + 1000]
+                    result = s.exec(
+                        update(MatchRow)
+                        .where(col(MatchRow.id).in_(chunk), col(MatchRow.delivery_id).is_(None))
+                        .values(delivery_id=row.id)
+                    )
+                    claimed += result.rowcount
+                if claimed != len(m.match_ids):
+                    raise StoreError(
+                        f"outbox: {len(m.match_ids) - claimed} of the matches for {m.recipient} "
+                        "were already claimed by another message",
+                        hint="is a second mailer running on the same database?",
+                    )
+                assert row.id is not None
+                ids.append(row.id)
+        return ids
+
+    def retry_deliveries(self, ids: Sequence[int] | None, now: datetime) -> int:
+        """Make deferred or failed messages due now (``ids``, or all of them when
+        None); sent ones are left alone. Returns how many were changed."""
+        with self.session() as s:
+            query = select(DeliveryRow).where(col(DeliveryRow.status).in_(("pending", "failed")))
+            if ids is not None:
+                query = query.where(col(DeliveryRow.id).in_(list(ids)))
+            count = 0
+            for row in s.exec(query):
+                if row.status == "pending" and row.attempts == 0:
+                    continue
+                row.status, row.next_attempt_at, row.deferred_since = "pending", now, None
+                count += 1
+            return count
 
     def deliveries(self) -> list[DeliveryRow]:
         with self.session() as s:
