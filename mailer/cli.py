@@ -9,9 +9,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import multiprocessing
+import os
 import sys
+from collections.abc import Iterator
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -26,9 +31,11 @@ from mailer.daemon import Daemon
 from mailer.delivery import make_transport
 from mailer.dumps import paper_json, read_dump
 from mailer.errors import ConfigError, DeliveryError, MailerError
+from mailer.lock import database_lock
+from mailer.outbox import display_status, init_worker
 from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline, digest_for_test, utc_now
-from mailer.store import Store
+from mailer.store import DeliveryRow, Store
 
 app = typer.Typer(
     name="mailer",
@@ -122,12 +129,15 @@ def run(ctx: typer.Context) -> None:
     state = _state(ctx)
     config = state.config()
     log.info("mailer %s with configuration from %s", __version__, state.config_source)
-    store = _open(config)
-    try:
-        pipeline = Pipeline(config, store, lambda: make_transport(pipeline.config))
-        asyncio.run(Daemon(pipeline, config.watch.interval_seconds).run())
-    finally:
-        store.close()
+    with database_lock(config.database.url), compose_pool(config) as pool:
+        store = _open(config)
+        try:
+            pipeline = Pipeline(
+                config, store, lambda: make_transport(pipeline.config), compose_pool=pool
+            )
+            asyncio.run(Daemon(pipeline, config.watch.interval_seconds).run())
+        finally:
+            store.close()
 
 
 @app.command()
@@ -135,12 +145,13 @@ def ingest(ctx: typer.Context) -> None:
     """Run one pass (ingest new dumps, match, send what is due), then exit."""
     state = _state(ctx)
     config = state.config()
-    store = _open(config)
-    try:
-        pipeline = Pipeline(config, store, lambda: make_transport(config))
-        report: PassReport = asyncio.run(pipeline.run_pass())
-    finally:
-        store.close()
+    with database_lock(config.database.url), compose_pool(config) as pool:
+        store = _open(config)
+        try:
+            pipeline = Pipeline(config, store, lambda: make_transport(config), compose_pool=pool)
+            report: PassReport = asyncio.run(pipeline.run_pass())
+        finally:
+            store.close()
     out.print(f"pass done: {report.summary()}")
     if report.deferred:
         raise typer.Exit(3)
@@ -255,6 +266,112 @@ def _meta_line(paper: Paper) -> str:
     )
     when = paper.published.isoformat() if paper.published else "no date"
     return f"{when} · {paper.upvotes} upvotes · {who}"
+
+
+# --- the outbox -------------------------------------------------------------------
+
+outbox_app = typer.Typer(
+    help="List the outbox: queued, deferred, sent and failed messages.",
+    invoke_without_command=True,
+    no_args_is_help=False,
+)
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.callback()
+def outbox_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON array of messages.")] = False,
+    status: Annotated[
+        str | None,
+        typer.Option(help="Only messages in this state: queued, deferred, sent or failed."),
+    ] = None,
+) -> None:
+    """List the outbox: queued, deferred, sent and failed messages."""
+    if ctx.invoked_subcommand is not None:
+        return
+    config = _state(ctx).config()
+    store = _open(config)
+    try:
+        rows = [outbox_entry(r) for r in store.deliveries()]
+    finally:
+        store.close()
+    if status:
+        rows = [r for r in rows if r["status"] == status]
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=1) + "\n")
+        return
+    if not rows:
+        out.print("the outbox is empty")
+        return
+    for r in rows:
+        when = r["sent_at"] if r["status"] == "sent" else r["next_attempt_at"]
+        out.print(
+            f"{r['id']:>6} {r['status']:<8} attempts={r['attempts']} {when or '-'} "
+            f"{escape(str(r['recipient']))} {escape(str(r['message_id']))}",
+            soft_wrap=True,
+        )
+        if r["last_reply"]:
+            out.print(f"       reply: {escape(str(r['last_reply']))}", soft_wrap=True)
+
+
+def outbox_entry(row: DeliveryRow) -> dict[str, object]:
+    def iso(d: datetime | None) -> str | None:
+        return d.isoformat(timespec="seconds") if d else None
+
+    state = display_status(row.status, row.attempts)
+    return {
+        "id": row.id,
+        "recipient": row.recipient,
+        "message_id": row.message_id,
+        "subject": row.subject,
+        "papers": row.papers,
+        "status": state,
+        "attempts": row.attempts,
+        "created_at": iso(row.created_at),
+        "next_attempt_at": iso(row.next_attempt_at) if state in ("queued", "deferred") else None,
+        "sent_at": iso(row.sent_at),
+        "last_reply": row.last_reply,
+    }
+
+
+@outbox_app.command("retry")
+def outbox_retry(
+    ctx: typer.Context,
+    ids: Annotated[
+        list[int] | None, typer.Argument(help="Message ids (see 'mailer outbox').")
+    ] = None,
+    all_: Annotated[bool, typer.Option("--all", help="Every deferred and failed message.")] = False,
+) -> None:
+    """Make deferred or failed messages due now; the next pass sends them."""
+    if not ids and not all_:
+        raise ConfigError("say which messages to retry", hint="pass message ids, or --all")
+    config = _state(ctx).config()
+    store = _open(config)
+    try:
+        changed = store.retry_deliveries(None if all_ else ids, utc_now())
+    finally:
+        store.close()
+    out.print(f"{changed} message{'s' if changed != 1 else ''} due now")
+
+
+@contextmanager
+def compose_pool(config: Config) -> Iterator[Executor]:
+    """Worker processes that render digests, each building its Renderer once.
+
+    Processes, not threads: rendering is CPU-bound Python. Spawned lazily by
+    the executor when the first large batch of digests is composed.
+    """
+    pool = ProcessPoolExecutor(
+        max_workers=os.cpu_count() or 1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(config.render.templates, config.render.paper_url),
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def main() -> None:
