@@ -18,7 +18,7 @@ from email.utils import make_msgid
 from pathlib import Path
 from urllib.parse import quote
 
-from mailer.digests import Digest
+from mailer.digests import Digest, Matched, Recipient, build_digest
 from mailer.render import Renderer, compose_message
 
 MANAGE_HINT = (
@@ -97,11 +97,29 @@ def build_message(
 
 @dataclass(frozen=True, slots=True)
 class RenderJob:
-    digest: Digest
+    """Everything needed to turn one subscriber's matches into message bytes."""
+
+    recipient: Recipient
+    matched: tuple[Matched, ...]
+    since: datetime | None
+    max_papers: int
     now: datetime
     sender: str
     sender_address: str
     unsubscribe_url: str | None = None
+
+    def run(self, renderer: Renderer) -> tuple[str, bytes, str]:
+        digest = build_digest(
+            self.recipient, self.matched, since=self.since, max_papers=self.max_papers
+        )
+        return build_message(
+            renderer,
+            digest,
+            self.now,
+            sender=self.sender,
+            sender_address=self.sender_address,
+            unsubscribe_url=self.unsubscribe_url,
+        )
 
 
 _worker_renderer: Renderer | None = None
@@ -116,14 +134,4 @@ def init_worker(templates: Path | None, paper_url: str) -> None:
 def render_jobs(jobs: Sequence[RenderJob]) -> list[tuple[str, bytes, str]]:
     """Run in a worker: a chunk of digests to message bytes."""
     assert _worker_renderer is not None, "init_worker was not run in this process"
-    return [
-        build_message(
-            _worker_renderer,
-            j.digest,
-            j.now,
-            sender=j.sender,
-            sender_address=j.sender_address,
-            unsubscribe_url=j.unsubscribe_url,
-        )
-        for j in jobs
-    ]
+    return [j.run(_worker_renderer) for j in jobs]

@@ -314,31 +314,35 @@ class Pipeline:
                 break
             chunk = due[start : start + COMPOSE_CHUNK]
             pending = self.store.pending_matches_for([i for _, i, _ in chunk])
-            digests: list[tuple[SubscriberConfig, int, list[int], Digest]] = []
+            smtp = self.config.smtp
+            jobs: list[RenderJob] = []
+            shells: list[Outgoing] = []
             for sub, subscriber_id, last in chunk:
                 matches = pending.get(subscriber_id, [])
                 if not matches:
                     continue
-                matched = [Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in matches]
-                digest = build_digest(
-                    recipient(sub),
-                    matched,
-                    since=last,
-                    max_papers=sub.max_papers or self.config.render.max_papers,
+                matched = tuple(
+                    Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in matches
                 )
-                digests.append((sub, subscriber_id, [p.id for p in matches], digest))
-            if not digests:
+                jobs.append(
+                    RenderJob(
+                        recipient(sub),
+                        matched,
+                        last,
+                        sub.max_papers or self.config.render.max_papers,
+                        now,
+                        smtp.sender,
+                        smtp.sender_address,
+                    )
+                )
+                shells.append(
+                    Outgoing(subscriber_id, sub.email, "", "", b"", [p.id for p in matches])
+                )
+            if not jobs:
                 continue
-            shells = [
-                Outgoing(subscriber_id, sub.email, "", "", b"", ids)
-                for sub, subscriber_id, ids, _ in digests
-            ]
             if pool is None:
-                built = [self.message_bytes(d, now) for _, _, _, d in digests]
-                self._enqueue(shells, built, now, report)
+                self._enqueue(shells, [j.run(self.renderer) for j in jobs], now, report)
                 continue
-            smtp = self.config.smtp
-            jobs = [RenderJob(d, now, smtp.sender, smtp.sender_address) for *_, d in digests]
             in_flight.append((shells, pool.submit(render_jobs, jobs)))
             while len(in_flight) > POOL_DEPTH:
                 shells_done, future = in_flight.pop(0)

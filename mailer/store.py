@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func, update
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func, text
+from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
@@ -513,38 +514,64 @@ class Store:
         return state
 
     def pending_matches_for(self, subscriber_ids: Sequence[int]) -> dict[int, list[PendingMatch]]:
-        """Unclaimed matches of many subscribers at once, oldest first."""
+        """Unclaimed matches of many subscribers at once, oldest first. Plain
+        column queries, each paper read once: this runs for every digest."""
         found: dict[int, list[PendingMatch]] = {i: [] for i in subscriber_ids}
         with self.session() as s:
+            conn = s.connection()
             for start in range(0, len(subscriber_ids), 500):
                 chunk = subscriber_ids[start : start + 500]
-                rows = s.exec(
-                    select(MatchRow, PaperRow)
-                    .join(PaperRow, col(PaperRow.id) == col(MatchRow.paper_id))
+                matches = conn.execute(
+                    sa_select(
+                        col(MatchRow.id),
+                        col(MatchRow.subscriber_id),
+                        col(MatchRow.paper_id),
+                        col(MatchRow.subscriptions),
+                        col(MatchRow.terms),
+                        col(MatchRow.scores),
+                    )
                     .where(
                         col(MatchRow.subscriber_id).in_(chunk),
                         col(MatchRow.delivery_id).is_(None),
                     )
                     .order_by(col(MatchRow.id))
                 ).all()
-                for m, p in rows:
-                    if m.id is not None:
-                        found[m.subscriber_id].append(
-                            PendingMatch(
-                                id=m.id,
-                                paper=p.paper(),
-                                subscriptions=tuple(m.subscriptions),
-                                terms=tuple(m.terms),
-                                scores=tuple(m.scores),
-                                first_seen_at=p.first_seen_at,
-                            )
+                papers: dict[int, tuple[Paper, datetime]] = {}
+                wanted = sorted({m[2] for m in matches})
+                for at in range(0, len(wanted), 1000):
+                    for row in conn.execute(
+                        sa_select(
+                            col(PaperRow.id),
+                            col(PaperRow.title),
+                            col(PaperRow.abstract),
+                            col(PaperRow.authors),
+                            col(PaperRow.organization),
+                            col(PaperRow.published),
+                            col(PaperRow.upvotes),
+                            col(PaperRow.first_seen_at),
+                        ).where(col(PaperRow.id).in_(wanted[at : at + 1000]))
+                    ).all():
+                        assert row[0] is not None
+                        papers[row[0]] = (Paper(*row[1:7]), row[7])
+                for match_id, subscriber_id, paper_id, subs, terms, scores in matches:
+                    if match_id is None:
+                        continue
+                    paper, first_seen = papers[paper_id]
+                    found[subscriber_id].append(
+                        PendingMatch(
+                            id=match_id,
+                            paper=paper,
+                            subscriptions=tuple(subs),
+                            terms=tuple(terms),
+                            scores=tuple(scores),
+                            first_seen_at=first_seen,
                         )
+                    )
         return found
 
     def enqueue_many(self, messages: Sequence[Outgoing], now: datetime) -> list[int]:
         """Put many composed messages in the outbox, each claiming its matches,
         in one transaction: all of them are queued, or none and no match claimed."""
-        ids: list[int] = []
         with self.session() as s:
             rows = [
                 DeliveryRow(
@@ -561,24 +588,33 @@ class Store:
             ]
             s.add_all(rows)
             s.flush()
-            for m, row in zip(messages, rows, strict=True):
-                claimed = 0
-                for start in range(0, len(m.match_ids), 1000):
-                    chunk = m.match_ids[start : start + 1000]
-                    result = s.exec(
-                        update(MatchRow)
-                        .where(col(MatchRow.id).in_(chunk), col(MatchRow.delivery_id).is_(None))
-                        .values(delivery_id=row.id)
-                    )
-                    claimed += result.rowcount
-                if claimed != len(m.match_ids):
-                    raise StoreError(
-                        f"outbox: {len(m.match_ids) - claimed} of the matches for {m.recipient} "
-                        "were already claimed by another message",
-                        hint="is a second mailer running on the same database?",
-                    )
-                assert row.id is not None
-                ids.append(row.id)
+            ids = [r.id for r in rows if r.id is not None]
+            claims = [
+                {"delivery": row.id, "match": match_id}
+                for m, row in zip(messages, rows, strict=True)
+                for match_id in m.match_ids
+            ]
+            if claims:
+                s.connection().execute(
+                    text(
+                        "UPDATE matches SET delivery_id = :delivery "
+                        "WHERE id = :match AND delivery_id IS NULL"
+                    ),
+                    claims,
+                )
+            claimed = 0
+            for start in range(0, len(ids), 1000):
+                claimed += s.exec(
+                    select(func.count())
+                    .select_from(MatchRow)
+                    .where(col(MatchRow.delivery_id).in_(ids[start : start + 1000]))
+                ).one()
+            if claimed != len(claims):
+                raise StoreError(
+                    f"outbox: {len(claims) - claimed} of the matches for "
+                    f"{len(messages)} messages were already claimed by another message",
+                    hint="is a second mailer running on the same database?",
+                )
         return ids
 
     def retry_deliveries(self, ids: Sequence[int] | None, now: datetime) -> int:

@@ -1,0 +1,250 @@
+"""Delivery throughput: 10,000 digests composed and delivered to a loopback sink.
+
+    PYTHONPATH=. python -m bench.delivery [--digests 10000] [--papers 50]
+
+Runs an aiosmtpd sink in its own process and first measures its ceiling
+(pre-built messages over ``max_connections`` connections, no rendering); then
+seeds a SQLite store with N subscribers each holding ``--papers`` unclaimed
+matches and times the real ``Pipeline.compose_and_deliver``: digests rendered
+on a process pool while the sender drains the outbox. Target: >= 200/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import sqlite3
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from datetime import UTC, datetime
+from multiprocessing.sharedctypes import Synchronized
+from pathlib import Path
+from typing import Any
+
+import aiosmtplib
+
+from mailer.config import Config, parse_config
+from mailer.delivery import make_transport
+from mailer.outbox import init_worker
+from mailer.pipeline import PassReport, Pipeline
+from mailer.store import Store
+
+WORDS = [
+    "diffusion",
+    "model",
+    "sampling",
+    "guidance",
+    "transformer",
+    "attention",
+    "sparse",
+    "efficient",
+    "agents",
+    "planning",
+    "reinforcement",
+    "learning",
+    "reward",
+    "policy",
+    "language",
+    "vision",
+    "benchmark",
+    "dataset",
+    "scaling",
+    "inference",
+]
+
+
+class CountingSink:
+    def __init__(self, counter: Synchronized[int]) -> None:
+        self.counter = counter
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:  # noqa: N802
+        with self.counter.get_lock():
+            self.counter.value += 1
+        return "250 OK"
+
+
+def run_sink(port: int, counter: Synchronized[int], ready: Any, stop: Any) -> None:
+    from aiosmtpd.controller import Controller
+
+    controller = Controller(CountingSink(counter), hostname="127.0.0.1", port=port)
+    controller.start()
+    ready.set()
+    stop.wait()
+    controller.stop()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+async def blast(port: int, message: bytes, count: int, connections: int) -> float:
+    """The sink's ceiling: send pre-built messages as fast as it accepts them."""
+    queue = list(range(count))
+
+    async def one() -> None:
+        client = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, timeout=30)
+        await client.connect()
+        while queue:
+            queue.pop()
+            await client.sendmail("d@example.org", ["r@example.org"], message)
+        await client.quit()
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one() for _ in range(connections)))
+    return count / (time.perf_counter() - start)
+
+
+def make_config(tmp: Path, port: int, digests: int, connections: int) -> Config:
+    subs = "".join(
+        f"""
+[[subscribers]]
+email = "reader{i}@example.org"
+name = "Reader {i}"
+[[subscribers.subscriptions]]
+name = "Diffusion"
+query = "diffusion"
+"""
+        for i in range(digests)
+    )
+    text = f"""
+[watch]
+dir = "dumps"
+[database]
+url = "sqlite:///{tmp / "bench.db"}"
+[delivery]
+transport = "smtp"
+[smtp]
+host = "127.0.0.1"
+port = {port}
+security = "none"
+max_connections = {connections}
+sender = "Paper Digest <digest@example.org>"
+{subs}
+"""
+    return parse_config(text, source="bench.toml", base_dir=tmp)
+
+
+def seed(db: Path, subscriber_ids: list[int], papers_per_digest: int, pool_size: int) -> None:
+    """Papers and unclaimed matches written directly: matching is not timed here."""
+    now = datetime.now(UTC).isoformat(sep=" ")
+    con = sqlite3.connect(db)
+    papers = []
+    for i in range(pool_size):
+        words = [WORDS[(i * 7 + k) % len(WORDS)] for k in range(12)]
+        title = f"Diffusion {' '.join(words[:6]).title()} {i}"
+        abstract = (f"We study a diffusion model for {' '.join(words)}. " * 6).strip()
+        papers.append((f"key{i}", title, abstract, 4, i % 97, now, 0))
+    con.executemany(
+        "INSERT INTO papers (key, title, abstract, authors, upvotes, first_seen_at, matched) "
+        "VALUES (?, ?, ?, ?, ?, ?, 1)",
+        [p[:6] for p in papers],
+    )
+    paper_ids = [r[0] for r in con.execute("SELECT id FROM papers ORDER BY id")]
+    rows = []
+    for n, sid in enumerate(subscriber_ids):
+        for k in range(papers_per_digest):
+            pid = paper_ids[(n * 13 + k) % len(paper_ids)]
+            rows.append((sid, pid, '["Diffusion"]', '["diffusion"]', f"[{1.0 + k / 100}]", now))
+    con.executemany(
+        "INSERT INTO matches (subscriber_id, paper_id, subscriptions, terms, scores, created_at) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        rows,
+    )
+    con.commit()
+    con.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--digests", type=int, default=10_000)
+    parser.add_argument("--papers", type=int, default=50)
+    parser.add_argument("--connections", type=int, default=4)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args()
+
+    ctx = multiprocessing.get_context("spawn")
+    counter: Synchronized[int] = ctx.Value("q", 0)  # type: ignore[assignment]
+    ready, stop = ctx.Event(), ctx.Event()
+    port = free_port()
+    sink = ctx.Process(target=run_sink, args=(port, counter, ready, stop), daemon=True)
+    sink.start()
+    ready.wait(30)
+
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        (tmp / "dumps").mkdir()
+        config = make_config(tmp, port, args.digests, args.connections)
+        store = Store(config.database.url)
+        pool = ProcessPoolExecutor(
+            max_workers=args.workers,
+            mp_context=ctx,
+            initializer=init_worker,
+            initargs=(config.render.templates, config.render.paper_url),
+        )
+        pipeline = Pipeline(config, store, lambda: make_transport(config), compose_pool=pool)
+        ids = sorted(store.active_subscriber_ids().values())
+        seed(tmp / "bench.db", ids, args.papers, pool_size=max(500, args.papers * 4))
+        list(pool.map(abs, range(args.workers * 2)))  # start the workers before timing
+
+        # a sample message, for the sink's ceiling and the size figures
+        sample = Pipeline(
+            config, Store(f"sqlite:///{tmp / 'sample.db'}"), lambda: make_transport(config)
+        )
+        pending = store.pending_matches_for(ids[:1])[ids[0]]
+        from mailer.digests import Matched, build_digest
+        from mailer.pipeline import recipient
+
+        digest = build_digest(
+            recipient(config.subscribers[0]),
+            [Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in pending],
+            max_papers=args.papers,
+        )
+        _, message, _ = sample.message_bytes(digest, datetime.now(UTC))
+        html = len(sample.renderer.render(digest, unsubscribe_url=None, manage_hint="").html)
+        ceiling_n = min(3000, args.digests)
+        ceiling = asyncio.run(blast(port, message, ceiling_n, args.connections))
+        counter.value = 0
+
+        report = PassReport()
+        start = time.perf_counter()
+        asyncio.run(pipeline.compose_and_deliver(report))
+        elapsed = time.perf_counter() - start
+        pool.shutdown()
+        store.close()
+    stop.set()
+    sink.join(10)
+    figures = {
+        "digests": args.digests,
+        "papers_per_digest": args.papers,
+        "message_bytes": len(message),
+        "html_bytes": html,
+        "cpu_count": os.cpu_count(),
+        "compose_workers": args.workers,
+        "smtp_connections": args.connections,
+        "sink_ceiling_per_s": round(ceiling, 1),
+        "composed": report.digests,
+        "sent": report.sent,
+        "received_by_sink": counter.value,
+        "seconds": round(elapsed, 2),
+        "per_s": round(report.sent / elapsed, 1),
+        "target_per_s": 200,
+    }
+    print(json.dumps(figures, indent=1))
+    print(
+        f"{report.sent} digests composed and delivered in {elapsed:.1f}s = "
+        f"{report.sent / elapsed:.0f}/s (target 200/s; sink ceiling {ceiling:.0f}/s "
+        f"with pre-built messages)"
+    )
+
+
+if __name__ == "__main__":
+    main()
