@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import mailbox
+import os
 from pathlib import Path
 
 import pytest
@@ -85,3 +86,46 @@ def test_unwritable_maildir_is_unavailable(tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(TransportUnavailableError, match="Maildir"):
         asyncio.run(send_all(MaildirTransport(blocker / "box"), ["a@example.org"]))
+
+
+# --- the outbox's rules ---------------------------------------------------------------
+
+
+def test_backoff_doubles_from_initial_with_jitter_up_to_the_maximum() -> None:
+    import random
+
+    from mailer.outbox import backoff_seconds
+
+    rng = random.Random(7)
+    delays = [backoff_seconds(n, initial=60, maximum=3600, rng=rng) for n in range(1, 10)]
+    assert 48 <= delays[0] <= 72
+    assert 96 <= delays[1] <= 144
+    assert 192 <= delays[2] <= 288
+    assert max(delays) <= 3600
+    assert delays[-1] >= 3600 * 0.8
+
+
+def test_rate_limit_spaces_sends_across_connections() -> None:
+    from mailer.outbox import RateLimiter
+
+    async def three() -> float:
+        limiter = RateLimiter(per_minute=600)  # one every 0.1 s
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(*(limiter.wait() for _ in range(3)))
+        return loop.time() - start
+
+    assert 0.18 <= asyncio.run(three()) < 1.0
+
+
+def test_a_second_mailer_on_the_same_database_is_refused(database_url: str) -> None:
+    from mailer.errors import AlreadyRunningError
+    from mailer.lock import database_lock
+
+    with database_lock(database_url):
+        with pytest.raises(AlreadyRunningError) as info, database_lock(database_url):
+            pass
+        assert "in use by another mailer" in info.value.message
+        assert str(os.getpid()) in info.value.message
+    with database_lock(database_url):
+        pass  # released when the first holder ended
