@@ -30,7 +30,8 @@ from mailer.matching import Query, match_paper, parse_query
 from mailer.papers import Paper
 from mailer.render import Renderer, compose_message
 from mailer.schedule import Schedule
-from mailer.store import Store
+from mailer.store import DeliveryRow, Store
+from mailer.web import unsubscribe_url
 
 log = logging.getLogger("mailer")
 
@@ -316,17 +317,40 @@ class Pipeline:
         mailto = f"mailto:{smtp.sender_address}?subject=" + quote(
             f"unsubscribe {digest.recipient.email}"
         )
-        rendered = self.renderer.render(digest, unsubscribe_url=None, manage_hint=MANAGE_HINT)
+        url = self.unsubscribe_url(digest.recipient.email)
+        rendered = self.renderer.render(digest, unsubscribe_url=url, manage_hint=MANAGE_HINT)
         message = compose_message(
             digest,
             rendered,
             sender=smtp.sender,
             message_id=message_id,
             date=now,
-            list_unsubscribe=[mailto],
-            one_click=False,
+            list_unsubscribe=[url, mailto] if url else [mailto],
+            one_click=url is not None,
         )
         return message_id, message.as_bytes(), rendered.subject
+
+    # --- unsubscribing (RFC 8058) --------------------------------------------
+
+    def unsubscribe_url(self, email: str) -> str | None:
+        """The signed one-click link, when ``[web] base_url`` is set."""
+        web = self.config.web
+        if not web.base_url:
+            return None
+        return unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
+
+    def cancel_if_unsubscribed(self, row: DeliveryRow) -> bool:
+        """True (and the message is marked cancelled) when its recipient
+        unsubscribed after it was composed: it must not be sent."""
+        assert row.id is not None
+        if not self.store.cancel_if_unsubscribed(row.id):
+            return False
+        log.info(
+            "not sent: subscriber=%s unsubscribed; message_id=%s cancelled",
+            row.recipient,
+            row.message_id,
+        )
+        return True
 
     # --- messages -> deliveries ---------------------------------------------
 
@@ -341,6 +365,8 @@ class Pipeline:
                     if self.stopping:
                         return
                     assert row.id is not None
+                    if await asyncio.to_thread(self.cancel_if_unsubscribed, row):
+                        continue
                     try:
                         reply = await transport.send(sender, row.recipient, row.message)
                     except TransportUnavailableError:
