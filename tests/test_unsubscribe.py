@@ -281,6 +281,17 @@ def test_cli_resubscribe_unknown_address_exits_2_naming_it(tmp_path: Path) -> No
     assert "nobody@example.org" in result.stderr
 
 
+def test_check_config_explains_the_endpoint_without_showing_the_secret(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    with config.open("a", encoding="utf-8") as f:
+        f.write(WEB + 'listen = "127.0.0.1:8080"\n')
+    result = mailer("--config", str(config), "check-config", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "127.0.0.1:8080" in result.stdout
+    assert "https://digest.example.org" in result.stdout
+    assert SECRET not in result.stdout + result.stderr
+
+
 def http(method: str, url: str) -> tuple[int, str]:
     request = urllib.request.Request(url, method=method, data=b"" if method == "POST" else None)
     try:
