@@ -217,12 +217,66 @@ def check_config(ctx: typer.Context) -> None:
         out.print(f"deliver by SMTP to {s.host}:{s.port} ({s.security}){auth}, from {s.sender}")
     else:
         out.print(f"deliver into Maildir {config.delivery.maildir}, from {config.smtp.sender}")
+    if config.web.listen or config.web.base_url:
+        links = config.web.base_url or "none (web.base_url is not set)"
+        out.print(f"web     endpoint on {config.web.listen or '-'}; unsubscribe links {links}")
     if not config.subscribers:
         out.print("[yellow]no subscribers: nothing will be sent[/yellow]")
     for sub in config.subscribers:
         out.print(f"subscriber {sub.name or '-'} <{sub.email}>: {sub.schedule}, {sub.timezone}")
         for q in sub.subscriptions:
             out.print(f"  {q.name}: {q.query}")
+
+
+# --- unsubscribing (RFC 8058) -------------------------------------------------------
+
+
+def _subscriber_store(ctx: typer.Context) -> tuple[Config, Store]:
+    """The store with the configured subscribers recorded, as the daemon sees them."""
+    config = _state(ctx).config()
+    store = _open(config)
+    try:
+        Pipeline(config, store, lambda: make_transport(config))
+    except BaseException:
+        store.close()
+        raise
+    return config, store
+
+
+@app.command()
+def unsubscribe(
+    ctx: typer.Context, email: Annotated[str, typer.Argument(help="The address to stop mailing.")]
+) -> None:
+    """Stop all digests to EMAIL (e.g. after an unsubscribe reply); 'resubscribe' undoes it."""
+    _, store = _subscriber_store(ctx)
+    try:
+        known = store.unsubscribe(email, utc_now())
+    finally:
+        store.close()
+    if not known:
+        raise ConfigError(
+            f"no subscriber {email!r} in the configuration or the database",
+            hint="check the spelling; 'mailer check-config' lists the subscribers",
+        )
+    out.print(f"unsubscribed {email}: no further digests until 'mailer resubscribe {email}'")
+
+
+@app.command()
+def resubscribe(
+    ctx: typer.Context, email: Annotated[str, typer.Argument(help="The address to mail again.")]
+) -> None:
+    """Lift an unsubscribe: EMAIL gets digests again, for papers that arrive from now on."""
+    _, store = _subscriber_store(ctx)
+    try:
+        known = store.resubscribe(email)
+    finally:
+        store.close()
+    if not known:
+        raise ConfigError(
+            f"no subscriber {email!r} in the configuration or the database",
+            hint="check the spelling; 'mailer check-config' lists the subscribers",
+        )
+    out.print(f"resubscribed {email}")
 
 
 @app.command()

@@ -13,6 +13,7 @@ from email.utils import parseaddr
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -22,6 +23,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -125,6 +127,54 @@ class RenderConfig(_Section):
         return value
 
 
+class WebConfig(_Section):
+    """The unsubscribe endpoint; off unless ``listen`` is set."""
+
+    listen: Text = ""
+    base_url: Text = ""
+    secret: SecretStr = Field(default=SecretStr(""), validate_default=True)
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if not value:
+            return value
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            raise ValueError(f"{value!r} is not HOST:PORT like 127.0.0.1:8080")
+        return value
+
+    @field_validator("base_url")
+    @classmethod
+    def _https(cls, value: str) -> str:
+        if not value:
+            return value
+        url = urlsplit(value)
+        local = url.hostname in LOCAL_HOSTS
+        if not url.hostname or not (url.scheme == "https" or (url.scheme == "http" and local)):
+            raise ValueError(
+                "must be an https:// URL like https://digest.example.org "
+                "(http:// only for localhost)"
+            )
+        if url.query or url.fragment:
+            raise ValueError("must not have a ?query or #fragment")
+        return value.rstrip("/")
+
+    @field_validator("secret")
+    @classmethod
+    def _needed(cls, value: SecretStr, info: ValidationInfo) -> SecretStr:
+        wanted = info.data.get("listen") or info.data.get("base_url")
+        if wanted and len(value.get_secret_value()) < 16:
+            raise ValueError(
+                "needs at least 16 characters when web.listen or web.base_url is set; "
+                "it signs the unsubscribe links (better: set MAILER_WEB__SECRET)"
+            )
+        return value
+
+
+LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
+
+
 class SubscriptionConfig(_Section):
     name: Annotated[Text, Field(min_length=1)]
     query: str
@@ -186,6 +236,7 @@ class Config(BaseSettings):
     delivery: DeliveryConfig = DeliveryConfig()
     smtp: SmtpConfig = SmtpConfig()
     render: RenderConfig = RenderConfig()
+    web: WebConfig = WebConfig()
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")

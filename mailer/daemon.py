@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailer.errors import MailerError
 from mailer.pipeline import PassReport, Pipeline
+from mailer.web import start_web
 
 log = logging.getLogger("mailer")
 
@@ -50,6 +51,13 @@ class Daemon:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
+        # The unsubscribe endpoint, when [web] listen is set; it stops with the scheduler.
+        web = await start_web(
+            self.pipeline.config.web.listen,
+            self.pipeline.store,
+            secret=lambda: self.pipeline.config.web.secret.get_secret_value(),
+            clock=self.pipeline.clock,
+        )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
@@ -85,4 +93,6 @@ class Daemon:
                 except TimeoutError:
                     running.cancel()
                     log.warning("a pass was still running; it resumes on the next start")
+            if web is not None:
+                await web.stop()
         log.info("stopped")

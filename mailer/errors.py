@@ -63,3 +63,7 @@ class DeliveryError(MailerError):
 
 class AlreadyRunningError(MailerError):
     """Another daemon holds the lock on this database."""
+
+
+class WebError(MailerError):
+    """The unsubscribe endpoint cannot listen where [web] listen says."""

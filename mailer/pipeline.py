@@ -38,6 +38,7 @@ from mailer.papers import Paper
 from mailer.render import Renderer
 from mailer.schedule import Schedule
 from mailer.store import DeliveryRow, Outgoing, Store
+from mailer.web import unsubscribe_url
 
 log = logging.getLogger("mailer")
 
@@ -333,6 +334,7 @@ class Pipeline:
                         now,
                         smtp.sender,
                         smtp.sender_address,
+                        self.unsubscribe_url(sub.email),
                     )
                 )
                 shells.append(
@@ -382,8 +384,30 @@ class Pipeline:
             now,
             sender=smtp.sender,
             sender_address=smtp.sender_address,
-            unsubscribe_url=unsubscribe_url,
+            unsubscribe_url=unsubscribe_url or self.unsubscribe_url(digest.recipient.email),
         )
+
+    # --- unsubscribing (RFC 8058) --------------------------------------------
+
+    def unsubscribe_url(self, email: str) -> str | None:
+        """The signed one-click link, when ``[web] base_url`` is set."""
+        web = self.config.web
+        if not web.base_url:
+            return None
+        return unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
+
+    def cancel_if_unsubscribed(self, row: DeliveryRow) -> bool:
+        """True (and the message is marked cancelled) when its recipient
+        unsubscribed after it was composed: it must not be sent."""
+        assert row.id is not None
+        if not self.store.cancel_if_unsubscribed(row.id):
+            return False
+        log.info(
+            "not sent: subscriber=%s unsubscribed; message_id=%s cancelled",
+            row.recipient,
+            row.message_id,
+        )
+        return True
 
     # --- messages -> deliveries ---------------------------------------------
 
@@ -449,6 +473,8 @@ class Pipeline:
         async with self.transport() as transport:
             while queue and not self.stopping and not unavailable:
                 row = queue.popleft()
+                if await asyncio.to_thread(self.cancel_if_unsubscribed, row):
+                    continue
                 await self.limiter.wait()
                 try:
                     reply = await transport.send(sender, row.recipient, row.message)

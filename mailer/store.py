@@ -101,7 +101,8 @@ class DeliveryRow(SQLModel, table=True):
     subject: str
     papers: int
     message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    status: str = Field(default="pending", max_length=16, index=True)  # pending | sent | failed
+    # pending | sent | failed | cancelled (recipient unsubscribed before sending)
+    status: str = Field(default="pending", max_length=16, index=True)
     attempts: int = 0
     created_at: datetime
     next_attempt_at: datetime | None = None
@@ -341,6 +342,52 @@ class Store:
                 )
             )
             return {r.email: r.id for r in rows if r.id is not None}
+
+    # --- unsubscribing (RFC 8058) ------------------------------------------
+
+    def unsubscribe(self, email: str, now: datetime) -> bool:
+        """Stop all mail to ``email`` until resubscribed; False if unknown.
+        A repeated unsubscribe keeps the first time, so replays change nothing."""
+        with self.session() as s:
+            row = self._subscriber_by_email(s, email)
+            if row is None:
+                return False
+            if row.unsubscribed_at is None:
+                row.unsubscribed_at = now
+            return True
+
+    def resubscribe(self, email: str) -> bool:
+        """Lift an unsubscribe; False if the address is unknown."""
+        with self.session() as s:
+            row = self._subscriber_by_email(s, email)
+            if row is None:
+                return False
+            row.unsubscribed_at = None
+            return True
+
+    def unsubscribed_at(self, email: str) -> datetime | None:
+        with self.session() as s:
+            row = self._subscriber_by_email(s, email)
+            return None if row is None else row.unsubscribed_at
+
+    def cancel_if_unsubscribed(self, delivery_id: int) -> bool:
+        """Cancel a pending message whose recipient has unsubscribed since it
+        was composed; True if cancelled (then it must not be sent)."""
+        with self.session() as s:
+            row = s.get_one(DeliveryRow, delivery_id)
+            subscriber = s.get_one(SubscriberRow, row.subscriber_id)
+            if row.status != "pending" or subscriber.unsubscribed_at is None:
+                return False
+            row.status = "cancelled"
+            row.last_reply = f"not sent: recipient unsubscribed at {subscriber.unsubscribed_at}"
+            row.next_attempt_at = None
+            return True
+
+    @staticmethod
+    def _subscriber_by_email(s: Session, email: str) -> SubscriberRow | None:
+        return s.exec(
+            select(SubscriberRow).where(func.lower(SubscriberRow.email) == email.lower())
+        ).first()
 
     # --- matches and the outbox --------------------------------------------
 

@@ -1,0 +1,186 @@
+"""One-click unsubscribe (RFC 8058): signed links and the small HTTP endpoint.
+
+A link carries the address and an HMAC of it, so the endpoint needs no
+lookup table and nobody can forge or enumerate links without the secret.
+GET only shows a confirmation page (mail scanners prefetch links); POST
+unsubscribes at once and answers 200 again when replayed. No redirects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hashlib
+import hmac
+import logging
+from collections.abc import Callable
+from datetime import datetime
+from html import escape
+
+from aiohttp import web
+
+from mailer.errors import WebError
+from mailer.store import Store
+
+log = logging.getLogger("mailer")
+
+# Binds a token to its purpose, so a MAC made for anything else never verifies here.
+_PURPOSE = b"mailer/unsubscribe/v1\x00"
+_HEADERS = {
+    "Cache-Control": "no-store",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+}
+
+
+# --- tokens -------------------------------------------------------------------
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def _mac(payload: str, secret: str) -> str:
+    digest = hmac.new(secret.encode(), _PURPOSE + payload.encode("ascii"), hashlib.sha256)
+    return _b64(digest.digest())
+
+
+def make_token(email: str, secret: str) -> str:
+    """``base64(email).base64(hmac)``: readable by the endpoint, unforgeable without the secret."""
+    payload = _b64(email.lower().encode("utf-8"))
+    return f"{payload}.{_mac(payload, secret)}"
+
+
+def read_token(token: str, secret: str) -> str | None:
+    """The address a genuine token was made for, else None (no reason given)."""
+    payload, dot, mac = token.partition(".")
+    if not dot or not payload or not secret or not payload.isascii() or not mac.isascii():
+        return None
+    if not hmac.compare_digest(mac.encode("ascii"), _mac(payload, secret).encode("ascii")):
+        return None
+    try:
+        return _unb64(payload).decode("utf-8")
+    except (binascii.Error, ValueError):
+        return None
+
+
+def unsubscribe_url(base_url: str, email: str, secret: str) -> str:
+    return f"{base_url.rstrip('/')}/unsubscribe/{make_token(email, secret)}"
+
+
+def mask(email: str) -> str:
+    """a**@example.org: enough for the owner to recognise, little for anyone else."""
+    local, _, domain = email.rpartition("@")
+    return f"{local[:1]}{'*' * max(len(local) - 1, 1)}@{domain}"
+
+
+# --- the app ------------------------------------------------------------------
+
+
+def _page(title: str, body: str, status: int = 200) -> web.Response:
+    html = (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{escape(title)}</title>"
+        "<style>body{font:16px/1.5 system-ui,sans-serif;max-width:32em;margin:3em auto;"
+        "padding:0 1em}button{font-size:1em;padding:.5em 1.2em}</style></head>"
+        f"<body><h1>{escape(title)}</h1>{body}</body></html>"
+    )
+    return web.Response(
+        text=html, status=status, content_type="text/html", charset="utf-8", headers=_HEADERS
+    )
+
+
+def _not_found() -> web.Response:
+    return _page("Not found", "<p>This link is not valid.</p>", status=404)
+
+
+def make_app(
+    store: Store, *, secret: Callable[[], str], clock: Callable[[], datetime]
+) -> web.Application:
+    """``secret`` is read per request, so a reloaded configuration takes effect."""
+
+    async def confirm(request: web.Request) -> web.Response:
+        email = read_token(request.match_info["token"], secret())
+        if email is None:
+            return _not_found()
+        return _page(
+            "Unsubscribe",
+            f"<p>Stop sending paper digests to <b>{escape(mask(email))}</b>?</p>"
+            '<form method="post"><button type="submit" name="List-Unsubscribe" '
+            'value="One-Click">Unsubscribe</button></form>',
+        )
+
+    async def unsubscribe(request: web.Request) -> web.Response:
+        email = read_token(request.match_info["token"], secret())
+        if email is None:
+            return _not_found()
+        known = await asyncio.to_thread(store.unsubscribe, email, clock())
+        log.info("unsubscribed subscriber=%s known=%s", email, known)
+        return _page(
+            "You are unsubscribed",
+            f"<p>No more digests will be sent to <b>{escape(mask(email))}</b>.</p>",
+        )
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.Response(text="ok", headers={"Cache-Control": "no-store"})
+
+    app = web.Application()
+    app.router.add_get("/unsubscribe/{token}", confirm)
+    app.router.add_post("/unsubscribe/{token}", unsubscribe)
+    app.router.add_get("/healthz", healthz)
+    return app
+
+
+# --- serving ------------------------------------------------------------------
+
+
+class WebServer:
+    """The app on ``host:port`` inside the running event loop (the daemon's)."""
+
+    def __init__(self, app: web.Application, listen: str) -> None:
+        host, _, port = listen.rpartition(":")
+        self.listen = listen
+        self.host = host.strip("[]")
+        self.requested_port = int(port)
+        # No access log: request lines carry tokens; unsubscribes are logged by the handler.
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
+
+    async def start(self) -> None:
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.requested_port)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.runner.cleanup()
+            raise WebError(
+                f"web.listen = {self.listen!r}: cannot listen there: {exc.strerror or exc}",
+                hint="pick a free port, or another address, in the [web] section",
+            ) from exc
+        log.info("unsubscribe endpoint on http://%s:%d/", self.host, self.port)
+
+    @property
+    def port(self) -> int:
+        """The bound port (the real one when ``listen`` asked for port 0)."""
+        address = self.runner.addresses[0]
+        return int(address[1])
+
+    async def stop(self) -> None:
+        await self.runner.cleanup()
+
+
+async def start_web(
+    listen: str, store: Store, *, secret: Callable[[], str], clock: Callable[[], datetime]
+) -> WebServer | None:
+    """Serve the endpoint when ``listen`` is set; None when it is empty."""
+    if not listen:
+        return None
+    server = WebServer(make_app(store, secret=secret, clock=clock), listen)
+    await server.start()
+    return server
