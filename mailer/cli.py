@@ -53,7 +53,7 @@ from mailer.pipeline import (
     utc_now,
 )
 from mailer.render import Renderer
-from mailer.store import Store
+from mailer.store import Store, hide_password
 
 app = typer.Typer(
     name="mailer",
@@ -239,7 +239,7 @@ def check_config(ctx: typer.Context) -> None:
     config = state.config()
     out.print(f"[green]configuration OK[/green] ({state.config_source})")
     out.print(f"watch   {config.watch.dir} every {config.watch.interval_seconds:g}s")
-    out.print(f"store   {config.database.url}")
+    out.print(f"store   {hide_password(config.database.url)}")
     if config.delivery.transport == "smtp":
         s = config.smtp
         auth = f" as {s.username}" if s.username else ""
@@ -692,7 +692,10 @@ def status(
     d, s, o = report["dumps"], report["subscribers"], report["outbox"]
     lines = [
         ("configuration", report["configuration"]),
-        ("database", report["database"] or f"{config.database.url} (not created yet)"),
+        (
+            "database",
+            report["database"] or f"{hide_password(config.database.url)} (not created yet)",
+        ),
         (
             "dumps",
             f"{d['seen']} seen: {d['ingested']} ingested ({d['empty']} empty), "

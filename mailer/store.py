@@ -8,6 +8,7 @@ default; the same code runs on PostgreSQL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -598,6 +599,14 @@ class Store:
 # --- operator records: a key-value state table and subscriber summaries -------
 
 
+def hide_password(url: str) -> str:
+    """A database URL fit for logs and errors: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
 LAST_PASS = "last_pass"  # noqa: S105 - a state key, not a password
 
 
@@ -654,13 +663,13 @@ def _connect(url: str) -> Engine:
         SQLModel.metadata.create_all(engine)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(
-            f"database URL {url!r} is not usable: {exc}",
+            f"database URL {hide_password(url)!r} is not usable: {exc}",
             hint="use sqlite:///path.db or postgresql+psycopg://user@host/db "
             "(pip install 'mailer[postgres]')",
         ) from exc
     except (OperationalError, ModuleNotFoundError) as exc:
         raise StoreError(
-            f"cannot open database {url!r}: {exc}",
+            f"cannot open database {hide_password(url)!r}: {exc}",
             hint="check the [database] url, that the folder exists and the server is running",
         ) from exc
     return engine
