@@ -81,7 +81,7 @@ def test_adding_an_existing_query_name_needs_replace() -> None:
 
 
 def test_editing_an_unknown_subscriber_names_them() -> None:
-    with pytest.raises(ConfigError, match="no subscriber 'who@example.org'"):
+    with pytest.raises(ConfigError, match=r"no subscriber 'who@example\.org'"):
         editing.remove_subscriber(COMMENTED, "who@example.org")
 
 
@@ -174,7 +174,9 @@ def test_subs_list_shows_a_table_and_json(tmp_path: Path) -> None:
     assert "Ada <ada@example.org>" in table.stdout
     assert "Agents: agent OR agents" in table.stdout
     assert "unsubscribed" in table.stdout
-    rows = json.loads(mailer("--config", str(config), "subs", "list", "--json", cwd=tmp_path).stdout)
+    rows = json.loads(
+        mailer("--config", str(config), "subs", "list", "--json", cwd=tmp_path).stdout
+    )
     assert rows[1] == {
         "email": "grace@example.org",
         "name": "",
@@ -201,7 +203,9 @@ def test_subs_list_reads_unsubscribed_from_the_database(tmp_path: Path) -> None:
         for row in s.exec(select(SubscriberRow).where(SubscriberRow.email == "grace@example.org")):
             row.unsubscribed_at = datetime(2025, 3, 1, 12, tzinfo=UTC)
     store.close()
-    rows = json.loads(mailer("--config", str(config), "subs", "list", "--json", cwd=tmp_path).stdout)
+    rows = json.loads(
+        mailer("--config", str(config), "subs", "list", "--json", cwd=tmp_path).stdout
+    )
     assert [r["unsubscribed"] for r in rows] == [False, True]
     assert rows[1]["unsubscribed_at"].startswith("2025-03-01T12:00")
 
