@@ -266,3 +266,40 @@ def test_the_systemd_unit_verifies(tmp_path: Path) -> None:
         ["systemd-analyze", "verify", str(copy)], capture_output=True, text=True, check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- the store's operator queries, on SQLite and PostgreSQL -------------------------------
+
+
+def test_store_operator_queries(database_url: str) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from mailer.papers import Paper
+    from mailer.store import Store
+
+    now = datetime(2025, 3, 1, 12, tzinfo=UTC)
+    store = Store(database_url)
+    try:
+        ids = store.sync_subscribers([("a@example.org", "A", [("x", "x")])], now)
+        store.ingest(path="d1", sha256="1" * 64, size=1, page_date=None, warnings=0, now=now,
+                     papers=[Paper("Old paper", "text"), Paper("New paper", "text")])  # fmt: skip
+        store.record_refused(path="bad", sha256="2" * 64, size=1, error="bad: nope", now=now)
+        papers = store.unmatched_papers()
+        store.record_matches([pid for pid, _ in papers], [], now)
+        candidates = store.backfill_candidates(ids["a@example.org"], now - timedelta(days=1))
+        assert [p.title for _, p in candidates] == ["Old paper", "New paper"]
+        rows = [(pid, ["x"], ["paper"], [1.0]) for pid, _ in candidates]
+        assert store.add_matches(ids["a@example.org"], rows, now) == 2
+        assert store.add_matches(ids["a@example.org"], rows, now) == 0
+        assert store.backfill_candidates(ids["a@example.org"], now - timedelta(days=1)) == []
+        state = store.subscriber_states()["a@example.org"]
+        assert (state.pending, state.active, state.unsubscribed_at) == (2, True, None)
+        assert store.dump_counts() == {"ingested": 1, "refused": 1}
+        assert store.outbox_counts() == {}
+        store.record_pass("dumps=1", now)
+        store.record_pass("dumps=0", now + timedelta(minutes=1))
+        last = store.get_state("last_pass")
+        assert last is not None
+        assert last.value == "dumps=0"
+    finally:
+        store.close()
