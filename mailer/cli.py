@@ -177,7 +177,8 @@ def ingest(ctx: typer.Context) -> None:
     store = _open(config)
     try:
         pipeline = Pipeline(config, store, lambda: make_transport(config))
-        with dump_progress(pipeline, fancy=state.log_format == "text" and err.is_terminal):
+        fancy = state.log_format == "text" and err.is_terminal
+        with dump_progress(pipeline, fancy=fancy, console=err):
             report: PassReport = asyncio.run(pipeline.run_pass())
     finally:
         store.close()
