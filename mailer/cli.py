@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
 
@@ -24,18 +24,42 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
 
-from mailer import __version__
-from mailer.config import Config, load_config
+from mailer import __version__, editing
+from mailer.config import DEFAULT_CONFIG, Config, load_config
 from mailer.daemon import Daemon
 from mailer.delivery import make_transport
+from mailer.digests import Matched, build_digest
 from mailer.dumps import paper_json, read_dump
-from mailer.errors import ConfigError, DeliveryError, MailerError
+from mailer.editing import apply_edit
+from mailer.errors import ConfigError, DeliveryError, MailerError, QueryError
 from mailer.lock import database_lock
-from mailer.outbox import display_status, init_worker
+from mailer.matching import match_paper, parse_query
+from mailer.ops import (
+    EMBEDDED,
+    JsonFormatter,
+    LogFormat,
+    PreviewFormat,
+    dump_progress,
+    highlighted,
+    next_due,
+    snippet,
+    status_report,
+    try_query,
+)
+from mailer.outbox import MANAGE_HINT, display_status, init_worker
 from mailer.papers import Paper
-from mailer.pipeline import PassReport, Pipeline, digest_for_test, utc_now
-from mailer.store import DeliveryRow, Store
+from mailer.pipeline import (
+    PassReport,
+    Pipeline,
+    digest_for_test,
+    recipient,
+    utc_now,
+)
+from mailer.render import Renderer
+from mailer.store import DeliveryRow, Store, hide_password
 
 app = typer.Typer(
     name="mailer",
@@ -53,6 +77,7 @@ log = logging.getLogger("mailer")
 class State:
     config_path: Path | None
     _loaded: tuple[Config, str] | None = None
+    log_format: str = "text"
 
     def config(self) -> Config:
         if self._loaded is None:
@@ -66,11 +91,19 @@ class State:
         assert self._loaded is not None
         return self._loaded[1]
 
+    def config_file(self) -> Path | None:
+        """The file the configuration came from; None for the embedded example."""
+        source = self.config_source
+        return None if source == EMBEDDED else Path(source)
 
-def _setup_logging(verbose: bool) -> None:
+
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
     level = logging.DEBUG if verbose else logging.INFO
     handler: logging.Handler
-    if sys.stderr.isatty():
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    elif sys.stderr.isatty():
         handler = RichHandler(console=err, show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
     else:
@@ -104,13 +137,17 @@ def main_options(
         ),
     ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option("--log-format", help="Log lines as text, or one JSON object per line."),
+    ] = LogFormat.text,
     version: Annotated[
         bool,
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    _setup_logging(verbose)
-    ctx.obj = State(config)
+    _setup_logging(verbose, log_format.value)
+    ctx.obj = State(config, log_format=log_format.value)
 
 
 def _state(ctx: typer.Context) -> State:
@@ -135,7 +172,10 @@ def run(ctx: typer.Context) -> None:
             pipeline = Pipeline(
                 config, store, lambda: make_transport(pipeline.config), compose_pool=pool
             )
-            asyncio.run(Daemon(pipeline, config.watch.interval_seconds).run())
+            daemon = Daemon(
+                pipeline, config.watch.interval_seconds, config_path=state.config_file()
+            )
+            asyncio.run(daemon.run())
         finally:
             store.close()
 
@@ -149,7 +189,9 @@ def ingest(ctx: typer.Context) -> None:
         store = _open(config)
         try:
             pipeline = Pipeline(config, store, lambda: make_transport(config), compose_pool=pool)
-            report: PassReport = asyncio.run(pipeline.run_pass())
+            fancy = state.log_format == "text" and err.is_terminal
+            with dump_progress(pipeline, fancy=fancy, console=err):
+                report: PassReport = asyncio.run(pipeline.run_pass())
         finally:
             store.close()
     out.print(f"pass done: {report.summary()}")
@@ -210,7 +252,7 @@ def check_config(ctx: typer.Context) -> None:
     config = state.config()
     out.print(f"[green]configuration OK[/green] ({state.config_source})")
     out.print(f"watch   {config.watch.dir} every {config.watch.interval_seconds:g}s")
-    out.print(f"store   {config.database.url}")
+    out.print(f"store   {hide_password(config.database.url)}")
     if config.delivery.transport == "smtp":
         s = config.smtp
         auth = f" as {s.username}" if s.username else ""
@@ -426,6 +468,448 @@ def compose_pool(config: Config) -> Iterator[Executor]:
         yield pool
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+# --- subs: editing subscriptions in config.toml --------------------------------------
+
+subs_app = typer.Typer(
+    name="subs",
+    help="List and edit subscribers in the config file (comments and layout are kept).",
+    no_args_is_help=True,
+)
+app.add_typer(subs_app)
+
+EmailArg = Annotated[str, typer.Argument(help="The subscriber's email address.")]
+BackfillOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--backfill",
+        min=1,
+        help="Also give them the stored papers first seen in the last DAYS days.",
+        metavar="DAYS",
+    ),
+]
+
+
+def _config_to_edit(ctx: typer.Context) -> Path:
+    path = _state(ctx).config_path or DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: no configuration file to edit",
+            hint="copy config.example.toml to config.toml, or pass --config PATH",
+        )
+    return path
+
+
+def _edited(path: Path, what: str, config: Config) -> None:
+    out.print(f"[green]saved[/green] {escape(str(path))}: {escape(what)}")
+    out.print(
+        f"{len(config.subscribers)} subscribers; a running daemon picks this up on its next pass"
+    )
+
+
+def _sqlite_missing(config: Config) -> bool:
+    """A SQLite database that does not exist yet: read-only commands don't create it."""
+    url = config.database.url
+    prefix = "sqlite:///"
+    return (
+        url.startswith(prefix) and ":memory:" not in url and not Path(url[len(prefix) :]).exists()
+    )
+
+
+def _open_existing(config: Config) -> Store | None:
+    return None if _sqlite_missing(config) else _open(config)
+
+
+def _sync(config: Config, store: Store, now: datetime) -> dict[str, int]:
+    return store.sync_subscribers(
+        (
+            (s.email, s.name, [(q.name, q.query) for q in s.subscriptions])
+            for s in config.subscribers
+        ),
+        now,
+    )
+
+
+def _backfill(config: Config, email: str, days: int) -> None:
+    """Record matches for papers the regular pass has already matched, for this
+    subscriber only; papers not yet matched reach them through the regular pass."""
+    sub = config.subscriber(email)
+    queries = {q.name: parse_query(q.query) for q in sub.subscriptions}
+    if not queries:
+        out.print(f"nothing to backfill: {escape(sub.email)} has no subscriptions yet")
+        return
+    store = _open(config)
+    try:
+        now = utc_now()
+        subscriber_id = _sync(config, store, now)[sub.email]
+        rows = []
+        for paper_id, paper in store.backfill_candidates(subscriber_id, now - timedelta(days=days)):
+            hits = match_paper(paper, queries)
+            if hits:
+                rows.append(
+                    (
+                        paper_id,
+                        [str(h.query) for h in hits],
+                        sorted({t for h in hits for t in h.terms}),
+                        [h.score for h in hits],
+                    )
+                )
+        added = store.add_matches(subscriber_id, rows, now)
+    finally:
+        store.close()
+    out.print(
+        f"backfilled {added} papers from the last {days} days for {escape(sub.email)}; "
+        "they go out with their next digest"
+    )
+
+
+@subs_app.command("list")
+def subs_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The subscribers: schedule, time zone, subscriptions, unsubscribed or not."""
+    config = _state(ctx).config()
+    store = _open_existing(config)
+    try:
+        states = store.subscriber_states() if store else {}
+    finally:
+        if store:
+            store.close()
+    rows = []
+    for sub in config.subscribers:
+        state = states.get(sub.email.lower())
+        rows.append(
+            {
+                "email": sub.email,
+                "name": sub.name,
+                "schedule": sub.schedule,
+                "timezone": sub.timezone,
+                "subscriptions": [{"name": q.name, "query": q.query} for q in sub.subscriptions],
+                "unsubscribed": bool(state and state.unsubscribed_at),
+                "unsubscribed_at": state.unsubscribed_at.isoformat()
+                if state and state.unsubscribed_at
+                else None,
+            }
+        )
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    table = Table(show_lines=True)
+    for column in ("subscriber", "schedule", "time zone", "subscriptions", "unsubscribed"):
+        table.add_column(column)
+    for row in rows:
+        who = f"{row['name']} <{row['email']}>" if row["name"] else str(row["email"])
+        queries = "\n".join(f"{q['name']}: {q['query']}" for q in row["subscriptions"])  # type: ignore[attr-defined]
+        gone = str(row["unsubscribed_at"])[:16] if row["unsubscribed"] else "no"
+        table.add_row(
+            Text(who),
+            Text(str(row["schedule"])),
+            Text(str(row["timezone"])),
+            Text(queries or "-"),
+            gone,
+        )
+    out.print(table)
+    out.print(f"{len(rows)} subscribers in {escape(_state(ctx).config_source)}")
+
+
+@subs_app.command("add")
+def subs_add(
+    ctx: typer.Context,
+    email: EmailArg,
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    schedule: Annotated[
+        str | None, typer.Option(help="instant, 'daily HH:MM' or 'weekly DAY HH:MM'.")
+    ] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="IANA time zone, e.g. Europe/London.")
+    ] = None,
+    query: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--query", help="A subscription as NAME=QUERY; repeatable.", metavar="NAME=QUERY"
+        ),
+    ] = None,
+    backfill: BackfillOpt = None,
+) -> None:
+    """Add a subscriber; they get papers that arrive from now on (or --backfill DAYS)."""
+    path = _config_to_edit(ctx)
+    queries = []
+    for item in query or []:
+        qname, sep, text = item.partition("=")
+        if not sep or not qname.strip():
+            raise ConfigError(
+                f"--query {item!r} is not NAME=QUERY", hint='e.g. --query "LLM=llm OR gpt"'
+            )
+        queries.append((qname.strip(), text))
+    config = apply_edit(
+        path,
+        lambda t: editing.add_subscriber(
+            t,
+            email,
+            name=name,
+            schedule=schedule,
+            timezone=timezone,
+            queries=queries,
+            source=str(path),
+        ),
+    )
+    _edited(path, f"added subscriber {email}", config)
+    if backfill:
+        _backfill(config, email, backfill)
+
+
+@subs_app.command("remove")
+def subs_remove(ctx: typer.Context, email: EmailArg) -> None:
+    """Remove a subscriber; their mail stops (history stays in the database)."""
+    path = _config_to_edit(ctx)
+    config = apply_edit(path, lambda t: editing.remove_subscriber(t, email, source=str(path)))
+    _edited(path, f"removed subscriber {email}", config)
+
+
+@subs_app.command("set")
+def subs_set(
+    ctx: typer.Context,
+    email: EmailArg,
+    key: Annotated[str, typer.Argument(help="name, schedule, timezone or email.")],
+    value: Annotated[str, typer.Argument(help="The new value.")],
+) -> None:
+    """Change one of a subscriber's keys."""
+    path = _config_to_edit(ctx)
+    config = apply_edit(
+        path, lambda t: editing.set_subscriber_key(t, email, key, value, source=str(path))
+    )
+    _edited(path, f"set {key} of {email} to {value!r}", config)
+
+
+@subs_app.command("add-query")
+def subs_add_query(
+    ctx: typer.Context,
+    email: EmailArg,
+    name: Annotated[str, typer.Argument(help="The subscription's name, shown in digests.")],
+    query: Annotated[str, typer.Argument(help='Words, "phrases", AND, OR, NOT, -word, ( ).')],
+    replace: Annotated[bool, typer.Option(help="Replace the query of an existing NAME.")] = False,
+    backfill: BackfillOpt = None,
+) -> None:
+    """Add a subscription query to a subscriber (try it first with 'subs try')."""
+    path = _config_to_edit(ctx)
+    config = apply_edit(
+        path,
+        lambda t: editing.add_query(t, email, name, query, replace=replace, source=str(path)),
+    )
+    _edited(path, f"{'replaced' if replace else 'added'} query {name!r} for {email}", config)
+    if backfill:
+        _backfill(config, email, backfill)
+
+
+@subs_app.command("remove-query")
+def subs_remove_query(
+    ctx: typer.Context,
+    email: EmailArg,
+    name: Annotated[str, typer.Argument(help="The subscription's name.")],
+) -> None:
+    """Remove one of a subscriber's subscription queries."""
+    path = _config_to_edit(ctx)
+    config = apply_edit(path, lambda t: editing.remove_query(t, email, name, source=str(path)))
+    _edited(path, f"removed query {name!r} of {email}", config)
+
+
+@subs_app.command("try")
+def subs_try(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="The query to try.")],
+    since: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Only papers first seen in the last DAYS days [default: all].",
+            metavar="DAYS",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many papers.")] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON with the highlight spans.")
+    ] = False,
+) -> None:
+    """Show which stored papers a query would match, with the matched terms highlighted."""
+    try:
+        parsed = parse_query(query)
+    except QueryError as exc:
+        caret = "" if exc.position is None else f"\n  {query}\n  {' ' * exc.position}^"
+        raise QueryError(
+            exc.message + caret, query=query, position=exc.position, hint=exc.hint
+        ) from exc
+    config = _state(ctx).config()
+    store = _open_existing(config)
+    try:
+        start = utc_now() - timedelta(days=since) if since else datetime.min.replace(tzinfo=UTC)
+        papers = store.papers_since(start) if store else []
+    finally:
+        if store:
+            store.close()
+    found = try_query(parsed, papers)
+    if as_json:
+        rows = [
+            {
+                "title": t.paper.title,
+                "terms": list(t.terms),
+                "title_marks": [list(m) for m in t.title_marks],
+                "abstract_marks": [list(m) for m in t.abstract_marks],
+                "published": t.paper.published.isoformat() if t.paper.published else None,
+                "upvotes": t.paper.upvotes,
+            }
+            for t in found[:limit]
+        ]
+        sys.stdout.write(
+            json.dumps(
+                {"matched": len(found), "of": len(papers), "papers": rows},
+                ensure_ascii=False,
+                indent=2,
+            )
+            + "\n"
+        )
+        return
+    for n, t in enumerate(found[:limit], 1):
+        line = Text(f"{n:>3}. ")
+        line.append_text(highlighted(t.paper.title, t.title_marks))
+        out.print(line, soft_wrap=True)
+        meta = f"     matched: {', '.join(t.terms)} · {_meta_line(t.paper)}"
+        out.print(Text(meta, style="dim"), soft_wrap=True)
+        if t.abstract_marks:
+            text, marks = snippet(t.paper.abstract, t.abstract_marks)
+            out.print(Text("     ").append_text(highlighted(text, marks)), soft_wrap=True)
+    window = f"first seen in the last {since} days" if since else "stored"
+    more = f" (showing {limit}; --limit N for more)" if len(found) > limit else ""
+    out.print(f"{len(found)} of {len(papers)} papers {window} match {escape(query)}{more}")
+
+
+# --- preview and status: what the service would do, and what it did ------------------------
+
+
+@app.command()
+def preview(
+    ctx: typer.Context,
+    subscriber: Annotated[str, typer.Option("--subscriber", help="Whose digest to render.")],
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write to FILE instead of standard output.")
+    ] = None,
+    fmt: Annotated[
+        PreviewFormat | None,
+        typer.Option("--format", help="html or text [default: from --out's suffix, else text]."),
+    ] = None,
+) -> None:
+    """Render the digest a subscriber would get now, without sending or recording anything."""
+    config = _state(ctx).config()
+    sub = config.subscriber(subscriber)
+    store = _open_existing(config)
+    try:
+        states = store.subscriber_states() if store else {}
+        state = states.get(sub.email.lower())
+        pending = store.pending_matches(state.id) if store and state else []
+    finally:
+        if store:
+            store.close()
+    if not pending:
+        err.print(
+            f"nothing waiting for {escape(sub.email)}: no digest would be sent now "
+            "(only papers matched since their last digest are sent)"
+        )
+        return
+    assert state is not None
+    matched = [Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in pending]
+    digest = build_digest(
+        recipient(sub),
+        matched,
+        since=state.last_digest_at,
+        max_papers=sub.max_papers or config.render.max_papers,
+    )
+    renderer = Renderer(config.render.templates, paper_url=config.render.paper_url)
+    rendered = renderer.render(digest, unsubscribe_url=None, manage_hint=MANAGE_HINT)
+    kind = fmt or (
+        PreviewFormat.html
+        if out_file and out_file.suffix.lower() in (".html", ".htm")
+        else PreviewFormat.text
+    )
+    body = rendered.html if kind is PreviewFormat.html else rendered.text
+    _, when = next_due(sub, state, utc_now())
+    err.print(
+        f"Subject: {escape(rendered.subject)}\n{digest.count} papers for {escape(sub.email)}; "
+        f"next due: {escape(when)}",
+        soft_wrap=True,
+    )
+    if out_file is None:
+        sys.stdout.write(body)
+        return
+    try:
+        out_file.write_text(body, encoding="utf-8")
+    except OSError as exc:
+        raise MailerError(f"{out_file}: cannot write the preview: {exc.strerror}") from exc
+    err.print(f"wrote {escape(str(out_file))} ({kind.value})")
+
+
+@app.command()
+def status(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """What the service has done and will do: dumps, papers, subscribers, outbox, schedule."""
+    state = _state(ctx)
+    config = state.config()
+    store = _open_existing(config)
+    try:
+        report = status_report(config, store, state.config_source, utc_now())
+    finally:
+        if store:
+            store.close()
+    if as_json:
+        sys.stdout.write(json.dumps(report, ensure_ascii=False, indent=2) + "\n")
+        return
+    d, s, o = report["dumps"], report["subscribers"], report["outbox"]
+    lines = [
+        ("configuration", report["configuration"]),
+        (
+            "database",
+            report["database"] or f"{hide_password(config.database.url)} (not created yet)",
+        ),
+        (
+            "dumps",
+            f"{d['seen']} seen: {d['ingested']} ingested ({d['empty']} empty), "
+            f"{d['refused']} refused",
+        ),
+        *(("  refused", f"{r['path']}: {r['reason']}") for r in d["refusals"]),
+        ("papers", f"{report['papers']} stored"),
+        (
+            "subscribers",
+            f"{s['configured']} configured, {s['unsubscribed']} unsubscribed, "
+            f"{s['removed']} removed",
+        ),
+        ("matches", f"{report['matches_waiting']} waiting for a digest"),
+        ("outbox", f"{o['pending']} pending, {o['sent']} sent, {o['failed']} failed"),
+    ]
+    last = report["last_pass"]
+    lines.append(("last pass", f"{last['at']}: {last['summary']}" if last else "none yet"))
+    beat = report["heartbeat"]
+    lines.append(
+        (
+            "heartbeat",
+            f"{beat['path']} ({beat['age_seconds']:.0f}s old)" if beat else "none (daemon not run)",
+        )
+    )
+    for label, value in lines:
+        out.print(Text(f"{label:<14} {value}"), soft_wrap=True)
+    table = Table(title="next digests", title_justify="left")
+    for column in ("subscriber", "schedule", "waiting", "last digest", "next due"):
+        table.add_column(column)
+    for row in report["next_digests"]:
+        table.add_row(
+            Text(row["email"]),
+            Text(f"{row['schedule']} ({row['timezone']})"),
+            str(row["waiting"]),
+            Text(row["last_digest_at"] or "never"),
+            Text(row["next_due_text"]),
+        )
+    out.print(table)
 
 
 def main() -> None:

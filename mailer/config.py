@@ -175,6 +175,11 @@ class WebConfig(_Section):
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
+class DaemonConfig(_Section):
+    # Rewritten after every completed pass, so a supervisor can tell a hung daemon.
+    heartbeat: Path = Path("mailer.heartbeat")
+
+
 class SubscriptionConfig(_Section):
     name: Annotated[Text, Field(min_length=1)]
     query: str
@@ -237,6 +242,7 @@ class Config(BaseSettings):
     smtp: SmtpConfig = SmtpConfig()
     render: RenderConfig = RenderConfig()
     web: WebConfig = WebConfig()
+    daemon: DaemonConfig = DaemonConfig()
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -326,6 +332,7 @@ def _resolve(config: Config, base: Path) -> Config:
             "watch": config.watch.model_copy(update={"dir": at(config.watch.dir)}),
             "delivery": config.delivery.model_copy(update={"maildir": at(config.delivery.maildir)}),
             "database": config.database.model_copy(update={"url": url}),
+            "daemon": config.daemon.model_copy(update={"heartbeat": at(config.daemon.heartbeat)}),
             "render": config.render.model_copy(
                 update={"templates": at(templates) if templates else None}
             ),

@@ -9,14 +9,20 @@ Ctrl-C stops the scheduler, lets the pass in flight finish its current step
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
+import os
 import signal
 from datetime import datetime
+from pathlib import Path
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from mailer.config import Config, parse_config
+from mailer.editing import write_atomic
 from mailer.errors import MailerError
 from mailer.pipeline import PassReport, Pipeline
+from mailer.render import Renderer
 from mailer.web import start_web
 
 log = logging.getLogger("mailer")
@@ -25,16 +31,21 @@ STOP_GRACE_SECONDS = 8.0
 
 
 class Daemon:
-    def __init__(self, pipeline: Pipeline, interval: float) -> None:
+    def __init__(
+        self, pipeline: Pipeline, interval: float, *, config_path: Path | None = None
+    ) -> None:
         self.pipeline = pipeline
         self.interval = interval
         self.passes = 0
         self._running: asyncio.Task[PassReport | None] | None = None
+        self.config_path = config_path
+        self._config_text = self._read_config()
 
     async def tick(self) -> PassReport | None:
         """One pass; any failure is logged and the next pass tries again."""
         self._running = asyncio.current_task()
         try:
+            await asyncio.to_thread(self.reload_if_changed)
             report = await self.pipeline.run_pass()
         except MailerError as exc:
             log.error("pass failed: %s", exc)
@@ -46,6 +57,7 @@ class Daemon:
             self.passes += 1
         if report.dumps or report.refused or report.digests or report.sent or report.deferred:
             log.info("pass done %s", report.summary())
+        await asyncio.to_thread(self.beat)
         return report
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -96,3 +108,77 @@ class Daemon:
             if web is not None:
                 await web.stop()
         log.info("stopped")
+
+    # --- configuration reload -----------------------------------------------------
+
+    def _read_config(self) -> bytes | None:
+        if self.config_path is None:
+            return None
+        try:
+            return self.config_path.read_bytes()
+        except OSError as exc:
+            log.error("config=%s cannot be read: %s", self.config_path, exc.strerror)
+            return None
+
+    def reload_if_changed(self) -> bool:
+        """Adopt an edited config file; an invalid one is reported once and the
+        daemon keeps running on the last good configuration."""
+        data = self._read_config()
+        if data is None or data == self._config_text:
+            return False
+        self._config_text = data
+        assert self.config_path is not None
+        path = self.config_path
+        try:
+            config = parse_config(
+                data.decode("utf-8", errors="replace"),
+                source=str(path),
+                base_dir=path.resolve().parent,
+            )
+            Renderer(config.render.templates, paper_url=config.render.paper_url)
+        except MailerError as exc:
+            log.error(
+                "config=%s not reloaded, still running on the last good configuration: %s",
+                path,
+                exc.message.replace("\n", ";"),
+            )
+            return False
+        old = self.pipeline.config
+        try:
+            self.pipeline.configure(config)
+        except MailerError as exc:
+            self._config_text = None  # try again next pass
+            log.error("config=%s not fully applied, will retry: %s", path, exc.message)
+            return False
+        for what in _restart_needed(old, config):
+            log.warning("config=%s %s changed; that takes effect on restart", path, what)
+        subscriptions = sum(len(s.subscriptions) for s in config.subscribers)
+        log.info(
+            "config=%s reloaded subscribers=%d subscriptions=%d",
+            path,
+            len(config.subscribers),
+            subscriptions,
+        )
+        return True
+
+    # --- heartbeat ------------------------------------------------------------------
+
+    def beat(self) -> None:
+        """Rewrite the heartbeat file after a completed pass: its age tells a
+        supervisor whether the daemon still makes progress."""
+        path = self.pipeline.config.daemon.heartbeat
+        now = self.pipeline.clock()
+        body = {"pid": os.getpid(), "last_pass": now.isoformat(), "passes": self.passes}
+        try:
+            write_atomic(path, (json.dumps(body) + "\n").encode())
+        except OSError as exc:
+            log.warning("heartbeat=%s cannot be written: %s", path, exc.strerror)
+
+
+def _restart_needed(old: Config, new: Config) -> list[str]:
+    changed = []
+    if old.database.url != new.database.url:
+        changed.append("[database] url")
+    if old.watch.interval_seconds != new.watch.interval_seconds:
+        changed.append("[watch] interval_seconds")
+    return changed

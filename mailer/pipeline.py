@@ -172,6 +172,8 @@ class Pipeline:
         self.transport_failures = 0
         self.scanner = Scanner(config.watch.dir, config.watch.settle_seconds, sleep)
         self.stopping = False
+        # Called after each dump of a pass as (done, total, path), to show progress.
+        self.on_dump: Callable[[int, int, Path], None] | None = None
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -195,15 +197,19 @@ class Pipeline:
         await asyncio.to_thread(self.ingest, report)
         await asyncio.to_thread(self.match, report)
         await self.compose_and_deliver(report)
+        await asyncio.to_thread(self.store.record_pass, report.summary(), self.clock())
         return report
 
     # --- files -> dumps -> papers --------------------------------------------
 
     def ingest(self, report: PassReport) -> None:
-        for path in self.scanner.ready():
+        paths = self.scanner.ready()
+        for done, path in enumerate(paths, 1):
             if self.stopping:
                 return
             self.ingest_file(path, report)
+            if self.on_dump is not None:
+                self.on_dump(done, len(paths), path)
 
     def ingest_file(self, path: Path, report: PassReport) -> None:
         try:

@@ -8,6 +8,7 @@ default; the same code runs on PostgreSQL.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from typing import Any
 
 from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func, text
 from sqlalchemy import select as sa_select
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
@@ -691,6 +692,157 @@ class Store:
         with self.session() as s:
             return s.exec(select(func.count()).select_from(PaperRow)).one()
 
+    # --- operator read-queries and small records (status, subs, preview) ----------
+
+    def subscriber_states(self) -> dict[str, SubscriberState]:
+        """Every subscriber the database knows, by lower-cased email."""
+        with self.session() as s:
+            pending = dict(
+                s.exec(
+                    select(MatchRow.subscriber_id, func.count())
+                    .where(col(MatchRow.delivery_id).is_(None))
+                    .group_by(col(MatchRow.subscriber_id))
+                ).all()
+            )
+            last = dict(
+                s.exec(
+                    select(DeliveryRow.subscriber_id, func.max(DeliveryRow.created_at)).group_by(
+                        col(DeliveryRow.subscriber_id)
+                    )
+                ).all()
+            )
+            return {
+                r.email.lower(): SubscriberState(
+                    id=r.id,
+                    email=r.email,
+                    active=r.active,
+                    created_at=r.created_at,
+                    unsubscribed_at=r.unsubscribed_at,
+                    pending=pending.get(r.id, 0),
+                    last_digest_at=last.get(r.id),
+                )
+                for r in s.exec(select(SubscriberRow).order_by(col(SubscriberRow.id)))
+                if r.id is not None
+            }
+
+    def dump_counts(self) -> dict[str, int]:
+        """Dumps by status: ingested, empty, refused."""
+        with self.session() as s:
+            rows = s.exec(select(DumpRow.status, func.count()).group_by(col(DumpRow.status)))
+            return dict(rows.all())
+
+    def refused_dumps(self) -> list[DumpRow]:
+        with self.session() as s:
+            return list(
+                s.exec(
+                    select(DumpRow).where(DumpRow.status == "refused").order_by(col(DumpRow.id))
+                ).all()
+            )
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Messages by status: pending, sent, failed."""
+        with self.session() as s:
+            rows = s.exec(
+                select(DeliveryRow.status, func.count()).group_by(col(DeliveryRow.status))
+            )
+            return dict(rows.all())
+
+    def backfill_candidates(self, subscriber_id: int, since: datetime) -> list[tuple[int, Paper]]:
+        """Papers first seen since ``since`` that were already matched (so the
+        regular pass will not look at them again) but not for this subscriber."""
+        with self.session() as s:
+            done = select(MatchRow.paper_id).where(MatchRow.subscriber_id == subscriber_id)
+            rows = s.exec(
+                select(PaperRow)
+                .where(
+                    col(PaperRow.matched).is_(True),
+                    PaperRow.first_seen_at >= since,
+                    col(PaperRow.id).not_in(done),
+                )
+                .order_by(col(PaperRow.id))
+            ).all()
+            return [(r.id, r.paper()) for r in rows if r.id is not None]
+
+    def add_matches(
+        self,
+        subscriber_id: int,
+        matches: Iterable[tuple[int, Sequence[str], Sequence[str], Sequence[float]]],
+        now: datetime,
+    ) -> int:
+        """Record (paper_id, subscriptions, terms, scores) for one subscriber,
+        skipping papers they already have a match for."""
+        with self.session() as s:
+            have = set(
+                s.exec(select(MatchRow.paper_id).where(MatchRow.subscriber_id == subscriber_id))
+            )
+            count = 0
+            for paper_id, subs, terms, scores in matches:
+                if paper_id in have:
+                    continue
+                s.add(
+                    MatchRow(
+                        subscriber_id=subscriber_id,
+                        paper_id=paper_id,
+                        subscriptions=list(subs),
+                        terms=list(terms),
+                        scores=list(scores),
+                        created_at=now,
+                    )
+                )
+                have.add(paper_id)
+                count += 1
+            return count
+
+    def set_state(self, key: str, value: str, now: datetime) -> None:
+        with self.session() as s:
+            row = s.get(StateRow, key)
+            if row is None:
+                s.add(StateRow(key=key, value=value, updated_at=now))
+            else:
+                row.value, row.updated_at = value, now
+
+    def record_pass(self, summary: str, now: datetime) -> None:
+        self.set_state(LAST_PASS, summary, now)
+
+    def get_state(self, key: str) -> StateRow | None:
+        with self.session() as s:
+            return s.get(StateRow, key)
+
+
+# --- operator records: a key-value state table and subscriber summaries -------
+
+
+def hide_password(url: str) -> str:
+    """A database URL fit for logs and errors: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+LAST_PASS = "last_pass"  # noqa: S105 - a state key, not a password
+
+
+class StateRow(SQLModel, table=True):
+    """Small facts about the running service, such as the last pass."""
+
+    __tablename__ = "state"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str
+    updated_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberState:
+    id: int
+    email: str
+    active: bool
+    created_at: datetime
+    unsubscribed_at: datetime | None
+    pending: int
+    last_digest_at: datetime | None
+
 
 def _paper_row(key: str, paper: Paper, now: datetime, dump_id: int | None) -> PaperRow:
     return PaperRow(
@@ -724,13 +876,13 @@ def _connect(url: str) -> Engine:
         SQLModel.metadata.create_all(engine)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(
-            f"database URL {url!r} is not usable: {exc}",
+            f"database URL {hide_password(url)!r} is not usable: {exc}",
             hint="use sqlite:///path.db or postgresql+psycopg://user@host/db "
             "(pip install 'mailer[postgres]')",
         ) from exc
     except (OperationalError, ModuleNotFoundError) as exc:
         raise StoreError(
-            f"cannot open database {url!r}: {exc}",
+            f"cannot open database {hide_password(url)!r}: {exc}",
             hint="check the [database] url, that the folder exists and the server is running",
         ) from exc
     return engine

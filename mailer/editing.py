@@ -1,0 +1,246 @@
+"""Editing config.toml in place, the way an operator would by hand.
+
+tomlkit keeps the operator's comments, key order and layout. Each edit is a
+pure function, TOML text in, TOML text out; ``apply_edit`` validates the whole
+result with ``parse_config`` before it replaces the file atomically (a
+temporary file renamed over it), so a failed edit leaves the file exactly as
+it was, byte for byte.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import tomlkit
+from tomlkit.exceptions import TOMLKitError
+from tomlkit.items import AoT, Table
+from tomlkit.toml_document import TOMLDocument
+
+from mailer.config import Config, parse_config
+from mailer.errors import ConfigError
+
+SETTABLE_KEYS = ("email", "name", "schedule", "timezone")
+
+
+def _parse(text: str, source: str) -> TOMLDocument:
+    try:
+        return tomlkit.parse(text)
+    except TOMLKitError as exc:
+        raise ConfigError(
+            f"{source}: not valid TOML: {exc}", hint="fix the syntax at that line and column"
+        ) from exc
+
+
+def _subscribers(doc: TOMLDocument, source: str) -> AoT:
+    if "subscribers" not in doc:
+        doc.append("subscribers", tomlkit.aot())
+    found = doc["subscribers"]
+    if not isinstance(found, AoT):
+        raise ConfigError(
+            f"{source}: 'subscribers' is not written as [[subscribers]] tables",
+            hint="rewrite it as [[subscribers]] tables so it can be edited",
+        )
+    return found
+
+
+def _find(doc: TOMLDocument, email: str, source: str) -> Table:
+    for table in _subscribers(doc, source):
+        if isinstance(table, Table) and str(table.get("email", "")).lower() == email.lower():
+            return table
+    raise ConfigError(
+        f"{source}: no subscriber {email!r}", hint="'mailer subs list' shows who is configured"
+    )
+
+
+def _separate(table: Table) -> None:
+    """A blank line after ``table``, so what follows starts a new paragraph."""
+    if not table.as_string().endswith("\n\n"):
+        table.add(tomlkit.nl())
+
+
+def _subscription(name: str, query: str) -> Table:
+    table = tomlkit.table()
+    table["name"] = name
+    literal = "'" not in query and "\n" not in query
+    table["query"] = tomlkit.string(query, literal=literal)
+    table.add(tomlkit.nl())
+    return table
+
+
+def add_subscriber(
+    text: str,
+    email: str,
+    *,
+    name: str = "",
+    schedule: str | None = None,
+    timezone: str | None = None,
+    queries: Sequence[tuple[str, str]] = (),
+    source: str = "config",
+) -> str:
+    doc = _parse(text, source)
+    subscribers = _subscribers(doc, source)
+    if any(str(t.get("email", "")).lower() == email.lower() for t in subscribers):
+        raise ConfigError(
+            f"{source}: subscriber {email!r} already exists",
+            hint="use 'mailer subs set' or 'mailer subs add-query' to change it",
+        )
+    table = tomlkit.table()
+    table["email"] = email
+    if name:
+        table["name"] = name
+    if schedule is not None:
+        table["schedule"] = schedule
+    if timezone is not None:
+        table["timezone"] = timezone
+    table.add(tomlkit.nl())
+    if queries:
+        aot = tomlkit.aot()
+        for query_name, query in queries:
+            aot.append(_subscription(query_name, query))
+        table["subscriptions"] = aot
+    if len(subscribers):
+        last = subscribers[-1]
+        inner = last.get("subscriptions")
+        _separate(inner[-1] if isinstance(inner, AoT) and len(inner) else last)
+    subscribers.append(table)
+    return tomlkit.dumps(doc)
+
+
+def remove_subscriber(text: str, email: str, *, source: str = "config") -> str:
+    doc = _parse(text, source)
+    table = _find(doc, email, source)
+    subscribers = _subscribers(doc, source)
+    index = next(i for i, t in enumerate(subscribers) if t is table)
+    del subscribers[index]
+    return tomlkit.dumps(doc)
+
+
+def set_subscriber_key(
+    text: str, email: str, key: str, value: str, *, source: str = "config"
+) -> str:
+    if key not in SETTABLE_KEYS:
+        raise ConfigError(
+            f"cannot set {key!r} on a subscriber",
+            hint=f"settable keys: {', '.join(SETTABLE_KEYS)}; queries: 'mailer subs add-query'",
+        )
+    doc = _parse(text, source)
+    table = _find(doc, email, source)
+    if key == "email" and value.lower() != email.lower():
+        others = _subscribers(doc, source)
+        if any(str(t.get("email", "")).lower() == value.lower() for t in others):
+            raise ConfigError(f"{source}: subscriber {value!r} already exists")
+    table[key] = value  # tomlkit puts a new key before the nested subscriptions
+    return tomlkit.dumps(doc)
+
+
+def add_query(
+    text: str,
+    email: str,
+    name: str,
+    query: str,
+    *,
+    replace: bool = False,
+    source: str = "config",
+) -> str:
+    doc = _parse(text, source)
+    table = _find(doc, email, source)
+    subs = table.get("subscriptions")
+    if subs is None:
+        _separate(table)
+        subs = tomlkit.aot()
+        table["subscriptions"] = subs
+    if not isinstance(subs, AoT):
+        raise ConfigError(
+            f"{source}: {email}'s subscriptions are not [[subscribers.subscriptions]]"
+        )
+    for existing in subs:
+        if str(existing.get("name", "")) == name:
+            if not replace:
+                raise ConfigError(
+                    f"{source}: {email} already has a subscription named {name!r}",
+                    hint="pass --replace to change its query, or choose another name",
+                )
+            existing["query"] = tomlkit.string(query, literal="'" not in query)
+            return tomlkit.dumps(doc)
+    if len(subs):
+        _separate(subs[-1])
+    subs.append(_subscription(name, query))
+    return tomlkit.dumps(doc)
+
+
+def remove_query(text: str, email: str, name: str, *, source: str = "config") -> str:
+    doc = _parse(text, source)
+    table = _find(doc, email, source)
+    subs = table.get("subscriptions")
+    names = [str(s.get("name", "")) for s in subs] if isinstance(subs, AoT) else []
+    if name not in names:
+        raise ConfigError(
+            f"{source}: {email} has no subscription named {name!r}",
+            hint=f"their subscriptions: {', '.join(names) or 'none'}",
+        )
+    assert isinstance(subs, AoT)
+    del subs[names.index(name)]
+    if not len(subs):
+        del table["subscriptions"]
+    return tomlkit.dumps(doc)
+
+
+# --- the edge: read, validate, replace ------------------------------------------
+
+
+def apply_edit(path: Path, edit: Callable[[str], str]) -> Config:
+    """Edit the file at ``path``; it changes only if the whole result is valid."""
+    target = path.resolve()
+    try:
+        before = target.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            f"{path}: cannot read the configuration: {exc.strerror}",
+            hint="pass --config PATH; copy config.example.toml to start one",
+        ) from exc
+    try:
+        text = before.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text", hint="save it as UTF-8") from exc
+    edited = edit(text)
+    try:
+        config = parse_config(edited, source=str(path), base_dir=target.parent)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc.message}\n{path} was not changed", hint=exc.hint) from exc
+    write_atomic(target, edited.encode("utf-8"), expected=before)
+    return config
+
+
+def write_atomic(path: Path, data: bytes, *, expected: bytes | None = None) -> None:
+    """Replace ``path`` by renaming a complete temporary file over it, so a reader
+    (the daemon) sees the old file or the new one, never half of one. With
+    ``expected``, refuse if someone else changed the file meanwhile."""
+    mode = path.stat().st_mode & 0o7777 if path.exists() else 0o644
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = Path(tmp_name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.chmod(mode)
+        if expected is not None and path.read_bytes() != expected:
+            raise ConfigError(
+                f"{path} was changed by someone else during this edit; nothing was written",
+                hint="run the command again",
+            )
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    try:
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -1,0 +1,274 @@
+"""What the operator sees: log formats, progress, query try-outs and the status report.
+
+Values in, values out where possible; the CLI prints what these return.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import logging
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
+
+from mailer.config import Config, SubscriberConfig
+from mailer.matching import Query, highlight_spans, match_paper
+from mailer.papers import Paper
+from mailer.pipeline import Pipeline
+from mailer.schedule import Schedule
+from mailer.store import LAST_PASS, Store, SubscriberState
+
+log = logging.getLogger("mailer")
+
+EMBEDDED = "embedded example"
+HIGHLIGHT = "bold black on yellow"
+
+
+class LogFormat(enum.StrEnum):
+    text = "text"
+    json = "json"
+
+
+class PreviewFormat(enum.StrEnum):
+    html = "html"
+    text = "text"
+
+
+# --- logs -------------------------------------------------------------------------
+
+_FIELD = re.compile(r"(?<![^\s(])([a-z_]+)=(\S+)")
+_BASE_KEYS = frozenset({"time", "level", "logger", "message", "exception"})
+
+
+def log_fields(message: str) -> dict[str, Any]:
+    """The ``key=value`` fields of a log message (``reply=`` takes the rest of
+    the line, since SMTP replies hold spaces); whole numbers become numbers."""
+    fields: dict[str, Any] = {}
+    for m in _FIELD.finditer(message):
+        key, value = m.group(1), m.group(2)
+        if key in _BASE_KEYS:
+            continue
+        if key == "reply":
+            fields[key] = message[m.start(2) :].strip()
+            break
+        fields[key] = int(value) if value.isdigit() else value
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line, for log shippers."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        body: dict[str, Any] = {
+            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "message": message,
+            **log_fields(message),
+        }
+        if record.exc_info:
+            body["exception"] = self.formatException(record.exc_info)
+        return json.dumps(body, ensure_ascii=False, default=str)
+
+
+# --- progress ---------------------------------------------------------------------
+
+
+@contextmanager
+def dump_progress(
+    pipeline: Pipeline, *, fancy: bool, console: Console | None = None
+) -> Iterator[None]:
+    """Show ingest progress: a rich bar on a terminal, else a log line per dump."""
+    progress: Progress | None = None
+    task = None
+
+    def bar(done: int, total: int, path: Path) -> None:
+        nonlocal progress, task
+        if progress is None:
+            progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            )
+            progress.start()
+            task = progress.add_task("ingesting dumps", total=total)
+        assert task is not None
+        progress.update(task, total=total, completed=done, description=f"ingested {path.name}")
+
+    def lines(done: int, total: int, path: Path) -> None:
+        if total > 1:
+            log.info("progress dumps=%d/%d", done, total)
+
+    pipeline.on_dump = bar if fancy else lines
+    try:
+        yield
+    finally:
+        pipeline.on_dump = None
+        if progress is not None:
+            progress.stop()
+
+
+# --- trying a query -----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Tried:
+    paper: Paper
+    terms: tuple[str, ...]
+    title_marks: tuple[tuple[int, int], ...]
+    abstract_marks: tuple[tuple[int, int], ...]
+
+
+def try_query(query: Query, papers: Sequence[Paper]) -> list[Tried]:
+    """The papers ``query`` matches, with where its terms occur."""
+    found = []
+    for paper in papers:
+        for hit in match_paper(paper, {"q": query}):
+            found.append(
+                Tried(
+                    paper,
+                    hit.terms,
+                    tuple(highlight_spans(paper.title, hit.terms)),
+                    tuple(highlight_spans(paper.abstract, hit.terms)),
+                )
+            )
+    return found
+
+
+def highlighted(text: str, marks: Sequence[tuple[int, int]]) -> Text:
+    """``text`` as literal rich Text (never markup) with ``marks`` highlighted."""
+    out = Text(text)
+    for start, end in marks:
+        out.stylize(HIGHLIGHT, start, end)
+    return out
+
+
+def snippet(
+    text: str, marks: Sequence[tuple[int, int]], before: int = 60, width: int = 220
+) -> tuple[str, tuple[tuple[int, int], ...]]:
+    """A window of ``text`` around its first mark, with the marks moved to fit."""
+    start = 0 if not marks else max(0, marks[0][0] - before)
+    if start:
+        space = text.find(" ", start)
+        start = space + 1 if 0 <= space < marks[0][0] else start
+    end = min(len(text), start + width)
+    prefix = "…" if start else ""
+    suffix = "…" if end < len(text) else ""
+    shift = len(prefix) - start
+    moved = tuple(
+        (max(a, start) + shift, min(b, end) + shift) for a, b in marks if a < end and b > start
+    )
+    return prefix + text[start:end] + suffix, moved
+
+
+# --- the status report ----------------------------------------------------------------
+
+
+def next_due(
+    sub: SubscriberConfig, state: SubscriberState | None, now: datetime
+) -> tuple[datetime | None, str]:
+    """When this subscriber's next digest can go out, and how to say it."""
+    if state is None:
+        return None, "not yet in the database (the next pass adds them)"
+    if state.unsubscribed_at is not None or not state.active:
+        return None, "never (unsubscribed)" if state.unsubscribed_at else "never (removed)"
+    schedule = Schedule.parse(sub.schedule)
+    zone = ZoneInfo(sub.timezone)
+    last = _aware(state.last_digest_at)
+    since = _aware(state.created_at) or now
+    due = schedule.is_due(last=last, since=since, now=now, zone=zone)
+    if due:
+        if state.pending:
+            return now, "now (the next pass)"
+        return None, "on the next pass that matches a paper"
+    slot = schedule.next_slot(now, zone)
+    when = slot.astimezone(zone).strftime("%Y-%m-%d %H:%M %Z") if slot else "unknown"
+    return slot, when + ("" if state.pending else " (if anything matches by then)")
+
+
+def _aware(value: datetime | None) -> datetime | None:
+    if value is not None and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+def status_report(
+    config: Config, store: Store | None, source: str, now: datetime
+) -> dict[str, Any]:
+    """Everything ``mailer status`` shows, as plain JSON-able values."""
+    dumps = store.dump_counts() if store else {}
+    outbox = store.outbox_counts() if store else {}
+    states = store.subscriber_states() if store else {}
+    last = store.get_state(LAST_PASS) if store else None
+    configured = {s.email.lower() for s in config.subscribers}
+    subscribers = []
+    for sub in config.subscribers:
+        state = states.get(sub.email.lower())
+        when, said = next_due(sub, state, now)
+        subscribers.append(
+            {
+                "email": sub.email,
+                "schedule": sub.schedule,
+                "timezone": sub.timezone,
+                "subscriptions": len(sub.subscriptions),
+                "unsubscribed_at": _iso(state.unsubscribed_at if state else None),
+                "waiting": state.pending if state else 0,
+                "last_digest_at": _iso(state.last_digest_at if state else None),
+                "next_due": _iso(when),
+                "next_due_text": said,
+            }
+        )
+    heartbeat = config.daemon.heartbeat
+    beat = None
+    if heartbeat.exists():
+        age = now.timestamp() - heartbeat.stat().st_mtime
+        beat = {"path": str(heartbeat), "age_seconds": round(age, 1)}
+    return {
+        "configuration": source,
+        "database": store.safe_url if store else None,
+        "dumps": {
+            "seen": sum(dumps.values()),
+            "ingested": dumps.get("ingested", 0) + dumps.get("empty", 0),
+            "empty": dumps.get("empty", 0),
+            "refused": dumps.get("refused", 0),
+            "refusals": [
+                {
+                    "path": d.path,
+                    "reason": (d.error or "").removeprefix(f"{d.path}: "),
+                    "at": _iso(d.ingested_at),
+                }
+                for d in (store.refused_dumps() if store else [])
+            ],
+        },
+        "papers": store.count_papers() if store else 0,
+        "subscribers": {
+            "configured": len(config.subscribers),
+            "unsubscribed": sum(1 for s in states.values() if s.unsubscribed_at is not None),
+            "removed": sum(1 for k, s in states.items() if k not in configured and not s.active),
+        },
+        "matches_waiting": sum(s.pending for k, s in states.items() if k in configured),
+        "outbox": {k: outbox.get(k, 0) for k in ("pending", "sent", "failed")},
+        "last_pass": (
+            {"at": _iso(last.updated_at), "summary": last.value} if last is not None else None
+        ),
+        "heartbeat": beat,
+        "next_digests": subscribers,
+    }
+
+
+def _iso(value: datetime | None) -> str | None:
+    value = _aware(value)
+    return value.isoformat(timespec="seconds") if value else None
