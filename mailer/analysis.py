@@ -9,6 +9,7 @@ what only some queries need (positions, term frequencies) is built lazily.
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 import re
 import unicodedata
 from collections import Counter
@@ -41,12 +42,13 @@ def fold(word: str) -> str:
 
 
 def tokens(text: str) -> list[str]:
-    """Folded words of ``text``: one fold of the whole text, then a split."""
+    """Folded words of ``text``: split the case-folded text, then fold the
+    accents of the (few) words that are not ASCII."""
     folded = text.casefold()
-    if not folded.isascii():
-        decomposed = unicodedata.normalize("NFKD", folded)
-        folded = "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
-    return _WORD.findall(folded)
+    words = _WORD.findall(folded)
+    if folded.isascii():
+        return words
+    return [w if w.isascii() else fold(w) for w in words]
 
 
 def tokenize(text: str) -> list[tuple[str, int, int]]:
@@ -82,7 +84,15 @@ class FieldText:
     """One field of a paper: its folded tokens, their sets, and lazily their
     stems, positions and counts."""
 
-    __slots__ = ("_positions", "_stem_counts", "_stem_list", "stemset", "tokens", "tokset")
+    __slots__ = (
+        "_positions",
+        "_sorted",
+        "_stem_counts",
+        "_stem_list",
+        "stemset",
+        "tokens",
+        "tokset",
+    )
 
     def __init__(self, text: str) -> None:
         self.tokens = tokens(text)
@@ -91,6 +101,19 @@ class FieldText:
         self._stem_list: list[str] | None = None
         self._positions: dict[tuple[bool, str], list[int]] | None = None
         self._stem_counts: Counter[str] | None = None
+        self._sorted: list[str] | None = None
+
+    def with_prefix(self, prefix: str) -> list[str]:
+        """Distinct tokens starting with ``prefix``, found by bisection."""
+        if self._sorted is None:
+            self._sorted = sorted(self.tokset)
+        ordered = self._sorted
+        i = bisect_left(ordered, prefix)
+        out = []
+        while i < len(ordered) and ordered[i].startswith(prefix):
+            out.append(ordered[i])
+            i += 1
+        return out
 
     @property
     def stem_list(self) -> list[str]:
@@ -101,12 +124,12 @@ class FieldText:
     def positions(self, exact: bool, key: str) -> list[int]:
         """Where ``key`` (a token if ``exact``, else a stem) occurs."""
         if self._positions is None:
-            index: dict[tuple[bool, str], list[int]] = {}
-            for i, (tok, st) in enumerate(zip(self.tokens, self.stem_list, strict=True)):
-                index.setdefault((True, tok), []).append(i)
-                index.setdefault((False, st), []).append(i)
-            self._positions = index
-        return self._positions.get((exact, key), [])
+            self._positions = {}
+        found = self._positions.get((exact, key))
+        if found is None:
+            seq = self.tokens if exact else self.stem_list
+            found = self._positions[(exact, key)] = [i for i, t in enumerate(seq) if t == key]
+        return found
 
     def count(self, exact: bool, key: str) -> int:
         if exact:

@@ -120,7 +120,7 @@ def phrase_in(text: FieldText, exact: bool, keys: tuple[str, ...], slop: int) ->
 
 
 def _prefix_tokens(doc: Doc, prefix: str) -> list[str]:
-    return [t for t in doc.text_tokens if t.startswith(prefix)]
+    return doc.title.with_prefix(prefix) + doc.abstract.with_prefix(prefix)
 
 
 def score(doc: Doc, found: Iterable[Found]) -> tuple[tuple[str, ...], float]:
@@ -149,7 +149,7 @@ def evaluate(node: Node, doc: Doc, found: list[Found]) -> bool:
     if isinstance(node, Term):
         fields = _fields(doc, node.field)
         if node.prefix:
-            hit = any(t.startswith(node.key) for f in fields for t in f.tokset)
+            hit = any(f.with_prefix(node.key) for f in fields)
         elif node.exact:
             hit = any(node.key in f.tokset for f in fields)
         else:
@@ -210,7 +210,7 @@ def match_papers(
 
 Check = Callable[[Doc, list[Found]], bool]
 Need = list[tuple[str, str]]
-PREFIX_BUCKET = 3
+PREFIX_BUCKET = 5
 
 
 def _compile(node: Node) -> Check:
@@ -237,7 +237,9 @@ def _compile(node: Node) -> Check:
 
             return text_stem
         return _compile_fallback(node)
-    if isinstance(node, Phrase | Compare):
+    if isinstance(node, Phrase):
+        return _compile_phrase(node)
+    if isinstance(node, Compare):
         return _compile_fallback(node)
     if isinstance(node, Not):
         inner = _compile(node.child)
@@ -263,6 +265,22 @@ def _compile(node: Node) -> Check:
         return hit
 
     return disjunction
+
+
+def _compile_phrase(node: Phrase) -> Check:
+    """Positions are only looked at once every word is known to be there."""
+    keys, exact, field, slop = node.keys, node.exact, node.field, node.slop
+    leaf = _leaf_terms(node)
+
+    def phrase(doc: Doc, found: list[Found]) -> bool:
+        for f in _fields(doc, field):
+            present = f.tokset if exact else f.stemset
+            if all(k in present for k in keys) and phrase_in(f, exact, keys, slop):
+                found.extend(leaf)
+                return True
+        return False
+
+    return phrase
 
 
 def _compile_fallback(node: Term | Phrase | Compare) -> Check:
@@ -371,8 +389,9 @@ class Engine:
                 if entries:
                     looked += len(entries)
                     for uid, leaf in entries:
-                        terms, value = score(doc, (leaf,))
-                        hits.extend(Hit(q, terms, value) for q in keys[uid])
+                        terms = (leaf[0],)
+                        value = doc.weight(leaf[1], leaf[2][0])
+                        hits.extend([Hit(q, terms, value) for q in keys[uid]])
         candidates: set[int] = set()
         for space, present in (
             ("stem", doc.text_stems),
