@@ -8,6 +8,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 from datetime import date, timedelta
+from itertools import pairwise
 from pathlib import Path
 
 from mailer.analysis import tokens
@@ -16,11 +17,12 @@ from mailer.papers import Paper
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"
 TODAY = date(2025, 12, 20)
-_SENTENCE = re.compile(r"(?<=[.!?])\s+")
-STOP_WORDS = frozenset(
-    "a an and are as at be by for from has have in is it its of on or that the this to was "
-    "were which with we our can these their than into also not but such".split()
+_STOP = (
+    "a an and are as at be by for from has have in is it its of on or that the this to "
+    "was were which with we our can these their than into also not but such"
 )
+_SENTENCE = re.compile(r"(?<=[.!?])\s+")
+STOP_WORDS = frozenset(_STOP.split(" "))
 ORGS = ["Google", "Meta", "Microsoft", "OpenAI", "Alibaba", "Tencent", "NVIDIA", "DeepSeek"]
 
 
@@ -43,14 +45,16 @@ def vocabulary() -> Vocabulary:
     df = Counter(w for p in seeds for w in set(tokens(p.title + " " + p.abstract)))
     limit = 0.05 * len(seeds)
     topical = sorted(
-        w for w, n in df.items() if n <= limit and w not in STOP_WORDS and len(w) > 2 and w.isalpha()
+        w
+        for w, n in df.items()
+        if n <= limit and w not in STOP_WORDS and len(w) > 2 and w.isalpha()
     )
     keep = set(topical)
     bigrams = Counter(
         f"{a} {b}"
         for p in seeds
         for ws in [tokens(p.abstract)]
-        for a, b in zip(ws, ws[1:], strict=False)
+        for a, b in pairwise(ws)
         if a in keep and b in keep
     )
     return Vocabulary(

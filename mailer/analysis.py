@@ -9,9 +9,9 @@ what only some queries need (positions, term frequencies) is built lazily.
 from __future__ import annotations
 
 import math
-from bisect import bisect_left
 import re
 import unicodedata
+from bisect import bisect_left
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field

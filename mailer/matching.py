@@ -389,7 +389,7 @@ class Engine:
                 if entries:
                     looked += len(entries)
                     for uid, leaf in entries:
-                        terms = (leaf[0],)
+                        terms: tuple[str, ...] = (leaf[0],)
                         value = doc.weight(leaf[1], leaf[2][0])
                         hits.extend([Hit(q, terms, value) for q in keys[uid]])
         candidates: set[int] = set()

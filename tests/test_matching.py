@@ -57,13 +57,16 @@ def test_boolean_operators_follow_not_and_or_precedence(query: str, expected: bo
 
 
 def test_stemming_matches_inflections() -> None:
-    assert matches("reasoning") and matches("transformer") and matches("tokenizations")
+    assert matches("reasoning")
+    assert matches("transformer")
+    assert matches("tokenizations")
 
 
 def test_exact_phrase_turns_stemming_off() -> None:
     assert matches('="transformers"')
     assert not matches('="reasoning"')
-    assert matches('="RL"') and not matches('="RLs"')
+    assert matches('="RL"')
+    assert not matches('="RLs"')
 
 
 def test_subscription_without_stemming_matches_only_surface_forms() -> None:
@@ -72,7 +75,8 @@ def test_subscription_without_stemming_matches_only_surface_forms() -> None:
 
 
 def test_case_and_accents_are_folded() -> None:
-    assert matches("ZURICH") and matches("zürich")
+    assert matches("ZURICH")
+    assert matches("zürich")
 
 
 def test_punctuation_splits_words() -> None:
@@ -93,14 +97,18 @@ def test_proximity_allows_words_within_the_window_in_any_order() -> None:
 
 
 def test_prefix_matches_words_starting_with_it() -> None:
-    assert matches("token*") and matches("reinforc*")
+    assert matches("token*")
+    assert matches("reinforc*")
     assert not matches("tokenizers*")
 
 
 def test_fields_restrict_where_a_term_may_match() -> None:
-    assert matches("title:graph") and not matches("title:study")
-    assert matches("abstract:study") and not matches('abstract:"chain of thought RL"')
-    assert matches("org:deepmind") and not matches("deepmind")
+    assert matches("title:graph")
+    assert not matches("title:study")
+    assert matches("abstract:study")
+    assert not matches('abstract:"chain of thought RL"')
+    assert matches("org:deepmind")
+    assert not matches("deepmind")
     assert matches("title:(graph transformer)")
 
 
@@ -193,7 +201,8 @@ def test_engine_counts_queries_needing_no_term() -> None:
         {1: parse_query("NOT survey"), 2: parse_query("upvotes>=3"), 3: parse_query("x")}
     )
     engine.match(Doc(PAPER))
-    assert len(engine.always) == 2 and engine.always_checked == 2
+    assert len(engine.always) == 2
+    assert engine.always_checked == 2
 
 
 def test_identical_queries_are_evaluated_once_and_reported_for_each() -> None:
