@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -36,7 +36,7 @@ from mailer.dumps import paper_json, read_dump
 from mailer.editing import apply_edit
 from mailer.errors import ConfigError, DeliveryError, MailerError, QueryError
 from mailer.lock import database_lock
-from mailer.matching import match_paper, parse_query
+from mailer.matching import Query, match_paper, parse_query
 from mailer.ops import (
     EMBEDDED,
     JsonFormatter,
@@ -535,7 +535,9 @@ def _backfill(config: Config, email: str, days: int) -> None:
     """Record matches for papers the regular pass has already matched, for this
     subscriber only; papers not yet matched reach them through the regular pass."""
     sub = config.subscriber(email)
-    queries = {q.name: parse_query(q.query) for q in sub.subscriptions}
+    queries: dict[Hashable, Query] = {
+        q.name: parse_query(q.query, stemming=q.stemming) for q in sub.subscriptions
+    }
     if not queries:
         out.print(f"nothing to backfill: {escape(sub.email)} has no subscriptions yet")
         return

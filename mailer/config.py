@@ -182,14 +182,14 @@ class DaemonConfig(_Section):
 
 class SubscriptionConfig(_Section):
     name: Annotated[Text, Field(min_length=1)]
+    stemming: bool = True  # before query, so the query validator sees it
     query: str
-    stemming: bool = True
 
     @field_validator("query")
     @classmethod
-    def _parses(cls, value: str) -> str:
+    def _parses(cls, value: str, info: ValidationInfo) -> str:
         try:
-            parse_query(value)
+            parse_query(value, stemming=bool(info.data.get("stemming", True)))
         except QueryError as exc:
             raise ValueError(exc.message) from exc
         return value

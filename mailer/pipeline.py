@@ -26,7 +26,7 @@ from mailer.delivery import Transport, TransportUnavailableError
 from mailer.digests import Digest, Matched, Recipient, build_digest
 from mailer.dumps import parse_dump
 from mailer.errors import DeliveryError, DumpError
-from mailer.matching import Query, match_paper, parse_query
+from mailer.matching import Doc, Engine, Query, Stats, parse_query
 from mailer.outbox import (
     RateLimiter,
     RenderJob,
@@ -145,8 +145,16 @@ class PassReport:
 def compile_queries(config: Config) -> dict[str, dict[str, Query]]:
     """Every subscriber's parsed queries, by email then subscription name."""
     return {
-        s.email: {q.name: parse_query(q.query) for q in s.subscriptions} for s in config.subscribers
+        s.email: {q.name: parse_query(q.query, stemming=q.stemming) for q in s.subscriptions}
+        for s in config.subscribers
     }
+
+
+def build_engine(queries: dict[str, dict[str, Query]], stats: Stats) -> Engine:
+    """One engine for every subscription, keyed by (email, subscription name)."""
+    return Engine(
+        {(email, name): q for email, subs in queries.items() for name, q in subs.items()}, stats
+    )
 
 
 class Pipeline:
@@ -174,6 +182,7 @@ class Pipeline:
         self.stopping = False
         # Called after each dump of a pass as (done, total, path), to show progress.
         self.on_dump: Callable[[int, int, Path], None] | None = None
+        self.stats = Stats()
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -181,6 +190,7 @@ class Pipeline:
         self.config = config
         self.limiter = RateLimiter(config.smtp.rate_per_minute)
         self.queries = compile_queries(config)
+        self.engine = build_engine(self.queries, self.stats)
         self.renderer = Renderer(config.render.templates, paper_url=config.render.paper_url)
         self.scanner.directory = config.watch.dir
         self.scanner.settle = config.watch.settle_seconds
@@ -266,18 +276,17 @@ class Pipeline:
 
     def match(self, report: PassReport) -> None:
         active = self.store.active_subscriber_ids()
-        queries = {
-            (active[email], name): query
-            for email, subs in self.queries.items()
-            if email in active
-            for name, query in subs.items()
-        }
         while batch := self.store.unmatched_papers():
             rows = []
             for paper_id, paper in batch:
+                doc = Doc(paper, self.stats)
+                self.stats.observe(doc)
                 by_subscriber: dict[int, list[tuple[str, tuple[str, ...], float]]] = {}
-                for hit in match_paper(paper, queries):
-                    subscriber_id, name = cast(tuple[int, str], hit.query)
+                for hit in self.engine.match(doc):
+                    email, name = cast(tuple[str, str], hit.query)
+                    subscriber_id = active.get(email)
+                    if subscriber_id is None:
+                        continue
                     by_subscriber.setdefault(subscriber_id, []).append((name, hit.terms, hit.score))
                 for subscriber_id, hits in by_subscriber.items():
                     terms = sorted({t for _, ts, _ in hits for t in ts})
@@ -563,10 +572,16 @@ def digest_for_test(
     config: Config, sub: SubscriberConfig, papers: list[Paper], since: datetime
 ) -> Digest:
     """The digest ``sub`` would get for ``papers``, built without touching the store."""
-    queries = {q.name: parse_query(q.query) for q in sub.subscriptions}
+    stats = Stats()
+    docs = [Doc(paper, stats) for paper in papers]
+    for doc in docs:
+        stats.observe(doc)
+    engine = Engine(
+        {q.name: parse_query(q.query, stemming=q.stemming) for q in sub.subscriptions}, stats
+    )
     matched = []
-    for paper in papers:
-        hits = match_paper(paper, queries)
+    for paper, doc in zip(papers, docs, strict=True):
+        hits = engine.match(doc)
         if hits:
             matched.append(
                 Matched(

@@ -224,7 +224,7 @@ def test_subs_try_lists_matching_papers_with_highlight_spans(tmp_path: Path) -> 
     assert 0 < found["matched"] < 290
     for paper in found["papers"]:
         marked = {paper["title"][a:b].lower() for a, b in paper["title_marks"]}
-        assert marked <= {"agents", "language model"}
+        assert all(m.startswith(("agent", "language model")) for m in marked), marked
         assert paper["title_marks"] or paper["abstract_marks"]
     text = mailer("--config", str(config), "subs", "try", '"language model" AND agents',
                   "--limit", "2", cwd=tmp_path)  # fmt: skip

@@ -1,0 +1,216 @@
+"""Text analysis shared by queries, papers and highlighting.
+
+Like a search engine's English field: Unicode case folding, accents folded,
+split on anything that is not a letter or digit, Snowball English stemming
+(PyStemmer). A paper is analysed once into a ``Doc`` that every query reads;
+what only some queries need (positions, term frequencies) is built lazily.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import unicodedata
+from bisect import bisect_left
+from collections import Counter
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from functools import lru_cache
+
+import Stemmer
+
+from mailer.papers import Paper
+
+_WORD = re.compile(r"[^\W_]+")
+_STEMMER = Stemmer.Stemmer("english")
+_STEMS: dict[str, str] = {}
+
+#: BM25 parameters; a title hit counts ``TITLE_WEIGHT`` abstract hits.
+K1 = 1.2
+B = 0.75
+TITLE_WEIGHT = 3.0
+
+
+@lru_cache(maxsize=65536)
+def fold(word: str) -> str:
+    """Case- and accent-insensitive form of a word or text."""
+    folded = word.casefold()
+    if folded.isascii():
+        return folded
+    decomposed = unicodedata.normalize("NFKD", folded)
+    return "".join(c for c in decomposed if not unicodedata.combining(c)).casefold()
+
+
+def tokens(text: str) -> list[str]:
+    """Folded words of ``text``: split the case-folded text, then fold the
+    accents of the (few) words that are not ASCII."""
+    folded = text.casefold()
+    words = _WORD.findall(folded)
+    if folded.isascii():
+        return words
+    return [w if w.isascii() else fold(w) for w in words]
+
+
+def tokenize(text: str) -> list[tuple[str, int, int]]:
+    """Folded words of ``text`` with their character spans in the original,
+    for highlighting; a word that folds into several yields each at its span."""
+    out = []
+    for m in _WORD.finditer(text):
+        for word in tokens(m.group()):
+            out.append((word, m.start(), m.end()))
+    return out
+
+
+def stem(word: str) -> str:
+    """Snowball English stem of a folded word, cached for the process."""
+    found = _STEMS.get(word)
+    if found is None:
+        found = _STEMS[word] = _STEMMER.stemWord(word)
+    return found
+
+
+def stems(words: Iterable[str]) -> list[str]:
+    get = _STEMS.get
+    out = []
+    for word in words:
+        found = get(word)
+        if found is None:
+            found = _STEMS[word] = _STEMMER.stemWord(word)
+        out.append(found)
+    return out
+
+
+class FieldText:
+    """One field of a paper: its folded tokens, their sets, and lazily their
+    stems, positions and counts."""
+
+    __slots__ = (
+        "_positions",
+        "_sorted",
+        "_stem_counts",
+        "_stem_list",
+        "stemset",
+        "tokens",
+        "tokset",
+    )
+
+    def __init__(self, text: str) -> None:
+        self.tokens = tokens(text)
+        self.tokset = set(self.tokens)
+        self.stemset = set(stems(self.tokset))
+        self._stem_list: list[str] | None = None
+        self._positions: dict[tuple[bool, str], list[int]] | None = None
+        self._stem_counts: Counter[str] | None = None
+        self._sorted: list[str] | None = None
+
+    def with_prefix(self, prefix: str) -> list[str]:
+        """Distinct tokens starting with ``prefix``, found by bisection."""
+        if self._sorted is None:
+            self._sorted = sorted(self.tokset)
+        ordered = self._sorted
+        i = bisect_left(ordered, prefix)
+        out = []
+        while i < len(ordered) and ordered[i].startswith(prefix):
+            out.append(ordered[i])
+            i += 1
+        return out
+
+    @property
+    def stem_list(self) -> list[str]:
+        if self._stem_list is None:
+            self._stem_list = stems(self.tokens)
+        return self._stem_list
+
+    def positions(self, exact: bool, key: str) -> list[int]:
+        """Where ``key`` (a token if ``exact``, else a stem) occurs."""
+        if self._positions is None:
+            self._positions = {}
+        found = self._positions.get((exact, key))
+        if found is None:
+            seq = self.tokens if exact else self.stem_list
+            found = self._positions[(exact, key)] = [i for i, t in enumerate(seq) if t == key]
+        return found
+
+    def count(self, exact: bool, key: str) -> int:
+        if exact:
+            return self.tokens.count(key)
+        if self._stem_counts is None:
+            self._stem_counts = Counter(self.stem_list)
+        return self._stem_counts[key]
+
+
+@dataclass
+class Stats:
+    """Collection statistics for BM25 and for choosing a query's rarest term:
+    papers seen, document frequency of each stem, and field lengths."""
+
+    papers: int = 0
+    df: Counter[str] = field(default_factory=Counter)
+    title_length: int = 0
+    abstract_length: int = 0
+
+    def observe(self, doc: Doc) -> None:
+        self.papers += 1
+        self.df.update(doc.title.stemset | doc.abstract.stemset)
+        self.title_length += len(doc.title.tokens)
+        self.abstract_length += len(doc.abstract.tokens)
+
+    def idf(self, stem: str) -> float:
+        n = max(self.papers, 1)
+        df = min(self.df.get(stem, 0), n)
+        return math.log(1.0 + (n - df + 0.5) / (df + 0.5))
+
+    def average(self) -> tuple[float, float]:
+        if not self.papers:
+            return 10.0, 150.0
+        return (
+            max(self.title_length / self.papers, 1.0),
+            max(self.abstract_length / self.papers, 1.0),
+        )
+
+
+EMPTY_STATS = Stats()
+
+
+class Doc:
+    """A paper analysed once, read by every query that could match it."""
+
+    __slots__ = (
+        "_weights",
+        "abstract",
+        "authors",
+        "org",
+        "paper",
+        "stats",
+        "text_stems",
+        "text_tokens",
+        "title",
+        "upvotes",
+    )
+
+    def __init__(self, paper: Paper, stats: Stats = EMPTY_STATS) -> None:
+        self.paper = paper
+        self.stats = stats
+        self.title = FieldText(paper.title)
+        self.abstract = FieldText(paper.abstract)
+        self.org = FieldText(paper.organization or "")
+        self.text_stems = self.title.stemset | self.abstract.stemset
+        self.text_tokens = self.title.tokset | self.abstract.tokset
+        self.upvotes = paper.upvotes
+        self.authors = paper.authors
+        self._weights: dict[tuple[bool, str], float] = {}
+
+    def weight(self, exact: bool, key: str) -> float:
+        """BM25F contribution of one term (a token if ``exact``, else a stem)
+        over title and abstract, title hits weighted above abstract hits."""
+        cached = self._weights.get((exact, key))
+        if cached is not None:
+            return cached
+        avg_title, avg_abstract = self.stats.average()
+        title, abstract = self.title, self.abstract
+        tf = TITLE_WEIGHT * title.count(exact, key) / (
+            1.0 - B + B * len(title.tokens) / avg_title
+        ) + abstract.count(exact, key) / (1.0 - B + B * len(abstract.tokens) / avg_abstract)
+        value = self.stats.idf(key if not exact else stem(key)) * tf * (K1 + 1.0) / (K1 + tf)
+        self._weights[(exact, key)] = value
+        return value

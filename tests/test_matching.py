@@ -1,0 +1,285 @@
+"""The query language, the engine, and the plain evaluator it must agree with."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mailer.errors import QueryError
+from mailer.matching import Doc, Engine, Hit, Stats, highlight_spans, match_paper, parse_query
+from mailer.papers import Paper
+
+PAPER = Paper(
+    title="Graph Transformers for Chain-of-Thought RL",
+    abstract=(
+        "We study a graph-based transformer for reinforcement learning in Zürich. "
+        "Tokenization matters; the model reasons with a chain of thought."
+    ),
+    authors=4,
+    organization="Google DeepMind",
+    upvotes=12,
+)
+
+
+def matches(query: str, paper: Paper = PAPER, *, stemming: bool = True) -> bool:
+    return bool(match_paper(paper, {"q": parse_query(query, stemming=stemming)}))
+
+
+def hit(query: str, paper: Paper = PAPER) -> Hit:
+    (found,) = match_paper(paper, {"q": parse_query(query)})
+    return found
+
+
+# --- the language -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("transformer", True),
+        ("transformers", True),
+        ("graph AND nonexistent", False),
+        ("graph nonexistent", False),
+        ("graph OR nonexistent", True),
+        ("graph -transformer", False),
+        ("graph NOT nonexistent", True),
+        ("NOT survey", True),
+        ("nonexistent graph OR transformer", True),
+        ("nonexistent (graph OR transformer)", False),
+        ("NOT graph OR transformer", True),
+    ],
+)
+def test_boolean_operators_follow_not_and_or_precedence(query: str, expected: bool) -> None:
+    assert matches(query) is expected
+
+
+def test_stemming_matches_inflections() -> None:
+    assert matches("reasoning")
+    assert matches("transformer")
+    assert matches("tokenizations")
+
+
+def test_exact_phrase_turns_stemming_off() -> None:
+    assert matches('="transformers"')
+    assert not matches('="reasoning"')
+    assert matches('="RL"')
+    assert not matches('="RLs"')
+
+
+def test_subscription_without_stemming_matches_only_surface_forms() -> None:
+    assert not matches("reasoning", stemming=False)
+    assert matches("reasons", stemming=False)
+
+
+def test_case_and_accents_are_folded() -> None:
+    assert matches("ZURICH")
+    assert matches("zürich")
+
+
+def test_punctuation_splits_words() -> None:
+    assert matches("chain-of-thought")
+    assert matches('"graph based transformer"')
+
+
+def test_phrase_needs_adjacent_words_in_order() -> None:
+    assert matches('"graph transformer"')
+    assert not matches('"transformer graph"')
+    assert not matches('"graph learning"')
+
+
+def test_proximity_allows_words_within_the_window_in_any_order() -> None:
+    assert matches('"study transformer"~3')
+    assert not matches('"study transformer"~2')
+    assert matches('"transformer graph"~1')
+
+
+def test_prefix_matches_words_starting_with_it() -> None:
+    assert matches("token*")
+    assert matches("reinforc*")
+    assert not matches("tokenizers*")
+
+
+def test_fields_restrict_where_a_term_may_match() -> None:
+    assert matches("title:graph")
+    assert not matches("title:study")
+    assert matches("abstract:study")
+    assert not matches('abstract:"chain of thought RL"')
+    assert matches("org:deepmind")
+    assert not matches("deepmind")
+    assert matches("title:(graph transformer)")
+
+
+@pytest.mark.parametrize(
+    ("query", "expected"),
+    [
+        ("upvotes>=12", True),
+        ("upvotes>12", False),
+        ("upvotes<13", True),
+        ("upvotes=12", True),
+        ("authors<=3", False),
+        ("authors<=4 graph", True),
+        ("upvotes:>=10", True),
+        ("upvotes:[1 TO 11]", False),
+    ],
+)
+def test_numeric_filters(query: str, expected: bool) -> None:
+    assert matches(query) is expected
+
+
+def test_unknown_author_count_fails_every_comparison() -> None:
+    assert not matches("authors<=100", Paper("t", "a"))
+
+
+@pytest.mark.parametrize(
+    ("query", "position", "expected"),
+    [
+        ("diffusion AND", 13, "after 'AND'"),
+        ("(diffusion OR score", 19, "')' to close"),
+        ("diffusion)", 9, "before ')'"),
+        ('"open phrase', 0, "closing '\"'"),
+        ("venue:neurips", 0, "expected title, abstract, org, upvotes or authors"),
+        ("upvotes:many", 8, "whole number"),
+        ("diff*sion", 0, "wildcards"),
+        ("diffusion^2", 0, "boosts"),
+    ],
+)
+def test_bad_query_reports_position_and_what_was_expected(
+    query: str, position: int, expected: str
+) -> None:
+    with pytest.raises(QueryError) as caught:
+        parse_query(query)
+    assert caught.value.position == position
+    assert f"position {position}" in caught.value.message
+    assert expected in caught.value.message
+
+
+# --- terms, scores and highlighting ---------------------------------------------
+
+
+def test_hit_records_the_terms_that_made_it_match() -> None:
+    assert set(hit("graph OR nonexistent OR (study AND absent)").terms) == {"graph"}
+    assert set(hit('"graph transformer" -absent').terms) == {"graph transformer"}
+
+
+def test_terms_are_ranked_title_hits_first() -> None:
+    assert hit("study OR graph").terms == ("graph", "study")
+
+
+def test_title_hit_scores_above_abstract_hit() -> None:
+    title = Paper("Diffusion sampling", "We study a method for images.")
+    abstract = Paper("Sampling images", "We study a diffusion method.")
+    query = {"q": parse_query("diffusion")}
+    stats = Stats()
+    docs = [Doc(title, stats), Doc(abstract, stats)]
+    for doc in docs:
+        stats.observe(doc)
+    (a,), (b,) = (match_paper(d, query) for d in docs)
+    assert a.score > b.score > 0
+
+
+def test_highlight_covers_surface_variants_of_a_stemmed_term() -> None:
+    text = "Transformers and a transformer, transforming"
+    assert highlight_spans(text, ["transformer"]) == [(0, 12), (19, 30), (32, 44)]
+    assert highlight_spans(text, ["=transformer"]) == [(19, 30)]
+
+
+def test_highlight_covers_each_phrase_run_and_prefix() -> None:
+    text = "chain-of-thought, or a chain of thought; tokens"
+    assert highlight_spans(text, ["chain of thought"]) == [(0, 16), (23, 39)]
+    assert highlight_spans(text, ["token*"]) == [(41, 47)]
+    assert highlight_spans(text, ["org:chain"]) == []
+
+
+# --- the engine equals the reference ----------------------------------------------
+
+
+def test_engine_counts_queries_needing_no_term() -> None:
+    engine = Engine(
+        {1: parse_query("NOT survey"), 2: parse_query("upvotes>=3"), 3: parse_query("x")}
+    )
+    engine.match(Doc(PAPER))
+    assert len(engine.always) == 2
+    assert engine.always_checked == 2
+
+
+def test_identical_queries_are_evaluated_once_and_reported_for_each() -> None:
+    engine = Engine({"a": parse_query("graph study"), "b": parse_query("graph study")})
+    assert len(engine.nodes) == 1
+    assert {h.query for h in engine.match(Doc(PAPER))} == {"a", "b"}
+
+
+VOCAB = ["graph", "graphs", "transformer", "learning", "rl", "agent", "token", "zurich", "model"]
+words = st.sampled_from(VOCAB)
+text = st.lists(words, min_size=0, max_size=12).map(" ".join)
+papers = st.builds(
+    Paper,
+    title=text,
+    abstract=text,
+    authors=st.none() | st.integers(1, 6),
+    organization=st.none() | st.sampled_from(["Google", "Agent Labs", "Graph Inc"]),
+    upvotes=st.integers(0, 6),
+)
+
+
+def _leaf() -> st.SearchStrategy[str]:
+    field = st.sampled_from(["", "title:", "abstract:", "org:"])
+    term = st.one_of(
+        words,
+        words.map(lambda w: f"={w}"),
+        words.map(lambda w: w[: max(1, len(w) // 2)] + "*"),
+        st.lists(words, min_size=2, max_size=3).map(lambda ws: '"' + " ".join(ws) + '"'),
+        st.tuples(st.lists(words, min_size=2, max_size=3), st.integers(1, 4)).map(
+            lambda p: '"' + " ".join(p[0]) + f'"~{p[1]}'
+        ),
+    )
+    numeric = st.tuples(
+        st.sampled_from(["upvotes", "authors"]),
+        st.sampled_from([">=", "<=", "<", ">", "="]),
+        st.integers(0, 6),
+    ).map(lambda t: "".join(map(str, t)))
+    return st.one_of(st.tuples(field, term).map("".join), numeric)
+
+
+queries = st.recursive(
+    _leaf(),
+    lambda inner: st.one_of(
+        st.tuples(inner, st.sampled_from([" AND ", " OR ", " "]), inner).map(
+            lambda t: f"({t[0]}{t[1]}{t[2]})"
+        ),
+        inner.map(lambda q: f"NOT {q}"),
+        inner.map(lambda q: f"-{q}"),
+    ),
+    max_leaves=6,
+)
+
+
+def _by_query(hits: list[Hit]) -> dict[Hashable, tuple[tuple[str, ...], float]]:
+    return {h.query: (h.terms, round(h.score, 9)) for h in hits}
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(_leaf() | queries, min_size=1, max_size=8),
+    st.lists(papers, min_size=1, max_size=5),
+    st.booleans(),
+)
+def test_engine_equals_reference_evaluator(
+    texts: list[str], batch: list[Paper], stemming: bool
+) -> None:
+    parsed = {i: parse_query(q, stemming=stemming) for i, q in enumerate(texts)}
+    stats = Stats()
+    docs = [Doc(p, stats) for p in batch]
+    for doc in docs[:2]:
+        stats.observe(doc)
+    engine = Engine(parsed, stats)
+    for doc in docs:
+        assert _by_query(engine.match(doc)) == _by_query(match_paper(doc, parsed))
+
+
+def test_prefixes_of_different_lengths_all_select_their_papers() -> None:
+    queries = {n: parse_query(q) for n, q in enumerate(["t*", "gr*", "tran*", "reinforc*"])}
+    engine = Engine(queries)
+    assert {h.query for h in engine.match(Doc(PAPER))} == {0, 1, 2, 3}
