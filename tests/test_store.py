@@ -37,6 +37,18 @@ def ingest(store: Store, sha: str, papers: list[Paper], now: datetime = NOW) -> 
     return outcome.new_papers, outcome.seen_papers
 
 
+def queue(store: Store, sid: int, message_id: str, match_ids: list[int] | None = None) -> int:
+    return store.enqueue(
+        subscriber_id=sid,
+        recipient="ada@example.org",
+        message_id=message_id,
+        subject="s",
+        message=b"bytes",
+        match_ids=match_ids or [],
+        now=NOW,
+    )
+
+
 def subscribe(store: Store, email: str = "ada@example.org") -> int:
     return store.sync_subscribers([(email, "Ada", [("Diffusion", "diffusion")])], NOW)[email]
 
@@ -98,41 +110,17 @@ def test_enqueue_claims_matches_so_they_are_not_sent_again(store: Store) -> None
     (pid,) = [pid for pid, _ in store.unmatched_papers()]
     store.record_matches([pid], [(sid, pid, ["Diffusion"], ["diffusion"], [1.0])], NOW)
     match_ids = [m.id for m in store.pending_matches(sid)]
-    delivery = store.enqueue(
-        subscriber_id=sid,
-        recipient="ada@example.org",
-        message_id="<1@x>",
-        subject="s",
-        message=b"bytes",
-        match_ids=match_ids,
-        now=NOW,
-    )
+    delivery = queue(store, sid, "<1@x>", match_ids)
     assert store.pending_matches(sid) == []
     assert [d.id for d in store.due_deliveries(NOW)] == [delivery]
     with pytest.raises(StoreError, match="already claimed"):
-        store.enqueue(
-            subscriber_id=sid,
-            recipient="ada@example.org",
-            message_id="<2@x>",
-            subject="s",
-            message=b"bytes",
-            match_ids=match_ids,
-            now=NOW,
-        )
+        queue(store, sid, "<2@x>", match_ids)
     assert len(store.deliveries()) == 1
 
 
 def test_sent_delivery_is_no_longer_due(store: Store) -> None:
     sid = subscribe(store)
-    did = store.enqueue(
-        subscriber_id=sid,
-        recipient="a@b.org",
-        message_id="<1@x>",
-        subject="s",
-        message=b"m",
-        match_ids=[],
-        now=NOW,
-    )
+    did = queue(store, sid, "<1@x>")
     store.mark_sent(did, reply="250 ok", now=NOW)
     assert store.due_deliveries(NOW + timedelta(days=1)) == []
     (row,) = store.deliveries()
@@ -141,15 +129,7 @@ def test_sent_delivery_is_no_longer_due(store: Store) -> None:
 
 def test_failed_attempt_waits_until_retry_time(store: Store) -> None:
     sid = subscribe(store)
-    did = store.enqueue(
-        subscriber_id=sid,
-        recipient="a@b.org",
-        message_id="<1@x>",
-        subject="s",
-        message=b"m",
-        match_ids=[],
-        now=NOW,
-    )
+    did = queue(store, sid, "<1@x>")
     later = NOW + timedelta(minutes=5)
     store.mark_attempt_failed(did, reply="451 later", permanent=False, retry_at=later)
     assert store.due_deliveries(NOW) == []
@@ -158,15 +138,7 @@ def test_failed_attempt_waits_until_retry_time(store: Store) -> None:
 
 def test_permanent_failure_is_never_due_again(store: Store) -> None:
     sid = subscribe(store)
-    did = store.enqueue(
-        subscriber_id=sid,
-        recipient="a@b.org",
-        message_id="<1@x>",
-        subject="s",
-        message=b"m",
-        match_ids=[],
-        now=NOW,
-    )
+    did = queue(store, sid, "<1@x>")
     store.mark_attempt_failed(did, reply="550 no such user", permanent=True, retry_at=None)
     assert store.due_deliveries(NOW + timedelta(days=9)) == []
     assert store.deliveries()[0].status == "failed"
