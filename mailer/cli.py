@@ -12,7 +12,7 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Hashable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -285,14 +285,10 @@ def _subscriber_store(ctx: typer.Context) -> tuple[Config, Store]:
     return config, store
 
 
-@app.command()
-def unsubscribe(
-    ctx: typer.Context, email: Annotated[str, typer.Argument(help="The address to stop mailing.")]
-) -> None:
-    """Stop all digests to EMAIL (e.g. after an unsubscribe reply); 'resubscribe' undoes it."""
+def _change_subscription(ctx: typer.Context, email: str, change: Callable[[Store], bool]) -> None:
     _, store = _subscriber_store(ctx)
     try:
-        known = store.unsubscribe(email, utc_now())
+        known = change(store)
     finally:
         store.close()
     if not known:
@@ -300,6 +296,14 @@ def unsubscribe(
             f"no subscriber {email!r} in the configuration or the database",
             hint="check the spelling; 'mailer check-config' lists the subscribers",
         )
+
+
+@app.command()
+def unsubscribe(
+    ctx: typer.Context, email: Annotated[str, typer.Argument(help="The address to stop mailing.")]
+) -> None:
+    """Stop all digests to EMAIL (e.g. after an unsubscribe reply); 'resubscribe' undoes it."""
+    _change_subscription(ctx, email, lambda store: store.unsubscribe(email, utc_now()))
     out.print(f"unsubscribed {email}: no further digests until 'mailer resubscribe {email}'")
 
 
@@ -308,16 +312,7 @@ def resubscribe(
     ctx: typer.Context, email: Annotated[str, typer.Argument(help="The address to mail again.")]
 ) -> None:
     """Lift an unsubscribe: EMAIL gets digests again, for papers that arrive from now on."""
-    _, store = _subscriber_store(ctx)
-    try:
-        known = store.resubscribe(email)
-    finally:
-        store.close()
-    if not known:
-        raise ConfigError(
-            f"no subscriber {email!r} in the configuration or the database",
-            hint="check the spelling; 'mailer check-config' lists the subscribers",
-        )
+    _change_subscription(ctx, email, lambda store: store.resubscribe(email))
     out.print(f"resubscribed {email}")
 
 

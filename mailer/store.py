@@ -452,51 +452,6 @@ class Store:
                 )
             ).one()
 
-    def enqueue(
-        self,
-        *,
-        subscriber_id: int,
-        recipient: str,
-        message_id: str,
-        subject: str,
-        message: bytes,
-        match_ids: Sequence[int],
-        now: datetime,
-    ) -> int:
-        """Put a composed message in the outbox and claim its matches, together:
-        a match is in exactly one message, and a message is never lost."""
-        with self.session() as s:
-            row = DeliveryRow(
-                subscriber_id=subscriber_id,
-                recipient=recipient,
-                message_id=message_id,
-                subject=subject,
-                papers=len(match_ids),
-                message=message,
-                created_at=now,
-                next_attempt_at=now,
-            )
-            s.add(row)
-            s.flush()
-            claimed = 0
-            for start in range(0, len(match_ids), 1000):
-                chunk = match_ids[start : start + 1000]
-                for m in s.exec(
-                    select(MatchRow).where(
-                        col(MatchRow.id).in_(chunk), col(MatchRow.delivery_id).is_(None)
-                    )
-                ):
-                    m.delivery_id = row.id
-                    claimed += 1
-            if claimed != len(match_ids):
-                raise StoreError(
-                    f"outbox: {len(match_ids) - claimed} of the matches for {recipient} "
-                    "were already claimed by another message",
-                    hint="is a second mailer running on the same database?",
-                )
-            assert row.id is not None
-            return row.id
-
     def due_deliveries(self, now: datetime, limit: int | None = None) -> list[DeliveryRow]:
         with self.session() as s:
             query = (

@@ -9,7 +9,7 @@ import pytest
 
 from mailer.errors import StoreError
 from mailer.papers import Paper
-from mailer.store import Store
+from mailer.store import Outgoing, Store
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 A = Paper("Diffusion Models Beat GANs", "We show diffusion models win.", authors=3, upvotes=2)
@@ -38,15 +38,9 @@ def ingest(store: Store, sha: str, papers: list[Paper], now: datetime = NOW) -> 
 
 
 def queue(store: Store, sid: int, message_id: str, match_ids: list[int] | None = None) -> int:
-    return store.enqueue(
-        subscriber_id=sid,
-        recipient="ada@example.org",
-        message_id=message_id,
-        subject="s",
-        message=b"bytes",
-        match_ids=match_ids or [],
-        now=NOW,
-    )
+    message = Outgoing(sid, "ada@example.org", message_id, "s", b"bytes", match_ids or [])
+    (delivery_id,) = store.enqueue_many([message], NOW)
+    return delivery_id
 
 
 def subscribe(store: Store, email: str = "ada@example.org") -> int:
