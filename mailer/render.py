@@ -36,6 +36,7 @@ TEXT_TEMPLATE = "digest.txt"
 TEXT_WIDTH = 72
 EXCERPT_CHARS = 350
 EXCERPT_SENTENCES = 3
+TOP_TERMS = 3  # matched terms named under each paper, most relevant first
 
 # Inline because marks are made per message, after the template was inlined;
 # the class lets the dark-mode media query override the colours.
@@ -246,6 +247,7 @@ class EntryView:
     abstract_html: Markup
     abstract_text: str
     meta: str
+    terms: tuple[str, ...]
     also: tuple[str, ...]
 
 
@@ -253,6 +255,17 @@ class EntryView:
 class SectionView:
     name: str
     entries: tuple[EntryView, ...]
+
+
+def term_label(term: str) -> str:
+    """A matched term as a reader would recognise it from the query: phrases
+    quoted, the ``=`` of an unstemmed term dropped, an organisation named."""
+    org = term.startswith("org:")
+    body = term[4:] if org else term
+    body = body.removeprefix("=")
+    if " " in body:
+        body = f'"{body}"'
+    return f"organisation {body}" if org else body
 
 
 def _meta(entry: Entry) -> str:
@@ -423,6 +436,7 @@ class Renderer:
             abstract_html=highlight_html(abstract, abstract_marks),
             abstract_text=highlight_text(abstract, abstract_marks),
             meta=_meta(entry),
+            terms=tuple(term_label(t) for t in entry.terms[:TOP_TERMS]),
             also=entry.also,
         )
 

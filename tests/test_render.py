@@ -29,6 +29,7 @@ from mailer.render import (
     compose_message,
     default_templates_dir,
     excerpt,
+    term_label,
 )
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -339,6 +340,35 @@ def test_other_matching_subscriptions_are_listed(renderer: Renderer) -> None:
     out = render(renderer, realistic_digest())
     assert "Also matches: Theory" in Page(out.html).plain
     assert "Also matches: LLM agents" in out.text
+
+
+def test_top_matched_terms_are_named_best_first_in_both_parts(renderer: Renderer) -> None:
+    p = paper("Graph models", "Sampling with graph transformers and diffusion.")
+    terms = ["graph transformer", "sampling", "diffusion", "graph"]
+    out = render(renderer, digest_of(entry(p, "Diffusion", terms)))
+    line = 'Matched: "graph transformer", sampling, diffusion'
+    assert line in Page(out.html).plain
+    assert line + "\n" in out.text
+
+
+def test_paper_without_recorded_terms_has_no_matched_line(renderer: Renderer) -> None:
+    out = render(renderer, digest_of(entry(paper("A", "B."), "Diffusion")))
+    assert "Matched:" not in out.text
+    assert "Matched:" not in Page(out.html).plain
+
+
+@pytest.mark.parametrize(
+    ("term", "label"),
+    [
+        ("diffusion", "diffusion"),
+        ("=RL", "RL"),
+        ("transform*", "transform*"),
+        ("graph transformer", '"graph transformer"'),
+        ("org:microsoft", "organisation microsoft"),
+    ],
+)
+def test_matched_terms_are_labelled_as_the_query_wrote_them(term: str, label: str) -> None:
+    assert term_label(term) == label
 
 
 def test_meta_line_shows_date_authors_and_upvotes(renderer: Renderer) -> None:
