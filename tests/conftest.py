@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from sqlalchemy import create_engine, text
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,6 +91,45 @@ def smtp_server() -> Iterator[SmtpServer]:
     controller.start()
     try:
         yield SmtpServer("127.0.0.1", port, sink, controller)
+    finally:
+        controller.stop()
+
+
+SMTP_LOGIN = ("digest", "right-password")
+
+
+@dataclass
+class Logins:
+    """aiosmtpd authenticator that accepts only SMTP_LOGIN and counts attempts."""
+
+    attempts: int = 0
+
+    def __call__(
+        self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
+    ) -> AuthResult:
+        self.attempts += 1
+        ok = (
+            isinstance(data, LoginPassword)
+            and (
+                data.login.decode(),
+                data.password.decode(),
+            )
+            == SMTP_LOGIN
+        )
+        return AuthResult(success=ok, handled=False)
+
+
+@pytest.fixture
+def auth_smtp_server() -> Iterator[tuple[SmtpServer, Logins]]:
+    """A server that offers AUTH (over plain text, as loopback tests may)."""
+    sink, logins = Sink(), Logins()
+    port = free_port()
+    controller = Controller(
+        sink, hostname="127.0.0.1", port=port, authenticator=logins, auth_require_tls=False
+    )
+    controller.start()
+    try:
+        yield SmtpServer("127.0.0.1", port, sink, controller), logins
     finally:
         controller.stop()
 

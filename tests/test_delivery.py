@@ -12,14 +12,15 @@ import pytest
 from mailer.config import SmtpConfig
 from mailer.delivery import MaildirTransport, SmtpTransport, TransportUnavailableError
 from mailer.errors import DeliveryError
-from tests.conftest import SmtpServer, free_port
+from tests.conftest import SMTP_LOGIN, Logins, SmtpServer, free_port
 
 MESSAGE = b"From: d@example.org\r\nTo: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
 
 
-def smtp(server_port: int) -> SmtpTransport:
+def smtp(server_port: int, **settings: object) -> SmtpTransport:
+    options: dict[str, object] = {"security": "none", "timeout_seconds": 5, **settings}
     return SmtpTransport(
-        SmtpConfig(host="127.0.0.1", port=server_port, security="none", timeout_seconds=5)
+        SmtpConfig.model_validate({"host": "127.0.0.1", "port": server_port, **options})
     )
 
 
@@ -71,6 +72,46 @@ def test_server_down_names_host_and_port() -> None:
     with pytest.raises(TransportUnavailableError) as info:
         asyncio.run(send_all(smtp(port), ["a@example.org"]))
     assert f"127.0.0.1:{port}" in info.value.message
+
+
+def test_login_is_used_when_a_username_is_set(
+    auth_smtp_server: tuple[SmtpServer, Logins],
+) -> None:
+    server, logins = auth_smtp_server
+    user, password = SMTP_LOGIN
+    asyncio.run(send_all(smtp(server.port, username=user, password=password), ["a@example.org"]))
+    assert logins.attempts == 1
+    assert len(server.messages) == 1
+
+
+def test_refused_login_names_server_and_user_and_hides_the_password(
+    auth_smtp_server: tuple[SmtpServer, Logins],
+) -> None:
+    server, _ = auth_smtp_server
+    transport = smtp(server.port, username="digest", password="wrong-secret")
+    with pytest.raises(TransportUnavailableError) as info:
+        asyncio.run(send_all(transport, ["a@example.org"]))
+    message = info.value.message
+    assert f"127.0.0.1:{server.port}" in message
+    assert "refused the login for 'digest'" in message
+    assert "535" in message
+    assert "wrong-secret" not in str(info.value)
+    assert "MAILER_SMTP__PASSWORD" in (info.value.hint or "")
+    assert server.messages == []
+
+
+def test_tls_handshake_failure_is_unavailable(smtp_server: SmtpServer) -> None:
+    with pytest.raises(TransportUnavailableError) as info:
+        asyncio.run(send_all(smtp(smtp_server.port, security="tls"), ["a@example.org"]))
+    assert f"cannot connect to SMTP server 127.0.0.1:{smtp_server.port}" in info.value.message
+    assert "security" in (info.value.hint or "")
+    assert smtp_server.messages == []
+
+
+def test_starttls_not_offered_is_unavailable(smtp_server: SmtpServer) -> None:
+    with pytest.raises(TransportUnavailableError, match="cannot connect"):
+        asyncio.run(send_all(smtp(smtp_server.port, security="starttls"), ["a@example.org"]))
+    assert smtp_server.messages == []
 
 
 def test_maildir_stores_message_in_new(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from pydantic import SecretStr
 
 from mailer.config import Config, parse_config
 from mailer.delivery import make_transport
@@ -29,7 +30,7 @@ from mailer.errors import ConfigError
 from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline
 from mailer.store import Store
-from tests.conftest import SEEDS, Received, SmtpServer, free_port
+from tests.conftest import SEEDS, SMTP_LOGIN, Logins, Received, SmtpServer, free_port
 from tests.test_cli import ENV, copy_seeds, mailer
 
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -161,6 +162,39 @@ def test_1_server_down_during_a_pass_loses_nothing_and_all_go_out_once_back(
     rig.store.close()
     assert (back.sent, again.sent) == (3, 0)
     assert recipients(smtp_server.messages) == {
+        "ada@example.org": 1,
+        "grace@example.org": 1,
+        "alan@example.org": 1,
+    }
+
+
+def test_1_refused_login_pauses_sending_with_a_clear_error_then_delivers_once_fixed(
+    tmp_path: Path,
+    auth_smtp_server: tuple[SmtpServer, Logins],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    server, logins = auth_smtp_server
+    user, password = SMTP_LOGIN
+    rig = Rig(tmp_path, server.port, extra=f'username = "{user}"\npassword = "stale"')
+    rig.drop(paper(1))
+    with caplog.at_level("ERROR", logger="mailer"):
+        first = rig.run()
+    assert (first.sent, first.deferred, first.failed) == (0, 3, 0)
+    tried = logins.attempts
+    assert any(
+        "refused the login for 'digest'" in r.getMessage() and "paused" in r.getMessage()
+        for r in caplog.records
+    )
+    assert set(statuses(rig.store).values()) == {"pending"}
+    assert rig.later(seconds=10).sent == 0
+    assert logins.attempts == tried, "no new login attempt before the pause ends"
+    smtp = rig.config.smtp.model_copy(update={"password": SecretStr(password)})
+    rig.config = rig.config.model_copy(update={"smtp": smtp})
+    rig.pipeline.configure(rig.config)
+    assert rig.later(minutes=5).sent == 3
+    assert rig.later(minutes=5).sent == 0
+    rig.store.close()
+    assert recipients(server.messages) == {
         "ada@example.org": 1,
         "grace@example.org": 1,
         "alan@example.org": 1,
