@@ -56,6 +56,7 @@ from mailer.pipeline import (
     Pipeline,
     digest_for_test,
     recipient,
+    sync_subscribers,
     utc_now,
 )
 from mailer.render import Renderer
@@ -516,16 +517,6 @@ def _open_existing(config: Config) -> Store | None:
     return None if _sqlite_missing(config) else _open(config)
 
 
-def _sync(config: Config, store: Store, now: datetime) -> dict[str, int]:
-    return store.sync_subscribers(
-        (
-            (s.email, s.name, [(q.name, q.query) for q in s.subscriptions])
-            for s in config.subscribers
-        ),
-        now,
-    )
-
-
 def _backfill(config: Config, email: str, days: int) -> None:
     """Record matches for papers the regular pass has already matched, for this
     subscriber only; papers not yet matched reach them through the regular pass."""
@@ -539,7 +530,7 @@ def _backfill(config: Config, email: str, days: int) -> None:
     store = _open(config)
     try:
         now = utc_now()
-        subscriber_id = _sync(config, store, now)[sub.email]
+        subscriber_id = sync_subscribers(store, config, now)[sub.email]
         rows = []
         for paper_id, paper in store.backfill_candidates(subscriber_id, now - timedelta(days=days)):
             hits = match_paper(paper, queries)
@@ -669,10 +660,17 @@ def subs_remove(ctx: typer.Context, email: EmailArg) -> None:
 def subs_set(
     ctx: typer.Context,
     email: EmailArg,
-    key: Annotated[str, typer.Argument(help="name, schedule, timezone or email.")],
-    value: Annotated[str, typer.Argument(help="The new value.")],
+    key: Annotated[
+        str,
+        typer.Argument(help="name, schedule, timezone, email, max_papers or resubscribed."),
+    ],
+    value: Annotated[
+        str, typer.Argument(help="The new value; for resubscribed a date, time or 'now'.")
+    ],
 ) -> None:
-    """Change one of a subscriber's keys."""
+    """Change one of a subscriber's keys ('resubscribed now' lifts an unsubscribe)."""
+    if key == "resubscribed" and value == "now":
+        value = utc_now().isoformat()  # full precision: lifts exactly what came before
     path = _config_to_edit(ctx)
     config = apply_edit(
         path, lambda t: editing.set_subscriber_key(t, email, key, value, source=str(path))

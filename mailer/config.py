@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from datetime import UTC, date, datetime
 from email.utils import parseaddr
 from importlib import resources
 from pathlib import Path
@@ -201,7 +202,19 @@ class SubscriberConfig(_Section):
     schedule: str = "instant"
     timezone: str = "UTC"
     max_papers: int | None = Field(default=None, ge=1)  # None: [render] max_papers
+    # An unsubscribe (link click, reply, 'mailer unsubscribe') recorded before
+    # this time is lifted; one recorded after it stands, so reloads never undo it.
+    resubscribed: datetime | None = None
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
+
+    @field_validator("resubscribed", mode="before")
+    @classmethod
+    def _resubscribed(cls, value: object) -> object:
+        if isinstance(value, date) and not isinstance(value, datetime):
+            return datetime(value.year, value.month, value.day, tzinfo=UTC)
+        if isinstance(value, datetime) and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
     @field_validator("schedule")
     @classmethod

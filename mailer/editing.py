@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from datetime import date, datetime
 from pathlib import Path
 
 import tomlkit
@@ -22,7 +23,7 @@ from tomlkit.toml_document import TOMLDocument
 from mailer.config import Config, parse_config
 from mailer.errors import ConfigError
 
-SETTABLE_KEYS = ("email", "name", "schedule", "timezone")
+SETTABLE_KEYS = ("email", "name", "schedule", "timezone", "max_papers", "resubscribed")
 
 
 def _parse(text: str, source: str) -> TOMLDocument:
@@ -132,8 +133,23 @@ def set_subscriber_key(
         others = _subscribers(doc, source)
         if any(str(t.get("email", "")).lower() == value.lower() for t in others):
             raise ConfigError(f"{source}: subscriber {value!r} already exists")
-    table[key] = value  # tomlkit puts a new key before the nested subscriptions
+    table[key] = _typed(key, value)  # tomlkit puts a new key before the subscriptions
     return tomlkit.dumps(doc)
+
+
+def _typed(key: str, value: str) -> str | int | date | datetime:
+    """The TOML type a hand edit would use: a number for max_papers, a date or
+    date-time for resubscribed; anything else stays a string for validation
+    to name."""
+    if key == "max_papers" and value.strip().isdigit():
+        return int(value)
+    if key == "resubscribed":
+        for kind in (date, datetime):
+            try:
+                return kind.fromisoformat(value.strip())
+            except ValueError:
+                continue
+    return value
 
 
 def add_query(

@@ -157,6 +157,22 @@ def build_engine(queries: dict[str, dict[str, Query]], stats: Stats) -> Engine:
     )
 
 
+def sync_subscribers(store: Store, config: Config, now: datetime) -> dict[str, int]:
+    """Mirror the configured subscribers into the store, lifting the
+    unsubscribes that a subscriber's ``resubscribed`` time postdates."""
+    ids = store.sync_subscribers(
+        (
+            (s.email, s.name, [(q.name, q.query) for q in s.subscriptions])
+            for s in config.subscribers
+        ),
+        now,
+    )
+    wanted = {s.email: s.resubscribed for s in config.subscribers if s.resubscribed}
+    for email in store.lift_unsubscribes(wanted):
+        log.info("resubscribed: subscriber=%s (resubscribed in config)", email)
+    return ids
+
+
 class Pipeline:
     def __init__(
         self,
@@ -194,13 +210,7 @@ class Pipeline:
         self.renderer = Renderer(config.render.templates, paper_url=config.render.paper_url)
         self.scanner.directory = config.watch.dir
         self.scanner.settle = config.watch.settle_seconds
-        self.subscriber_ids = self.store.sync_subscribers(
-            (
-                (s.email, s.name, [(q.name, q.query) for q in s.subscriptions])
-                for s in config.subscribers
-            ),
-            self.clock(),
-        )
+        self.subscriber_ids = sync_subscribers(self.store, config, self.clock())
 
     async def run_pass(self) -> PassReport:
         report = PassReport()

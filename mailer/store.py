@@ -9,10 +9,10 @@ default; the same code runs on PostgreSQL.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func, text
@@ -365,6 +365,21 @@ class Store:
                 return False
             row.unsubscribed_at = None
             return True
+
+    def lift_unsubscribes(self, resubscribed: Mapping[str, datetime]) -> list[str]:
+        """Re-enable each address whose unsubscribe predates its given time;
+        returns the addresses re-enabled."""
+        lifted: list[str] = []
+        with self.session() as s:
+            for email, when in resubscribed.items():
+                row = self._subscriber_by_email(s, email)
+                if row is None or row.unsubscribed_at is None:
+                    continue
+                at = row.unsubscribed_at
+                if (at if at.tzinfo else at.replace(tzinfo=UTC)) < when:
+                    row.unsubscribed_at = None
+                    lifted.append(row.email)
+        return lifted
 
     def unsubscribed_at(self, email: str) -> datetime | None:
         with self.session() as s:

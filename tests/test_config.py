@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -109,6 +110,22 @@ def test_unknown_time_zone_is_refused() -> None:
 def test_bad_schedule_is_refused(schedule: str) -> None:
     message = error_of(f'[[subscribers]]\nemail = "a@b.org"\nschedule = "{schedule}"\n')
     assert "schedule" in message
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["2026-11-23", "2026-11-23T00:00:00", "2026-11-23T00:00:00Z", '"2026-11-23T01:00:00+01:00"'],
+)
+def test_resubscribed_takes_a_date_or_time_read_as_utc(value: str) -> None:
+    config = parse_config(
+        f'[[subscribers]]\nemail = "a@b.org"\nresubscribed = {value}\n', source="c"
+    )
+    assert config.subscribers[0].resubscribed == datetime(2026, 11, 23, tzinfo=UTC)
+
+
+def test_resubscribed_that_is_not_a_time_names_the_key() -> None:
+    message = error_of('[[subscribers]]\nemail = "a@b.org"\nresubscribed = "soon"\n')
+    assert "resubscribed" in message
 
 
 def test_duplicate_subscribers_are_refused() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import mailbox
 import tomllib
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -63,6 +64,15 @@ def test_a_new_key_goes_before_the_nested_subscriptions() -> None:
     ada = tomllib.loads(edited)["subscribers"][0]
     assert ada["schedule"] == "daily 08:00"
     assert len(ada["subscriptions"]) == 1
+
+
+def test_max_papers_and_resubscribed_are_written_as_toml_number_and_date() -> None:
+    edited = editing.set_subscriber_key(COMMENTED, "ada@example.org", "max_papers", "10")
+    edited = editing.set_subscriber_key(edited, "ada@example.org", "resubscribed", "2026-11-23")
+    assert "max_papers = 10\n" in edited
+    assert "resubscribed = 2026-11-23\n" in edited
+    ada = tomllib.loads(edited)["subscribers"][0]
+    assert (ada["max_papers"], ada["resubscribed"]) == (10, date(2026, 11, 23))
 
 
 def test_adding_and_removing_a_query_round_trips_to_the_same_text() -> None:
@@ -251,6 +261,23 @@ def test_subs_try_since_days_only_looks_at_recent_papers(tmp_path: Path) -> None
 
 
 # --- adding subscribers and the back catalogue ----------------------------------------
+
+
+def test_subs_set_resubscribed_now_lifts_an_unsubscribe_on_the_next_pass(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path)
+    assert mailer("--config", str(config), "ingest", cwd=tmp_path).returncode == 0
+    run = ["--config", str(config)]
+    assert mailer(*run, "unsubscribe", "grace@example.org", cwd=tmp_path).returncode == 0
+    done = mailer(*run, "subs", "set", "grace@example.org", "resubscribed", "now", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "resubscribed = 20" in config.read_text()
+    assert mailer("--config", str(config), "ingest", cwd=tmp_path).returncode == 0
+    rows = json.loads(
+        mailer("--config", str(config), "subs", "list", "--json", cwd=tmp_path).stdout
+    )
+    assert [r["unsubscribed"] for r in rows] == [False, False]
 
 
 def digests_for(tmp_path: Path, address: str) -> int:

@@ -13,7 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -219,6 +219,40 @@ def test_resubscribed_address_gets_papers_that_arrive_afterwards(
     [ada] = received(smtp_server, "ada@example.org")
     assert "Agents" in body(ada, "plain")  # BOTH; its title is highlighted
     assert "Distillation" not in body(ada, "plain")  # NEW, which came while away
+
+
+def resubscribed_in_config(setup: Setup, email: str, when: datetime) -> None:
+    subscribers = [
+        s.model_copy(update={"resubscribed": when}) if s.email == email else s
+        for s in setup.config.subscribers
+    ]
+    setup.config = setup.config.model_copy(update={"subscribers": subscribers})
+    setup.pipeline.configure(setup.config)
+
+
+def test_resubscribed_in_config_after_the_unsubscribe_lifts_it(
+    setup: Setup, smtp_server: SmtpServer
+) -> None:
+    setup.store.unsubscribe("ada@example.org", NOW - timedelta(days=1))
+    resubscribed_in_config(setup, "ada@example.org", NOW)
+    assert setup.store.unsubscribed_at("ada@example.org") is None
+    setup.drop("both.txt", format_dump(TODAY, [BOTH]))
+    setup.run()
+    assert len(received(smtp_server, "ada@example.org")) == 1
+
+
+def test_unsubscribe_after_the_configured_resubscribe_survives_reloads(
+    setup: Setup, smtp_server: SmtpServer
+) -> None:
+    resubscribed_in_config(setup, "ada@example.org", NOW - timedelta(days=1))
+    setup.store.unsubscribe("ada@example.org", NOW)
+    setup.pipeline.configure(setup.config)
+    setup.store.close()
+    setup.restart()
+    setup.drop("both.txt", format_dump(TODAY, [BOTH]))
+    setup.run()
+    assert setup.store.unsubscribed_at("ada@example.org") == NOW
+    assert received(smtp_server, "ada@example.org") == []
 
 
 # --- fault test 10 ------------------------------------------------------------------------
