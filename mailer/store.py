@@ -840,8 +840,8 @@ class SubscriberState:
     last_digest_at: datetime | None
 
 
-_DUMPS: Table = DumpRow.__table__  # type: ignore[attr-defined]
-_PAPERS: Table = PaperRow.__table__  # type: ignore[attr-defined]
+_DUMPS: Table = SQLModel.metadata.tables["dumps"]
+_PAPERS: Table = SQLModel.metadata.tables["papers"]
 # What ingest reads of a known paper: id, authors, organization, published, upvotes.
 _Known = tuple[int, int | None, str | None, date | None, int]
 # A known paper's counters, set by id; bind names differ from the columns
