@@ -15,22 +15,12 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
 
-from sqlalchemy import (
-    JSON,
-    Column,
-    LargeBinary,
-    Table,
-    UniqueConstraint,
-    bindparam,
-    event,
-    func,
-    insert,
-    text,
-    update,
-)
+from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func, text
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.schema import Table
+from sqlalchemy.sql.expression import bindparam, insert, update
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from mailer.errors import StoreError
