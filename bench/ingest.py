@@ -246,7 +246,7 @@ def main() -> None:
         for url in urls:
             backend = "sqlite" if url == "sqlite" else make_url(url).get_backend_name()
             fast = timed(url, folder, files, naive=False, label=backend)
-            sample = files[: args.naive_dumps]
+            sample = files[: max(1, args.naive_dumps)]
             naive = timed(url, folder, sample, naive=True, label="")
             scale = len(files) / len(sample)
             mark = "~" if len(sample) < len(files) else ""
