@@ -106,7 +106,9 @@ def parse_dump(data: bytes | str, *, source: str, today: date) -> ParsedDump:
     """Parse one dump; `today` is the day it was ingested, which fixes the page's year."""
     warnings: list[DumpWarning] = []
     text = _decode(data, source, warnings)
-    lines = text.replace("\r\n", "\n").split("\n")
+    if "\r" in text:  # replace() copies the whole text even when there is no CR
+        text = text.replace("\r\n", "\n")
+    lines = text.split("\n")
     if not text.strip():
         warnings.append(DumpWarning(source, None, "file is empty; no records"))
         return ParsedDump(source, None, (), tuple(warnings))
@@ -246,22 +248,30 @@ def _page_date(match: re.Match[str], source: str, line: int, today: date) -> dat
 
 def _paragraphs(lines: Sequence[str], start: int) -> list[_Paragraph]:
     paragraphs: list[_Paragraph] = []
-    current: _Paragraph | None = None
-    for index in range(start, len(lines)):
-        line = lines[index].strip()
+    current: list[str] | None = None
+    for number, raw in enumerate(lines[start:], start + 1):
+        line = raw.strip()
         if not line:
             current = None
         elif current is None:
-            current = _Paragraph(index + 1, [line])
-            paragraphs.append(current)
+            current = [line]
+            paragraphs.append(_Paragraph(number, current))
         else:
-            current.lines.append(line)
+            current.append(line)
     return paragraphs
 
 
 def _is_meta_like(line: str) -> bool:
-    """A single line that can only be a stray piece of a meta block, never a title."""
-    return line == _DOT or line.startswith(_BULLET) or _META_DATE.fullmatch(line) is not None
+    """A single line that can only be a stray piece of a meta block, never a title.
+
+    Every title and abstract is checked, so the date pattern only runs on lines
+    that start with a month name, as any line it matches must.
+    """
+    return (
+        line == _DOT
+        or line.startswith(_BULLET)
+        or (line[:3] in _MONTH_NUMBER and _META_DATE.fullmatch(line) is not None)
+    )
 
 
 def _read_records(

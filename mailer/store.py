@@ -19,6 +19,8 @@ from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func,
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
+from sqlalchemy.schema import Table
+from sqlalchemy.sql.expression import bindparam, insert, update
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from mailer.errors import StoreError
@@ -231,44 +233,73 @@ class Store:
         batch: int = 1000,
     ) -> IngestOutcome:
         """Record a dump and its papers in one transaction: a crash leaves
-        either all of it or none, so the file is simply read again."""
+        either all of it or none, so the file is simply read again.
+
+        Core statements on the tables, not ORM objects: building a SQLModel
+        object per paper cost more than the database did (bench/ingest.py).
+        Per batch, one query finds the keys already known, one executemany
+        inserts the rest and one updates the known papers that changed.
+        """
+        unique: dict[str, Paper] = {}
+        for paper in papers:
+            unique.setdefault(paper_key(paper.title), paper)
+        keys = list(unique)
         with self.session() as s:
-            dump = DumpRow(
-                path=path,
-                sha256=sha256,
-                size=size,
-                ingested_at=now,
-                page_date=page_date,
-                records=len(papers),
-                warnings=warnings,
-                status="ingested" if papers else "empty",
-            )
-            s.add(dump)
-            s.flush()
-            unique: dict[str, Paper] = {}
-            for paper in papers:
-                unique.setdefault(paper_key(paper.title), paper)
-            keys = list(unique)
+            conn = s.connection()
+            inserted = conn.execute(
+                insert(_DUMPS).values(
+                    path=path,
+                    sha256=sha256,
+                    size=size,
+                    ingested_at=now,
+                    page_date=page_date,
+                    records=len(papers),
+                    new_papers=0,
+                    seen_papers=0,
+                    warnings=warnings,
+                    status="ingested" if papers else "empty",
+                    error=None,
+                )
+            ).inserted_primary_key
+            assert inserted is not None
+            dump_id: int = inserted[0]
             new = seen = 0
             for start in range(0, len(keys), batch):
                 chunk = keys[start : start + batch]
-                existing = {
-                    row.key: row
-                    for row in s.exec(select(PaperRow).where(col(PaperRow.key).in_(chunk)))
+                known: dict[str, _Known] = {
+                    key: (paper_id, authors, organization, published, upvotes)
+                    for paper_id, key, authors, organization, published, upvotes in conn.execute(
+                        sa_select(
+                            _PAPERS.c.id,
+                            _PAPERS.c.key,
+                            _PAPERS.c.authors,
+                            _PAPERS.c.organization,
+                            _PAPERS.c.published,
+                            _PAPERS.c.upvotes,
+                        ).where(_PAPERS.c.key.in_(chunk))
+                    )
                 }
+                rows: list[dict[str, Any]] = []
+                changes: list[dict[str, Any]] = []
                 for key in chunk:
                     paper = unique[key]
-                    row = existing.get(key)
+                    row = known.get(key)
                     if row is None:
-                        new += 1
-                        s.add(_paper_row(key, paper, now, dump.id))
-                    else:
-                        seen += 1
-                        _refresh(row, paper)
-                s.flush()
-            dump.new_papers, dump.seen_papers = new, seen
-            assert dump.id is not None
-            return IngestOutcome(dump.id, new, seen)
+                        rows.append(_paper_values(key, paper, now, dump_id))
+                    elif (change := _refreshed(row, paper)) is not None:
+                        changes.append(change)
+                new += len(rows)
+                seen += len(chunk) - len(rows)
+                if rows:
+                    conn.execute(insert(_PAPERS), rows)
+                if changes:
+                    conn.execute(_REFRESH, changes)
+            conn.execute(
+                update(_DUMPS)
+                .where(_DUMPS.c.id == dump_id)
+                .values(new_papers=new, seen_papers=seen)
+            )
+            return IngestOutcome(dump_id, new, seen)
 
     def unmatched_papers(self, limit: int = 5000) -> list[tuple[int, Paper]]:
         with self.session() as s:
@@ -814,26 +845,56 @@ class SubscriberState:
     last_digest_at: datetime | None
 
 
-def _paper_row(key: str, paper: Paper, now: datetime, dump_id: int | None) -> PaperRow:
-    return PaperRow(
-        key=key,
-        title=paper.title,
-        abstract=paper.abstract,
-        authors=paper.authors,
-        organization=paper.organization,
-        published=paper.published,
-        upvotes=paper.upvotes,
-        first_seen_at=now,
-        first_dump_id=dump_id,
+_DUMPS: Table = SQLModel.metadata.tables["dumps"]
+_PAPERS: Table = SQLModel.metadata.tables["papers"]
+# What ingest reads of a known paper: id, authors, organization, published, upvotes.
+_Known = tuple[int, int | None, str | None, date | None, int]
+# A known paper's counters, set by id; bind names differ from the columns
+# because SQLAlchemy reserves those for the SET clause.
+_REFRESH = (
+    update(_PAPERS)
+    .where(_PAPERS.c.id == bindparam("b_id"))
+    .values(
+        upvotes=bindparam("b_upvotes"),
+        authors=bindparam("b_authors"),
+        organization=bindparam("b_organization"),
+        published=bindparam("b_published"),
     )
+)
 
 
-def _refresh(row: PaperRow, paper: Paper) -> None:
-    """A paper seen again keeps its identity; its counters move on."""
-    row.upvotes = max(row.upvotes, paper.upvotes)
-    row.authors = row.authors if row.authors is not None else paper.authors
-    row.organization = row.organization or paper.organization
-    row.published = row.published or paper.published
+def _paper_values(key: str, paper: Paper, now: datetime, dump_id: int) -> dict[str, Any]:
+    return {
+        "key": key,
+        "title": paper.title,
+        "abstract": paper.abstract,
+        "authors": paper.authors,
+        "organization": paper.organization,
+        "published": paper.published,
+        "upvotes": paper.upvotes,
+        "first_seen_at": now,
+        "first_dump_id": dump_id,
+        "matched": False,
+    }
+
+
+def _refreshed(row: _Known, paper: Paper) -> dict[str, Any] | None:
+    """A paper seen again keeps its identity; its counters move on. The new
+    values for `_REFRESH`, or None when nothing changed."""
+    paper_id, had_authors, had_organization, had_published, had_upvotes = row
+    upvotes = max(had_upvotes, paper.upvotes)
+    authors = had_authors if had_authors is not None else paper.authors
+    organization = had_organization or paper.organization
+    published = had_published or paper.published
+    if (authors, organization, published, upvotes) == row[1:]:
+        return None
+    return {
+        "b_id": paper_id,
+        "b_upvotes": upvotes,
+        "b_authors": authors,
+        "b_organization": organization,
+        "b_published": published,
+    }
 
 
 def _connect(url: str) -> Engine:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from operator import attrgetter
 
 import pytest
+from sqlmodel import Session, col, select
 
 from mailer.errors import StoreError
 from mailer.papers import Paper
-from mailer.store import Outgoing, Store
+from mailer.store import Outgoing, PaperRow, Store
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 A = Paper("Diffusion Models Beat GANs", "We show diffusion models win.", authors=3, upvotes=2)
@@ -79,6 +81,65 @@ def test_seen_again_paper_keeps_highest_upvotes(store: Store) -> None:
     ingest(store, "h1", [A])
     ingest(store, "h2", [Paper(A.title, A.abstract, authors=3, upvotes=9)])
     assert store.unmatched_papers()[0][1].upvotes == 9
+
+
+def test_ingest_in_batches_keeps_first_sighting_and_fills_in_what_was_missing(
+    store: Store,
+) -> None:
+    """Pins every column ingest writes, across batches and repeated titles, so a
+    faster ingest path cannot drift from the one it replaced."""
+    old = [
+        Paper("Alpha", "a1", authors=3, upvotes=5),
+        Paper("Beta", "b1"),
+        Paper("Gamma", "g1", organization="Acme", upvotes=1),
+    ]
+    first = store.ingest(
+        path="/d/1.txt", sha256="h1", size=10, page_date=date(2026, 11, 20),
+        papers=old, warnings=2, now=NOW - timedelta(days=1), batch=2,
+    )  # fmt: skip
+    again = [
+        Paper("ALPHA!", "a2", authors=7, organization="Other", upvotes=2),
+        Paper("beta", "b2", authors=4, organization="Org", published=date(2026, 1, 2), upvotes=8),
+        Paper("Delta", "d1", published=date(2026, 3, 4), upvotes=1),
+        Paper("Delta.", "d2", upvotes=9),
+        Paper("Gamma", "g2", organization="Else", published=date(2026, 5, 6), upvotes=0),
+    ]
+    second = store.ingest(
+        path="/d/2.txt", sha256="h2", size=20, page_date=None,
+        papers=again, warnings=0, now=NOW, batch=2,
+    )  # fmt: skip
+    empty = store.ingest(
+        path="/d/3.txt", sha256="h3", size=0, page_date=None,
+        papers=[], warnings=1, now=NOW, batch=2,
+    )  # fmt: skip
+    assert (first.new_papers, first.seen_papers) == (3, 0)
+    assert (second.new_papers, second.seen_papers) == (1, 3)
+    assert (empty.new_papers, empty.seen_papers) == (0, 0)
+    fields = attrgetter(
+        "id", "path", "size", "page_date", "records", "new_papers", "seen_papers", "warnings",
+        "status", "error",
+    )  # fmt: skip
+    dumps = [fields(d) for d in store.dumps()]
+    assert dumps == [
+        (first.dump_id, "/d/1.txt", 10, date(2026, 11, 20), 3, 3, 0, 2, "ingested", None),
+        (second.dump_id, "/d/2.txt", 20, None, 5, 1, 3, 0, "ingested", None),
+        (empty.dump_id, "/d/3.txt", 0, None, 0, 0, 0, 1, "empty", None),
+    ]
+    with Session(store.engine) as s:
+        paper_fields = attrgetter(
+            "key", "title", "abstract", "authors", "organization", "published", "upvotes",
+        )  # fmt: skip
+        rows = [
+            (*paper_fields(r), r.first_seen_at.replace(tzinfo=None), r.first_dump_id, r.matched)
+            for r in s.exec(select(PaperRow).order_by(col(PaperRow.id)))
+        ]
+    earlier, now = (NOW - timedelta(days=1)).replace(tzinfo=None), NOW.replace(tzinfo=None)
+    assert rows == [
+        ("alpha", "Alpha", "a1", 3, "Other", None, 5, earlier, first.dump_id, False),
+        ("beta", "Beta", "b1", 4, "Org", date(2026, 1, 2), 8, earlier, first.dump_id, False),
+        ("gamma", "Gamma", "g1", None, "Acme", date(2026, 5, 6), 1, earlier, first.dump_id, False),
+        ("delta", "Delta", "d1", None, None, date(2026, 3, 4), 1, now, second.dump_id, False),
+    ]
 
 
 def test_refused_dump_is_recorded_with_its_error(store: Store) -> None:
