@@ -18,6 +18,7 @@ from datetime import date, datetime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy
+from functools import lru_cache
 from pathlib import Path
 from typing import cast
 from urllib.parse import quote, urlsplit
@@ -58,6 +59,12 @@ _ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", 
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
 _BRACKETED = re.compile(r"<[^<>]*>")
 _SAMPLE_TITLE = "Attention Is All You Need & more?"
+
+# Per-renderer memory of entry views and wrapped paragraphs: one paper recurs
+# in many digests of a pass, and its highlighting, escaping and wrapping
+# (most of rendering) come out the same each time.
+ENTRY_CACHE = 4096
+WRAP_CACHE = 16384
 
 
 def default_templates_dir() -> Path:
@@ -330,9 +337,10 @@ class Renderer:
             keep_trailing_newline=True,
             auto_reload=False,
         )
-        env.filters["wrap"] = wrap
+        env.filters["wrap"] = lru_cache(maxsize=WRAP_CACHE)(wrap)
         env.filters["plural"] = plural
         env.filters["join_names"] = join_names
+        self._entry = lru_cache(maxsize=ENTRY_CACHE)(self._entry_view)
         self._html = self._load(env, HTML_TEMPLATE)
         self._text = self._load(env, TEXT_TEMPLATE)
 
@@ -411,7 +419,7 @@ class Renderer:
             subject = f"{self.product_name}: {plural(n, 'new paper')} — {names}"
         return header_text(("[test] " if digest.test else "") + subject)
 
-    def _entry(self, entry: Entry) -> EntryView:
+    def _entry_view(self, entry: Entry) -> EntryView:
         paper = entry.paper
         title = " ".join(paper.title.split())
         abstract, abstract_marks = excerpt(paper.abstract, entry.abstract_marks)
