@@ -19,7 +19,7 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mailer.digests import Digest, Matched, Recipient, build_digest
-from mailer.render import Renderer, compose_message
+from mailer.render import Renderer, compose_bytes
 
 MANAGE_HINT = (
     "Reply to this message, or ask the operator of this digest to change your subscriptions."
@@ -83,7 +83,7 @@ def build_message(
     mailto = f"mailto:{sender_address}?subject=" + quote(f"unsubscribe {digest.recipient.email}")
     rendered = renderer.render(digest, unsubscribe_url=unsubscribe_url, manage_hint=MANAGE_HINT)
     links = [unsubscribe_url, mailto] if unsubscribe_url else [mailto]
-    message = compose_message(
+    message = compose_bytes(
         digest,
         rendered,
         sender=sender,
@@ -92,7 +92,7 @@ def build_message(
         list_unsubscribe=links,
         one_click=unsubscribe_url is not None,
     )
-    return message_id, message.as_bytes(), rendered.subject
+    return message_id, message, rendered.subject
 
 
 @dataclass(frozen=True, slots=True)
