@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -411,18 +411,19 @@ class Pipeline:
             return None
         return unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
 
-    def cancel_if_unsubscribed(self, row: DeliveryRow) -> bool:
-        """True (and the message is marked cancelled) when its recipient
-        unsubscribed after it was composed: it must not be sent."""
-        assert row.id is not None
-        if not self.store.cancel_if_unsubscribed(row.id):
-            return False
-        log.info(
-            "not sent: subscriber=%s unsubscribed; message_id=%s cancelled",
-            row.recipient,
-            row.message_id,
-        )
-        return True
+    def cancel_unsubscribed(self, rows: Sequence[DeliveryRow]) -> set[int]:
+        """Ids among ``rows`` (now marked cancelled) whose recipient unsubscribed
+        after they were composed: they must not be sent."""
+        ids = [r.id for r in rows if r.id is not None]
+        cancelled = self.store.cancel_unsubscribed(ids)
+        for row in rows:
+            if row.id in cancelled:
+                log.info(
+                    "not sent: subscriber=%s unsubscribed; message_id=%s cancelled",
+                    row.recipient,
+                    row.message_id,
+                )
+        return set(cancelled)
 
     # --- messages -> deliveries ---------------------------------------------
 
@@ -484,41 +485,71 @@ class Pipeline:
         unavailable: list[TransportUnavailableError],
         report: PassReport,
     ) -> None:
-        """One connection's share of a batch; stops all when the transport fails."""
-        async with self.transport() as transport:
-            while queue and not self.stopping and not unavailable:
-                row = queue.popleft()
-                if await asyncio.to_thread(self.cancel_if_unsubscribed, row):
-                    continue
-                await self.limiter.wait()
-                try:
-                    reply = await transport.send(sender, row.recipient, row.message)
-                except TransportUnavailableError as exc:
-                    unavailable.append(exc)
-                    await asyncio.to_thread(self._attempt_failed, row, exc, report)
-                    return
-                except DeliveryError as exc:
-                    await asyncio.to_thread(self._attempt_failed, row, exc, report)
-                    continue
-                await asyncio.to_thread(self._sent, row, reply, report)
+        """One connection's share of a batch; stops all when the transport fails.
+
+        Rows are taken a few at a time: one transaction cancels those whose
+        recipient has unsubscribed meanwhile and records the previous few as
+        sent. So an unsubscribe is honoured up to one chunk (SEND_CHUNK
+        messages, a fraction of a second) after it, and a crash may resend up
+        to one chunk per connection, with the same Message-IDs. Rows not
+        tried go back to the queue and are reported deferred."""
+        chunk_size = 1 if self.limiter.interval else SEND_CHUNK
+        sent: list[tuple[DeliveryRow, str]] = []
+        try:
+            async with self.transport() as transport:
+                while queue and not self.stopping and not unavailable:
+                    chunk = [queue.popleft() for _ in range(min(chunk_size, len(queue)))]
+                    done, sent = sent, []
+                    cancelled = await asyncio.to_thread(self._settle, done, chunk)
+                    self._count_sent(done, report)
+                    for n, row in enumerate(chunk):
+                        if self.stopping or unavailable:
+                            queue.extendleft(reversed(chunk[n:]))
+                            break
+                        if row.id in cancelled:
+                            continue
+                        await self.limiter.wait()
+                        try:
+                            reply = await transport.send(sender, row.recipient, row.message)
+                        except TransportUnavailableError as exc:
+                            unavailable.append(exc)
+                            queue.extendleft(reversed(chunk[n + 1 :]))
+                            await asyncio.to_thread(self._attempt_failed, row, exc, report)
+                            return
+                        except DeliveryError as exc:
+                            await asyncio.to_thread(self._attempt_failed, row, exc, report)
+                            continue
+                        sent.append((row, reply))
+        finally:
+            if sent:
+                await asyncio.to_thread(self._settle, sent, [])
+                self._count_sent(sent, report)
+
+    def _settle(
+        self, sent: Sequence[tuple[DeliveryRow, str]], upcoming: Sequence[DeliveryRow]
+    ) -> set[int]:
+        """Record ``sent`` as sent, then cancel any of ``upcoming`` whose
+        recipient unsubscribed; returns the cancelled ids."""
+        self.store.mark_sent_many([(r.id, reply) for r, reply in sent if r.id], self.clock())
+        for row, reply in sent:
+            log.info(
+                "sent subscriber=%s message_id=%s papers=%d reply=%s",
+                row.recipient,
+                row.message_id,
+                row.papers,
+                reply.strip(),
+            )
+        return self.cancel_unsubscribed(upcoming) if upcoming else set()
+
+    @staticmethod
+    def _count_sent(sent: Sequence[tuple[DeliveryRow, str]], report: PassReport) -> None:
+        report.sent += len(sent)
+        report.deferred_ids.difference_update(r.id for r, _ in sent)
 
     def _backoff(self, attempts: int) -> float:
         d = self.config.delivery
         return backoff_seconds(
             attempts, initial=d.retry_initial_seconds, maximum=d.retry_max_seconds
-        )
-
-    def _sent(self, row: DeliveryRow, reply: str, report: PassReport) -> None:
-        assert row.id is not None
-        self.store.mark_sent(row.id, reply=reply, now=self.clock())
-        report.sent += 1
-        report.deferred_ids.discard(row.id)
-        log.info(
-            "sent subscriber=%s message_id=%s papers=%d reply=%s",
-            row.recipient,
-            row.message_id,
-            row.papers,
-            reply.strip(),
         )
 
     def _attempt_failed(self, row: DeliveryRow, exc: DeliveryError, report: PassReport) -> None:
@@ -560,6 +591,7 @@ POOL_THRESHOLD = 200  # below this many due digests, rendering in-process is qui
 COMPOSE_CHUNK = 100
 POOL_DEPTH = 4  # chunks rendering ahead of the one being stored
 DELIVER_BATCH = 1000
+SEND_CHUNK = 10  # messages per connection between unsubscribe checks and sent records
 
 
 def recipient(sub: SubscriberConfig) -> Recipient:

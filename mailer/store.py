@@ -371,19 +371,6 @@ class Store:
             row = self._subscriber_by_email(s, email)
             return None if row is None else row.unsubscribed_at
 
-    def cancel_if_unsubscribed(self, delivery_id: int) -> bool:
-        """Cancel a pending message whose recipient has unsubscribed since it
-        was composed; True if cancelled (then it must not be sent)."""
-        with self.session() as s:
-            row = s.get_one(DeliveryRow, delivery_id)
-            subscriber = s.get_one(SubscriberRow, row.subscriber_id)
-            if row.status != "pending" or subscriber.unsubscribed_at is None:
-                return False
-            row.status = "cancelled"
-            row.last_reply = f"not sent: recipient unsubscribed at {subscriber.unsubscribed_at}"
-            row.next_attempt_at = None
-            return True
-
     @staticmethod
     def _subscriber_by_email(s: Session, email: str) -> SubscriberRow | None:
         return s.exec(
@@ -469,6 +456,44 @@ class Store:
             row = s.get_one(DeliveryRow, delivery_id)
             row.status, row.sent_at, row.last_reply = "sent", now, reply
             row.attempts += 1
+
+    def mark_sent_many(self, sent: Sequence[tuple[int, str]], now: datetime) -> None:
+        """Record many accepted messages, (delivery id, server reply), in one
+        transaction: a per-message commit costs more than sending it."""
+        if not sent:
+            return
+        with self.session() as s:
+            s.connection().execute(
+                text(
+                    "UPDATE deliveries SET status = 'sent', sent_at = :now, "
+                    "last_reply = :reply, attempts = attempts + 1 WHERE id = :id"
+                ),
+                [{"id": i, "reply": reply, "now": now} for i, reply in sent],
+            )
+
+    def cancel_unsubscribed(self, delivery_ids: Sequence[int]) -> dict[int, datetime]:
+        """Cancel those pending messages among ``delivery_ids`` whose recipient
+        has unsubscribed since they were composed; returns them with the time
+        of the unsubscribe. One query when, as usual, nobody has."""
+        if not delivery_ids:
+            return {}
+        with self.session() as s:
+            found = s.exec(
+                select(DeliveryRow.id, SubscriberRow.unsubscribed_at)
+                .join(SubscriberRow, col(SubscriberRow.id) == col(DeliveryRow.subscriber_id))
+                .where(
+                    col(DeliveryRow.id).in_(list(delivery_ids)),
+                    DeliveryRow.status == "pending",
+                    col(SubscriberRow.unsubscribed_at).is_not(None),
+                )
+            ).all()
+            cancelled = {i: at for i, at in found if i is not None and at is not None}
+            for delivery_id, at in cancelled.items():
+                row = s.get_one(DeliveryRow, delivery_id)
+                row.status = "cancelled"
+                row.last_reply = f"not sent: recipient unsubscribed at {at}"
+                row.next_attempt_at = None
+            return cancelled
 
     def mark_attempt_failed(
         self,
