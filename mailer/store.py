@@ -8,14 +8,27 @@ default; the same code runs on PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    bindparam,
+    cast,
+    event,
+    func,
+    text,
+)
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
@@ -554,9 +567,9 @@ class Store:
                         col(MatchRow.id),
                         col(MatchRow.subscriber_id),
                         col(MatchRow.paper_id),
-                        col(MatchRow.subscriptions),
-                        col(MatchRow.terms),
-                        col(MatchRow.scores),
+                        cast(col(MatchRow.subscriptions), String),
+                        cast(col(MatchRow.terms), String),
+                        cast(col(MatchRow.scores), String),
                     )
                     .where(
                         col(MatchRow.subscriber_id).in_(chunk),
@@ -589,9 +602,9 @@ class Store:
                         PendingMatch(
                             id=match_id,
                             paper=paper,
-                            subscriptions=tuple(subs),
-                            terms=tuple(terms),
-                            scores=tuple(scores),
+                            subscriptions=_json_tuple(subs),
+                            terms=_json_tuple(terms),
+                            scores=tuple(json.loads(scores)),
                             first_seen_at=first_seen,
                         )
                     )
@@ -617,29 +630,22 @@ class Store:
             s.add_all(rows)
             s.flush()
             ids = [r.id for r in rows if r.id is not None]
-            claims = [
-                {"delivery": row.id, "match": match_id}
-                for m, row in zip(messages, rows, strict=True)
-                for match_id in m.match_ids
-            ]
-            if claims:
-                s.connection().execute(
-                    text(
-                        "UPDATE matches SET delivery_id = :delivery "
-                        "WHERE id = :match AND delivery_id IS NULL"
-                    ),
-                    claims,
-                )
-            claimed = 0
-            for start in range(0, len(ids), 1000):
-                claimed += s.exec(
-                    select(func.count())
-                    .select_from(MatchRow)
-                    .where(col(MatchRow.delivery_id).in_(ids[start : start + 1000]))
-                ).one()
-            if claimed != len(claims):
+            # One statement per message claiming all its matches; its row
+            # count says whether another message had claimed any of them.
+            claim = text(
+                "UPDATE matches SET delivery_id = :delivery "
+                "WHERE id IN :matches AND delivery_id IS NULL"
+            ).bindparams(bindparam("matches", expanding=True))
+            conn = s.connection()
+            wanted = claimed = 0
+            for m, row in zip(messages, rows, strict=True):
+                if m.match_ids:
+                    wanted += len(m.match_ids)
+                    result = conn.execute(claim, {"delivery": row.id, "matches": list(m.match_ids)})
+                    claimed += result.rowcount
+            if claimed != wanted:
                 raise StoreError(
-                    f"outbox: {len(claims) - claimed} of the matches for "
+                    f"outbox: {wanted - claimed} of the matches for "
                     f"{len(messages)} messages were already claimed by another message",
                     hint="is a second mailer running on the same database?",
                 )
@@ -790,6 +796,13 @@ class Store:
 
 
 # --- operator records: a key-value state table and subscriber summaries -------
+
+
+@lru_cache(maxsize=4096)
+def _json_tuple(raw: str) -> tuple[Any, ...]:
+    """A JSON list column read as text, decoded once per distinct value:
+    subscription names and matched terms repeat row after row (scores don't)."""
+    return tuple(json.loads(raw))
 
 
 def hide_password(url: str) -> str:
