@@ -47,6 +47,13 @@ MARK_STYLE = "background:#fde68a;color:#1f2328"
 # Invisible filler after the preheader, so clients don't pad the preview with
 # the first lines of the body.
 PREHEADER_PAD = "\u034f\u200c\u00a0" * 40
+# The same filler for the HTML, as character references over a few lines: a
+# line break among them is one more invisible space in a hidden element, and
+# it keeps the HTML's lines short enough to send unencoded (seven_bit_html).
+_PREHEADER_PAD_HTML = Markup("\n").join(
+    Markup("").join(Markup("&#{};").format(ord(c)) for c in PREHEADER_PAD[i : i + 30])
+    for i in range(0, len(PREHEADER_PAD), 30)
+)
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -61,6 +68,12 @@ _ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", 
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
 _BRACKETED = re.compile(r"<[^<>]*>")
 _SAMPLE_TITLE = "Attention Is All You Need & more?"
+# HTML lines are kept this short, well inside SMTP's 998 octets.
+HTML_LINE = 900
+_TAG_NAME_SPACE = re.compile(r"<[A-Za-z][A-Za-z0-9-]* ")
+_RAW_TEXT = re.compile(r"<(style|script)\b.*?</\1", re.DOTALL | re.IGNORECASE)
+# SMTP's limit on a line of a message, without its CRLF (RFC 5321 4.5.3.1.6).
+SMTP_LINE = 998
 
 # Per-renderer memory of entry views and wrapped paragraphs: one paper recurs
 # in many digests of a pass, and its highlighting, escaping and wrapping
@@ -228,6 +241,35 @@ def highlight_text(text: str, marks: Sequence[Span]) -> str:
         pos = end
     out.append(text[pos:])
     return "".join(out)
+
+
+def seven_bit_html(html: str) -> str:
+    """The same document in ASCII with lines of at most HTML_LINE characters,
+    so the HTML part can travel unencoded (7bit) instead of quoted-printable,
+    which takes three times the lines, and lines are what a receiving SMTP
+    server spends its time on. Characters beyond ASCII become numeric
+    character references; long lines are broken only at the space after a
+    tag's name, where a line break means the same to HTML. Left as it is
+    when style or script text (where references are not decoded) is not
+    ASCII; a line with no place to break just stays long, and the message
+    then falls back to quoted-printable."""
+    if not all(m.group().isascii() for m in _RAW_TEXT.finditer(html)):
+        return html
+    html = html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    if all(len(line) <= HTML_LINE for line in html.split("\n")):
+        return html
+    lines: list[str] = []
+    for line in html.split("\n"):
+        while len(line) > HTML_LINE:
+            cut = 0
+            for m in _TAG_NAME_SPACE.finditer(line, 0, HTML_LINE + 1):
+                cut = m.end() - 1
+            if not cut:
+                break
+            lines.append(line[:cut])
+            line = line[cut + 1 :]
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def wrap(text: str, indent: str = "", width: int = TEXT_WIDTH) -> str:
@@ -403,14 +445,14 @@ class Renderer:
             "manage_hint": " ".join(manage_hint.split()),
         }
         try:
-            html = self._html.render(context)
+            html = self._html.render({**context, "preheader_pad": _PREHEADER_PAD_HTML})
             text = self._text.render(context)
         except jinja2.TemplateError as e:
             raise TemplateError(
                 f"template in {self.templates_dir} failed to render: {e}",
                 hint="a template refers to a value the renderer does not provide",
             ) from e
-        return Rendered(subject=subject, html=html, text=text, preheader=preheader)
+        return Rendered(subject=subject, html=seven_bit_html(html), text=text, preheader=preheader)
 
     def _subject(self, digest: Digest, matched: Sequence[str]) -> str:
         n = digest.count
@@ -498,8 +540,9 @@ def compose_bytes(
 
     The email package builds the headers; the body is written here, because
     its quoted-printable encoder and line-by-line generator cost more than
-    rendering the digest. Both parts are quoted-printable (7-bit, lines of at
-    most 76 octets), so any server takes them, 8BITMIME or not."""
+    rendering the digest. Each part is 7-bit ASCII with lines within SMTP's
+    limit, unencoded where it already is (the HTML, see seven_bit_html), else
+    quoted-printable, so any server takes it, 8BITMIME or not."""
     head = EmailMessage(policy=_POLICY)
     sender_name, sender_addr = email.utils.parseaddr(header_text(sender))
     if not sender_addr:
@@ -519,9 +562,13 @@ def compose_bytes(
         head["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in links)
         if one_click and any(u.startswith("https://") for u in links):
             head["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    parts = [(b"plain", *_transfer_encoded(rendered.text))]
+    parts.append((b"html", *_transfer_encoded(rendered.html)))
     # "=_" never occurs in quoted-printable text ("=" is always escaped or
-    # ends a line), so the boundary cannot clash with a part.
+    # ends a line); a 7bit part is checked for the random rest.
     boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
+    while any(boundary in body for _, _, body in parts):
+        boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
     out = [_POLICY.fold_binary(name, value) for name, value in head.raw_items()]
     out += [
         b"MIME-Version: 1.0\n",
@@ -529,19 +576,26 @@ def compose_bytes(
     ]
     # The line break before a boundary belongs to the boundary (RFC 2046), so
     # each part's own final line break is followed by one more.
-    for subtype, body in ((b"plain", rendered.text), (b"html", rendered.html)):
+    for subtype, cte, body in parts:
         out += [
             b"--" + boundary + b"\n",
             b"Content-Type: text/" + subtype + b'; charset="utf-8"\n',
-            b"Content-Transfer-Encoding: quoted-printable\n\n",
-            _quoted_printable(body),
+            b"Content-Transfer-Encoding: " + cte + b"\n\n",
+            body,
             b"\n",
         ]
     out.append(b"--" + boundary + b"--\n")
     return b"".join(out)
 
 
-def _quoted_printable(text: str) -> bytes:
-    """UTF-8 quoted-printable with every line ending made LF and a final one
-    added, as the email package's encoder does, but in C (binascii)."""
-    return binascii.b2a_qp(b"\n".join(text.encode("utf-8").splitlines()) + b"\n", istext=True)
+def _transfer_encoded(text: str) -> tuple[bytes, bytes]:
+    """(Content-Transfer-Encoding, body): UTF-8 with every line ending made LF
+    and a final one added, as the email package does; sent as it is (7bit)
+    when that is ASCII with no NUL and no line over SMTP's limit, otherwise
+    quoted-printable, both encoded in C (binascii) rather than by the email
+    package's pure-Python encoder."""
+    lines = text.encode("utf-8").splitlines()
+    data = b"\n".join(lines) + b"\n"
+    if data.isascii() and b"\0" not in data and max(map(len, lines), default=0) <= SMTP_LINE:
+        return b"7bit", data
+    return b"quoted-printable", binascii.b2a_qp(data, istext=True)
