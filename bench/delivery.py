@@ -196,7 +196,7 @@ def main() -> None:
             max_workers=args.workers,
             mp_context=ctx,
             initializer=init_worker,
-            initargs=(config.render.templates, config.render.paper_url),
+            initargs=(config.render.templates, config.render.paper_url, config.database.url),
         )
         pipeline = Pipeline(config, store, lambda: make_transport(config), compose_pool=pool)
         ids = sorted(store.active_subscriber_ids().values())

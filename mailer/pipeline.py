@@ -28,16 +28,18 @@ from mailer.dumps import parse_dump
 from mailer.errors import DeliveryError, DumpError
 from mailer.matching import Doc, Engine, Query, Stats, parse_query
 from mailer.outbox import (
+    ComposeChunk,
+    DigestOrder,
+    Queued,
     RateLimiter,
-    RenderJob,
     backoff_seconds,
     build_message,
-    render_jobs,
+    compose_chunk,
 )
 from mailer.papers import Paper
 from mailer.render import Renderer
 from mailer.schedule import Schedule
-from mailer.store import DeliveryRow, Outgoing, Store
+from mailer.store import DeliveryRow, Store
 from mailer.web import unsubscribe_url
 
 log = logging.getLogger("mailer")
@@ -171,8 +173,8 @@ class Pipeline:
         self.store = store
         self.transport = transport
         self.clock = clock
-        # Rendering many digests at once runs here (a ProcessPoolExecutor whose
-        # initializer is mailer.outbox.init_worker); None renders in-process.
+        # Composing many digests at once runs here (a ProcessPoolExecutor whose
+        # initializer is mailer.outbox.init_worker); None composes in-process.
         self.compose_pool = compose_pool
         # After the transport itself failed (down, TLS, login), sending waits
         # with back-off instead of retrying in a tight loop.
@@ -319,73 +321,50 @@ class Pipeline:
         return due
 
     def compose(self, report: PassReport) -> None:
-        """Render every due digest into the outbox. Digests are built in chunks;
-        with a worker pool, the next chunk renders while this one is stored."""
+        """Compose every due digest into the outbox, in chunks. With a worker
+        pool, workers read, render and queue chunks themselves, POOL_DEPTH
+        ahead of the one this thread waits for."""
         now = self.clock()
         due = self.due_subscribers(now)
         pool = self.compose_pool if len(due) >= POOL_THRESHOLD else None
-        in_flight: list[tuple[list[Outgoing], Future[list[tuple[str, bytes, str]]]]] = []
+        smtp = self.config.smtp
+        in_flight: deque[Future[list[Queued]]] = deque()
         for start in range(0, len(due), COMPOSE_CHUNK):
             if self.stopping:
                 break
-            chunk = due[start : start + COMPOSE_CHUNK]
-            pending = self.store.pending_matches_for([i for _, i, _ in chunk])
-            smtp = self.config.smtp
-            jobs: list[RenderJob] = []
-            shells: list[Outgoing] = []
-            for sub, subscriber_id, last in chunk:
-                matches = pending.get(subscriber_id, [])
-                if not matches:
-                    continue
-                matched = tuple(
-                    Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in matches
-                )
-                jobs.append(
-                    RenderJob(
+            chunk = ComposeChunk(
+                tuple(
+                    DigestOrder(
+                        subscriber_id,
                         recipient(sub),
-                        matched,
                         last,
                         sub.max_papers or self.config.render.max_papers,
-                        now,
-                        smtp.sender,
-                        smtp.sender_address,
                         self.unsubscribe_url(sub.email),
                     )
-                )
-                shells.append(
-                    Outgoing(subscriber_id, sub.email, "", "", b"", [p.id for p in matches])
-                )
-            if not jobs:
-                continue
+                    for sub, subscriber_id, last in due[start : start + COMPOSE_CHUNK]
+                ),
+                now,
+                smtp.sender,
+                smtp.sender_address,
+            )
             if pool is None:
-                self._enqueue(shells, [j.run(self.renderer) for j in jobs], now, report)
+                self._queued(chunk.run(self.store, self.renderer), report)
                 continue
-            in_flight.append((shells, pool.submit(render_jobs, jobs)))
+            in_flight.append(pool.submit(compose_chunk, chunk))
             while len(in_flight) > POOL_DEPTH:
-                shells_done, future = in_flight.pop(0)
-                self._enqueue(shells_done, future.result(), now, report)
-        for shells_done, future in in_flight:
-            self._enqueue(shells_done, future.result(), now, report)
+                self._queued(in_flight.popleft().result(), report)
+        for future in in_flight:
+            self._queued(future.result(), report)
 
-    def _enqueue(
-        self,
-        shells: list[Outgoing],
-        built: list[tuple[str, bytes, str]],
-        now: datetime,
-        report: PassReport,
-    ) -> None:
-        messages = [
-            Outgoing(o.subscriber_id, o.recipient, mid, subject, data, o.match_ids)
-            for o, (mid, data, subject) in zip(shells, built, strict=True)
-        ]
-        self.store.enqueue_many(messages, now)
-        report.digests += len(messages)
-        for m in messages:
+    @staticmethod
+    def _queued(queued: list[Queued], report: PassReport) -> None:
+        report.digests += len(queued)
+        for q in queued:
             log.info(
                 "digest queued subscriber=%s papers=%d message_id=%s",
-                m.recipient,
-                len(m.match_ids),
-                m.message_id,
+                q.recipient,
+                q.papers,
+                q.message_id,
             )
 
     def message_bytes(
@@ -589,7 +568,7 @@ class Pipeline:
 
 POOL_THRESHOLD = 200  # below this many due digests, rendering in-process is quicker
 COMPOSE_CHUNK = 100
-POOL_DEPTH = 4  # chunks rendering ahead of the one being stored
+POOL_DEPTH = 4  # chunks composing ahead of the one waited for
 DELIVER_BATCH = 1000
 SEND_CHUNK = 10  # messages per connection between unsubscribe checks and sent records
 
