@@ -43,6 +43,9 @@ EXCERPT_SENTENCES = 3
 # Inline because marks are made per message, after the template was inlined;
 # the class lets the dark-mode media query override the colours.
 MARK_STYLE = "background:#fde68a;color:#1f2328"
+# Made once: Markup.format per mark was a sixth of rendering an uncached entry.
+_MARK_OPEN = Markup('<mark class="hl" style="{}">').format(MARK_STYLE)
+_MARK_CLOSE = Markup("</mark>")
 
 # Invisible filler after the preheader, so clients don't pad the preview with
 # the first lines of the body.
@@ -224,10 +227,7 @@ def highlight_html(text: str, marks: Sequence[Span]) -> Markup:
     out: list[str] = []
     pos = 0
     for start, end in _joined(text, marks):
-        out.append(escape(text[pos:start]))
-        out.append(
-            Markup('<mark class="hl" style="{}">{}</mark>').format(MARK_STYLE, text[start:end])
-        )
+        out += [escape(text[pos:start]), _MARK_OPEN, escape(text[start:end]), _MARK_CLOSE]
         pos = end
     out.append(escape(text[pos:]))
     return Markup("").join(out)
