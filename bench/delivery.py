@@ -5,8 +5,10 @@
 Runs an aiosmtpd sink in its own process and first measures its ceiling
 (pre-built messages over ``max_connections`` connections, no rendering); then
 seeds a SQLite store with N subscribers each holding ``--papers`` unclaimed
-matches and times the real ``Pipeline.compose_and_deliver``: digests rendered
-on a process pool while the sender drains the outbox. Target: >= 200/s.
+matches and times the real ``Pipeline.compose_and_deliver``: digests composed
+(matches read, rendered, queued) on a process pool while the sender drains
+the outbox. Prints the rate, CPU per digest by process and the load average.
+Target: >= 200/s.
 """
 
 from __future__ import annotations
