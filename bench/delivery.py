@@ -5,14 +5,17 @@
 Runs an aiosmtpd sink in its own process and first measures its ceiling
 (pre-built messages over ``max_connections`` connections, no rendering); then
 seeds a SQLite store with N subscribers each holding ``--papers`` unclaimed
-matches and times the real ``Pipeline.compose_and_deliver``: digests rendered
-on a process pool while the sender drains the outbox. Target: >= 200/s.
+matches and times the real ``Pipeline.compose_and_deliver``: digests composed
+(matches read, rendered, queued) on a process pool while the sender drains
+the outbox. Prints the rate, CPU per digest by process and the load average.
+Target: >= 200/s.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import multiprocessing
 import os
@@ -75,6 +78,12 @@ def run_sink(port: int, counter: Synchronized[int], ready: Any, stop: Any) -> No
     ready.set()
     stop.wait()
     controller.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of another process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -169,6 +178,9 @@ def main() -> None:
     parser.add_argument("--papers", type=int, default=50)
     parser.add_argument("--connections", type=int, default=4)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument(
+        "--profile", metavar="PATH", help="cProfile (CPU time) the event loop thread to PATH"
+    )
     args = parser.parse_args()
 
     ctx = multiprocessing.get_context("spawn")
@@ -188,7 +200,7 @@ def main() -> None:
             max_workers=args.workers,
             mp_context=ctx,
             initializer=init_worker,
-            initargs=(config.render.templates, config.render.paper_url),
+            initargs=(config.render.templates, config.render.paper_url, config.database.url),
         )
         pipeline = Pipeline(config, store, lambda: make_transport(config), compose_pool=pool)
         ids = sorted(store.active_subscriber_ids().values())
@@ -211,17 +223,46 @@ def main() -> None:
         _, message, _ = sample.message_bytes(digest, datetime.now(UTC))
         html = len(sample.renderer.render(digest, unsubscribe_url=None, manage_hint="").html)
         ceiling_n = min(3000, args.digests)
+        sink_cpu = cpu_seconds(sink.pid or 0)
         ceiling = asyncio.run(blast(port, message, ceiling_n, args.connections))
+        sink_ceiling_ms = (cpu_seconds(sink.pid or 0) - sink_cpu) / ceiling_n * 1000
         counter.value = 0
 
+        workers = [p.pid for p in pool._processes.values() if p.pid]
+        load_before = os.getloadavg()
+        cpu = (time.process_time(), sum(map(cpu_seconds, workers)), cpu_seconds(sink.pid or 0))
+        profiler = cProfile.Profile(time.thread_time) if args.profile else None
         report = PassReport()
+        composed_at: list[float] = []
+        compose = pipeline.compose
+
+        def timed_compose(report: PassReport) -> None:
+            compose(report)
+            composed_at.append(time.perf_counter())
+
+        pipeline.compose = timed_compose  # type: ignore[method-assign]
         start = time.perf_counter()
+        if profiler:
+            profiler.enable()
         asyncio.run(pipeline.compose_and_deliver(report))
+        if profiler:
+            profiler.disable()
         elapsed = time.perf_counter() - start
+        main_cpu = time.process_time() - cpu[0]
+        workers_cpu = sum(map(cpu_seconds, workers)) - cpu[1]
+        sink_cpu = cpu_seconds(sink.pid or 0) - cpu[2]
+        load_after = os.getloadavg()
         pool.shutdown()
         store.close()
     stop.set()
     sink.join(10)
+    if profiler:
+        profiler.dump_stats(args.profile)
+    sent = max(report.sent, 1)
+
+    def per_digest_ms(seconds: float) -> float:
+        return round(seconds / sent * 1000, 2)
+
     figures = {
         "digests": args.digests,
         "papers_per_digest": args.papers,
@@ -231,18 +272,30 @@ def main() -> None:
         "compose_workers": args.workers,
         "smtp_connections": args.connections,
         "sink_ceiling_per_s": round(ceiling, 1),
+        "sink_ceiling_cpu_ms_per_message": round(sink_ceiling_ms, 2),
         "composed": report.digests,
         "sent": report.sent,
         "received_by_sink": counter.value,
         "seconds": round(elapsed, 2),
+        "all_composed_after_s": round(composed_at[0] - start, 2) if composed_at else None,
         "per_s": round(report.sent / elapsed, 1),
+        "per_s_over_sink_ceiling": round(report.sent / elapsed / ceiling, 2),
+        "cpu_ms_per_digest": {
+            "compose_workers": per_digest_ms(workers_cpu),
+            "main_process": per_digest_ms(main_cpu),
+            "sink": per_digest_ms(sink_cpu),
+            "total": per_digest_ms(workers_cpu + main_cpu + sink_cpu),
+        },
+        "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "target_per_s": 200,
     }
     print(json.dumps(figures, indent=1))
+    total_ms = per_digest_ms(workers_cpu + main_cpu + sink_cpu)
     print(
         f"{report.sent} digests composed and delivered in {elapsed:.1f}s = "
         f"{report.sent / elapsed:.0f}/s (target 200/s; sink ceiling {ceiling:.0f}/s "
-        f"with pre-built messages)"
+        f"with pre-built messages); CPU {total_ms} ms per digest in all "
+        f"(= {2000 / total_ms:.0f}/s on 2 idle cores); load {load_before[0]:.1f}"
     )
 
 

@@ -449,7 +449,8 @@ def outbox_retry(
 
 @contextmanager
 def compose_pool(config: Config) -> Iterator[Executor]:
-    """Worker processes that render digests, each building its Renderer once.
+    """Worker processes that compose digests, each building its Renderer and
+    opening the store once.
 
     Processes, not threads: rendering is CPU-bound Python. Spawned lazily by
     the executor when the first large batch of digests is composed.
@@ -458,7 +459,7 @@ def compose_pool(config: Config) -> Iterator[Executor]:
         max_workers=os.cpu_count() or 1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_worker,
-        initargs=(config.render.templates, config.render.paper_url),
+        initargs=(config.render.templates, config.render.paper_url, config.database.url),
     )
     try:
         yield pool

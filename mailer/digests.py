@@ -8,11 +8,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from functools import lru_cache
 
 from mailer.matching import highlight_spans
 from mailer.papers import Paper
 
 Span = tuple[int, int]
+
+# Distinct (text, terms) pairs whose highlight spans are remembered: the same
+# paper matched by the same terms recurs in many digests of one pass, and
+# finding spans (tokenising and stemming) is most of building a digest.
+MARKS_CACHE = 8192
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +119,8 @@ def build_digest(
                 subscription=best,
                 also=tuple(s for s in m.subscriptions if s != best),
                 terms=m.terms,
-                title_marks=tuple(highlight_spans(m.paper.title, m.terms)),
-                abstract_marks=tuple(highlight_spans(m.paper.abstract, m.terms)),
+                title_marks=_marks(m.paper.title, m.terms),
+                abstract_marks=_marks(m.paper.abstract, m.terms),
             )
         )
     sections = tuple(Section(name, tuple(es)) for name, es in groups.items() if es)
@@ -125,3 +131,8 @@ def build_digest(
         more=len(ordered) - len(kept),
         test=test,
     )
+
+
+@lru_cache(maxsize=MARKS_CACHE)
+def _marks(text: str, terms: tuple[str, ...]) -> tuple[Span, ...]:
+    return tuple(highlight_spans(text, terms))

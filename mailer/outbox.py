@@ -1,9 +1,10 @@
 """The outbox's rules: back-off between attempts, the send rate, message bytes.
 
 Pure helpers and small async tools used by the pipeline: when a deferred
-message is tried again, how fast messages leave, and how a digest becomes the
-bytes stored in the outbox (also in worker processes, which build their own
-Renderer once so the stylesheet is inlined once per worker, not per message).
+message is tried again, how fast messages leave, and how due digests become
+messages in the outbox (also in worker processes, which build their own
+Renderer and store connection once, so the stylesheet is inlined once per
+worker, not per message).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import make_msgid
@@ -19,7 +20,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mailer.digests import Digest, Matched, Recipient, build_digest
-from mailer.render import Renderer, compose_message
+from mailer.render import Renderer, compose_bytes
+from mailer.store import Outgoing, Store
 
 MANAGE_HINT = (
     "Reply to this message, or ask the operator of this digest to change your subscriptions."
@@ -83,7 +85,7 @@ def build_message(
     mailto = f"mailto:{sender_address}?subject=" + quote(f"unsubscribe {digest.recipient.email}")
     rendered = renderer.render(digest, unsubscribe_url=unsubscribe_url, manage_hint=MANAGE_HINT)
     links = [unsubscribe_url, mailto] if unsubscribe_url else [mailto]
-    message = compose_message(
+    message = compose_bytes(
         digest,
         rendered,
         sender=sender,
@@ -92,7 +94,7 @@ def build_message(
         list_unsubscribe=links,
         one_click=unsubscribe_url is not None,
     )
-    return message_id, message.as_bytes(), rendered.subject
+    return message_id, message, rendered.subject
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,16 +124,83 @@ class RenderJob:
         )
 
 
-_worker_renderer: Renderer | None = None
+@dataclass(frozen=True, slots=True)
+class DigestOrder:
+    """One due subscriber's digest, before its matches are read."""
+
+    subscriber_id: int
+    recipient: Recipient
+    since: datetime | None
+    max_papers: int
+    unsubscribe_url: str | None = None
 
 
-def init_worker(templates: Path | None, paper_url: str) -> None:
-    """Process-pool initializer: load and inline the templates once per worker."""
-    global _worker_renderer
-    _worker_renderer = Renderer(templates, paper_url=paper_url)
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A digest now in the outbox, for the log."""
+
+    recipient: str
+    papers: int
+    message_id: str
 
 
-def render_jobs(jobs: Sequence[RenderJob]) -> list[tuple[str, bytes, str]]:
-    """Run in a worker: a chunk of digests to message bytes."""
-    assert _worker_renderer is not None, "init_worker was not run in this process"
-    return [j.run(_worker_renderer) for j in jobs]
+@dataclass(frozen=True, slots=True)
+class ComposeChunk:
+    """Some due digests, composed and queued as one unit of work: their
+    unclaimed matches read, rendered, and written to the outbox with the
+    claims in one transaction. A worker process does all of it with its own
+    store connection, so the process that sends spends nothing on composing
+    and no message bytes cross between processes."""
+
+    orders: tuple[DigestOrder, ...]
+    now: datetime
+    sender: str
+    sender_address: str
+
+    def run(self, store: Store, renderer: Renderer) -> list[Queued]:
+        pending = store.pending_matches_for([o.subscriber_id for o in self.orders])
+        messages: list[Outgoing] = []
+        for order in self.orders:
+            matches = pending.get(order.subscriber_id, [])
+            if not matches:
+                continue
+            job = RenderJob(
+                order.recipient,
+                tuple(Matched(m.paper, m.subscriptions, m.terms, m.scores) for m in matches),
+                order.since,
+                order.max_papers,
+                self.now,
+                self.sender,
+                self.sender_address,
+                order.unsubscribe_url,
+            )
+            message_id, data, subject = job.run(renderer)
+            messages.append(
+                Outgoing(
+                    order.subscriber_id,
+                    order.recipient.email,
+                    message_id,
+                    subject,
+                    data,
+                    [m.id for m in matches],
+                )
+            )
+        if messages:
+            store.enqueue_many(messages, self.now)
+        return [Queued(m.recipient, len(m.match_ids), m.message_id) for m in messages]
+
+
+_worker: tuple[Store, Renderer] | None = None
+
+
+def init_worker(templates: Path | None, paper_url: str, database_url: str) -> None:
+    """Process-pool initializer: load and inline the templates and open the
+    store once per worker."""
+    global _worker
+    _worker = (Store(database_url), Renderer(templates, paper_url=paper_url))
+
+
+def compose_chunk(chunk: ComposeChunk) -> list[Queued]:
+    """Run in a worker: a chunk of due digests into the outbox."""
+    assert _worker is not None, "init_worker was not run in this process"
+    return chunk.run(*_worker)

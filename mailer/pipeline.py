@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -28,16 +28,18 @@ from mailer.dumps import parse_dump
 from mailer.errors import DeliveryError, DumpError
 from mailer.matching import Doc, Engine, Query, Stats, parse_query
 from mailer.outbox import (
+    ComposeChunk,
+    DigestOrder,
+    Queued,
     RateLimiter,
-    RenderJob,
     backoff_seconds,
     build_message,
-    render_jobs,
+    compose_chunk,
 )
 from mailer.papers import Paper
 from mailer.render import Renderer
 from mailer.schedule import Schedule
-from mailer.store import DeliveryRow, Outgoing, Store
+from mailer.store import DeliveryRow, Store
 from mailer.web import unsubscribe_url
 
 log = logging.getLogger("mailer")
@@ -187,8 +189,8 @@ class Pipeline:
         self.store = store
         self.transport = transport
         self.clock = clock
-        # Rendering many digests at once runs here (a ProcessPoolExecutor whose
-        # initializer is mailer.outbox.init_worker); None renders in-process.
+        # Composing many digests at once runs here (a ProcessPoolExecutor whose
+        # initializer is mailer.outbox.init_worker); None composes in-process.
         self.compose_pool = compose_pool
         # After the transport itself failed (down, TLS, login), sending waits
         # with back-off instead of retrying in a tight loop.
@@ -329,73 +331,50 @@ class Pipeline:
         return due
 
     def compose(self, report: PassReport) -> None:
-        """Render every due digest into the outbox. Digests are built in chunks;
-        with a worker pool, the next chunk renders while this one is stored."""
+        """Compose every due digest into the outbox, in chunks. With a worker
+        pool, workers read, render and queue chunks themselves, POOL_DEPTH
+        ahead of the one this thread waits for."""
         now = self.clock()
         due = self.due_subscribers(now)
         pool = self.compose_pool if len(due) >= POOL_THRESHOLD else None
-        in_flight: list[tuple[list[Outgoing], Future[list[tuple[str, bytes, str]]]]] = []
+        smtp = self.config.smtp
+        in_flight: deque[Future[list[Queued]]] = deque()
         for start in range(0, len(due), COMPOSE_CHUNK):
             if self.stopping:
                 break
-            chunk = due[start : start + COMPOSE_CHUNK]
-            pending = self.store.pending_matches_for([i for _, i, _ in chunk])
-            smtp = self.config.smtp
-            jobs: list[RenderJob] = []
-            shells: list[Outgoing] = []
-            for sub, subscriber_id, last in chunk:
-                matches = pending.get(subscriber_id, [])
-                if not matches:
-                    continue
-                matched = tuple(
-                    Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in matches
-                )
-                jobs.append(
-                    RenderJob(
+            chunk = ComposeChunk(
+                tuple(
+                    DigestOrder(
+                        subscriber_id,
                         recipient(sub),
-                        matched,
                         last,
                         sub.max_papers or self.config.render.max_papers,
-                        now,
-                        smtp.sender,
-                        smtp.sender_address,
                         self.unsubscribe_url(sub.email),
                     )
-                )
-                shells.append(
-                    Outgoing(subscriber_id, sub.email, "", "", b"", [p.id for p in matches])
-                )
-            if not jobs:
-                continue
+                    for sub, subscriber_id, last in due[start : start + COMPOSE_CHUNK]
+                ),
+                now,
+                smtp.sender,
+                smtp.sender_address,
+            )
             if pool is None:
-                self._enqueue(shells, [j.run(self.renderer) for j in jobs], now, report)
+                self._queued(chunk.run(self.store, self.renderer), report)
                 continue
-            in_flight.append((shells, pool.submit(render_jobs, jobs)))
+            in_flight.append(pool.submit(compose_chunk, chunk))
             while len(in_flight) > POOL_DEPTH:
-                shells_done, future = in_flight.pop(0)
-                self._enqueue(shells_done, future.result(), now, report)
-        for shells_done, future in in_flight:
-            self._enqueue(shells_done, future.result(), now, report)
+                self._queued(in_flight.popleft().result(), report)
+        for future in in_flight:
+            self._queued(future.result(), report)
 
-    def _enqueue(
-        self,
-        shells: list[Outgoing],
-        built: list[tuple[str, bytes, str]],
-        now: datetime,
-        report: PassReport,
-    ) -> None:
-        messages = [
-            Outgoing(o.subscriber_id, o.recipient, mid, subject, data, o.match_ids)
-            for o, (mid, data, subject) in zip(shells, built, strict=True)
-        ]
-        self.store.enqueue_many(messages, now)
-        report.digests += len(messages)
-        for m in messages:
+    @staticmethod
+    def _queued(queued: list[Queued], report: PassReport) -> None:
+        report.digests += len(queued)
+        for q in queued:
             log.info(
                 "digest queued subscriber=%s papers=%d message_id=%s",
-                m.recipient,
-                len(m.match_ids),
-                m.message_id,
+                q.recipient,
+                q.papers,
+                q.message_id,
             )
 
     def message_bytes(
@@ -421,18 +400,19 @@ class Pipeline:
             return None
         return unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
 
-    def cancel_if_unsubscribed(self, row: DeliveryRow) -> bool:
-        """True (and the message is marked cancelled) when its recipient
-        unsubscribed after it was composed: it must not be sent."""
-        assert row.id is not None
-        if not self.store.cancel_if_unsubscribed(row.id):
-            return False
-        log.info(
-            "not sent: subscriber=%s unsubscribed; message_id=%s cancelled",
-            row.recipient,
-            row.message_id,
-        )
-        return True
+    def cancel_unsubscribed(self, rows: Sequence[DeliveryRow]) -> set[int]:
+        """Ids among ``rows`` (now marked cancelled) whose recipient unsubscribed
+        after they were composed: they must not be sent."""
+        ids = [r.id for r in rows if r.id is not None]
+        cancelled = self.store.cancel_unsubscribed(ids)
+        for row in rows:
+            if row.id in cancelled:
+                log.info(
+                    "not sent: subscriber=%s unsubscribed; message_id=%s cancelled",
+                    row.recipient,
+                    row.message_id,
+                )
+        return set(cancelled)
 
     # --- messages -> deliveries ---------------------------------------------
 
@@ -494,41 +474,71 @@ class Pipeline:
         unavailable: list[TransportUnavailableError],
         report: PassReport,
     ) -> None:
-        """One connection's share of a batch; stops all when the transport fails."""
-        async with self.transport() as transport:
-            while queue and not self.stopping and not unavailable:
-                row = queue.popleft()
-                if await asyncio.to_thread(self.cancel_if_unsubscribed, row):
-                    continue
-                await self.limiter.wait()
-                try:
-                    reply = await transport.send(sender, row.recipient, row.message)
-                except TransportUnavailableError as exc:
-                    unavailable.append(exc)
-                    await asyncio.to_thread(self._attempt_failed, row, exc, report)
-                    return
-                except DeliveryError as exc:
-                    await asyncio.to_thread(self._attempt_failed, row, exc, report)
-                    continue
-                await asyncio.to_thread(self._sent, row, reply, report)
+        """One connection's share of a batch; stops all when the transport fails.
+
+        Rows are taken a few at a time: one transaction cancels those whose
+        recipient has unsubscribed meanwhile and records the previous few as
+        sent. So an unsubscribe is honoured up to one chunk (SEND_CHUNK
+        messages, a fraction of a second) after it, and a crash may resend up
+        to one chunk per connection, with the same Message-IDs. Rows not
+        tried go back to the queue and are reported deferred."""
+        chunk_size = 1 if self.limiter.interval else SEND_CHUNK
+        sent: list[tuple[DeliveryRow, str]] = []
+        try:
+            async with self.transport() as transport:
+                while queue and not self.stopping and not unavailable:
+                    chunk = [queue.popleft() for _ in range(min(chunk_size, len(queue)))]
+                    done, sent = sent, []
+                    cancelled = await asyncio.to_thread(self._settle, done, chunk)
+                    self._count_sent(done, report)
+                    for n, row in enumerate(chunk):
+                        if self.stopping or unavailable:
+                            queue.extendleft(reversed(chunk[n:]))
+                            break
+                        if row.id in cancelled:
+                            continue
+                        await self.limiter.wait()
+                        try:
+                            reply = await transport.send(sender, row.recipient, row.message)
+                        except TransportUnavailableError as exc:
+                            unavailable.append(exc)
+                            queue.extendleft(reversed(chunk[n + 1 :]))
+                            await asyncio.to_thread(self._attempt_failed, row, exc, report)
+                            return
+                        except DeliveryError as exc:
+                            await asyncio.to_thread(self._attempt_failed, row, exc, report)
+                            continue
+                        sent.append((row, reply))
+        finally:
+            if sent:
+                await asyncio.to_thread(self._settle, sent, [])
+                self._count_sent(sent, report)
+
+    def _settle(
+        self, sent: Sequence[tuple[DeliveryRow, str]], upcoming: Sequence[DeliveryRow]
+    ) -> set[int]:
+        """Record ``sent`` as sent, then cancel any of ``upcoming`` whose
+        recipient unsubscribed; returns the cancelled ids."""
+        self.store.mark_sent_many([(r.id, reply) for r, reply in sent if r.id], self.clock())
+        for row, reply in sent:
+            log.info(
+                "sent subscriber=%s message_id=%s papers=%d reply=%s",
+                row.recipient,
+                row.message_id,
+                row.papers,
+                reply.strip(),
+            )
+        return self.cancel_unsubscribed(upcoming) if upcoming else set()
+
+    @staticmethod
+    def _count_sent(sent: Sequence[tuple[DeliveryRow, str]], report: PassReport) -> None:
+        report.sent += len(sent)
+        report.deferred_ids.difference_update(r.id for r, _ in sent)
 
     def _backoff(self, attempts: int) -> float:
         d = self.config.delivery
         return backoff_seconds(
             attempts, initial=d.retry_initial_seconds, maximum=d.retry_max_seconds
-        )
-
-    def _sent(self, row: DeliveryRow, reply: str, report: PassReport) -> None:
-        assert row.id is not None
-        self.store.mark_sent(row.id, reply=reply, now=self.clock())
-        report.sent += 1
-        report.deferred_ids.discard(row.id)
-        log.info(
-            "sent subscriber=%s message_id=%s papers=%d reply=%s",
-            row.recipient,
-            row.message_id,
-            row.papers,
-            reply.strip(),
         )
 
     def _attempt_failed(self, row: DeliveryRow, exc: DeliveryError, report: PassReport) -> None:
@@ -568,8 +578,9 @@ class Pipeline:
 
 POOL_THRESHOLD = 200  # below this many due digests, rendering in-process is quicker
 COMPOSE_CHUNK = 100
-POOL_DEPTH = 4  # chunks rendering ahead of the one being stored
+POOL_DEPTH = 4  # chunks composing ahead of the one waited for
 DELIVER_BATCH = 1000
+SEND_CHUNK = 10  # messages per connection between unsubscribe checks and sent records
 
 
 def recipient(sub: SubscriberConfig) -> Recipient:

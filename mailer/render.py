@@ -7,9 +7,11 @@ every value that reaches a header is stripped of control characters first.
 
 from __future__ import annotations
 
+import binascii
 import email.policy
 import email.utils
 import re
+import secrets
 import textwrap
 import unicodedata
 from collections.abc import Callable, Iterable, Sequence
@@ -18,6 +20,7 @@ from datetime import date, datetime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy
+from functools import lru_cache
 from pathlib import Path
 from typing import cast
 from urllib.parse import quote, urlsplit
@@ -41,10 +44,20 @@ TOP_TERMS = 3  # matched terms named under each paper, most relevant first
 # Inline because marks are made per message, after the template was inlined;
 # the class lets the dark-mode media query override the colours.
 MARK_STYLE = "background:#fde68a;color:#1f2328"
+# Made once: Markup.format per mark was a sixth of rendering an uncached entry.
+_MARK_OPEN = Markup('<mark class="hl" style="{}">').format(MARK_STYLE)
+_MARK_CLOSE = Markup("</mark>")
 
 # Invisible filler after the preheader, so clients don't pad the preview with
 # the first lines of the body.
 PREHEADER_PAD = "\u034f\u200c\u00a0" * 40
+# The same filler for the HTML, as character references over a few lines: a
+# line break among them is one more invisible space in a hidden element, and
+# it keeps the HTML's lines short enough to send unencoded (seven_bit_html).
+_PREHEADER_PAD_HTML = Markup("\n").join(
+    Markup("").join(Markup("&#{};").format(ord(c)) for c in PREHEADER_PAD[i : i + 30])
+    for i in range(0, len(PREHEADER_PAD), 30)
+)
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
@@ -59,6 +72,18 @@ _ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", 
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
 _BRACKETED = re.compile(r"<[^<>]*>")
 _SAMPLE_TITLE = "Attention Is All You Need & more?"
+# HTML lines are kept this short, well inside SMTP's 998 octets.
+HTML_LINE = 900
+_TAG_NAME_SPACE = re.compile(r"<[A-Za-z][A-Za-z0-9-]* ")
+_RAW_TEXT = re.compile(r"<(style|script)\b.*?</\1", re.DOTALL | re.IGNORECASE)
+# SMTP's limit on a line of a message, without its CRLF (RFC 5321 4.5.3.1.6).
+SMTP_LINE = 998
+
+# Per-renderer memory of entry views and wrapped paragraphs: one paper recurs
+# in many digests of a pass, and its highlighting, escaping and wrapping
+# (most of rendering) come out the same each time.
+ENTRY_CACHE = 4096
+WRAP_CACHE = 16384
 
 
 def default_templates_dir() -> Path:
@@ -203,10 +228,7 @@ def highlight_html(text: str, marks: Sequence[Span]) -> Markup:
     out: list[str] = []
     pos = 0
     for start, end in _joined(text, marks):
-        out.append(escape(text[pos:start]))
-        out.append(
-            Markup('<mark class="hl" style="{}">{}</mark>').format(MARK_STYLE, text[start:end])
-        )
+        out += [escape(text[pos:start]), _MARK_OPEN, escape(text[start:end]), _MARK_CLOSE]
         pos = end
     out.append(escape(text[pos:]))
     return Markup("").join(out)
@@ -220,6 +242,35 @@ def highlight_text(text: str, marks: Sequence[Span]) -> str:
         pos = end
     out.append(text[pos:])
     return "".join(out)
+
+
+def seven_bit_html(html: str) -> str:
+    """The same document in ASCII with lines of at most HTML_LINE characters,
+    so the HTML part can travel unencoded (7bit) instead of quoted-printable,
+    which takes three times the lines, and lines are what a receiving SMTP
+    server spends its time on. Characters beyond ASCII become numeric
+    character references; long lines are broken only at the space after a
+    tag's name, where a line break means the same to HTML. Left as it is
+    when style or script text (where references are not decoded) is not
+    ASCII; a line with no place to break just stays long, and the message
+    then falls back to quoted-printable."""
+    if not all(m.group().isascii() for m in _RAW_TEXT.finditer(html)):
+        return html
+    html = html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    if all(len(line) <= HTML_LINE for line in html.split("\n")):
+        return html
+    lines: list[str] = []
+    for line in html.split("\n"):
+        while len(line) > HTML_LINE:
+            cut = 0
+            for m in _TAG_NAME_SPACE.finditer(line, 0, HTML_LINE + 1):
+                cut = m.end() - 1
+            if not cut:
+                break
+            lines.append(line[:cut])
+            line = line[cut + 1 :]
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def wrap(text: str, indent: str = "", width: int = TEXT_WIDTH) -> str:
@@ -343,9 +394,10 @@ class Renderer:
             keep_trailing_newline=True,
             auto_reload=False,
         )
-        env.filters["wrap"] = wrap
+        env.filters["wrap"] = lru_cache(maxsize=WRAP_CACHE)(wrap)
         env.filters["plural"] = plural
         env.filters["join_names"] = join_names
+        self._entry = lru_cache(maxsize=ENTRY_CACHE)(self._entry_view)
         self._html = self._load(env, HTML_TEMPLATE)
         self._text = self._load(env, TEXT_TEMPLATE)
 
@@ -406,14 +458,14 @@ class Renderer:
             "manage_hint": " ".join(manage_hint.split()),
         }
         try:
-            html = self._html.render(context)
+            html = self._html.render({**context, "preheader_pad": _PREHEADER_PAD_HTML})
             text = self._text.render(context)
         except jinja2.TemplateError as e:
             raise TemplateError(
                 f"template in {self.templates_dir} failed to render: {e}",
                 hint="a template refers to a value the renderer does not provide",
             ) from e
-        return Rendered(subject=subject, html=html, text=text, preheader=preheader)
+        return Rendered(subject=subject, html=seven_bit_html(html), text=text, preheader=preheader)
 
     def _subject(self, digest: Digest, matched: Sequence[str]) -> str:
         n = digest.count
@@ -424,7 +476,7 @@ class Renderer:
             subject = f"{self.product_name}: {plural(n, 'new paper')} — {names}"
         return header_text(("[test] " if digest.test else "") + subject)
 
-    def _entry(self, entry: Entry) -> EntryView:
+    def _entry_view(self, entry: Entry) -> EntryView:
         paper = entry.paper
         title = " ".join(paper.title.split())
         abstract, abstract_marks = excerpt(paper.abstract, entry.abstract_marks)
@@ -473,27 +525,91 @@ def compose_message(
     list_unsubscribe: Sequence[str],
     one_click: bool,
 ) -> EmailMessage:
+    """The message :func:`compose_bytes` makes, parsed back, for callers that
+    inspect it rather than send it."""
+    data = compose_bytes(
+        digest,
+        rendered,
+        sender=sender,
+        message_id=message_id,
+        date=date,
+        list_unsubscribe=list_unsubscribe,
+        one_click=one_click,
+    )
+    return email.message_from_bytes(data, policy=_POLICY)
+
+
+def compose_bytes(
+    digest: Digest,
+    rendered: Rendered,
+    *,
+    sender: str,
+    message_id: str,
+    date: datetime,
+    list_unsubscribe: Sequence[str],
+    one_click: bool,
+) -> bytes:
     """A multipart/alternative message, plain text first so clients that
-    prefer the last part they can show pick the HTML."""
-    msg = EmailMessage(policy=_POLICY)
+    prefer the last part they can show pick the HTML.
+
+    The email package builds the headers; the body is written here, because
+    its quoted-printable encoder and line-by-line generator cost more than
+    rendering the digest. Each part is 7-bit ASCII with lines within SMTP's
+    limit, unencoded where it already is (the HTML, see seven_bit_html), else
+    quoted-printable, so any server takes it, 8BITMIME or not."""
+    head = EmailMessage(policy=_POLICY)
     sender_name, sender_addr = email.utils.parseaddr(header_text(sender))
     if not sender_addr:
         raise ValueError(f"sender {sender!r} has no email address")
-    msg["From"] = Address(display_name=sender_name, addr_spec=sender_addr)
-    msg["To"] = Address(
+    head["From"] = Address(display_name=sender_name, addr_spec=sender_addr)
+    head["To"] = Address(
         display_name=header_text(digest.recipient.name),
         addr_spec=header_text(digest.recipient.email),
     )
-    msg["Subject"] = header_text(rendered.subject)
-    msg["Date"] = date
+    head["Subject"] = header_text(rendered.subject)
+    head["Date"] = date
     mid = header_text(message_id).strip("<>")
-    msg["Message-ID"] = f"<{mid}>"
+    head["Message-ID"] = f"<{mid}>"
     links = [header_text(u) for u in list_unsubscribe]
     links = [u for u in links if _is_link(u)]
     if links:
-        msg["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in links)
+        head["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in links)
         if one_click and any(u.startswith("https://") for u in links):
-            msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    msg.set_content(rendered.text, subtype="plain", charset="utf-8")
-    msg.add_alternative(rendered.html, subtype="html", charset="utf-8")
-    return msg
+            head["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    parts = [(b"plain", *_transfer_encoded(rendered.text))]
+    parts.append((b"html", *_transfer_encoded(rendered.html)))
+    # "=_" never occurs in quoted-printable text ("=" is always escaped or
+    # ends a line); a 7bit part is checked for the random rest.
+    boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
+    while any(boundary in body for _, _, body in parts):
+        boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
+    out = [_POLICY.fold_binary(name, value) for name, value in head.raw_items()]
+    out += [
+        b"MIME-Version: 1.0\n",
+        b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\n\n',
+    ]
+    # The line break before a boundary belongs to the boundary (RFC 2046), so
+    # each part's own final line break is followed by one more.
+    for subtype, cte, body in parts:
+        out += [
+            b"--" + boundary + b"\n",
+            b"Content-Type: text/" + subtype + b'; charset="utf-8"\n',
+            b"Content-Transfer-Encoding: " + cte + b"\n\n",
+            body,
+            b"\n",
+        ]
+    out.append(b"--" + boundary + b"--\n")
+    return b"".join(out)
+
+
+def _transfer_encoded(text: str) -> tuple[bytes, bytes]:
+    """(Content-Transfer-Encoding, body): UTF-8 with every line ending made LF
+    and a final one added, as the email package does; sent as it is (7bit)
+    when that is ASCII with no NUL and no line over SMTP's limit, otherwise
+    quoted-printable, both encoded in C (binascii) rather than by the email
+    package's pure-Python encoder."""
+    lines = text.encode("utf-8").splitlines()
+    data = b"\n".join(lines) + b"\n"
+    if data.isascii() and b"\0" not in data and max(map(len, lines), default=0) <= SMTP_LINE:
+        return b"7bit", data
+    return b"quoted-printable", binascii.b2a_qp(data, istext=True)

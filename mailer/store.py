@@ -8,19 +8,32 @@ default; the same code runs on PostgreSQL.
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from functools import lru_cache
 from typing import Any
 
-from sqlalchemy import JSON, Column, LargeBinary, UniqueConstraint, event, func, text
+from sqlalchemy import (
+    JSON,
+    Column,
+    LargeBinary,
+    String,
+    UniqueConstraint,
+    bindparam,
+    cast,
+    event,
+    func,
+    text,
+)
 from sqlalchemy import select as sa_select
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.schema import Table
-from sqlalchemy.sql.expression import bindparam, insert, update
+from sqlalchemy.sql.expression import insert, update
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from mailer.errors import StoreError
@@ -417,19 +430,6 @@ class Store:
             row = self._subscriber_by_email(s, email)
             return None if row is None else row.unsubscribed_at
 
-    def cancel_if_unsubscribed(self, delivery_id: int) -> bool:
-        """Cancel a pending message whose recipient has unsubscribed since it
-        was composed; True if cancelled (then it must not be sent)."""
-        with self.session() as s:
-            row = s.get_one(DeliveryRow, delivery_id)
-            subscriber = s.get_one(SubscriberRow, row.subscriber_id)
-            if row.status != "pending" or subscriber.unsubscribed_at is None:
-                return False
-            row.status = "cancelled"
-            row.last_reply = f"not sent: recipient unsubscribed at {subscriber.unsubscribed_at}"
-            row.next_attempt_at = None
-            return True
-
     @staticmethod
     def _subscriber_by_email(s: Session, email: str) -> SubscriberRow | None:
         return s.exec(
@@ -516,6 +516,44 @@ class Store:
             row.status, row.sent_at, row.last_reply = "sent", now, reply
             row.attempts += 1
 
+    def mark_sent_many(self, sent: Sequence[tuple[int, str]], now: datetime) -> None:
+        """Record many accepted messages, (delivery id, server reply), in one
+        transaction: a per-message commit costs more than sending it."""
+        if not sent:
+            return
+        with self.session() as s:
+            s.connection().execute(
+                text(
+                    "UPDATE deliveries SET status = 'sent', sent_at = :now, "
+                    "last_reply = :reply, attempts = attempts + 1 WHERE id = :id"
+                ),
+                [{"id": i, "reply": reply, "now": now} for i, reply in sent],
+            )
+
+    def cancel_unsubscribed(self, delivery_ids: Sequence[int]) -> dict[int, datetime]:
+        """Cancel those pending messages among ``delivery_ids`` whose recipient
+        has unsubscribed since they were composed; returns them with the time
+        of the unsubscribe. One query when, as usual, nobody has."""
+        if not delivery_ids:
+            return {}
+        with self.session() as s:
+            found = s.exec(
+                select(DeliveryRow.id, SubscriberRow.unsubscribed_at)
+                .join(SubscriberRow, col(SubscriberRow.id) == col(DeliveryRow.subscriber_id))
+                .where(
+                    col(DeliveryRow.id).in_(list(delivery_ids)),
+                    DeliveryRow.status == "pending",
+                    col(SubscriberRow.unsubscribed_at).is_not(None),
+                )
+            ).all()
+            cancelled = {i: at for i, at in found if i is not None and at is not None}
+            for delivery_id, at in cancelled.items():
+                row = s.get_one(DeliveryRow, delivery_id)
+                row.status = "cancelled"
+                row.last_reply = f"not sent: recipient unsubscribed at {at}"
+                row.next_attempt_at = None
+            return cancelled
+
     def mark_attempt_failed(
         self,
         delivery_id: int,
@@ -575,9 +613,9 @@ class Store:
                         col(MatchRow.id),
                         col(MatchRow.subscriber_id),
                         col(MatchRow.paper_id),
-                        col(MatchRow.subscriptions),
-                        col(MatchRow.terms),
-                        col(MatchRow.scores),
+                        cast(col(MatchRow.subscriptions), String),
+                        cast(col(MatchRow.terms), String),
+                        cast(col(MatchRow.scores), String),
                     )
                     .where(
                         col(MatchRow.subscriber_id).in_(chunk),
@@ -610,9 +648,9 @@ class Store:
                         PendingMatch(
                             id=match_id,
                             paper=paper,
-                            subscriptions=tuple(subs),
-                            terms=tuple(terms),
-                            scores=tuple(scores),
+                            subscriptions=_json_tuple(subs),
+                            terms=_json_tuple(terms),
+                            scores=tuple(json.loads(scores)),
                             first_seen_at=first_seen,
                         )
                     )
@@ -638,29 +676,22 @@ class Store:
             s.add_all(rows)
             s.flush()
             ids = [r.id for r in rows if r.id is not None]
-            claims = [
-                {"delivery": row.id, "match": match_id}
-                for m, row in zip(messages, rows, strict=True)
-                for match_id in m.match_ids
-            ]
-            if claims:
-                s.connection().execute(
-                    text(
-                        "UPDATE matches SET delivery_id = :delivery "
-                        "WHERE id = :match AND delivery_id IS NULL"
-                    ),
-                    claims,
-                )
-            claimed = 0
-            for start in range(0, len(ids), 1000):
-                claimed += s.exec(
-                    select(func.count())
-                    .select_from(MatchRow)
-                    .where(col(MatchRow.delivery_id).in_(ids[start : start + 1000]))
-                ).one()
-            if claimed != len(claims):
+            # One statement per message claiming all its matches; its row
+            # count says whether another message had claimed any of them.
+            claim = text(
+                "UPDATE matches SET delivery_id = :delivery "
+                "WHERE id IN :matches AND delivery_id IS NULL"
+            ).bindparams(bindparam("matches", expanding=True))
+            conn = s.connection()
+            wanted = claimed = 0
+            for m, row in zip(messages, rows, strict=True):
+                if m.match_ids:
+                    wanted += len(m.match_ids)
+                    result = conn.execute(claim, {"delivery": row.id, "matches": list(m.match_ids)})
+                    claimed += result.rowcount
+            if claimed != wanted:
                 raise StoreError(
-                    f"outbox: {len(claims) - claimed} of the matches for "
+                    f"outbox: {wanted - claimed} of the matches for "
                     f"{len(messages)} messages were already claimed by another message",
                     hint="is a second mailer running on the same database?",
                 )
@@ -811,6 +842,13 @@ class Store:
 
 
 # --- operator records: a key-value state table and subscriber summaries -------
+
+
+@lru_cache(maxsize=4096)
+def _json_tuple(raw: str) -> tuple[Any, ...]:
+    """A JSON list column read as text, decoded once per distinct value:
+    subscription names and matched terms repeat row after row (scores don't)."""
+    return tuple(json.loads(raw))
 
 
 def hide_password(url: str) -> str:

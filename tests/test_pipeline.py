@@ -4,16 +4,20 @@ out over real SMTP (aiosmtpd on loopback), state in a real SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
 
+import mailer.pipeline as pipeline_module
 from mailer.config import Config, parse_config
 from mailer.delivery import SmtpTransport, make_transport
 from mailer.dumps import format_dump
+from mailer.outbox import init_worker
 from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline
 from mailer.store import Store
@@ -117,6 +121,36 @@ def test_first_pass_mails_each_subscriber_one_digest(
     assert ada["Date"]
     assert ada["List-Unsubscribe"]
     assert ada.get_content_type() == "multipart/alternative"
+
+
+def test_worker_processes_compose_and_queue_the_same_digests(
+    tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a compose pool, workers read the matches, render and queue each
+    chunk with their own store connection; the pass is the same."""
+    monkeypatch.setattr(pipeline_module, "POOL_THRESHOLD", 0)
+    h = Harness(tmp_path, smtp_server.port)
+    monkeypatch.setattr(h.pipeline, "renderer", None)  # composing here would fail
+    config = h.config
+    with ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(config.render.templates, config.render.paper_url, config.database.url),
+    ) as pool:
+        h.pipeline.compose_pool = pool
+        h.drop_seeds()
+        report = h.run()
+    assert (report.digests, report.sent) == (2, 2)
+    assert sorted(m.recipients[0] for m in smtp_server.messages) == [
+        "ada@example.org",
+        "grace@example.org",
+    ]
+    assert {d.status for d in h.store.deliveries()} == {"sent"}
+    assert h.store.pending_matches_for(list(h.store.active_subscriber_ids().values())) == {
+        i: [] for i in h.store.active_subscriber_ids().values()
+    }
+    h.store.close()
 
 
 def test_digest_subject_counts_its_papers(harness: Harness, smtp_server: SmtpServer) -> None:

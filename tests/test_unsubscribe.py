@@ -19,13 +19,14 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailer.config import Config, DatabaseConfig
 from mailer.delivery import make_transport
 from mailer.dumps import format_dump
 from mailer.papers import Paper
-from mailer.pipeline import PassReport, Pipeline
-from mailer.store import Store
+from mailer.pipeline import SEND_CHUNK, PassReport, Pipeline
+from mailer.store import Outgoing, Store
 from mailer.web import WebServer, make_app, read_token
 from tests.conftest import SmtpServer, free_port
 from tests.test_cli import ENV, copy_seeds, mailer, wait_for, write_config
@@ -271,6 +272,36 @@ def test_fault_10_unsubscribe_between_compose_and_send_cancels_the_queued_digest
     assert report.sent == 1
     status = {d.recipient: d.status for d in setup.store.deliveries()}
     assert status == {"ada@example.org": "cancelled", "grace@example.org": "sent"}
+
+
+def test_unsubscribe_while_a_long_batch_is_sending_cancels_the_digests_not_yet_sent(
+    setup: Setup, smtp_server: SmtpServer
+) -> None:
+    """Rows are checked a chunk at a time, so an unsubscribe that arrives
+    mid-batch stops that recipient's digests from the next chunk on."""
+    ids = setup.store.active_subscriber_ids()
+    queued = [("grace@example.org", n) for n in range(4 * SEND_CHUNK * 4)]
+    queued.append(("ada@example.org", 0))
+    setup.store.enqueue_many(
+        [
+            Outgoing(ids[email], email, f"<{email}.{n}@example.org>", "s", b"Subject: s\n\nx\n", [])
+            for email, n in queued
+        ],
+        NOW,
+    )
+    original = smtp_server.sink.handle_DATA
+
+    async def unsubscribe_ada_first(server: SMTP, session: Session, envelope: Envelope) -> str:
+        setup.store.unsubscribe("ada@example.org", NOW)
+        return await original(server, session, envelope)
+
+    smtp_server.sink.handle_DATA = unsubscribe_ada_first  # type: ignore[method-assign]
+    report = setup.deliver()
+    assert report.sent == len(queued) - 1
+    assert received(smtp_server, "ada@example.org") == []
+    assert {d.status for d in setup.store.deliveries() if d.recipient == "ada@example.org"} == {
+        "cancelled"
+    }
 
 
 def test_cancelled_digest_stays_unsent_after_resubscribing(
