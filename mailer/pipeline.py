@@ -400,16 +400,17 @@ class Pipeline:
             return None
         return unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
 
-    def cancel_unsubscribed(self, rows: Sequence[DeliveryRow]) -> set[int]:
+    def cancel_unwanted(self, rows: Sequence[DeliveryRow]) -> set[int]:
         """Ids among ``rows`` (now marked cancelled) whose recipient unsubscribed
-        after they were composed: they must not be sent."""
+        or was removed after they were composed: they must not be sent."""
         ids = [r.id for r in rows if r.id is not None]
-        cancelled = self.store.cancel_unsubscribed(ids)
+        cancelled = self.store.cancel_unwanted(ids)
         for row in rows:
             if row.id in cancelled:
                 log.info(
-                    "not sent: subscriber=%s unsubscribed; message_id=%s cancelled",
+                    "not sent: subscriber=%s %s; message_id=%s cancelled",
                     row.recipient,
+                    cancelled[row.id],
                     row.message_id,
                 )
         return set(cancelled)
@@ -528,7 +529,7 @@ class Pipeline:
                 row.papers,
                 reply.strip(),
             )
-        return self.cancel_unsubscribed(upcoming) if upcoming else set()
+        return self.cancel_unwanted(upcoming) if upcoming else set()
 
     @staticmethod
     def _count_sent(sent: Sequence[tuple[DeliveryRow, str]], report: PassReport) -> None:

@@ -27,6 +27,7 @@ from sqlalchemy import (
     cast,
     event,
     func,
+    or_,
     text,
 )
 from sqlalchemy import select as sa_select
@@ -117,7 +118,7 @@ class DeliveryRow(SQLModel, table=True):
     subject: str
     papers: int
     message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    # pending | sent | failed | cancelled (recipient unsubscribed before sending)
+    # pending | sent | failed | cancelled (recipient unsubscribed or removed before sending)
     status: str = Field(default="pending", max_length=16, index=True)
     attempts: int = 0
     created_at: datetime
@@ -530,10 +531,11 @@ class Store:
                 [{"id": i, "reply": reply, "now": now} for i, reply in sent],
             )
 
-    def cancel_unsubscribed(self, delivery_ids: Sequence[int]) -> dict[int, datetime]:
+    def cancel_unwanted(self, delivery_ids: Sequence[int]) -> dict[int, str]:
         """Cancel those pending messages among ``delivery_ids`` whose recipient
-        has unsubscribed since they were composed; returns them with the time
-        of the unsubscribe. One query when, as usual, nobody has."""
+        has unsubscribed or been removed from the config since they were
+        composed; returns them with the reason. One query when, as usual,
+        nobody has."""
         if not delivery_ids:
             return {}
         with self.session() as s:
@@ -543,14 +545,21 @@ class Store:
                 .where(
                     col(DeliveryRow.id).in_(list(delivery_ids)),
                     DeliveryRow.status == "pending",
-                    col(SubscriberRow.unsubscribed_at).is_not(None),
+                    or_(
+                        col(SubscriberRow.unsubscribed_at).is_not(None),
+                        col(SubscriberRow.active).is_(False),
+                    ),
                 )
             ).all()
-            cancelled = {i: at for i, at in found if i is not None and at is not None}
-            for delivery_id, at in cancelled.items():
+            cancelled = {
+                i: f"unsubscribed at {at}" if at is not None else "removed from the config"
+                for i, at in found
+                if i is not None
+            }
+            for delivery_id, why in cancelled.items():
                 row = s.get_one(DeliveryRow, delivery_id)
                 row.status = "cancelled"
-                row.last_reply = f"not sent: recipient unsubscribed at {at}"
+                row.last_reply = f"not sent: recipient {why}"
                 row.next_attempt_at = None
             return cancelled
 

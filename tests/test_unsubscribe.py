@@ -304,6 +304,21 @@ def test_unsubscribe_while_a_long_batch_is_sending_cancels_the_digests_not_yet_s
     }
 
 
+def test_removing_a_subscriber_between_compose_and_send_cancels_their_queued_digest(
+    setup: Setup, smtp_server: SmtpServer
+) -> None:
+    setup.drop_seeds()
+    assert setup.compose().digests == 2
+    kept = [s for s in setup.config.subscribers if s.email != "ada@example.org"]
+    setup.config = setup.config.model_copy(update={"subscribers": kept})
+    setup.pipeline.configure(setup.config)
+    assert setup.deliver().sent == 1
+    assert [m.recipients for m in smtp_server.messages] == [["grace@example.org"]]
+    ada = next(d for d in setup.store.deliveries() if d.recipient == "ada@example.org")
+    assert ada.status == "cancelled"
+    assert "removed from the config" in (ada.last_reply or "")
+
+
 def test_cancelled_digest_stays_unsent_after_resubscribing(
     setup: Setup, smtp_server: SmtpServer
 ) -> None:
