@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailer.analysis import _WORD, stem, stem_set, stems, tokens
 from mailer.errors import QueryError
 from mailer.matching import Doc, Engine, Hit, Stats, highlight_spans, match_paper, parse_query
 from mailer.papers import Paper
@@ -191,6 +192,21 @@ def test_highlight_covers_each_phrase_run_and_prefix() -> None:
     assert highlight_spans(text, ["chain of thought"]) == [(0, 16), (23, 39)]
     assert highlight_spans(text, ["token*"]) == [(41, 47)]
     assert highlight_spans(text, ["org:chain"]) == []
+
+
+# --- analysis ------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_fast_split_equals_the_word_regex(text: str) -> None:
+    assert tokens(text) == _WORD.findall(text.casefold())
+
+
+def test_stems_of_uncached_words_are_computed() -> None:
+    words = ["unseenwordings", "graphs", "unseenwordings"]
+    assert stems(words) == [stem(w) for w in words]
+    assert stem_set(["otherunseenings", "graphs"]) == {stem("otherunseenings"), "graph"}
 
 
 # --- the engine equals the reference ----------------------------------------------
