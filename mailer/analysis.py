@@ -182,6 +182,7 @@ class Stats:
 
 
 EMPTY_STATS = Stats()
+_NO_TEXT = FieldText("")
 
 
 class Doc:
@@ -217,7 +218,8 @@ class Doc:
     @property
     def org(self) -> FieldText:
         if self._org is None:
-            self._org = FieldText(self.paper.organization or "")
+            org = self.paper.organization
+            self._org = FieldText(org) if org else _NO_TEXT
         return self._org
 
     def weight(self, exact: bool, key: str) -> float:

@@ -100,13 +100,11 @@ def phrase_in(text: FieldText, exact: bool, keys: tuple[str, ...], slop: int) ->
         seq = text.tokens if exact else text.stem_list
         first, rest, n = keys[0], list(keys[1:]), len(keys)
         at = -1
-        try:
-            while True:
-                at = seq.index(first, at + 1)
-                if seq[at + 1 : at + n] == rest:
-                    return True
-        except ValueError:
-            return False
+        for _ in range(seq.count(first)):
+            at = seq.index(first, at + 1)
+            if seq[at + 1 : at + n] == rest:
+                return True
+        return False
     need: dict[str, int] = {}
     for k in keys:
         need[k] = need.get(k, 0) + 1
@@ -227,6 +225,14 @@ Key = tuple[str, str]
 # A conjunction of plain text words, some negated, indexed under one required
 # word: the other required stems and tokens, the forbidden ones, its id.
 Flat = tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str], int]
+Frozen = tuple[
+    list[int] | None,
+    list[tuple[frozenset[str], int]] | None,
+    list[Flat] | None,
+    list[int] | None,
+    list[int] | None,
+    int,
+]
 
 
 def _present(space: str) -> Callable[[Doc], set[str]]:
@@ -255,6 +261,17 @@ class _Postings:
         self.flat: list[Flat] = []
         self.anyof: list[int] = []
         self.general: list[int] = []
+
+    def frozen(self) -> Frozen:
+        """The lists as a tuple, empty ones None, and how many queries they hold."""
+        return (
+            self.sure or None,
+            self.conj or None,
+            self.flat or None,
+            self.anyof or None,
+            self.general or None,
+            len(self.sure) + len(self.conj) + len(self.flat),
+        )
 
 
 def _word(node: Node) -> tuple[str, str] | None:
@@ -337,13 +354,18 @@ def _compile(node: Node) -> Check:
     if isinstance(node, Not):
         inner = _compile(node.child)
         return lambda doc: not inner(doc)
-    children = tuple(_compile(c) for c in node.children)
     if isinstance(node, And):
+        first, *others = (_compile(c) for c in sorted(node.children, key=_rank))
+        if len(others) == 1:
+            second = others[0]
+            return lambda doc: first(doc) and second(doc)
+        rest = tuple(others)
 
         def conjunction(doc: Doc) -> bool:
-            return all(child(doc) for child in children)
+            return first(doc) and all(child(doc) for child in rest)
 
         return conjunction
+    children = tuple(_compile(c) for c in node.children)
 
     def disjunction(doc: Doc) -> bool:
         return any(child(doc) for child in children)
@@ -359,19 +381,41 @@ def _compile_term(node: Term) -> Check:
         if node.exact:
             return lambda doc: key in doc.text_tokens
         return lambda doc: key in doc.text_stems
-    if node.exact:
-        return lambda doc: any(key in f.tokset for f in _fields(doc, field))
-    return lambda doc: any(key in f.stemset for f in _fields(doc, field))
+    present = _present(f"{field}_{'token' if node.exact else 'stem'}")
+    return lambda doc: key in present(doc)
+
+
+def _rank(node: Node) -> int:
+    """Rough cost of checking ``node``, so conjunctions try the cheap,
+    selective parts (numbers, words) before positions and nested logic."""
+    if isinstance(node, Compare):
+        return 0
+    if isinstance(node, Term):
+        return 2 if node.prefix else 1
+    if isinstance(node, Not):
+        return 1 + _rank(node.child)
+    if isinstance(node, Phrase):
+        return 4
+    return 5
 
 
 def _compile_phrase(node: Phrase) -> Check:
-    """Positions are only looked at once every word is known to be there."""
+    """Positions are only looked at once every word is known to be in the
+    text; each field is then scanned in C (``phrase_in``)."""
     keys, exact, field, slop = node.keys, node.exact, node.field, node.slop
     words = frozenset(keys)
+    if field == "text":
+
+        def text_phrase(doc: Doc) -> bool:
+            if not words <= (doc.text_tokens if exact else doc.text_stems):
+                return False
+            return phrase_in(doc.title, exact, keys, slop) or phrase_in(
+                doc.abstract, exact, keys, slop
+            )
+
+        return text_phrase
 
     def phrase(doc: Doc) -> bool:
-        if field != "org" and not words <= (doc.text_tokens if exact else doc.text_stems):
-            return False
         for f in _fields(doc, field):
             if words <= (f.tokset if exact else f.stemset) and phrase_in(f, exact, keys, slop):
                 return True
@@ -455,18 +499,18 @@ class Engine:
                 self._index(uid, query.root)
             self.keys[uid].append(key)
             self.counts[uid] += 1
-        # Each space's keys as a set, so a paper's keys are intersected with them in C.
-        order = ("stem", "token")
+        # Each space's keys as a set, so a paper's keys are intersected with
+        # them in C, and its postings as tuples (empty kinds None) read by unpacking.
         self.spaces = [
-            (_present(space), frozenset(keys), keys)
-            for space, keys in sorted(
-                self.index.items(), key=lambda i: order.index(i[0]) if i[0] in order else 9
-            )
+            (_present(space), frozenset(keys), {k: p.frozen() for k, p in keys.items()})
+            for space, keys in self.index.items()
             if keys and space != "prefix"
         ]
         self.prefix_lengths = sorted({len(k) for k in self.index["prefix"]})
+        self.org_prefixes = any(p.general for p in self.index["prefix"].values())
         # Which indexed prefixes each token seen so far starts with: (anyof, general) ids.
         self._prefixed: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._prefixed_tokens: set[str] = set()
         self._prefix_seen: set[str] = set()
         self.papers = 0
         self.candidates = 0
@@ -568,15 +612,15 @@ class Engine:
     def _prefix_hits(self, tokens: set[str]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """(anyof, general) ids of the prefixes each of ``tokens`` starts with;
         each token is worked out once per engine, then found by set lookups."""
-        new = tokens - self._prefix_seen
-        if new:
-            for token in new:
+        if not tokens <= self._prefix_seen:
+            for token in tokens - self._prefix_seen:
                 found = self._prefixes_of(token)
                 if found[0] or found[1]:
                     self._prefixed[token] = found
-            self._prefix_seen |= new
+                    self._prefixed_tokens.add(token)
+                self._prefix_seen.add(token)
         prefixed = self._prefixed
-        return [prefixed[t] for t in tokens if t in prefixed]
+        return [prefixed[t] for t in tokens & self._prefixed_tokens]
 
     def match(self, doc: Doc) -> Matches:
         """Every subscription matching the analysed paper; terms and scores
@@ -589,34 +633,32 @@ class Engine:
         looked = 0
         for present, keys, index in self.spaces:
             for key in present(doc) & keys:
-                p = index[key]
-                if p.sure:
-                    out += p.sure
-                    looked += len(p.sure)
-                if p.conj:
-                    looked += len(p.conj)
-                    out += [u for rest, u in p.conj if rest <= stems]
-                if p.flat:
-                    looked += len(p.flat)
+                sure, conj, flat, some, more, n = index[key]
+                looked += n
+                if sure:
+                    out += sure
+                if conj:
+                    out += [u for rest, u in conj if rest <= stems]
+                if flat:
                     out += [
                         u
-                        for need, need_toks, no, no_toks, u in p.flat
+                        for need, need_toks, no, no_toks, u in flat
                         if need <= stems
                         and need_toks <= toks
                         and stems.isdisjoint(no)
                         and toks.isdisjoint(no_toks)
                     ]
-                if p.anyof:
-                    anyof.update(p.anyof)
-                if p.general:
-                    general.update(p.general)
-        if self.prefix_lengths:
-            for some, more in self._prefix_hits(toks):
-                anyof.update(some)
-                general.update(more)
-            if doc.paper.organization:
-                for _, more in self._prefix_hits(doc.org.tokset):
+                if some:
+                    anyof.update(some)
+                if more:
                     general.update(more)
+        if self.prefix_lengths:
+            for sure_ids, check_ids in self._prefix_hits(toks):
+                anyof.update(sure_ids)
+                general.update(check_ids)
+            if self.org_prefixes and doc.paper.organization:
+                for _, check_ids in self._prefix_hits(doc.org.tokset):
+                    general.update(check_ids)
         out += anyof
         general.update(self.always)
         self.candidates += looked + len(anyof) + len(general)
