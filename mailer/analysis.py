@@ -188,7 +188,7 @@ _NO_TEXT = FieldText("")
 class Doc:
     """A paper analysed once, read by every query that could match it: the
     token and stem sets of title and abstract together are built eagerly (the
-    engine's index reads only those), everything else on first use."""
+    engine's index reads those), the rest on first use."""
 
     __slots__ = (
         "_org",
@@ -210,7 +210,9 @@ class Doc:
         self.abstract = FieldText(paper.abstract)
         self._org: FieldText | None = None
         self.text_tokens = set(self.title.tokens + self.abstract.tokens)
-        self.text_stems = stem_set(self.text_tokens)
+        # From the stem lists rather than the token set: phrases need the lists
+        # for most papers once there are thousands of subscriptions.
+        self.text_stems = set(self.title.stem_list + self.abstract.stem_list)
         self.upvotes = paper.upvotes
         self.authors = paper.authors
         self._weights: dict[tuple[bool, str], float] = {}
