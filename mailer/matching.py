@@ -225,8 +225,11 @@ Key = tuple[str, str]
 # A conjunction of plain text words, some negated, indexed under one required
 # word: the other required stems and tokens, the forbidden ones, its id.
 Flat = tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str], int]
+Conj = dict[str, list[tuple[frozenset[str], int]]]
 Frozen = tuple[
     list[int] | None,
+    frozenset[str] | None,
+    Conj,
     list[tuple[frozenset[str], int]] | None,
     list[Flat] | None,
     list[int] | None,
@@ -248,29 +251,35 @@ def _present(space: str) -> Callable[[Doc], set[str]]:
 
 class _Postings:
     """The queries one index key selects, by how much checking they need:
-    ``sure`` match outright (one word); ``conj`` need their
-    other stems present; ``flat`` need other stems and tokens present and
-    some absent; ``anyof`` match outright but may be selected by several
-    keys (ORs, prefixes); ``general`` need their compiled check."""
+    ``sure`` match outright (one word); ``conj`` need other stems present
+    and are grouped by the second rarest, so a paper's stems are intersected
+    with those in C; ``neg`` need some stems absent; ``flat`` need other
+    stems and tokens present and some absent; ``anyof`` match outright but
+    may be selected by several keys (ORs, prefixes); ``general`` need their
+    compiled check."""
 
-    __slots__ = ("anyof", "conj", "flat", "general", "sure")
+    __slots__ = ("anyof", "conj", "flat", "general", "neg", "sure")
 
     def __init__(self) -> None:
         self.sure: list[int] = []
-        self.conj: list[tuple[frozenset[str], int]] = []
+        self.conj: Conj = {}
+        self.neg: list[tuple[frozenset[str], int]] = []
         self.flat: list[Flat] = []
         self.anyof: list[int] = []
         self.general: list[int] = []
 
     def frozen(self) -> Frozen:
-        """The lists as a tuple, empty ones None, and how many queries they hold."""
+        """The kinds as a tuple, empty ones None, and how many queries the
+        first four hold (the candidates a paper with this key looks at)."""
         return (
             self.sure or None,
-            self.conj or None,
+            frozenset(self.conj) or None,
+            self.conj,
+            self.neg or None,
             self.flat or None,
             self.anyof or None,
             self.general or None,
-            len(self.sure) + len(self.conj) + len(self.flat),
+            len(self.sure) + sum(map(len, self.conj.values())) + len(self.neg) + len(self.flat),
         )
 
 
@@ -531,20 +540,22 @@ class Engine:
         flat = _flat(root)
         if flat is not None:
             need, forbid = flat
-            space, key = min(need, key=lambda t: (self._cost(*t), t))
-            rest = set(need) - {(space, key)}
-            stems = frozenset(k for s, k in rest if s == "stem")
-            toks = frozenset(k for s, k in rest if s == "token")
+            ranked = sorted(set(need), key=lambda t: (self._cost(*t), t))
+            space, key = ranked[0]
+            stems = frozenset(k for s, k in ranked[1:] if s == "stem")
+            toks = frozenset(k for s, k in ranked[1:] if s == "token")
             no_stems = frozenset(k for s, k in forbid if s == "stem")
             no_toks = frozenset(k for s, k in forbid if s == "token")
             postings = self._postings(space, key)
-            if not (toks or no_stems or no_toks):
-                if stems:
-                    postings.conj.append((stems, uid))
-                else:
-                    postings.sure.append(uid)
-            else:
+            if toks or no_toks or (stems and no_stems):
                 postings.flat.append((stems, toks, no_stems, no_toks, uid))
+            elif no_stems:
+                postings.neg.append((no_stems, uid))
+            elif stems:
+                second = next(k for s, k in ranked[1:] if s == "stem")
+                postings.conj.setdefault(second, []).append((stems - {second}, uid))
+            else:
+                postings.sure.append(uid)
             return
         alternatives = _alternatives(root)
         if alternatives is not None:
@@ -633,12 +644,15 @@ class Engine:
         looked = 0
         for present, keys, index in self.spaces:
             for key in present(doc) & keys:
-                sure, conj, flat, some, more, n = index[key]
+                sure, seconds, conj, neg, flat, some, more, n = index[key]
                 looked += n
                 if sure:
                     out += sure
-                if conj:
-                    out += [u for rest, u in conj if rest <= stems]
+                if seconds:
+                    for second in seconds & stems:
+                        out += [u for rest, u in conj[second] if rest <= stems]
+                if neg:
+                    out += [u for no, u in neg if stems.isdisjoint(no)]
                 if flat:
                     out += [
                         u
