@@ -187,18 +187,18 @@ _NO_TEXT = FieldText("")
 
 class Doc:
     """A paper analysed once, read by every query that could match it: the
-    token and stem sets of title and abstract together are built eagerly (the
-    engine's index reads those), the rest on first use."""
+    stems of title and abstract together are built eagerly (the engine's
+    index reads them), the rest on first use."""
 
     __slots__ = (
         "_org",
+        "_text_tokens",
         "_weights",
         "abstract",
         "authors",
         "paper",
         "stats",
         "text_stems",
-        "text_tokens",
         "title",
         "upvotes",
     )
@@ -209,13 +209,21 @@ class Doc:
         self.title = FieldText(paper.title)
         self.abstract = FieldText(paper.abstract)
         self._org: FieldText | None = None
-        self.text_tokens = set(self.title.tokens + self.abstract.tokens)
+        self._text_tokens: set[str] | None = None
         # From the stem lists rather than the token set: phrases need the lists
         # for most papers once there are thousands of subscriptions.
         self.text_stems = set(self.title.stem_list + self.abstract.stem_list)
         self.upvotes = paper.upvotes
         self.authors = paper.authors
         self._weights: dict[tuple[bool, str], float] = {}
+
+    @property
+    def text_tokens(self) -> set[str]:
+        """Distinct folded words of title and abstract (only exact-word
+        queries need them, so they are built on first use)."""
+        if self._text_tokens is None:
+            self._text_tokens = set(self.title.tokens + self.abstract.tokens)
+        return self._text_tokens
 
     @property
     def org(self) -> FieldText:

@@ -620,27 +620,29 @@ class Engine:
                 general.extend(postings.general)
         return tuple(anyof), tuple(general)
 
-    def _prefix_hits(self, tokens: set[str]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    def _prefix_hits(self, tokens: list[str]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
         """(anyof, general) ids of the prefixes each of ``tokens`` starts with;
-        each token is worked out once per engine, then found by set lookups."""
-        if not tokens <= self._prefix_seen:
-            for token in tokens - self._prefix_seen:
+        each distinct token is worked out once per engine, then found by set
+        lookups in C."""
+        seen = self._prefix_seen
+        if not seen.issuperset(tokens):
+            for token in set(tokens) - seen:
                 found = self._prefixes_of(token)
                 if found[0] or found[1]:
                     self._prefixed[token] = found
                     self._prefixed_tokens.add(token)
-                self._prefix_seen.add(token)
+                seen.add(token)
         prefixed = self._prefixed
-        return [prefixed[t] for t in tokens & self._prefixed_tokens]
+        return [prefixed[t] for t in self._prefixed_tokens.intersection(tokens)]
 
     def match(self, doc: Doc) -> Matches:
         """Every subscription matching the analysed paper; terms and scores
         follow lazily (see ``Matches``)."""
         self.papers += 1
-        stems, toks = doc.text_stems, doc.text_tokens
+        stems = doc.text_stems
         out: list[int] = []
-        anyof: set[int] = set()
-        general: set[int] = set()
+        anyof: list[int] = []
+        general: list[int] = []
         looked = 0
         for present, keys, index in self.spaces:
             for key in present(doc) & keys:
@@ -654,6 +656,7 @@ class Engine:
                 if neg:
                     out += [u for no, u in neg if stems.isdisjoint(no)]
                 if flat:
+                    toks = doc.text_tokens
                     out += [
                         u
                         for need, need_toks, no, no_toks, u in flat
@@ -663,23 +666,27 @@ class Engine:
                         and toks.isdisjoint(no_toks)
                     ]
                 if some:
-                    anyof.update(some)
+                    anyof += some
                 if more:
-                    general.update(more)
+                    general += more
         if self.prefix_lengths:
-            for sure_ids, check_ids in self._prefix_hits(toks):
-                anyof.update(sure_ids)
-                general.update(check_ids)
+            for sure_ids, check_ids in self._prefix_hits(doc.title.tokens + doc.abstract.tokens):
+                anyof += sure_ids
+                general += check_ids
             if self.org_prefixes and doc.paper.organization:
-                for _, check_ids in self._prefix_hits(doc.org.tokset):
-                    general.update(check_ids)
-        out += anyof
-        general.update(self.always)
-        self.candidates += looked + len(anyof) + len(general)
-        self.always_checked += len(self.always)
+                for _, check_ids in self._prefix_hits(doc.org.tokens):
+                    general += check_ids
+        if anyof:
+            out += set(anyof)
+        if self.always:
+            general += self.always
+            self.always_checked += len(self.always)
         if general:
             checks = self.checks
-            out += [u for u in general if checks[u](doc)]
+            candidates = set(general)
+            looked += len(candidates)
+            out += [u for u in candidates if checks[u](doc)]
+        self.candidates += looked + len(anyof)
         return Matches(self, doc, out)
 
     def match_papers(self, papers: Iterable[Paper]) -> list[tuple[Paper, list[Hit]]]:
