@@ -226,10 +226,14 @@ Key = tuple[str, str]
 # word: the other required stems and tokens, the forbidden ones, its id.
 Flat = tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str], int]
 Conj = dict[str, list[tuple[frozenset[str], int]]]
+# Phrases by second rarest stem: their other stems, all stems in order, slop, id.
+Phrases = dict[str, list[tuple[frozenset[str], tuple[str, ...], int, int]]]
 Frozen = tuple[
     list[int] | None,
     frozenset[str] | None,
     Conj,
+    frozenset[str] | None,
+    Phrases,
     list[tuple[frozenset[str], int]] | None,
     list[Flat] | None,
     list[int] | None,
@@ -253,16 +257,18 @@ class _Postings:
     """The queries one index key selects, by how much checking they need:
     ``sure`` match outright (one word); ``conj`` need other stems present
     and are grouped by the second rarest, so a paper's stems are intersected
-    with those in C; ``neg`` need some stems absent; ``flat`` need other
+    with those in C; ``phrases`` (stemmed, in title or abstract) likewise,
+    then need their words' positions; ``neg`` need some stems absent; ``flat`` need other
     stems and tokens present and some absent; ``anyof`` match outright but
     may be selected by several keys (ORs, prefixes); ``general`` need their
     compiled check."""
 
-    __slots__ = ("anyof", "conj", "flat", "general", "neg", "sure")
+    __slots__ = ("anyof", "conj", "flat", "general", "neg", "phrases", "sure")
 
     def __init__(self) -> None:
         self.sure: list[int] = []
         self.conj: Conj = {}
+        self.phrases: Phrases = {}
         self.neg: list[tuple[frozenset[str], int]] = []
         self.flat: list[Flat] = []
         self.anyof: list[int] = []
@@ -275,11 +281,17 @@ class _Postings:
             self.sure or None,
             frozenset(self.conj) or None,
             self.conj,
+            frozenset(self.phrases) or None,
+            self.phrases,
             self.neg or None,
             self.flat or None,
             self.anyof or None,
             self.general or None,
-            len(self.sure) + sum(map(len, self.conj.values())) + len(self.neg) + len(self.flat),
+            len(self.sure)
+            + sum(map(len, self.conj.values()))
+            + sum(map(len, self.phrases.values()))
+            + len(self.neg)
+            + len(self.flat),
         )
 
 
@@ -557,6 +569,13 @@ class Engine:
             else:
                 postings.sure.append(uid)
             return
+        if isinstance(root, Phrase) and root.field == "text" and not root.exact:
+            words = sorted(set(root.keys), key=lambda k: (self._cost("stem", k), k))
+            if len(words) > 1:
+                self._postings("stem", words[0]).phrases.setdefault(words[1], []).append(
+                    (frozenset(words[2:]), root.keys, root.slop, uid)
+                )
+                return
         alternatives = _alternatives(root)
         if alternatives is not None:
             if len(alternatives) == 1 and alternatives[0][0] != "prefix":
@@ -646,13 +665,25 @@ class Engine:
         looked = 0
         for present, keys, index in self.spaces:
             for key in present(doc) & keys:
-                sure, seconds, conj, neg, flat, some, more, n = index[key]
+                sure, seconds, conj, pairs, phrases, neg, flat, some, more, n = index[key]
                 looked += n
                 if sure:
                     out += sure
                 if seconds:
                     for second in seconds & stems:
                         out += [u for rest, u in conj[second] if rest <= stems]
+                if pairs:
+                    title, abstract = doc.title, doc.abstract
+                    for second in pairs & stems:
+                        out += [
+                            u
+                            for rest, words, slop, u in phrases[second]
+                            if rest <= stems
+                            and (
+                                phrase_in(title, False, words, slop)
+                                or phrase_in(abstract, False, words, slop)
+                            )
+                        ]
                 if neg:
                     out += [u for no, u in neg if stems.isdisjoint(no)]
                 if flat:
