@@ -477,8 +477,9 @@ class Matches(Sequence[Hit]):
         return self._hits
 
     def __len__(self) -> int:
-        counts = self._engine.counts
-        return sum(counts[uid] for uid in self.uids)
+        if not self._engine.shared:
+            return len(self.uids)
+        return sum(map(self._engine.counts.__getitem__, self.uids))
 
     def __bool__(self) -> bool:
         return bool(self.uids)
@@ -520,6 +521,8 @@ class Engine:
                 self._index(uid, query.root)
             self.keys[uid].append(key)
             self.counts[uid] += 1
+        # Whether some query tree stands for several subscriptions.
+        self.shared = any(n > 1 for n in self.counts)
         # Each space's keys as a set, so a paper's keys are intersected with
         # them in C, and its postings as tuples (empty kinds None) read by unpacking.
         self.spaces = [
