@@ -465,14 +465,22 @@ class Matches(Sequence[Hit]):
         return [q for uid in self.uids for q in keys[uid]]
 
     def hits(self) -> list[Hit]:
+        """Each match with its terms and score; a single word in title or
+        abstract scores as ``score`` would, without walking its tree."""
         if self._hits is None:
             doc, nodes, keys = self._doc, self._engine.nodes, self._engine.keys
             out: list[Hit] = []
             for uid in self.uids:
-                found: list[Found] = []
-                evaluate(nodes[uid], doc, found)
-                terms, value = score(doc, found)
-                out.extend(Hit(q, terms, value) for q in keys[uid])
+                node = nodes[uid]
+                if isinstance(node, Term) and node.field == "text" and not node.prefix:
+                    terms: tuple[str, ...] = (node.display,)
+                    value = doc.weight(node.exact, node.key)
+                else:
+                    found: list[Found] = []
+                    evaluate(node, doc, found)
+                    terms, value = score(doc, found)
+                for q in keys[uid]:
+                    out.append(Hit(q, terms, value))
             self._hits = out
         return self._hits
 
