@@ -228,6 +228,9 @@ Flat = tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str], int
 Conj = dict[str, list[tuple[frozenset[str], int]]]
 # Phrases by second rarest stem: their other stems, all stems in order, slop, id.
 Phrases = dict[str, list[tuple[frozenset[str], tuple[str, ...], int, int]]]
+# One key's postings as ``match`` unpacks them (see _Postings): sure; conj's
+# second keys and groups; phrases' second keys and groups; neg; flat; anyof;
+# general (empty kinds None); and how many queries a paper with it looks at.
 Frozen = tuple[
     list[int] | None,
     frozenset[str] | None,
@@ -540,7 +543,8 @@ class Engine:
         ]
         self.prefix_lengths = sorted({len(k) for k in self.index["prefix"]})
         self.org_prefixes = any(p.general for p in self.index["prefix"].values())
-        # Which indexed prefixes each token seen so far starts with: (anyof, general) ids.
+        # Which indexed prefixes each token seen so far starts with: (anyof,
+        # general) ids. Grows with the vocabulary, like the stem cache.
         self._prefixed: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self._prefixed_tokens: set[str] = set()
         self._prefix_seen: set[str] = set()
