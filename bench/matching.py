@@ -105,7 +105,12 @@ def run(vocab: Vocabulary, corpus: list[Paper], queries: list[str]) -> dict[str,
 
     took = _cpu(engine_run)
     rate = len(corpus) / took
-    analysing = _cpu(lambda: [Doc(p, stats) for p in corpus])
+
+    def analyse() -> None:
+        for paper in corpus:
+            Doc(paper, stats)
+
+    analysing = _cpu(analyse)
 
     n_hits = min(len(corpus), HITS_SAMPLE)
 
