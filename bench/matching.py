@@ -13,8 +13,9 @@ Prints one row per corpus size (papers x subscriptions), then a table:
   the pipeline does before storing matches), on a sample of papers;
 - cand/paper: queries a paper's terms select (looked at, in C or Python);
 - analyse s: CPU seconds of analysing the papers alone (part of engine s);
-- us/match: engine CPU time beyond analysis, per match, to show that the
-  cost follows the matches rather than papers x subscriptions;
+- match us/paper, us/match: engine CPU time beyond analysis, per paper and
+  per match, to show that the cost follows the matches rather than papers x
+  subscriptions (with few matches a paper's fixed cost dominates);
 - peak MB: tracemalloc peak while building the index and matching 200 papers;
 - plain p/s: the plain evaluator, every query's tree against each paper's
   token sets (the paper analysed once), hits with terms and scores;
@@ -152,6 +153,7 @@ def run(vocab: Vocabulary, corpus: list[Paper], queries: list[str]) -> dict[str,
         "cand/paper": f"{engine.candidates / engine.papers:,.0f}",
         "matches": f"{matches:,}",
         "analyse s": f"{analysing:.2f}",
+        "match us/paper": f"{max(took - analysing, 0.0) / len(corpus) * 1e6:.1f}",
         "us/match": f"{max(took - analysing, 0.0) / max(matches, 1) * 1e6:.2f}",
         "peak MB": f"{peak / 2**20:.1f}",
         "plain p/s": f"{sampled(n_plain)}{plain_rate:,.0f}",
