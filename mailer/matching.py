@@ -450,9 +450,10 @@ def _compile_phrase(node: Phrase) -> Check:
 
 class Matches(Sequence[Hit]):
     """The subscriptions matching one paper. Which ones is known at once; each
-    hit's terms and score are computed on first access, by the reference
-    evaluator (so they are exactly the reference's), from the statistics at
-    that moment. Most (paper, query) pairs never need them."""
+    hit's terms and score are computed on first access by the reference
+    evaluator's own functions (so they are exactly the reference's), from the
+    statistics at that moment. Counting or filtering matches never pays
+    for them."""
 
     __slots__ = ("_doc", "_engine", "_hits", "uids")
 
