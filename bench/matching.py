@@ -178,7 +178,7 @@ def table(rows: list[dict[str, str]]) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="only 1k and 10k papers (~2-5 minutes)")
+    ap.add_argument("--quick", action="store_true", help="1k and 10k papers only (~1.5 min)")
     ap.add_argument("--papers", type=int, nargs="+", help="corpus sizes (default 1k 10k 100k)")
     ap.add_argument(
         "--subs", type=int, nargs="+", help="subscription counts (default 100 1k 10k 50k)"
