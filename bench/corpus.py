@@ -11,7 +11,7 @@ from datetime import date, timedelta
 from itertools import pairwise
 from pathlib import Path
 
-from mailer.analysis import tokens
+from mailer.analysis import stem, tokens
 from mailer.dumps import read_dump
 from mailer.papers import Paper
 
@@ -38,16 +38,19 @@ class Vocabulary:
 
 def vocabulary() -> Vocabulary:
     """Sentences, title-word frequencies and topical words of the sample dumps.
-    Topical words leave out stop words and words in more than 5% of papers."""
+    Topical words leave out stop words and words in more than 5% of papers;
+    a word counts as frequent when its stem is, since a query matches every
+    inflection ("accurate" finds "accuracy")."""
     seeds = [p for path in sorted(SEEDS.glob("*.txt")) for p in read_dump(path, today=TODAY).papers]
     sentences = [s for p in seeds for s in _SENTENCE.split(p.abstract) if len(s) > 20]
     title_counts = Counter(w for p in seeds for w in p.title.split())
-    df = Counter(w for p in seeds for w in set(tokens(p.title + " " + p.abstract)))
+    words = {w for p in seeds for w in tokens(p.title + " " + p.abstract)}
+    df = Counter(s for p in seeds for s in {stem(w) for w in tokens(p.title + " " + p.abstract)})
     limit = 0.05 * len(seeds)
     topical = sorted(
         w
-        for w, n in df.items()
-        if n <= limit and w not in STOP_WORDS and len(w) > 2 and w.isalpha()
+        for w in words
+        if df[stem(w)] <= limit and w not in STOP_WORDS and len(w) > 2 and w.isalpha()
     )
     keep = set(topical)
     bigrams = Counter(

@@ -4,20 +4,25 @@ it must agree with.
 The engine works like Lucene's Monitor (Luwak) or Elasticsearch's
 percolator: each stored query is indexed under the rarest term it cannot
 match without, so a paper, analysed once, is checked only against the
-queries whose required term it contains. Queries that need no term (pure
-NOT, numeric filters) are checked against every paper, and counted.
-The reference evaluator walks every query's tree against every paper; the
-property tests hold the two equal.
+queries whose required term it contains. The common shapes cost no per-query
+code: one word matches outright when indexed under a word the paper holds, a
+conjunction of words (some negated) is one or two set comparisons, an OR of
+words or a prefix is a set union. Other shapes run a compiled check. Queries
+that need no term (pure NOT, numeric filters) are checked against every
+paper, and counted. The reference evaluator walks every query's tree against
+every paper; the property tests hold the two equal.
 
 A hit records the terms that made it match (strings ``highlight_spans``
-understands) and a BM25F score over title and abstract.
+understands) and a BM25F score over title and abstract; the engine works
+them out only when a caller reads them, since most matches are counted or
+stored long before any digest shows them.
 """
 
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from typing import NamedTuple
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
+from typing import NamedTuple, cast, overload
 
 from mailer.analysis import Doc, FieldText, Stats, stem, tokenize
 from mailer.papers import Paper
@@ -27,6 +32,7 @@ __all__ = [
     "Doc",
     "Engine",
     "Hit",
+    "Matches",
     "Query",
     "Stats",
     "highlight_spans",
@@ -91,11 +97,14 @@ def phrase_in(text: FieldText, exact: bool, keys: tuple[str, ...], slop: int) ->
     """Whether ``keys`` occur in order next to each other (slop 0), or all
     within ``len(keys) + slop`` positions in any order."""
     if slop == 0:
-        first, *rest = (text.positions(exact, k) for k in keys)
-        if not all(rest):
-            return False
-        later = [set(p) for p in rest]
-        return any(all(s + i + 1 in later[i] for i in range(len(later))) for s in first)
+        seq = text.tokens if exact else text.stem_list
+        first, rest, n = keys[0], list(keys[1:]), len(keys)
+        at = -1
+        for _ in range(seq.count(first)):
+            at = seq.index(first, at + 1)
+            if seq[at + 1 : at + n] == rest:
+                return True
+        return False
     need: dict[str, int] = {}
     for k in keys:
         need[k] = need.get(k, 0) + 1
@@ -208,83 +217,142 @@ def match_papers(
 
 # --- the engine: compiled queries, indexed by their rarest required term ------
 
-Check = Callable[[Doc, list[Found]], bool]
-Need = list[tuple[str, str]]
-PREFIX_BUCKET = 5
+Check = Callable[[Doc], bool]
+# What a paper must hold for a query to match: (space, key). Spaces: stem and
+# token (title or abstract), title_stem, abstract_token, org_stem and so on
+# (one field), prefix.
+Key = tuple[str, str]
+# A conjunction of plain text words, some negated, indexed under one required
+# word: the other required stems and tokens, the forbidden ones, its id.
+Flat = tuple[frozenset[str], frozenset[str], frozenset[str], frozenset[str], int]
+Conj = dict[str, list[tuple[frozenset[str], int]]]
+# Phrases by second rarest stem: their other stems, all stems in order, slop, id.
+Phrases = dict[str, list[tuple[frozenset[str], tuple[str, ...], int, int]]]
+# One key's postings as ``match`` unpacks them (see _Postings): sure; conj's
+# second keys and groups; phrases' second keys and groups; neg; flat; anyof;
+# general (empty kinds None); and how many queries a paper with it looks at.
+Frozen = tuple[
+    list[int] | None,
+    frozenset[str] | None,
+    Conj,
+    frozenset[str] | None,
+    Phrases,
+    list[tuple[frozenset[str], int]] | None,
+    list[Flat] | None,
+    list[int] | None,
+    list[int] | None,
+    int,
+]
 
 
-def _compile(node: Node) -> Check:
-    """A closure doing what ``evaluate`` does, without walking the tree."""
-    if isinstance(node, Term):
-        leaf = _leaf_terms(node)
-        key = node.key
-        if node.field == "text" and not node.prefix:
-            if node.exact:
-
-                def text_token(doc: Doc, found: list[Found]) -> bool:
-                    if key in doc.text_tokens:
-                        found.extend(leaf)
-                        return True
-                    return False
-
-                return text_token
-
-            def text_stem(doc: Doc, found: list[Found]) -> bool:
-                if key in doc.text_stems:
-                    found.extend(leaf)
-                    return True
-                return False
-
-            return text_stem
-        return _compile_fallback(node)
-    if isinstance(node, Phrase):
-        return _compile_phrase(node)
-    if isinstance(node, Compare):
-        return _compile_fallback(node)
-    if isinstance(node, Not):
-        inner = _compile(node.child)
-        return lambda doc, found: not inner(doc, [])
-    children = tuple(_compile(c) for c in node.children)
-    if isinstance(node, And):
-
-        def conjunction(doc: Doc, found: list[Found]) -> bool:
-            mine: list[Found] = []
-            for child in children:
-                if not child(doc, mine):
-                    return False
-            found.extend(mine)
-            return True
-
-        return conjunction
-
-    def disjunction(doc: Doc, found: list[Found]) -> bool:
-        hit = False
-        for child in children:
-            if child(doc, found):
-                hit = True
-        return hit
-
-    return disjunction
+def _present(space: str) -> Callable[[Doc], set[str]]:
+    """The paper's keys in one index space."""
+    if space == "stem":
+        return lambda doc: doc.text_stems
+    if space == "token":
+        return lambda doc: doc.text_tokens
+    field, kind = space.split("_")
+    pick = operator.attrgetter(f"{field}.{'tokset' if kind == 'token' else 'stemset'}")
+    return lambda doc: cast(set[str], pick(doc))
 
 
-def _compile_phrase(node: Phrase) -> Check:
-    """Positions are only looked at once every word is known to be there."""
-    keys, exact, field, slop = node.keys, node.exact, node.field, node.slop
-    leaf = _leaf_terms(node)
+class _Postings:
+    """The queries one index key selects, by how much checking they need:
+    ``sure`` match outright (one word); ``conj`` need other stems present
+    and are grouped by the second rarest, so a paper's stems are intersected
+    with those in C; ``phrases`` (stemmed, in title or abstract) likewise,
+    then need their words' positions; ``neg`` need some stems absent; ``flat`` need other
+    stems and tokens present and some absent; ``anyof`` match outright but
+    may be selected by several keys (ORs, prefixes); ``general`` need their
+    compiled check."""
 
-    def phrase(doc: Doc, found: list[Found]) -> bool:
-        for f in _fields(doc, field):
-            present = f.tokset if exact else f.stemset
-            if all(k in present for k in keys) and phrase_in(f, exact, keys, slop):
-                found.extend(leaf)
-                return True
-        return False
+    __slots__ = ("anyof", "conj", "flat", "general", "neg", "phrases", "sure")
 
-    return phrase
+    def __init__(self) -> None:
+        self.sure: list[int] = []
+        self.conj: Conj = {}
+        self.phrases: Phrases = {}
+        self.neg: list[tuple[frozenset[str], int]] = []
+        self.flat: list[Flat] = []
+        self.anyof: list[int] = []
+        self.general: list[int] = []
+
+    def frozen(self) -> Frozen:
+        """The kinds as a tuple, empty ones None, and how many queries the
+        first four hold (the candidates a paper with this key looks at)."""
+        return (
+            self.sure or None,
+            frozenset(self.conj) or None,
+            self.conj,
+            frozenset(self.phrases) or None,
+            self.phrases,
+            self.neg or None,
+            self.flat or None,
+            self.anyof or None,
+            self.general or None,
+            len(self.sure)
+            + sum(map(len, self.conj.values()))
+            + sum(map(len, self.phrases.values()))
+            + len(self.neg)
+            + len(self.flat),
+        )
 
 
-def _compile_fallback(node: Term | Phrase | Compare) -> Check:
-    return lambda doc, found: evaluate(node, doc, found)
+def _word(node: Node) -> tuple[str, str] | None:
+    """The (space, key) of a plain word in title or abstract, else None."""
+    if isinstance(node, Term) and node.field == "text" and not node.prefix:
+        return ("token" if node.exact else "stem", node.key)
+    return None
+
+
+def _one(node: Node) -> Key | None:
+    """The one key a paper holds exactly when ``node`` matches it: a word in
+    any field, a prefix of a title or abstract word; else None."""
+    if not isinstance(node, Term):
+        return None
+    if node.prefix:
+        return ("prefix", node.key) if node.field == "text" else None
+    kind = "token" if node.exact else "stem"
+    return (kind if node.field == "text" else f"{node.field}_{kind}", node.key)
+
+
+def _flat(node: Node) -> tuple[list[tuple[str, str]], list[tuple[str, str]]] | None:
+    """Required and forbidden plain words of a conjunction of plain words and
+    negated plain words (nested ANDs included), or None for other shapes."""
+    leaf = _word(node)
+    if leaf is not None:
+        return [leaf], []
+    if not isinstance(node, And):
+        return None
+    need: list[tuple[str, str]] = []
+    forbid: list[tuple[str, str]] = []
+    for child in node.children:
+        if isinstance(child, Not) and (leaf := _word(child.child)) is not None:
+            forbid.append(leaf)
+            continue
+        inner = _flat(child)
+        if inner is None:
+            return None
+        need.extend(inner[0])
+        forbid.extend(inner[1])
+    return (need, forbid) if need else None
+
+
+def _alternatives(node: Node) -> list[Key] | None:
+    """The keys of an OR of nodes each matching exactly when the paper holds
+    one key (see ``_one``), or None for other shapes."""
+    leaf = _one(node)
+    if leaf is not None:
+        return [leaf]
+    if not isinstance(node, Or):
+        return None
+    keys: list[Key] = []
+    for child in node.children:
+        inner = _alternatives(child)
+        if inner is None:
+            return None
+        keys.extend(inner)
+    return keys
 
 
 def _space(node: Term | Phrase) -> str:
@@ -292,21 +360,168 @@ def _space(node: Term | Phrase) -> str:
     return "org_" + space if node.field == "org" else space
 
 
+def _compile(node: Node) -> Check:
+    """A closure saying whether ``node`` matches, as ``evaluate`` would, but
+    without walking the tree or collecting terms."""
+    if isinstance(node, Term):
+        return _compile_term(node)
+    if isinstance(node, Phrase):
+        return _compile_phrase(node)
+    if isinstance(node, Compare):
+        op, value, attr = COMPARE[node.op], node.value, node.attr
+
+        def compare(doc: Doc) -> bool:
+            have = doc.upvotes if attr == "upvotes" else doc.authors
+            return have is not None and op(have, value)
+
+        return compare
+    if isinstance(node, Not):
+        inner = _compile(node.child)
+        return lambda doc: not inner(doc)
+    if isinstance(node, And):
+        first, *others = (_compile(c) for c in sorted(node.children, key=_rank))
+        if len(others) == 1:
+            second = others[0]
+            return lambda doc: first(doc) and second(doc)
+        rest = tuple(others)
+
+        def conjunction(doc: Doc) -> bool:
+            return first(doc) and all(child(doc) for child in rest)
+
+        return conjunction
+    children = tuple(_compile(c) for c in node.children)
+
+    def disjunction(doc: Doc) -> bool:
+        return any(child(doc) for child in children)
+
+    return disjunction
+
+
+def _compile_term(node: Term) -> Check:
+    key, field = node.key, node.field
+    if node.prefix:
+        return lambda doc: any(f.with_prefix(key) for f in _fields(doc, field))
+    if field == "text":
+        if node.exact:
+            return lambda doc: key in doc.text_tokens
+        return lambda doc: key in doc.text_stems
+    present = _present(f"{field}_{'token' if node.exact else 'stem'}")
+    return lambda doc: key in present(doc)
+
+
+def _rank(node: Node) -> int:
+    """Rough cost of checking ``node``, so conjunctions try the cheap,
+    selective parts (numbers, words) before positions and nested logic."""
+    if isinstance(node, Compare):
+        return 0
+    if isinstance(node, Term):
+        return 2 if node.prefix else 1
+    if isinstance(node, Not):
+        return 1 + _rank(node.child)
+    if isinstance(node, Phrase):
+        return 4
+    return 5
+
+
+def _compile_phrase(node: Phrase) -> Check:
+    """Positions are only looked at once every word is known to be in the
+    text; each field is then scanned in C (``phrase_in``)."""
+    keys, exact, field, slop = node.keys, node.exact, node.field, node.slop
+    words = frozenset(keys)
+    if field == "text":
+
+        def text_phrase(doc: Doc) -> bool:
+            if not words <= (doc.text_tokens if exact else doc.text_stems):
+                return False
+            return phrase_in(doc.title, exact, keys, slop) or phrase_in(
+                doc.abstract, exact, keys, slop
+            )
+
+        return text_phrase
+
+    def phrase(doc: Doc) -> bool:
+        for f in _fields(doc, field):
+            if words <= (f.tokset if exact else f.stemset) and phrase_in(f, exact, keys, slop):
+                return True
+        return False
+
+    return phrase
+
+
+class Matches(Sequence[Hit]):
+    """The subscriptions matching one paper. Which ones is known at once; each
+    hit's terms and score are computed on first access by the reference
+    evaluator's own functions (so they are exactly the reference's), from the
+    statistics at that moment. Counting or filtering matches never pays
+    for them."""
+
+    __slots__ = ("_doc", "_engine", "_hits", "uids")
+
+    def __init__(self, engine: Engine, doc: Doc, uids: list[int]) -> None:
+        self._engine = engine
+        self._doc = doc
+        self._hits: list[Hit] | None = None
+        self.uids = uids
+
+    def queries(self) -> list[Hashable]:
+        """The matching subscriptions' keys, without terms or scores."""
+        keys = self._engine.keys
+        return [q for uid in self.uids for q in keys[uid]]
+
+    def hits(self) -> list[Hit]:
+        """Each match with its terms and score; a single word in title or
+        abstract scores as ``score`` would, without walking its tree."""
+        if self._hits is None:
+            doc, nodes, keys = self._doc, self._engine.nodes, self._engine.keys
+            out: list[Hit] = []
+            for uid in self.uids:
+                node = nodes[uid]
+                if isinstance(node, Term) and node.field == "text" and not node.prefix:
+                    terms: tuple[str, ...] = (node.display,)
+                    value = doc.weight(node.exact, node.key)
+                else:
+                    found: list[Found] = []
+                    evaluate(node, doc, found)
+                    terms, value = score(doc, found)
+                for q in keys[uid]:
+                    out.append(Hit(q, terms, value))
+            self._hits = out
+        return self._hits
+
+    def __len__(self) -> int:
+        if not self._engine.shared:
+            return len(self.uids)
+        return sum(map(self._engine.counts.__getitem__, self.uids))
+
+    def __bool__(self) -> bool:
+        return bool(self.uids)
+
+    @overload
+    def __getitem__(self, index: int) -> Hit: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[Hit]: ...
+
+    def __getitem__(self, index: int | slice) -> Hit | list[Hit]:
+        return self.hits()[index]
+
+    def __iter__(self) -> Iterator[Hit]:
+        return iter(self.hits())
+
+
 class Engine:
     """Subscriptions indexed by required term; ``match`` checks a paper only
-    against the candidates its terms select. Build it once per config load."""
+    against the candidates its terms select, the common shapes without any
+    per-query code. Build it once per config load."""
 
     def __init__(self, queries: Mapping[Hashable, Query], stats: Stats | None = None) -> None:
         self.stats = stats or Stats()
         unique: dict[Node, int] = {}
         self.keys: list[list[Hashable]] = []
-        self.checks: list[Check] = []
+        self.counts: list[int] = []
+        self.checks: dict[int, Check] = {}
         self.nodes: list[Node] = []
-        # space -> key -> query ids; "sure" queries match whenever they are candidates.
-        self.postings: dict[str, dict[str, list[int]]] = {
-            s: {} for s in ("stem", "token", "org_stem", "org_token", "prefix")
-        }
-        self.sure: dict[str, dict[str, list[tuple[int, Found]]]] = {"stem": {}, "token": {}}
+        self.index: dict[str, dict[str, _Postings]] = {"prefix": {}}
         self.always: list[int] = []
         for key, query in queries.items():
             uid = unique.get(query.root)
@@ -314,29 +529,84 @@ class Engine:
                 uid = unique[query.root] = len(self.nodes)
                 self.nodes.append(query.root)
                 self.keys.append([])
-                self.checks.append(_compile(query.root))
+                self.counts.append(0)
                 self._index(uid, query.root)
             self.keys[uid].append(key)
-        self.prefix_lengths = sorted({len(k) for k in self.postings["prefix"]})
+            self.counts[uid] += 1
+        # Whether some query tree stands for several subscriptions.
+        self.shared = any(n > 1 for n in self.counts)
+        # Each space's keys as a set, so a paper's keys are intersected with
+        # them in C, and its postings as tuples (empty kinds None) read by unpacking.
+        self.spaces = [
+            (_present(space), frozenset(keys), {k: p.frozen() for k, p in keys.items()})
+            for space, keys in self.index.items()
+            if keys and space != "prefix"
+        ]
+        self.prefix_lengths = sorted({len(k) for k in self.index["prefix"]})
+        self.org_prefixes = any(p.general for p in self.index["prefix"].values())
+        # Which indexed prefixes each token seen so far starts with: (anyof,
+        # general) ids. Grows with the vocabulary, like the stem cache.
+        self._prefixed: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        self._prefixed_tokens: set[str] = set()
+        self._prefix_seen: set[str] = set()
         self.papers = 0
         self.candidates = 0
         self.always_checked = 0
 
     @property
     def size(self) -> int:
-        return sum(len(k) for k in self.keys)
+        return sum(self.counts)
+
+    def _postings(self, space: str, key: str) -> _Postings:
+        index = self.index.setdefault(space, {})
+        found = index.get(key)
+        if found is None:
+            found = index[key] = _Postings()
+        return found
 
     def _index(self, uid: int, root: Node) -> None:
-        if isinstance(root, Term) and root.field == "text" and not root.prefix:
-            space = "token" if root.exact else "stem"
-            self.sure[space].setdefault(root.key, []).append((uid, _found(root)))
+        flat = _flat(root)
+        if flat is not None:
+            need, forbid = flat
+            ranked = sorted(set(need), key=lambda t: (self._cost(*t), t))
+            space, key = ranked[0]
+            stems = frozenset(k for s, k in ranked[1:] if s == "stem")
+            toks = frozenset(k for s, k in ranked[1:] if s == "token")
+            no_stems = frozenset(k for s, k in forbid if s == "stem")
+            no_toks = frozenset(k for s, k in forbid if s == "token")
+            postings = self._postings(space, key)
+            if toks or no_toks or (stems and no_stems):
+                postings.flat.append((stems, toks, no_stems, no_toks, uid))
+            elif no_stems:
+                postings.neg.append((no_stems, uid))
+            elif stems:
+                second = next(k for s, k in ranked[1:] if s == "stem")
+                postings.conj.setdefault(second, []).append((stems - {second}, uid))
+            else:
+                postings.sure.append(uid)
             return
-        need = self._need(root)
-        if need is None:
+        if isinstance(root, Phrase) and root.field == "text" and not root.exact:
+            words = sorted(set(root.keys), key=lambda k: (self._cost("stem", k), k))
+            if len(words) > 1:
+                self._postings("stem", words[0]).phrases.setdefault(words[1], []).append(
+                    (frozenset(words[2:]), root.keys, root.slop, uid)
+                )
+                return
+        alternatives = _alternatives(root)
+        if alternatives is not None:
+            if len(alternatives) == 1 and alternatives[0][0] != "prefix":
+                self._postings(*alternatives[0]).sure.append(uid)
+                return
+            for alternative in dict.fromkeys(alternatives):
+                self._postings(*alternative).anyof.append(uid)
+            return
+        self.checks[uid] = _compile(root)
+        needed = self._need(root)
+        if needed is None:
             self.always.append(uid)
             return
-        for space, key in need:
-            self.postings[space].setdefault(key, []).append(uid)
+        for selector in needed:
+            self._postings(*selector).general.append(uid)
 
     def _cost(self, space: str, key: str) -> float:
         """Estimated share of papers holding ``key``: from the statistics when
@@ -350,12 +620,12 @@ class Engine:
             return self.stats.df.get(key if space == "stem" else stem(key), 0) / n
         return 1.0 / (len(key) + 2)
 
-    def _need(self, node: Node) -> Need | None:
+    def _need(self, node: Node) -> list[Key] | None:
         """Terms of which a matching paper must hold at least one (cheapest
         choice), or None when the node can match a paper without any."""
         if isinstance(node, Term):
             if node.prefix:
-                return [("prefix", node.key[:PREFIX_BUCKET])]
+                return [("prefix", node.key)]
             return [(_space(node), node.key)]
         if isinstance(node, Phrase):
             space = _space(node)
@@ -372,64 +642,106 @@ class Engine:
             return None
         return min(options, key=lambda n: sum(self._cost(s, k) for s, k in n))
 
-    def match(self, doc: Doc) -> list[Hit]:
-        """Every subscription matching the analysed paper, with terms and score."""
+    def _prefixes_of(self, token: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        anyof: list[int] = []
+        general: list[int] = []
+        index = self.index["prefix"]
+        for n in self.prefix_lengths:
+            if n > len(token):
+                break
+            postings = index.get(token[:n])
+            if postings is not None:
+                anyof.extend(postings.anyof)
+                general.extend(postings.general)
+        return tuple(anyof), tuple(general)
+
+    def _prefix_hits(self, tokens: list[str]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+        """(anyof, general) ids of the prefixes each of ``tokens`` starts with;
+        each distinct token is worked out once per engine, then found by set
+        lookups in C."""
+        seen = self._prefix_seen
+        if not seen.issuperset(tokens):
+            for token in set(tokens) - seen:
+                found = self._prefixes_of(token)
+                if found[0] or found[1]:
+                    self._prefixed[token] = found
+                    self._prefixed_tokens.add(token)
+                seen.add(token)
+        prefixed = self._prefixed
+        return [prefixed[t] for t in self._prefixed_tokens.intersection(tokens)]
+
+    def match(self, doc: Doc) -> Matches:
+        """Every subscription matching the analysed paper; terms and scores
+        follow lazily (see ``Matches``)."""
         self.papers += 1
-        hits: list[Hit] = []
-        keys = self.keys
-        sure_stem = self.sure["stem"]
-        sure_token = self.sure["token"]
+        stems = doc.text_stems
+        out: list[int] = []
+        anyof: list[int] = []
+        general: list[int] = []
         looked = 0
-        for sure, present in ((sure_stem, doc.text_stems), (sure_token, doc.text_tokens)):
-            if not sure:
-                continue
-            sure_get = sure.get
-            for k in present:
-                entries = sure_get(k)
-                if entries:
-                    looked += len(entries)
-                    for uid, leaf in entries:
-                        terms: tuple[str, ...] = (leaf[0],)
-                        value = doc.weight(leaf[1], leaf[2][0])
-                        hits.extend([Hit(q, terms, value) for q in keys[uid]])
-        candidates: set[int] = set()
-        for space, present in (
-            ("stem", doc.text_stems),
-            ("token", doc.text_tokens),
-            ("org_stem", doc.org.stemset),
-            ("org_token", doc.org.tokset),
-        ):
-            postings = self.postings[space]
-            if postings:
-                get = postings.get
-                for k in present:
-                    ids = get(k)
-                    if ids:
-                        candidates.update(ids)
-        prefixes = self.postings["prefix"]
-        if prefixes:
-            for t in doc.text_tokens | doc.org.tokset:
-                for n in self.prefix_lengths:
-                    ids = prefixes.get(t[:n])
-                    if ids:
-                        candidates.update(ids)
-        candidates.update(self.always)
-        self.candidates += looked + len(candidates)
-        self.always_checked += len(self.always)
-        checks = self.checks
-        for uid in candidates:
-            found: list[Found] = []
-            if checks[uid](doc, found):
-                terms, value = score(doc, found)
-                hits.extend(Hit(q, terms, value) for q in keys[uid])
-        return hits
+        for present, keys, index in self.spaces:
+            for key in present(doc) & keys:
+                sure, seconds, conj, pairs, phrases, neg, flat, some, more, n = index[key]
+                looked += n
+                if sure:
+                    out += sure
+                if seconds:
+                    for second in seconds & stems:
+                        out += [u for rest, u in conj[second] if rest <= stems]
+                if pairs:
+                    title, abstract = doc.title, doc.abstract
+                    for second in pairs & stems:
+                        out += [
+                            u
+                            for rest, words, slop, u in phrases[second]
+                            if rest <= stems
+                            and (
+                                phrase_in(title, False, words, slop)
+                                or phrase_in(abstract, False, words, slop)
+                            )
+                        ]
+                if neg:
+                    out += [u for no, u in neg if stems.isdisjoint(no)]
+                if flat:
+                    toks = doc.text_tokens
+                    out += [
+                        u
+                        for need, need_toks, no, no_toks, u in flat
+                        if need <= stems
+                        and need_toks <= toks
+                        and stems.isdisjoint(no)
+                        and toks.isdisjoint(no_toks)
+                    ]
+                if some:
+                    anyof += some
+                if more:
+                    general += more
+        if self.prefix_lengths:
+            for sure_ids, check_ids in self._prefix_hits(doc.title.tokens + doc.abstract.tokens):
+                anyof += sure_ids
+                general += check_ids
+            if self.org_prefixes and doc.paper.organization:
+                for _, check_ids in self._prefix_hits(doc.org.tokens):
+                    general += check_ids
+        if anyof:
+            out += set(anyof)
+        if self.always:
+            general += self.always
+            self.always_checked += len(self.always)
+        if general:
+            checks = self.checks
+            candidates = set(general)
+            looked += len(candidates)
+            out += [u for u in candidates if checks[u](doc)]
+        self.candidates += looked + len(anyof)
+        return Matches(self, doc, out)
 
     def match_papers(self, papers: Iterable[Paper]) -> list[tuple[Paper, list[Hit]]]:
         out = []
         for paper in papers:
             hits = self.match(Doc(paper, self.stats))
             if hits:
-                out.append((paper, hits))
+                out.append((paper, hits.hits()))
         return out
 
 

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailer.analysis import _WORD, stem, stem_set, stems, tokens
 from mailer.errors import QueryError
 from mailer.matching import Doc, Engine, Hit, Stats, highlight_spans, match_paper, parse_query
 from mailer.papers import Paper
@@ -193,6 +194,21 @@ def test_highlight_covers_each_phrase_run_and_prefix() -> None:
     assert highlight_spans(text, ["org:chain"]) == []
 
 
+# --- analysis ------------------------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(max_codepoint=127)))
+def test_ascii_fast_split_equals_the_word_regex(text: str) -> None:
+    assert tokens(text) == _WORD.findall(text.casefold())
+
+
+def test_stems_of_uncached_words_are_computed() -> None:
+    words = ["unseenwordings", "graphs", "unseenwordings"]
+    assert stems(words) == [stem(w) for w in words]
+    assert stem_set(["otherunseenings", "graphs"]) == {stem("otherunseenings"), "graph"}
+
+
 # --- the engine equals the reference ----------------------------------------------
 
 
@@ -211,7 +227,18 @@ def test_identical_queries_are_evaluated_once_and_reported_for_each() -> None:
     assert {h.query for h in engine.match(Doc(PAPER))} == {"a", "b"}
 
 
-VOCAB = ["graph", "graphs", "transformer", "learning", "rl", "agent", "token", "zurich", "model"]
+VOCAB = [
+    "graph",
+    "graphs",
+    "transformer",
+    "learning",
+    "rl",
+    "agent",
+    "token",
+    "zurich",
+    "model",
+    "modelling",
+]
 words = st.sampled_from(VOCAB)
 text = st.lists(words, min_size=0, max_size=12).map(" ".join)
 papers = st.builds(
@@ -260,9 +287,26 @@ def _by_query(hits: list[Hit]) -> dict[Hashable, tuple[tuple[str, ...], float]]:
     return {h.query: (h.terms, round(h.score, 9)) for h in hits}
 
 
+# The engine's flat paths: conjunctions of words, some exact or negated (nested
+# too), and ORs of words and prefixes.
+flat_queries = st.one_of(
+    st.lists(
+        st.tuples(st.sampled_from(["", "=", "-", "-="]), words).map("".join),
+        min_size=1,
+        max_size=4,
+    ).map(" ".join),
+    st.lists(words, min_size=1, max_size=3).map(lambda ws: f"{ws[0]} ({' '.join(ws)})"),
+    st.lists(
+        words | words.map(lambda w: f"={w}") | words.map(lambda w: w[:2] + "*"),
+        min_size=2,
+        max_size=4,
+    ).map(" OR ".join),
+)
+
+
 @settings(max_examples=500, deadline=None)
 @given(
-    st.lists(_leaf() | queries, min_size=1, max_size=8),
+    st.lists(_leaf() | queries | flat_queries, min_size=1, max_size=16),
     st.lists(papers, min_size=1, max_size=5),
     st.booleans(),
 )
@@ -276,7 +320,10 @@ def test_engine_equals_reference_evaluator(
         stats.observe(doc)
     engine = Engine(parsed, stats)
     for doc in docs:
-        assert _by_query(engine.match(doc)) == _by_query(match_paper(doc, parsed))
+        found = engine.match(doc)
+        assert sorted(map(str, found.queries())) == sorted(str(h.query) for h in found)
+        assert len(found) == len(found.hits())
+        assert _by_query(found) == _by_query(match_paper(doc, parsed))
 
 
 def test_prefixes_of_different_lengths_all_select_their_papers() -> None:
