@@ -505,6 +505,9 @@ def _scorer(root: Node) -> Scorer | None:
     identical."""
     found = _static(root)
     if found is None:
+        words = _or_words(root)
+        if words is not None:
+            return _words_scorer(words)
         options = _options(root)
         if options is None:
             return None
@@ -528,6 +531,13 @@ def _static_scorer(entries: list[Found]) -> Scorer:
             key = keys[0]
             return lambda doc: (terms, doc.weight(exact, key))
         return lambda doc: (terms, sum(doc.weight(exact, k) for k in keys))
+    if len(entries) == 1 and entries[0][3] and not entries[0][4]:
+        display, _, (prefix,), _, _ = entries[0]
+        terms = (display,)
+        return lambda doc: (
+            terms,
+            max((doc.weight(True, t) for t in _prefix_tokens(doc, prefix)), default=0.0),
+        )
     if len(entries) == 2 and all(_plain(e) and len(e[2]) == 1 for e in entries):
         (d1, e1, (k1,), _, _), (d2, e2, (k2,), _, _) = entries
         first_second, second_first = (d1, d2), (d2, d1)
@@ -542,6 +552,43 @@ def _static_scorer(entries: list[Found]) -> Scorer:
 
         return two
     return lambda doc: score(doc, entries)
+
+
+def _or_words(node: Node) -> list[Term] | None:
+    """The words of an OR (nested ones flattened) of plain words in title or
+    abstract, in the order ``evaluate`` visits them; None for other shapes."""
+    if not isinstance(node, Or):
+        return None
+    out: list[Term] = []
+    for child in node.children:
+        if isinstance(child, Term) and child.field == "text" and not child.prefix:
+            out.append(child)
+            continue
+        inner = _or_words(child)
+        if inner is None:
+            return None
+        out.extend(inner)
+    return out
+
+
+def _words_scorer(words: list[Term]) -> Scorer:
+    """An OR of plain words: the first present word of each display weighed
+    in order, as ``score`` keeps them, then ranked and summed as it does."""
+    options = tuple(dict.fromkeys((w.display, w.exact, w.key) for w in words))
+
+    def any_word(doc: Doc) -> tuple[tuple[str, ...], float]:
+        stems = doc.text_stems
+        weights: dict[str, float] = {}
+        for display, exact, key in options:
+            if display not in weights and key in (doc.text_tokens if exact else stems):
+                weights[display] = doc.weight(exact, key)
+        if len(weights) == 1:
+            ((display, value),) = weights.items()
+            return (display,), value
+        ranked = sorted(weights, key=lambda d: (-weights[d], d))
+        return tuple(ranked), float(sum(weights.values()))
+
+    return any_word
 
 
 def _any_scorer(options: list[tuple[Check, list[Found]]]) -> Scorer:
