@@ -607,10 +607,11 @@ def _any_scorer(options: list[tuple[Check, list[Found]]]) -> Scorer:
 
 class Matches(Sequence[Hit]):
     """The subscriptions matching one paper. Which ones is known at once; each
-    hit's terms and score are computed on first access by the reference
-    evaluator's own functions (so they are exactly the reference's), from the
-    statistics at that moment. Counting or filtering matches never pays
-    for them."""
+    hit's terms and score are computed on first access, from the statistics
+    at that moment: by the tree's scorer (see ``_scorer``), which weighs,
+    ranks and sums exactly as ``score`` does, else by the reference
+    evaluator's own functions. Counting or filtering matches never pays for
+    them."""
 
     __slots__ = ("_doc", "_engine", "_hits", "uids")
 
