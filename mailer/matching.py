@@ -448,12 +448,170 @@ def _compile_phrase(node: Phrase) -> Check:
     return phrase
 
 
+# A hit's terms and score worked out for one paper without walking its tree.
+Scorer = Callable[[Doc], tuple[tuple[str, ...], float]]
+
+
+def _static(node: Node) -> list[Found] | None:
+    """The terms ``evaluate`` adds when ``node`` matches, if they are the same
+    for every paper it matches: a leaf's own, none for negations and numeric
+    filters, a conjunction's children's in order; None when some OR inside
+    adds only its matching children's."""
+    if isinstance(node, Term | Phrase):
+        return _leaf_terms(node)
+    if isinstance(node, Compare | Not):
+        return []
+    if isinstance(node, Or):
+        return None
+    out: list[Found] = []
+    for child in node.children:
+        inner = _static(child)
+        if inner is None:
+            return None
+        out.extend(inner)
+    return out
+
+
+def _options(node: Node) -> list[tuple[Check, list[Found]]] | None:
+    """An OR (nested ones flattened) of nodes with static terms (see
+    ``_static``): each child adding terms, with its compiled check, in the
+    order ``evaluate`` visits them; None for other shapes."""
+    if isinstance(node, Or):
+        out: list[tuple[Check, list[Found]]] = []
+        for child in node.children:
+            inner = _options(child)
+            if inner is None:
+                return None
+            out.extend(inner)
+        return out
+    found = _static(node)
+    if found is None:
+        return None
+    return [(_compile(node), found)] if found else []
+
+
+def _plain(entry: Found) -> bool:
+    """Whether a term scores as its words' summed weights (not a prefix, not
+    in org)."""
+    return not entry[3] and not entry[4]
+
+
+def _scorer(root: Node) -> Scorer | None:
+    """How to work out the terms and score ``score`` gives a matching paper
+    without walking ``root``: for trees whose terms are known in advance
+    (words, phrases, conjunctions with negations and filters) and ORs of
+    those; None for other shapes, left to the reference. Weights are summed
+    and ranked in the order ``score`` sums and ranks them, so the floats are
+    identical."""
+    found = _static(root)
+    if found is None:
+        words = _or_words(root)
+        if words is not None:
+            return _words_scorer(words)
+        options = _options(root)
+        if options is None:
+            return None
+        return _any_scorer(options)
+    first: dict[str, Found] = {}
+    for entry in found:
+        first.setdefault(entry[0], entry)
+    return _static_scorer(list(first.values()))
+
+
+def _static_scorer(entries: list[Found]) -> Scorer:
+    """Terms known in advance, distinct: one or two plain terms are weighed
+    and ranked directly, others by ``score``."""
+    if not entries:
+        nothing: tuple[tuple[str, ...], float] = ((), 0.0)
+        return lambda doc: nothing
+    if len(entries) == 1 and _plain(entries[0]):
+        display, exact, keys, _, _ = entries[0]
+        terms = (display,)
+        if len(keys) == 1:
+            key = keys[0]
+            return lambda doc: (terms, doc.weight(exact, key))
+        return lambda doc: (terms, sum(doc.weight(exact, k) for k in keys))
+    if len(entries) == 1 and entries[0][3] and not entries[0][4]:
+        display, _, (prefix,), _, _ = entries[0]
+        terms = (display,)
+        return lambda doc: (
+            terms,
+            max((doc.weight(True, t) for t in _prefix_tokens(doc, prefix)), default=0.0),
+        )
+    if len(entries) == 2 and all(_plain(e) and len(e[2]) == 1 for e in entries):
+        (d1, e1, (k1,), _, _), (d2, e2, (k2,), _, _) = entries
+        first_second, second_first = (d1, d2), (d2, d1)
+
+        def two(doc: Doc) -> tuple[tuple[str, ...], float]:
+            # ``score`` ranks by (-weight, display) and sums in insertion order.
+            w1 = doc.weight(e1, k1)
+            w2 = doc.weight(e2, k2)
+            if w1 > w2 or (w1 == w2 and d1 < d2):
+                return first_second, w1 + w2
+            return second_first, w1 + w2
+
+        return two
+    return lambda doc: score(doc, entries)
+
+
+def _or_words(node: Node) -> list[Term] | None:
+    """The words of an OR (nested ones flattened) of plain words in title or
+    abstract, in the order ``evaluate`` visits them; None for other shapes."""
+    if not isinstance(node, Or):
+        return None
+    out: list[Term] = []
+    for child in node.children:
+        if isinstance(child, Term) and child.field == "text" and not child.prefix:
+            out.append(child)
+            continue
+        inner = _or_words(child)
+        if inner is None:
+            return None
+        out.extend(inner)
+    return out
+
+
+def _words_scorer(words: list[Term]) -> Scorer:
+    """An OR of plain words: the first present word of each display weighed
+    in order, as ``score`` keeps them, then ranked and summed as it does."""
+    options = tuple(dict.fromkeys((w.display, w.exact, w.key) for w in words))
+
+    def any_word(doc: Doc) -> tuple[tuple[str, ...], float]:
+        stems = doc.text_stems
+        weights: dict[str, float] = {}
+        for display, exact, key in options:
+            if display not in weights and key in (doc.text_tokens if exact else stems):
+                weights[display] = doc.weight(exact, key)
+        if len(weights) == 1:
+            ((display, value),) = weights.items()
+            return (display,), value
+        ranked = sorted(weights, key=lambda d: (-weights[d], d))
+        return tuple(ranked), float(sum(weights.values()))
+
+    return any_word
+
+
+def _any_scorer(options: list[tuple[Check, list[Found]]]) -> Scorer:
+    """An OR: the terms of the children that match, in order, scored by
+    ``score`` (which keeps the first of repeated terms)."""
+
+    def any_of(doc: Doc) -> tuple[tuple[str, ...], float]:
+        found: list[Found] = []
+        for check, leaves in options:
+            if check(doc):
+                found += leaves
+        return score(doc, found)
+
+    return any_of
+
+
 class Matches(Sequence[Hit]):
     """The subscriptions matching one paper. Which ones is known at once; each
-    hit's terms and score are computed on first access by the reference
-    evaluator's own functions (so they are exactly the reference's), from the
-    statistics at that moment. Counting or filtering matches never pays
-    for them."""
+    hit's terms and score are computed on first access, from the statistics
+    at that moment: by the tree's scorer (see ``_scorer``), which weighs,
+    ranks and sums exactly as ``score`` does, else by the reference
+    evaluator's own functions. Counting or filtering matches never pays for
+    them."""
 
     __slots__ = ("_doc", "_engine", "_hits", "uids")
 
@@ -469,19 +627,19 @@ class Matches(Sequence[Hit]):
         return [q for uid in self.uids for q in keys[uid]]
 
     def hits(self) -> list[Hit]:
-        """Each match with its terms and score; a single word in title or
-        abstract scores as ``score`` would, without walking its tree."""
+        """Each match with its terms and score; the shapes ``_scorer`` knows
+        (most) are scored as ``score`` would, without walking their trees."""
         if self._hits is None:
-            doc, nodes, keys = self._doc, self._engine.nodes, self._engine.keys
+            doc, engine = self._doc, self._engine
+            scorers, keys = engine.scorers, engine.keys
             out: list[Hit] = []
             for uid in self.uids:
-                node = nodes[uid]
-                if isinstance(node, Term) and node.field == "text" and not node.prefix:
-                    terms: tuple[str, ...] = (node.display,)
-                    value = doc.weight(node.exact, node.key)
+                scorer = scorers[uid]
+                if scorer is not None:
+                    terms, value = scorer(doc)
                 else:
                     found: list[Found] = []
-                    evaluate(node, doc, found)
+                    evaluate(engine.nodes[uid], doc, found)
                     terms, value = score(doc, found)
                 for q in keys[uid]:
                     out.append(Hit(q, terms, value))
@@ -521,6 +679,9 @@ class Engine:
         self.counts: list[int] = []
         self.checks: dict[int, Check] = {}
         self.nodes: list[Node] = []
+        # How each tree's terms and score are worked out without walking it
+        # (None: by the reference evaluator).
+        self.scorers: list[Scorer | None] = []
         self.index: dict[str, dict[str, _Postings]] = {"prefix": {}}
         self.always: list[int] = []
         for key, query in queries.items():
@@ -528,6 +689,7 @@ class Engine:
             if uid is None:
                 uid = unique[query.root] = len(self.nodes)
                 self.nodes.append(query.root)
+                self.scorers.append(_scorer(query.root))
                 self.keys.append([])
                 self.counts.append(0)
                 self._index(uid, query.root)

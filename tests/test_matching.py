@@ -284,8 +284,18 @@ queries = st.recursive(
 
 
 def _by_query(hits: list[Hit]) -> dict[Hashable, tuple[tuple[str, ...], float]]:
-    return {h.query: (h.terms, round(h.score, 9)) for h in hits}
+    # Exact floats: the engine must sum and rank as ``score`` does.
+    return {h.query: (h.terms, h.score) for h in hits}
 
+
+# Conjunctions of leaves in any field (phrases, prefixes, filters too) and of
+# negated queries, whose terms the engine knows in advance; and ORs of them.
+conjunctions = st.lists(
+    _leaf() | _leaf().map(lambda q: f"-{q}") | queries.map(lambda q: f"NOT {q}"),
+    min_size=1,
+    max_size=4,
+).map(" ".join)
+mixed_ors = st.lists(conjunctions.map(lambda q: f"({q})"), min_size=2, max_size=3).map(" OR ".join)
 
 # The engine's flat paths: conjunctions of words, some exact or negated (nested
 # too), and ORs of words and prefixes.
@@ -306,7 +316,7 @@ flat_queries = st.one_of(
 
 @settings(max_examples=500, deadline=None)
 @given(
-    st.lists(_leaf() | queries | flat_queries, min_size=1, max_size=16),
+    st.lists(_leaf() | queries | flat_queries | conjunctions | mixed_ors, min_size=1, max_size=16),
     st.lists(papers, min_size=1, max_size=5),
     st.booleans(),
 )
