@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
-from typing import NamedTuple, cast, overload
+from typing import NamedTuple, TypeVar, cast, overload
 
 from mailer.analysis import Doc, FieldText, Stats, stem, tokenize
 from mailer.papers import Paper
@@ -338,6 +338,21 @@ def _flat(node: Node) -> tuple[list[tuple[str, str]], list[tuple[str, str]]] | N
     return (need, forbid) if need else None
 
 
+T = TypeVar("T")
+
+
+def _joined(children: Iterable[Node], part: Callable[[Node], list[T] | None]) -> list[T] | None:
+    """Each child's ``part`` in order, concatenated; None as soon as one has
+    none (the shape-recognising helpers below all flatten this way)."""
+    out: list[T] = []
+    for child in children:
+        inner = part(child)
+        if inner is None:
+            return None
+        out.extend(inner)
+    return out
+
+
 def _alternatives(node: Node) -> list[Key] | None:
     """The keys of an OR of nodes each matching exactly when the paper holds
     one key (see ``_one``), or None for other shapes."""
@@ -346,13 +361,7 @@ def _alternatives(node: Node) -> list[Key] | None:
         return [leaf]
     if not isinstance(node, Or):
         return None
-    keys: list[Key] = []
-    for child in node.children:
-        inner = _alternatives(child)
-        if inner is None:
-            return None
-        keys.extend(inner)
-    return keys
+    return _joined(node.children, _alternatives)
 
 
 def _space(node: Term | Phrase) -> str:
@@ -463,13 +472,7 @@ def _static(node: Node) -> list[Found] | None:
         return []
     if isinstance(node, Or):
         return None
-    out: list[Found] = []
-    for child in node.children:
-        inner = _static(child)
-        if inner is None:
-            return None
-        out.extend(inner)
-    return out
+    return _joined(node.children, _static)
 
 
 def _options(node: Node) -> list[tuple[Check, list[Found]]] | None:
@@ -477,13 +480,7 @@ def _options(node: Node) -> list[tuple[Check, list[Found]]] | None:
     ``_static``): each child adding terms, with its compiled check, in the
     order ``evaluate`` visits them; None for other shapes."""
     if isinstance(node, Or):
-        out: list[tuple[Check, list[Found]]] = []
-        for child in node.children:
-            inner = _options(child)
-            if inner is None:
-                return None
-            out.extend(inner)
-        return out
+        return _joined(node.children, _options)
     found = _static(node)
     if found is None:
         return None
@@ -559,16 +556,13 @@ def _or_words(node: Node) -> list[Term] | None:
     abstract, in the order ``evaluate`` visits them; None for other shapes."""
     if not isinstance(node, Or):
         return None
-    out: list[Term] = []
-    for child in node.children:
+
+    def word(child: Node) -> list[Term] | None:
         if isinstance(child, Term) and child.field == "text" and not child.prefix:
-            out.append(child)
-            continue
-        inner = _or_words(child)
-        if inner is None:
-            return None
-        out.extend(inner)
-    return out
+            return [child]
+        return _or_words(child)
+
+    return _joined(node.children, word)
 
 
 def _words_scorer(words: list[Term]) -> Scorer:

@@ -26,7 +26,7 @@ from mailer.matching import Query, highlight_spans, match_paper
 from mailer.papers import Paper
 from mailer.pipeline import Pipeline
 from mailer.schedule import Schedule
-from mailer.store import LAST_PASS, Store, SubscriberState
+from mailer.store import LAST_PASS, Store, SubscriberState, utc
 
 log = logging.getLogger("mailer")
 
@@ -200,9 +200,7 @@ def next_due(
 
 
 def _aware(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
+    return None if value is None else utc(value)
 
 
 def status_report(

@@ -420,8 +420,7 @@ class Store:
                 row = self._subscriber_by_email(s, email)
                 if row is None or row.unsubscribed_at is None:
                     continue
-                at = row.unsubscribed_at
-                if (at if at.tzinfo else at.replace(tzinfo=UTC)) < when:
+                if utc(row.unsubscribed_at) < when:
                     row.unsubscribed_at = None
                     lifted.append(row.email)
         return lifted
@@ -450,16 +449,7 @@ class Store:
         count = 0
         with self.session() as s:
             for subscriber_id, paper_id, subs, terms, scores in matches:
-                s.add(
-                    MatchRow(
-                        subscriber_id=subscriber_id,
-                        paper_id=paper_id,
-                        subscriptions=list(subs),
-                        terms=list(terms),
-                        scores=list(scores),
-                        created_at=now,
-                    )
-                )
+                s.add(_match_row(subscriber_id, paper_id, subs, terms, scores, now))
                 count += 1
             for start in range(0, len(paper_ids), 1000):
                 chunk = paper_ids[start : start + 1000]
@@ -820,16 +810,7 @@ class Store:
             for paper_id, subs, terms, scores in matches:
                 if paper_id in have:
                     continue
-                s.add(
-                    MatchRow(
-                        subscriber_id=subscriber_id,
-                        paper_id=paper_id,
-                        subscriptions=list(subs),
-                        terms=list(terms),
-                        scores=list(scores),
-                        created_at=now,
-                    )
-                )
+                s.add(_match_row(subscriber_id, paper_id, subs, terms, scores, now))
                 have.add(paper_id)
                 count += 1
             return count
@@ -908,6 +889,30 @@ _REFRESH = (
         published=bindparam("b_published"),
     )
 )
+
+
+def _match_row(
+    subscriber_id: int,
+    paper_id: int,
+    subs: Sequence[str],
+    terms: Sequence[str],
+    scores: Sequence[float],
+    now: datetime,
+) -> MatchRow:
+    return MatchRow(
+        subscriber_id=subscriber_id,
+        paper_id=paper_id,
+        subscriptions=list(subs),
+        terms=list(terms),
+        scores=list(scores),
+        created_at=now,
+    )
+
+
+def utc(value: datetime) -> datetime:
+    """Times come back naive from SQLite and PostgreSQL timestamp columns;
+    they were stored as UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def _paper_values(key: str, paper: Paper, now: datetime, dump_id: int) -> dict[str, Any]:
