@@ -29,6 +29,9 @@ _ASCII_SEPARATORS = str.maketrans({chr(i): " " for i in range(128) if not chr(i)
 _STEMMER = Stemmer.Stemmer("english")
 _STEMS: dict[str, str] = {}
 _STEMS_GET = _STEMS.get
+#: Words whose stems are remembered; past this the cache starts again, so a
+#: long-running daemon's memory does not grow with every word it has read.
+STEM_CACHE_SIZE = 200_000
 
 #: BM25 parameters; a title hit counts ``TITLE_WEIGHT`` abstract hits.
 K1 = 1.2
@@ -66,9 +69,11 @@ def tokenize(text: str) -> list[tuple[str, int, int]]:
 
 
 def stem(word: str) -> str:
-    """Snowball English stem of a folded word, cached for the process."""
+    """Snowball English stem of a folded word, cached (up to STEM_CACHE_SIZE words)."""
     found = _STEMS.get(word)
     if found is None:
+        if len(_STEMS) >= STEM_CACHE_SIZE:
+            _STEMS.clear()
         found = _STEMS[word] = _STEMMER.stemWord(word)
     return found
 
@@ -166,6 +171,15 @@ class Stats:
         self.df.update(doc.text_stems)
         self.title_length += len(doc.title.tokens)
         self.abstract_length += len(doc.abstract.tokens)
+
+    def observe_paper(self, paper: Paper) -> None:
+        """Count a paper as ``observe(Doc(paper))`` does, without building the
+        rest of a Doc: this runs for every new paper at ingest."""
+        title, abstract = tokens(paper.title), tokens(paper.abstract)
+        self.papers += 1
+        self.df.update(stem_set(set(title) | set(abstract)))
+        self.title_length += len(title)
+        self.abstract_length += len(abstract)
 
     def idf(self, stem: str) -> float:
         n = max(self.papers, 1)

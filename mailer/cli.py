@@ -12,10 +12,10 @@ import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -31,12 +31,12 @@ from mailer import __version__, editing
 from mailer.config import DEFAULT_CONFIG, Config, load_config
 from mailer.daemon import Daemon
 from mailer.delivery import make_transport
-from mailer.digests import Matched, build_digest
+from mailer.digests import Ranking, Recipient
 from mailer.dumps import paper_json, read_dump
 from mailer.editing import apply_edit
 from mailer.errors import ConfigError, DeliveryError, MailerError, QueryError
 from mailer.lock import database_lock
-from mailer.matching import Query, match_paper, parse_query
+from mailer.matching import Stats, parse_query
 from mailer.ops import (
     EMBEDDED,
     JsonFormatter,
@@ -49,18 +49,20 @@ from mailer.ops import (
     status_report,
     try_query,
 )
-from mailer.outbox import MANAGE_HINT, display_status, init_worker
+from mailer.outbox import build_message, compose_digest, display_status, init_worker
 from mailer.papers import Paper
 from mailer.pipeline import (
     PassReport,
     Pipeline,
-    digest_for_test,
-    recipient,
+    digest_order,
+    match_rows,
+    subscription_engine,
     sync_subscribers,
+    unsubscribe_url,
     utc_now,
 )
-from mailer.render import Renderer
-from mailer.store import DeliveryRow, Store, hide_password
+from mailer.render import Renderer, message_part
+from mailer.store import DeliveryRow, DeliveryStatus, PendingMatch, Store, hide_password
 
 app = typer.Typer(
     name="mailer",
@@ -215,23 +217,36 @@ def send_test(
     if not config.subscribers:
         raise ConfigError("no [[subscribers]] are configured", hint="add one to the config file")
     sub = config.subscriber(subscriber) if subscriber else config.subscribers[0]
-    store = _open(config)
+    now = utc_now()
+    since = now - timedelta(days=days)
+    store = _open_existing(config)
     try:
-        now = utc_now()
-        since = now - timedelta(days=days)
-        papers = store.papers_since(since)
-        digest = digest_for_test(config, sub, papers, since)
-        pipeline = Pipeline(config, store, lambda: make_transport(config))
+        papers = store.papers_since(since) if store else []
+        stats = store.stats() if store else Stats()
     finally:
-        store.close()
-    digest = type(digest)(
-        recipient=type(digest.recipient)(to, sub.name, digest.recipient.subscriptions),
-        sections=digest.sections,
-        since=digest.since,
-        more=digest.more,
-        test=True,
+        if store:
+            store.close()
+    by_id = dict(papers)
+    pending = [
+        PendingMatch(
+            m.paper_id, by_id[m.paper_id], m.subscriptions, m.subscription_terms, m.scores, since
+        )
+        for m in match_rows(subscription_engine(sub, stats), papers, {sub.email: 0})
+    ]
+    order = replace(
+        digest_order(config, sub, 0, since),
+        recipient=Recipient(to, sub.name, tuple(q.name for q in sub.subscriptions)),
+        unsubscribe_url=unsubscribe_url(config, to),
     )
-    message_id, data, subject = pipeline.message_bytes(digest, now)
+    digest = compose_digest(order, pending, Ranking(stats), test=True)
+    message_id, data, subject = build_message(
+        Renderer(config.render.templates, paper_url=config.render.paper_url),
+        digest,
+        now,
+        sender=config.smtp.sender,
+        sender_address=config.smtp.sender_address,
+        unsubscribe_url=order.unsubscribe_url,
+    )
 
     async def send() -> str:
         async with make_transport(config) as transport:
@@ -279,7 +294,7 @@ def _subscriber_store(ctx: typer.Context) -> tuple[Config, Store]:
     config = _state(ctx).config()
     store = _open(config)
     try:
-        Pipeline(config, store, lambda: make_transport(config))
+        sync_subscribers(store, config, utc_now())
     except BaseException:
         store.close()
         raise
@@ -397,7 +412,7 @@ def outbox_list(
         out.print("the outbox is empty")
         return
     for r in rows:
-        when = r["sent_at"] if r["status"] == "sent" else r["next_attempt_at"]
+        when = r["sent_at"] if r["status"] == DeliveryStatus.SENT else r["next_attempt_at"]
         out.print(
             f"{r['id']:>6} {r['status']:<8} attempts={r['attempts']} {when or '-'} "
             f"{escape(str(r['recipient']))} {escape(str(r['message_id']))}",
@@ -459,7 +474,7 @@ def compose_pool(config: Config) -> Iterator[Executor]:
         max_workers=os.cpu_count() or 1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_worker,
-        initargs=(config.render.templates, config.render.paper_url, config.database.url),
+        initargs=(config.database.url,),
     )
     try:
         yield pool
@@ -522,28 +537,18 @@ def _backfill(config: Config, email: str, days: int) -> None:
     """Record matches for papers the regular pass has already matched, for this
     subscriber only; papers not yet matched reach them through the regular pass."""
     sub = config.subscriber(email)
-    queries: dict[Hashable, Query] = {
-        q.name: parse_query(q.query, stemming=q.stemming) for q in sub.subscriptions
-    }
-    if not queries:
+    if not sub.subscriptions:
         out.print(f"nothing to backfill: {escape(sub.email)} has no subscriptions yet")
         return
     store = _open(config)
     try:
         now = utc_now()
         subscriber_id = sync_subscribers(store, config, now)[sub.email]
-        rows = []
-        for paper_id, paper in store.backfill_candidates(subscriber_id, now - timedelta(days=days)):
-            hits = match_paper(paper, queries)
-            if hits:
-                rows.append(
-                    (
-                        paper_id,
-                        [str(h.query) for h in hits],
-                        sorted({t for h in hits for t in h.terms}),
-                        [h.score for h in hits],
-                    )
-                )
+        rows = match_rows(
+            subscription_engine(sub, store.stats()),
+            store.backfill_candidates(subscriber_id, now - timedelta(days=days)),
+            {sub.email: subscriber_id},
+        )
         added = store.add_matches(subscriber_id, rows, now)
     finally:
         store.close()
@@ -740,7 +745,7 @@ def subs_try(
     store = _open_existing(config)
     try:
         start = utc_now() - timedelta(days=since) if since else datetime.min.replace(tzinfo=UTC)
-        papers = store.papers_since(start) if store else []
+        papers = [p for _, p in store.papers_since(start)] if store else []
     finally:
         if store:
             store.close()
@@ -803,6 +808,7 @@ def preview(
         states = store.subscriber_states() if store else {}
         state = states.get(sub.email.lower())
         pending = store.pending_matches(state.id) if store and state else []
+        stats = store.stats() if store and pending else Stats()
     finally:
         if store:
             store.close()
@@ -813,24 +819,25 @@ def preview(
         )
         return
     assert state is not None
-    matched = [Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in pending]
-    digest = build_digest(
-        recipient(sub),
-        matched,
-        since=state.last_digest_at,
-        max_papers=sub.max_papers or config.render.max_papers,
+    order = digest_order(config, sub, state.id, state.last_digest_at)
+    digest = compose_digest(order, pending, Ranking(stats))
+    _, message, subject = build_message(
+        Renderer(config.render.templates, paper_url=config.render.paper_url),
+        digest,
+        utc_now(),
+        sender=config.smtp.sender,
+        sender_address=config.smtp.sender_address,
+        unsubscribe_url=order.unsubscribe_url,
     )
-    renderer = Renderer(config.render.templates, paper_url=config.render.paper_url)
-    rendered = renderer.render(digest, unsubscribe_url=None, manage_hint=MANAGE_HINT)
     kind = fmt or (
         PreviewFormat.html
         if out_file and out_file.suffix.lower() in (".html", ".htm")
         else PreviewFormat.text
     )
-    body = rendered.html if kind is PreviewFormat.html else rendered.text
+    body = message_part(message, "html" if kind is PreviewFormat.html else "plain")
     _, when = next_due(sub, state, utc_now())
     err.print(
-        f"Subject: {escape(rendered.subject)}\n{digest.count} papers for {escape(sub.email)}; "
+        f"Subject: {escape(subject)}\n{digest.count} papers for {escape(sub.email)}; "
         f"next due: {escape(when)}",
         soft_wrap=True,
     )

@@ -63,6 +63,8 @@ class Daemon:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         stop = stop or asyncio.Event()
+        # Subscribers known before the first pass, so their links work at once.
+        await asyncio.to_thread(self.pipeline.sync)
         # The unsubscribe endpoint, when [web] listen is set; it stops with the scheduler.
         web = await start_web(
             self.pipeline.config.web.listen,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from datetime import date, datetime
 from functools import lru_cache
 
-from mailer.matching import highlight_spans
+from mailer.matching import Doc, Stats, highlight_spans, rescore
 from mailer.papers import Paper
 
 Span = tuple[int, int]
@@ -19,6 +19,8 @@ Span = tuple[int, int]
 # paper matched by the same terms recurs in many digests of one pass, and
 # finding spans (tokenising and stemming) is most of building a digest.
 MARKS_CACHE = 8192
+# Analysed papers a Ranking keeps, for the same reason.
+DOCS_CACHE = 4096
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +90,41 @@ class Digest:
     @property
     def entries(self) -> list[Entry]:
         return [e for s in self.sections for e in s.entries]
+
+
+class Ranking:
+    """Scores recorded matches against one set of corpus statistics (the
+    store's, when the digest is composed), so every paper in a digest is on
+    the same scale however long ago, in which order or by which path
+    (pass, backfill, test) it matched."""
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self._docs: dict[Paper, Doc] = {}
+
+    def _doc(self, paper: Paper) -> Doc:
+        doc = self._docs.get(paper)
+        if doc is None:
+            if len(self._docs) >= DOCS_CACHE:
+                self._docs.clear()
+            doc = self._docs[paper] = Doc(paper, self.stats)
+        return doc
+
+    def matched(
+        self,
+        paper: Paper,
+        subscriptions: Sequence[str],
+        subscription_terms: Sequence[Sequence[str]],
+    ) -> Matched:
+        """A paper with the terms each subscription matched: each one scored,
+        and all its terms heaviest first."""
+        doc = self._doc(paper)
+        scored = [rescore(doc, terms) for terms in subscription_terms]
+        if len(scored) == 1:
+            terms = scored[0][0]
+        else:
+            terms = rescore(doc, dict.fromkeys(t for ts, _ in scored for t in ts))[0]
+        return Matched(paper, tuple(subscriptions), terms, tuple(v for _, v in scored))
 
 
 def _order(m: Matched) -> tuple[float, int, date]:

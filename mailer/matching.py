@@ -150,6 +150,27 @@ def score(doc: Doc, found: Iterable[Found]) -> tuple[tuple[str, ...], float]:
     return tuple(ranked), float(sum(weights.values()))
 
 
+def found_of(display: str) -> Found:
+    """The term behind a matched term's display string, which says all that
+    scoring needs (``org:``, ``=exact``, ``prefix*``, words of a phrase)."""
+    org = display.startswith("org:")
+    body = display[4:] if org else display
+    exact = body.startswith("=")
+    body = body[1:] if exact else body
+    if body.endswith("*"):
+        return (display, exact, (body[:-1],), True, org)
+    words = tuple(body.split(" "))
+    return (display, exact, words if exact else tuple(stem(w) for w in words), False, org)
+
+
+def rescore(doc: Doc, terms: Iterable[str]) -> tuple[tuple[str, ...], float]:
+    """Matched terms (display strings) weighed again against ``doc``'s
+    statistics: heaviest first, and their summed BM25F, exactly as ``score``
+    gave them when the paper matched. Digests rank with this at compose time,
+    so every paper in one digest is scored against the same statistics."""
+    return score(doc, map(found_of, terms))
+
+
 # --- the reference: every query's tree against every paper -------------------
 
 

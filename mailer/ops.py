@@ -26,7 +26,7 @@ from mailer.matching import Query, highlight_spans, match_paper
 from mailer.papers import Paper
 from mailer.pipeline import Pipeline
 from mailer.schedule import Schedule
-from mailer.store import LAST_PASS, Store, SubscriberState, utc
+from mailer.store import LAST_PASS, DeliveryStatus, DumpStatus, Store, SubscriberState, utc
 
 log = logging.getLogger("mailer")
 
@@ -239,9 +239,9 @@ def status_report(
         "database": store.safe_url if store else None,
         "dumps": {
             "seen": sum(dumps.values()),
-            "ingested": dumps.get("ingested", 0) + dumps.get("empty", 0),
-            "empty": dumps.get("empty", 0),
-            "refused": dumps.get("refused", 0),
+            "ingested": dumps.get(DumpStatus.INGESTED, 0) + dumps.get(DumpStatus.EMPTY, 0),
+            "empty": dumps.get(DumpStatus.EMPTY, 0),
+            "refused": dumps.get(DumpStatus.REFUSED, 0),
             "refusals": [
                 {
                     "path": d.path,
@@ -258,7 +258,10 @@ def status_report(
             "removed": sum(1 for k, s in states.items() if k not in configured and not s.active),
         },
         "matches_waiting": sum(s.pending for k, s in states.items() if k in configured),
-        "outbox": {k: outbox.get(k, 0) for k in ("pending", "sent", "failed")},
+        "outbox": {
+            str(k): outbox.get(k, 0)
+            for k in (DeliveryStatus.PENDING, DeliveryStatus.SENT, DeliveryStatus.FAILED)
+        },
         "last_pass": (
             {"at": _iso(last.updated_at), "summary": last.value} if last is not None else None
         ),

@@ -2,9 +2,9 @@
 
 Pure helpers and small async tools used by the pipeline: when a deferred
 message is tried again, how fast messages leave, and how due digests become
-messages in the outbox (also in worker processes, which build their own
-Renderer and store connection once, so the stylesheet is inlined once per
-worker, not per message).
+messages in the outbox (also in worker processes, which open their store
+once and build their Renderer once per configuration, so the stylesheet is
+inlined once per worker and reload, not per message).
 """
 
 from __future__ import annotations
@@ -12,16 +12,16 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email.utils import make_msgid
 from pathlib import Path
 from urllib.parse import quote
 
-from mailer.digests import Digest, Matched, Recipient, build_digest
+from mailer.digests import Digest, Ranking, Recipient, build_digest
 from mailer.render import Renderer, compose_bytes
-from mailer.store import Outgoing, Store
+from mailer.store import DeliveryStatus, Outgoing, PendingMatch, Store
 
 MANAGE_HINT = (
     "Reply to this message, or ask the operator of this digest to change your subscriptions."
@@ -41,7 +41,7 @@ def backoff_seconds(
 
 def display_status(status: str, attempts: int) -> str:
     """What an operator calls a message: queued, deferred, sent or failed."""
-    if status == "pending":
+    if status == DeliveryStatus.PENDING:
         return "deferred" if attempts else "queued"
     return status
 
@@ -98,33 +98,6 @@ def build_message(
 
 
 @dataclass(frozen=True, slots=True)
-class RenderJob:
-    """Everything needed to turn one subscriber's matches into message bytes."""
-
-    recipient: Recipient
-    matched: tuple[Matched, ...]
-    since: datetime | None
-    max_papers: int
-    now: datetime
-    sender: str
-    sender_address: str
-    unsubscribe_url: str | None = None
-
-    def run(self, renderer: Renderer) -> tuple[str, bytes, str]:
-        digest = build_digest(
-            self.recipient, self.matched, since=self.since, max_papers=self.max_papers
-        )
-        return build_message(
-            renderer,
-            digest,
-            self.now,
-            sender=self.sender,
-            sender_address=self.sender_address,
-            unsubscribe_url=self.unsubscribe_url,
-        )
-
-
-@dataclass(frozen=True, slots=True)
 class DigestOrder:
     """One due subscriber's digest, before its matches are read."""
 
@@ -159,22 +132,21 @@ class ComposeChunk:
 
     def run(self, store: Store, renderer: Renderer) -> list[Queued]:
         pending = store.pending_matches_for([o.subscriber_id for o in self.orders])
+        ranking = Ranking(store.stats())
         messages: list[Outgoing] = []
         for order in self.orders:
             matches = pending.get(order.subscriber_id, [])
             if not matches:
                 continue
-            job = RenderJob(
-                order.recipient,
-                tuple(Matched(m.paper, m.subscriptions, m.terms, m.scores) for m in matches),
-                order.since,
-                order.max_papers,
+            digest = compose_digest(order, matches, ranking)
+            message_id, data, subject = build_message(
+                renderer,
+                digest,
                 self.now,
-                self.sender,
-                self.sender_address,
-                order.unsubscribe_url,
+                sender=self.sender,
+                sender_address=self.sender_address,
+                unsubscribe_url=order.unsubscribe_url,
             )
-            message_id, data, subject = job.run(renderer)
             messages.append(
                 Outgoing(
                     order.subscriber_id,
@@ -190,17 +162,49 @@ class ComposeChunk:
         return [Queued(m.recipient, len(m.match_ids), m.message_id) for m in messages]
 
 
-_worker: tuple[Store, Renderer] | None = None
+def compose_digest(
+    order: DigestOrder, matches: Sequence[PendingMatch], ranking: Ranking, *, test: bool = False
+) -> Digest:
+    """Matches -> Digest: the one path for the outbox, ``preview`` and
+    ``send-test``, so each shows what the others would."""
+    return build_digest(
+        order.recipient,
+        [ranking.matched(m.paper, m.subscriptions, m.subscription_terms) for m in matches],
+        since=order.since,
+        max_papers=order.max_papers,
+        test=test,
+    )
 
 
-def init_worker(templates: Path | None, paper_url: str, database_url: str) -> None:
-    """Process-pool initializer: load and inline the templates and open the
-    store once per worker."""
-    global _worker
-    _worker = (Store(database_url), Renderer(templates, paper_url=paper_url))
+@dataclass(frozen=True, slots=True)
+class RenderSettings:
+    """What a Renderer is built from. ``generation`` counts configuration
+    loads, so a worker builds a new Renderer after every reload (templates
+    edited on disk included) and never renders with an old one."""
+
+    templates: Path | None
+    paper_url: str
+    generation: int = 0
+
+    def renderer(self) -> Renderer:
+        return Renderer(self.templates, paper_url=self.paper_url)
 
 
-def compose_chunk(chunk: ComposeChunk) -> list[Queued]:
-    """Run in a worker: a chunk of due digests into the outbox."""
-    assert _worker is not None, "init_worker was not run in this process"
-    return chunk.run(*_worker)
+_store: Store | None = None
+_renderer: tuple[RenderSettings, Renderer] | None = None
+
+
+def init_worker(database_url: str) -> None:
+    """Process-pool initializer: open the store once per worker."""
+    global _store
+    _store = Store(database_url)
+
+
+def compose_chunk(chunk: ComposeChunk, settings: RenderSettings) -> list[Queued]:
+    """Run in a worker: a chunk of due digests into the outbox, rendered with
+    the Renderer of ``settings`` (built once per worker and configuration)."""
+    global _renderer
+    assert _store is not None, "init_worker was not run in this process"
+    if _renderer is None or _renderer[0] != settings:
+        _renderer = (settings, settings.renderer())
+    return chunk.run(_store, _renderer[1])

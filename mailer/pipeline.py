@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -23,24 +23,23 @@ from zoneinfo import ZoneInfo
 
 from mailer.config import Config, SubscriberConfig
 from mailer.delivery import Transport, TransportUnavailableError
-from mailer.digests import Digest, Matched, Recipient, build_digest
+from mailer.digests import Recipient
 from mailer.dumps import parse_dump
 from mailer.errors import DeliveryError, DumpError
-from mailer.matching import Doc, Engine, Query, Stats, parse_query
+from mailer.matching import Doc, Engine, Hit, Query, Stats, parse_query, rescore
 from mailer.outbox import (
     ComposeChunk,
     DigestOrder,
     Queued,
     RateLimiter,
+    RenderSettings,
     backoff_seconds,
-    build_message,
     compose_chunk,
 )
 from mailer.papers import Paper
-from mailer.render import Renderer
 from mailer.schedule import Schedule
-from mailer.store import DeliveryRow, Store
-from mailer.web import unsubscribe_url
+from mailer.store import DeliveryRow, NewMatch, Store
+from mailer.web import unsubscribe_url as signed_unsubscribe_url
 
 log = logging.getLogger("mailer")
 
@@ -152,10 +151,72 @@ def compile_queries(config: Config) -> dict[str, dict[str, Query]]:
     }
 
 
-def build_engine(queries: dict[str, dict[str, Query]], stats: Stats) -> Engine:
+def build_engine(queries: Mapping[str, Mapping[str, Query]], stats: Stats) -> Engine:
     """One engine for every subscription, keyed by (email, subscription name)."""
     return Engine(
         {(email, name): q for email, subs in queries.items() for name, q in subs.items()}, stats
+    )
+
+
+def match_rows(
+    engine: Engine, papers: Iterable[tuple[int, Paper]], subscriber_ids: Mapping[str, int]
+) -> list[NewMatch]:
+    """Papers -> match rows, scored against ``engine.stats``: the one way a
+    paper becomes a match, for the pass, backfill and ``send-test``. Hits of
+    subscribers not in ``subscriber_ids`` (unsubscribed, removed) are dropped."""
+    rows: list[NewMatch] = []
+    for paper_id, paper in papers:
+        doc = Doc(paper, engine.stats)
+        by_subscriber: dict[int, list[Hit]] = {}
+        for hit in engine.match(doc):
+            email, name = cast(tuple[str, str], hit.query)
+            subscriber_id = subscriber_ids.get(email)
+            if subscriber_id is not None:
+                by_subscriber.setdefault(subscriber_id, []).append(hit._replace(query=name))
+        for subscriber_id, hits in by_subscriber.items():
+            if len(hits) == 1:
+                terms = hits[0].terms
+            else:
+                terms = rescore(doc, dict.fromkeys(t for h in hits for t in h.terms))[0]
+            rows.append(
+                NewMatch(
+                    subscriber_id,
+                    paper_id,
+                    tuple(cast(str, h.query) for h in hits),
+                    tuple(h.terms for h in hits),
+                    tuple(h.score for h in hits),
+                    terms,
+                )
+            )
+    return rows
+
+
+def subscription_engine(sub: SubscriberConfig, stats: Stats) -> Engine:
+    """An engine of one subscriber's subscriptions alone (backfill, tests)."""
+    return build_engine(
+        {sub.email: {q.name: parse_query(q.query, stemming=q.stemming) for q in sub.subscriptions}},
+        stats,
+    )
+
+
+def unsubscribe_url(config: Config, email: str) -> str | None:
+    """The signed one-click link for ``email``, when ``[web] base_url`` is set."""
+    web = config.web
+    if not web.base_url:
+        return None
+    return signed_unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
+
+
+def digest_order(
+    config: Config, sub: SubscriberConfig, subscriber_id: int, since: datetime | None
+) -> DigestOrder:
+    """What composing ``sub``'s digest needs besides the matches."""
+    return DigestOrder(
+        subscriber_id,
+        recipient(sub),
+        since,
+        sub.max_papers or config.render.max_papers,
+        unsubscribe_url(config, sub.email),
     )
 
 
@@ -176,6 +237,9 @@ def sync_subscribers(store: Store, config: Config, now: datetime) -> dict[str, i
 
 
 class Pipeline:
+    """One pass, stage by stage; building one touches nothing: the configured
+    subscribers are written to the store at the start of the next pass."""
+
     def __init__(
         self,
         config: Config,
@@ -200,22 +264,35 @@ class Pipeline:
         self.stopping = False
         # Called after each dump of a pass as (done, total, path), to show progress.
         self.on_dump: Callable[[int, int, Path], None] | None = None
-        self.stats = Stats()
+        self.generation = 0
         self.configure(config)
 
     def configure(self, config: Config) -> None:
-        """Adopt a (re)loaded configuration."""
+        """Adopt a (re)loaded configuration: the in-process renderer now, the
+        workers' with their next chunk (see RenderSettings), the store's
+        subscribers at the start of the next pass."""
         self.config = config
         self.limiter = RateLimiter(config.smtp.rate_per_minute)
         self.queries = compile_queries(config)
-        self.engine = build_engine(self.queries, self.stats)
-        self.renderer = Renderer(config.render.templates, paper_url=config.render.paper_url)
+        self.engine = build_engine(self.queries, Stats())
+        self.generation += 1
+        self.render_settings = RenderSettings(
+            config.render.templates, config.render.paper_url, self.generation
+        )
+        self.renderer = self.render_settings.renderer()
         self.scanner.directory = config.watch.dir
         self.scanner.settle = config.watch.settle_seconds
-        self.subscriber_ids = sync_subscribers(self.store, config, self.clock())
+        self._synced: Config | None = None
+
+    def sync(self) -> None:
+        """Write the configured subscribers to the store, once per configuration."""
+        if self._synced is not self.config:
+            sync_subscribers(self.store, self.config, self.clock())
+            self._synced = self.config
 
     async def run_pass(self) -> PassReport:
         report = PassReport()
+        await asyncio.to_thread(self.sync)
         await asyncio.to_thread(self.ingest, report)
         await asyncio.to_thread(self.match, report)
         await self.compose_and_deliver(report)
@@ -287,30 +364,14 @@ class Pipeline:
     # --- papers -> matches ---------------------------------------------------
 
     def match(self, report: PassReport) -> None:
+        """Match the papers not yet matched against the statistics of all
+        stored papers (this pass's included), record them with their matches."""
         active = self.store.active_subscriber_ids()
         while batch := self.store.unmatched_papers():
-            rows = []
-            for paper_id, paper in batch:
-                doc = Doc(paper, self.stats)
-                self.stats.observe(doc)
-                by_subscriber: dict[int, list[tuple[str, tuple[str, ...], float]]] = {}
-                for hit in self.engine.match(doc):
-                    email, name = cast(tuple[str, str], hit.query)
-                    subscriber_id = active.get(email)
-                    if subscriber_id is None:
-                        continue
-                    by_subscriber.setdefault(subscriber_id, []).append((name, hit.terms, hit.score))
-                for subscriber_id, hits in by_subscriber.items():
-                    terms = sorted({t for _, ts, _ in hits for t in ts})
-                    rows.append(
-                        (
-                            subscriber_id,
-                            paper_id,
-                            [n for n, _, _ in hits],
-                            terms,
-                            [s for _, _, s in hits],
-                        )
-                    )
+            stats = self.store.stats()
+            if stats is not self.engine.stats:
+                self.engine.stats = stats
+            rows = match_rows(self.engine, batch, active)
             report.matches += self.store.record_matches(
                 [pid for pid, _ in batch], rows, self.clock()
             )
@@ -344,13 +405,7 @@ class Pipeline:
                 break
             chunk = ComposeChunk(
                 tuple(
-                    DigestOrder(
-                        subscriber_id,
-                        recipient(sub),
-                        last,
-                        sub.max_papers or self.config.render.max_papers,
-                        self.unsubscribe_url(sub.email),
-                    )
+                    digest_order(self.config, sub, subscriber_id, last)
                     for sub, subscriber_id, last in due[start : start + COMPOSE_CHUNK]
                 ),
                 now,
@@ -360,7 +415,7 @@ class Pipeline:
             if pool is None:
                 self._queued(chunk.run(self.store, self.renderer), report)
                 continue
-            in_flight.append(pool.submit(compose_chunk, chunk))
+            in_flight.append(pool.submit(compose_chunk, chunk, self.render_settings))
             while len(in_flight) > POOL_DEPTH:
                 self._queued(in_flight.popleft().result(), report)
         for future in in_flight:
@@ -377,28 +432,7 @@ class Pipeline:
                 q.message_id,
             )
 
-    def message_bytes(
-        self, digest: Digest, now: datetime, unsubscribe_url: str | None = None
-    ) -> tuple[str, bytes, str]:
-        """(Message-ID, bytes, subject); the Message-ID is made once, here."""
-        smtp = self.config.smtp
-        return build_message(
-            self.renderer,
-            digest,
-            now,
-            sender=smtp.sender,
-            sender_address=smtp.sender_address,
-            unsubscribe_url=unsubscribe_url or self.unsubscribe_url(digest.recipient.email),
-        )
-
     # --- unsubscribing (RFC 8058) --------------------------------------------
-
-    def unsubscribe_url(self, email: str) -> str | None:
-        """The signed one-click link, when ``[web] base_url`` is set."""
-        web = self.config.web
-        if not web.base_url:
-            return None
-        return unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
 
     def cancel_unwanted(self, rows: Sequence[DeliveryRow]) -> set[int]:
         """Ids among ``rows`` (now marked cancelled) whose recipient unsubscribed
@@ -587,32 +621,4 @@ SEND_CHUNK = 10  # messages per connection between unsubscribe checks and sent r
 def recipient(sub: SubscriberConfig) -> Recipient:
     return Recipient(
         email=sub.email, name=sub.name, subscriptions=tuple(q.name for q in sub.subscriptions)
-    )
-
-
-def digest_for_test(
-    config: Config, sub: SubscriberConfig, papers: list[Paper], since: datetime
-) -> Digest:
-    """The digest ``sub`` would get for ``papers``, built without touching the store."""
-    stats = Stats()
-    docs = [Doc(paper, stats) for paper in papers]
-    for doc in docs:
-        stats.observe(doc)
-    engine = Engine(
-        {q.name: parse_query(q.query, stemming=q.stemming) for q in sub.subscriptions}, stats
-    )
-    matched = []
-    for paper, doc in zip(papers, docs, strict=True):
-        hits = engine.match(doc)
-        if hits:
-            matched.append(
-                Matched(
-                    paper,
-                    tuple(str(h.query) for h in hits),
-                    tuple(sorted({t for h in hits for t in h.terms})),
-                    tuple(h.score for h in hits),
-                )
-            )
-    return build_digest(
-        recipient(sub), matched, since=since, max_papers=config.render.max_papers, test=True
     )

@@ -613,3 +613,16 @@ def _transfer_encoded(text: str) -> tuple[bytes, bytes]:
     if data.isascii() and b"\0" not in data and max(map(len, lines), default=0) <= SMTP_LINE:
         return b"7bit", data
     return b"quoted-printable", binascii.b2a_qp(data, istext=True)
+
+
+def message_part(message: bytes, subtype: str) -> str:
+    """The decoded ``text/{subtype}`` part of a message ``compose_bytes``
+    made: what a mail client shows, for ``preview`` to print."""
+    parsed = email.message_from_bytes(message, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    part = parsed.get_body(preferencelist=(subtype,))
+    if part is None or part.get_content_subtype() != subtype:
+        raise ValueError(f"the message has no text/{subtype} part")
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content

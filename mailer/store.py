@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from functools import lru_cache
 from typing import Any
 
@@ -31,14 +33,33 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import select as sa_select
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError, SQLAlchemyError
 from sqlalchemy.schema import Table
 from sqlalchemy.sql.expression import insert, update
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
+from mailer.analysis import Stats
 from mailer.errors import StoreError
 from mailer.papers import Paper, paper_key
+
+
+class DumpStatus(StrEnum):
+    """What became of a dump file."""
+
+    INGESTED = "ingested"
+    EMPTY = "empty"  # a dump with no records
+    REFUSED = "refused"  # not a dump; the reason is kept
+
+
+class DeliveryStatus(StrEnum):
+    """Where a message in the outbox stands. A pending message with attempts
+    is what an operator calls deferred (see ``display_status``)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # recipient unsubscribed or removed before sending
 
 
 class DumpRow(SQLModel, table=True):
@@ -54,7 +75,7 @@ class DumpRow(SQLModel, table=True):
     new_papers: int = 0
     seen_papers: int = 0
     warnings: int = 0
-    status: str = Field(max_length=16)  # ingested | empty | refused
+    status: str = Field(max_length=16)  # a DumpStatus
     error: str | None = None
 
 
@@ -118,8 +139,7 @@ class DeliveryRow(SQLModel, table=True):
     subject: str
     papers: int
     message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
-    # pending | sent | failed | cancelled (recipient unsubscribed or removed before sending)
-    status: str = Field(default="pending", max_length=16, index=True)
+    status: str = Field(default=DeliveryStatus.PENDING, max_length=16, index=True)
     attempts: int = 0
     created_at: datetime
     next_attempt_at: datetime | None = None
@@ -136,10 +156,40 @@ class MatchRow(SQLModel, table=True):
     subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
     paper_id: int = Field(foreign_key="papers.id")
     subscriptions: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    # Every matched term, heaviest first when matched.
     terms: list[str] = Field(sa_column=Column(JSON, nullable=False))
     scores: list[float] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime
     delivery_id: int | None = Field(default=None, foreign_key="deliveries.id", index=True)
+    # The terms of each subscription, parallel to ``subscriptions``, so a
+    # digest can weigh them again against today's statistics (NULL in rows
+    # recorded before they were kept: ``terms`` then stands for each).
+    subscription_terms: list[list[str]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+
+
+class CorpusRow(SQLModel, table=True):
+    """Corpus statistics for BM25 (one row, id 1): papers stored and the
+    total length of their titles and abstracts in words. Kept up to date in
+    the transaction that stores new papers, with ``TermRow``."""
+
+    __tablename__ = "corpus"
+
+    id: int = Field(primary_key=True)
+    papers: int = 0
+    title_tokens: int = 0
+    abstract_tokens: int = 0
+
+
+class TermRow(SQLModel, table=True):
+    """Document frequency of a stem: how many stored papers hold it in their
+    title or abstract."""
+
+    __tablename__ = "terms"
+
+    term: str = Field(primary_key=True)
+    df: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,11 +212,24 @@ class Outgoing:
 
 
 @dataclass(frozen=True, slots=True)
+class NewMatch:
+    """One paper matched for one subscriber, as recorded: the subscriptions
+    it matched, each one's terms and score, and all terms heaviest first."""
+
+    subscriber_id: int
+    paper_id: int
+    subscriptions: tuple[str, ...]
+    subscription_terms: tuple[tuple[str, ...], ...]
+    scores: tuple[float, ...]
+    terms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class PendingMatch:
     id: int
     paper: Paper
     subscriptions: tuple[str, ...]
-    terms: tuple[str, ...]
+    subscription_terms: tuple[tuple[str, ...], ...]
     scores: tuple[float, ...]
     first_seen_at: datetime
 
@@ -186,6 +249,7 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _connect(url)
+        self._stats: Stats | None = None
 
     def close(self) -> None:
         self.engine.dispose()
@@ -229,7 +293,7 @@ class Store:
                     sha256=sha256,
                     size=size,
                     ingested_at=now,
-                    status="refused",
+                    status=DumpStatus.REFUSED,
                     error=error,
                 )
             )
@@ -271,13 +335,14 @@ class Store:
                     new_papers=0,
                     seen_papers=0,
                     warnings=warnings,
-                    status="ingested" if papers else "empty",
+                    status=DumpStatus.INGESTED if papers else DumpStatus.EMPTY,
                     error=None,
                 )
             ).inserted_primary_key
             assert inserted is not None
             dump_id: int = inserted[0]
             new = seen = 0
+            added = Stats()
             for start in range(0, len(keys), batch):
                 chunk = keys[start : start + batch]
                 known: dict[str, _Known] = {
@@ -300,6 +365,7 @@ class Store:
                     row = known.get(key)
                     if row is None:
                         rows.append(_paper_values(key, paper, now, dump_id))
+                        added.observe_paper(paper)
                     elif (change := _refreshed(row, paper)) is not None:
                         changes.append(change)
                 new += len(rows)
@@ -313,6 +379,7 @@ class Store:
                 .where(_DUMPS.c.id == dump_id)
                 .values(new_papers=new, seen_papers=seen)
             )
+            add_statistics(conn, added)
             return IngestOutcome(dump_id, new, seen)
 
     def unmatched_papers(self, limit: int = 5000) -> list[tuple[int, Paper]]:
@@ -325,12 +392,34 @@ class Store:
             ).all()
             return [(r.id, r.paper()) for r in rows if r.id is not None]
 
-    def papers_since(self, since: datetime) -> list[Paper]:
+    def papers_since(self, since: datetime) -> list[tuple[int, Paper]]:
+        """(id, paper) of the papers first seen since ``since``, oldest first."""
         with self.session() as s:
             rows = s.exec(
                 select(PaperRow).where(PaperRow.first_seen_at >= since).order_by(col(PaperRow.id))
             ).all()
-            return [r.paper() for r in rows]
+            return [(r.id, r.paper()) for r in rows if r.id is not None]
+
+    def stats(self) -> Stats:
+        """The corpus statistics every score is computed against. Read again
+        only when papers were added since the last read (one small query
+        otherwise); callers must not change what they get."""
+        with self.session() as s:
+            conn = s.connection()
+            corpus = conn.execute(
+                sa_select(_CORPUS.c.papers, _CORPUS.c.title_tokens, _CORPUS.c.abstract_tokens)
+            ).first()
+            if corpus is None:
+                return Stats()
+            papers, title_tokens, abstract_tokens = corpus
+            cached = self._stats
+            if cached is not None and cached.papers == papers:
+                return cached
+            df: Counter[str] = Counter(
+                dict(conn.execute(sa_select(_TERMS.c.term, _TERMS.c.df)).all())
+            )
+        self._stats = Stats(papers, df, title_tokens, abstract_tokens)
+        return self._stats
 
     # --- subscribers ------------------------------------------------------
 
@@ -439,47 +528,25 @@ class Store:
     # --- matches and the outbox --------------------------------------------
 
     def record_matches(
-        self,
-        paper_ids: Sequence[int],
-        matches: Iterable[tuple[int, int, Sequence[str], Sequence[str], Sequence[float]]],
-        now: datetime,
+        self, paper_ids: Sequence[int], matches: Iterable[NewMatch], now: datetime
     ) -> int:
-        """Store (subscriber_id, paper_id, subscriptions, terms, scores) and mark
-        the papers matched, together, so no paper is matched twice or never."""
+        """Store matches and mark the papers matched, together, so no paper
+        is matched twice or never."""
         count = 0
         with self.session() as s:
-            for subscriber_id, paper_id, subs, terms, scores in matches:
-                s.add(_match_row(subscriber_id, paper_id, subs, terms, scores, now))
-                count += 1
+            rows = [_match_values(m, now) for m in matches]
+            count = len(rows)
+            conn = s.connection()
+            if rows:
+                conn.execute(insert(_MATCHES), rows)
             for start in range(0, len(paper_ids), 1000):
                 chunk = paper_ids[start : start + 1000]
-                for row in s.exec(select(PaperRow).where(col(PaperRow.id).in_(chunk))):
-                    row.matched = True
+                conn.execute(update(_PAPERS).where(_PAPERS.c.id.in_(chunk)).values(matched=True))
         return count
 
     def pending_matches(self, subscriber_id: int) -> list[PendingMatch]:
-        with self.session() as s:
-            rows = s.exec(
-                select(MatchRow, PaperRow)
-                .join(PaperRow, col(PaperRow.id) == col(MatchRow.paper_id))
-                .where(
-                    MatchRow.subscriber_id == subscriber_id,
-                    col(MatchRow.delivery_id).is_(None),
-                )
-                .order_by(col(MatchRow.id))
-            ).all()
-            return [
-                PendingMatch(
-                    id=m.id,
-                    paper=p.paper(),
-                    subscriptions=tuple(m.subscriptions),
-                    terms=tuple(m.terms),
-                    scores=tuple(m.scores),
-                    first_seen_at=p.first_seen_at,
-                )
-                for m, p in rows
-                if m.id is not None
-            ]
+        """One subscriber's unclaimed matches, oldest first."""
+        return self.pending_matches_for([subscriber_id])[subscriber_id]
 
     def last_digest_at(self, subscriber_id: int) -> datetime | None:
         with self.session() as s:
@@ -494,7 +561,7 @@ class Store:
             query = (
                 select(DeliveryRow)
                 .where(
-                    DeliveryRow.status == "pending",
+                    DeliveryRow.status == DeliveryStatus.PENDING,
                     col(DeliveryRow.next_attempt_at) <= now,
                 )
                 .order_by(col(DeliveryRow.id))
@@ -504,7 +571,7 @@ class Store:
     def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> None:
         with self.session() as s:
             row = s.get_one(DeliveryRow, delivery_id)
-            row.status, row.sent_at, row.last_reply = "sent", now, reply
+            row.status, row.sent_at, row.last_reply = DeliveryStatus.SENT, now, reply
             row.attempts += 1
 
     def mark_sent_many(self, sent: Sequence[tuple[int, str]], now: datetime) -> None:
@@ -515,10 +582,13 @@ class Store:
         with self.session() as s:
             s.connection().execute(
                 text(
-                    "UPDATE deliveries SET status = 'sent', sent_at = :now, "
+                    "UPDATE deliveries SET status = :sent, sent_at = :now, "
                     "last_reply = :reply, attempts = attempts + 1 WHERE id = :id"
                 ),
-                [{"id": i, "reply": reply, "now": now} for i, reply in sent],
+                [
+                    {"id": i, "reply": reply, "now": now, "sent": DeliveryStatus.SENT}
+                    for i, reply in sent
+                ],
             )
 
     def cancel_unwanted(self, delivery_ids: Sequence[int]) -> dict[int, str]:
@@ -534,7 +604,7 @@ class Store:
                 .join(SubscriberRow, col(SubscriberRow.id) == col(DeliveryRow.subscriber_id))
                 .where(
                     col(DeliveryRow.id).in_(list(delivery_ids)),
-                    DeliveryRow.status == "pending",
+                    DeliveryRow.status == DeliveryStatus.PENDING,
                     or_(
                         col(SubscriberRow.unsubscribed_at).is_not(None),
                         col(SubscriberRow.active).is_(False),
@@ -548,7 +618,7 @@ class Store:
             }
             for delivery_id, why in cancelled.items():
                 row = s.get_one(DeliveryRow, delivery_id)
-                row.status = "cancelled"
+                row.status = DeliveryStatus.CANCELLED
                 row.last_reply = f"not sent: recipient {why}"
                 row.next_attempt_at = None
             return cancelled
@@ -567,7 +637,7 @@ class Store:
             row.attempts += 1
             row.last_reply = reply
             if permanent:
-                row.status = "failed"
+                row.status = DeliveryStatus.FAILED
             else:
                 row.next_attempt_at = retry_at
                 if row.deferred_since is None:
@@ -615,6 +685,7 @@ class Store:
                         cast(col(MatchRow.subscriptions), String),
                         cast(col(MatchRow.terms), String),
                         cast(col(MatchRow.scores), String),
+                        cast(col(MatchRow.subscription_terms), String),
                     )
                     .where(
                         col(MatchRow.subscriber_id).in_(chunk),
@@ -639,16 +710,17 @@ class Store:
                     ).all():
                         assert row[0] is not None
                         papers[row[0]] = (Paper(*row[1:7]), row[7])
-                for match_id, subscriber_id, paper_id, subs, terms, scores in matches:
+                for match_id, subscriber_id, paper_id, subs, terms, scores, each in matches:
                     if match_id is None:
                         continue
                     paper, first_seen = papers[paper_id]
+                    names = _json_tuple(subs)
                     found[subscriber_id].append(
                         PendingMatch(
                             id=match_id,
                             paper=paper,
-                            subscriptions=_json_tuple(subs),
-                            terms=_json_tuple(terms),
+                            subscriptions=names,
+                            subscription_terms=_subscription_terms(each, terms, len(names)),
                             scores=tuple(json.loads(scores)),
                             first_seen_at=first_seen,
                         )
@@ -700,14 +772,20 @@ class Store:
         """Make deferred or failed messages due now (``ids``, or all of them when
         None); sent ones are left alone. Returns how many were changed."""
         with self.session() as s:
-            query = select(DeliveryRow).where(col(DeliveryRow.status).in_(("pending", "failed")))
+            query = select(DeliveryRow).where(
+                col(DeliveryRow.status).in_((DeliveryStatus.PENDING, DeliveryStatus.FAILED))
+            )
             if ids is not None:
                 query = query.where(col(DeliveryRow.id).in_(list(ids)))
             count = 0
             for row in s.exec(query):
-                if row.status == "pending" and row.attempts == 0:
+                if row.status == DeliveryStatus.PENDING and row.attempts == 0:
                     continue
-                row.status, row.next_attempt_at, row.deferred_since = "pending", now, None
+                row.status, row.next_attempt_at, row.deferred_since = (
+                    DeliveryStatus.PENDING,
+                    now,
+                    None,
+                )
                 count += 1
             return count
 
@@ -766,7 +844,9 @@ class Store:
         with self.session() as s:
             return list(
                 s.exec(
-                    select(DumpRow).where(DumpRow.status == "refused").order_by(col(DumpRow.id))
+                    select(DumpRow)
+                    .where(DumpRow.status == DumpStatus.REFUSED)
+                    .order_by(col(DumpRow.id))
                 ).all()
             )
 
@@ -794,26 +874,21 @@ class Store:
             ).all()
             return [(r.id, r.paper()) for r in rows if r.id is not None]
 
-    def add_matches(
-        self,
-        subscriber_id: int,
-        matches: Iterable[tuple[int, Sequence[str], Sequence[str], Sequence[float]]],
-        now: datetime,
-    ) -> int:
-        """Record (paper_id, subscriptions, terms, scores) for one subscriber,
-        skipping papers they already have a match for."""
+    def add_matches(self, subscriber_id: int, matches: Iterable[NewMatch], now: datetime) -> int:
+        """Record matches for one subscriber, skipping papers they already
+        have a match for."""
         with self.session() as s:
             have = set(
                 s.exec(select(MatchRow.paper_id).where(MatchRow.subscriber_id == subscriber_id))
             )
-            count = 0
-            for paper_id, subs, terms, scores in matches:
-                if paper_id in have:
-                    continue
-                s.add(_match_row(subscriber_id, paper_id, subs, terms, scores, now))
-                have.add(paper_id)
-                count += 1
-            return count
+            rows = []
+            for m in matches:
+                if m.paper_id not in have:
+                    rows.append(_match_values(m, now))
+                    have.add(m.paper_id)
+            if rows:
+                s.connection().execute(insert(_MATCHES), rows)
+            return len(rows)
 
     def set_state(self, key: str, value: str, now: datetime) -> None:
         with self.session() as s:
@@ -875,6 +950,9 @@ class SubscriberState:
 
 _DUMPS: Table = SQLModel.metadata.tables["dumps"]
 _PAPERS: Table = SQLModel.metadata.tables["papers"]
+_MATCHES: Table = SQLModel.metadata.tables["matches"]
+_CORPUS: Table = SQLModel.metadata.tables["corpus"]
+_TERMS: Table = SQLModel.metadata.tables["terms"]
 # What ingest reads of a known paper: id, authors, organization, published, upvotes.
 _Known = tuple[int, int | None, str | None, date | None, int]
 # A known paper's counters, set by id; bind names differ from the columns
@@ -891,21 +969,48 @@ _REFRESH = (
 )
 
 
-def _match_row(
-    subscriber_id: int,
-    paper_id: int,
-    subs: Sequence[str],
-    terms: Sequence[str],
-    scores: Sequence[float],
-    now: datetime,
-) -> MatchRow:
-    return MatchRow(
-        subscriber_id=subscriber_id,
-        paper_id=paper_id,
-        subscriptions=list(subs),
-        terms=list(terms),
-        scores=list(scores),
-        created_at=now,
+def _match_values(m: NewMatch, now: datetime) -> dict[str, Any]:
+    return {
+        "subscriber_id": m.subscriber_id,
+        "paper_id": m.paper_id,
+        "subscriptions": list(m.subscriptions),
+        "terms": list(m.terms),
+        "scores": list(m.scores),
+        "subscription_terms": [list(t) for t in m.subscription_terms],
+        "created_at": now,
+        "delivery_id": None,
+    }
+
+
+def _subscription_terms(each: str | None, terms: str, count: int) -> tuple[tuple[str, ...], ...]:
+    """Each subscription's terms of a match row; rows recorded before these
+    were kept have only all terms, which then stand for each subscription."""
+    if each is None or each == "null":
+        return (_json_tuple(terms),) * count
+    return tuple(tuple(t) for t in json.loads(each))
+
+
+def add_statistics(conn: Connection, added: Stats) -> None:
+    """Add new papers' counts to the stored corpus statistics (in the
+    caller's transaction: with the papers, or not at all)."""
+    if not added.papers:
+        return
+    conn.execute(
+        text(
+            "INSERT INTO corpus (id, papers, title_tokens, abstract_tokens) "
+            "VALUES (1, :papers, :title, :abstract) ON CONFLICT (id) DO UPDATE SET "
+            "papers = corpus.papers + excluded.papers, "
+            "title_tokens = corpus.title_tokens + excluded.title_tokens, "
+            "abstract_tokens = corpus.abstract_tokens + excluded.abstract_tokens"
+        ),
+        {"papers": added.papers, "title": added.title_length, "abstract": added.abstract_length},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO terms (term, df) VALUES (:term, :df) "
+            "ON CONFLICT (term) DO UPDATE SET df = terms.df + excluded.df"
+        ),
+        [{"term": term, "df": df} for term, df in sorted(added.df.items())],
     )
 
 

@@ -275,7 +275,7 @@ def test_store_operator_queries(database_url: str) -> None:
     from datetime import UTC, datetime, timedelta
 
     from mailer.papers import Paper
-    from mailer.store import Store
+    from mailer.store import NewMatch, Store
 
     now = datetime(2025, 3, 1, 12, tzinfo=UTC)
     store = Store(database_url)
@@ -288,7 +288,10 @@ def test_store_operator_queries(database_url: str) -> None:
         store.record_matches([pid for pid, _ in papers], [], now)
         candidates = store.backfill_candidates(ids["a@example.org"], now - timedelta(days=1))
         assert [p.title for _, p in candidates] == ["Old paper", "New paper"]
-        rows = [(pid, ["x"], ["paper"], [1.0]) for pid, _ in candidates]
+        sid = ids["a@example.org"]
+        rows = [
+            NewMatch(sid, pid, ("x",), (("paper",),), (1.0,), ("paper",)) for pid, _ in candidates
+        ]
         assert store.add_matches(ids["a@example.org"], rows, now) == 2
         assert store.add_matches(ids["a@example.org"], rows, now) == 0
         assert store.backfill_candidates(ids["a@example.org"], now - timedelta(days=1)) == []

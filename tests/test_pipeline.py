@@ -136,7 +136,7 @@ def test_worker_processes_compose_and_queue_the_same_digests(
         max_workers=1,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=init_worker,
-        initargs=(config.render.templates, config.render.paper_url, config.database.url),
+        initargs=(config.database.url,),
     ) as pool:
         h.pipeline.compose_pool = pool
         h.drop_seeds()

@@ -11,7 +11,7 @@ from sqlmodel import Session, col, select
 
 from mailer.errors import StoreError
 from mailer.papers import Paper
-from mailer.store import Outgoing, PaperRow, Store
+from mailer.store import NewMatch, Outgoing, PaperRow, Store
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 A = Paper("Diffusion Models Beat GANs", "We show diffusion models win.", authors=3, upvotes=2)
@@ -148,22 +148,28 @@ def test_refused_dump_is_recorded_with_its_error(store: Store) -> None:
     assert (row.status, row.error) == ("refused", "not a dump")
 
 
+def match(subscriber_id: int, paper_id: int) -> NewMatch:
+    return NewMatch(
+        subscriber_id, paper_id, ("Diffusion",), (("diffusion",),), (1.0,), ("diffusion",)
+    )
+
+
 def test_matches_mark_papers_matched(store: Store) -> None:
     sid = subscribe(store)
     ingest(store, "h1", [A, B])
     ids = [pid for pid, _ in store.unmatched_papers()]
-    store.record_matches(ids, [(sid, ids[0], ["Diffusion"], ["diffusion"], [1.0])], NOW)
+    store.record_matches(ids, [match(sid, ids[0])], NOW)
     assert store.unmatched_papers() == []
     (pending,) = store.pending_matches(sid)
     assert pending.paper.title == A.title
-    assert pending.terms == ("diffusion",)
+    assert pending.subscription_terms == (("diffusion",),)
 
 
 def test_enqueue_claims_matches_so_they_are_not_sent_again(store: Store) -> None:
     sid = subscribe(store)
     ingest(store, "h1", [A])
     (pid,) = [pid for pid, _ in store.unmatched_papers()]
-    store.record_matches([pid], [(sid, pid, ["Diffusion"], ["diffusion"], [1.0])], NOW)
+    store.record_matches([pid], [match(sid, pid)], NOW)
     match_ids = [m.id for m in store.pending_matches(sid)]
     delivery = queue(store, sid, "<1@x>", match_ids)
     assert store.pending_matches(sid) == []
@@ -209,7 +215,7 @@ def test_removed_subscriber_is_inactive_and_returns_with_history(store: Store) -
 def test_papers_since_returns_only_recent_ones(store: Store) -> None:
     ingest(store, "h1", [A], now=NOW - timedelta(days=10))
     ingest(store, "h2", [B], now=NOW)
-    assert [p.title for p in store.papers_since(NOW - timedelta(days=7))] == [B.title]
+    assert [p.title for _, p in store.papers_since(NOW - timedelta(days=7))] == [B.title]
 
 
 def test_unusable_url_is_a_store_error() -> None:

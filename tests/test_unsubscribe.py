@@ -63,16 +63,21 @@ class Setup(Harness):
             lambda: make_transport(self.pipeline.config),
             clock=lambda: NOW,
         )
+        self.pipeline.sync()  # as the daemon does when it starts
 
     def compose(self) -> PassReport:
+        """The stages of a pass up to the outbox, as ``run_pass`` runs them."""
         report = PassReport()
+        self.pipeline.sync()
         self.pipeline.ingest(report)
         self.pipeline.match(report)
         self.pipeline.compose(report)
         return report
 
     def deliver(self) -> PassReport:
+        """The sending stage of a pass, after the configuration is synced."""
         report = PassReport()
+        self.pipeline.sync()
         asyncio.run(self.pipeline.deliver(report))
         return report
 
@@ -229,6 +234,7 @@ def resubscribed_in_config(setup: Setup, email: str, when: datetime) -> None:
     ]
     setup.config = setup.config.model_copy(update={"subscribers": subscribers})
     setup.pipeline.configure(setup.config)
+    setup.pipeline.sync()  # what the next pass does first
 
 
 def test_resubscribed_in_config_after_the_unsubscribe_lifts_it(
