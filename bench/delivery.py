@@ -32,8 +32,10 @@ import aiosmtplib
 
 from mailer.config import Config, parse_config
 from mailer.delivery import make_transport
-from mailer.outbox import init_worker
-from mailer.pipeline import PassReport, Pipeline
+from mailer.digests import Ranking
+from mailer.outbox import build_message, compose_digest, init_worker
+from mailer.pipeline import PassReport, Pipeline, digest_order
+from mailer.render import message_part
 from mailer.store import Store
 
 WORDS = [
@@ -200,28 +202,26 @@ def main() -> None:
             max_workers=args.workers,
             mp_context=ctx,
             initializer=init_worker,
-            initargs=(config.render.templates, config.render.paper_url, config.database.url),
+            initargs=(config.database.url,),
         )
         pipeline = Pipeline(config, store, lambda: make_transport(config), compose_pool=pool)
+        pipeline.sync()
         ids = sorted(store.active_subscriber_ids().values())
         seed(tmp / "bench.db", ids, args.papers, pool_size=max(500, args.papers * 4))
         list(pool.map(abs, range(args.workers * 2)))  # start the workers before timing
 
         # a sample message, for the sink's ceiling and the size figures
-        sample = Pipeline(
-            config, Store(f"sqlite:///{tmp / 'sample.db'}"), lambda: make_transport(config)
-        )
         pending = store.pending_matches_for(ids[:1])[ids[0]]
-        from mailer.digests import Matched, build_digest
-        from mailer.pipeline import recipient
-
-        digest = build_digest(
-            recipient(config.subscribers[0]),
-            [Matched(p.paper, p.subscriptions, p.terms, p.scores) for p in pending],
-            max_papers=args.papers,
+        order = digest_order(config, config.subscribers[0], ids[0], None)
+        digest = compose_digest(order, pending, Ranking(store.stats()))
+        _, message, _ = build_message(
+            pipeline.renderer,
+            digest,
+            datetime.now(UTC),
+            sender=config.smtp.sender,
+            sender_address=config.smtp.sender_address,
         )
-        _, message, _ = sample.message_bytes(digest, datetime.now(UTC))
-        html = len(sample.renderer.render(digest, unsubscribe_url=None, manage_hint="").html)
+        html = len(message_part(message, "html"))
         ceiling_n = min(3000, args.digests)
         sink_cpu = cpu_seconds(sink.pid or 0)
         ceiling = asyncio.run(blast(port, message, ceiling_n, args.connections))

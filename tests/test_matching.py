@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from mailer.analysis import _WORD, stem, stem_set, stems, tokens
 from mailer.errors import QueryError
-from mailer.matching import Doc, Engine, Hit, Stats, highlight_spans, match_paper, parse_query
+from mailer.matching import (
+    Doc,
+    Engine,
+    Hit,
+    Stats,
+    highlight_spans,
+    match_paper,
+    parse_query,
+    rescore,
+)
 from mailer.papers import Paper
 
 PAPER = Paper(
@@ -334,6 +343,50 @@ def test_engine_equals_reference_evaluator(
         assert sorted(map(str, found.queries())) == sorted(str(h.query) for h in found)
         assert len(found) == len(found.hits())
         assert _by_query(found) == _by_query(match_paper(doc, parsed))
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(_leaf() | queries | flat_queries | conjunctions | mixed_ors, min_size=1, max_size=8),
+    st.lists(papers, min_size=1, max_size=4),
+    st.booleans(),
+)
+def test_rescoring_recorded_terms_gives_the_hits_terms_and_score(
+    texts: list[str], batch: list[Paper], stemming: bool
+) -> None:
+    """Digests weigh a match's recorded terms (display strings) again; with
+    the same statistics that must give back exactly the engine's ranking."""
+    parsed = {i: parse_query(q, stemming=stemming) for i, q in enumerate(texts)}
+    stats = Stats()
+    docs = [Doc(p, stats) for p in batch]
+    for doc in docs:
+        stats.observe(doc)
+    engine = Engine(parsed, stats)
+    for doc in docs:
+        for h in engine.match(doc):
+            terms, value = rescore(Doc(doc.paper, stats), h.terms)
+            assert terms == h.terms
+            assert value == pytest.approx(h.score)
+
+
+def test_rescoring_follows_the_statistics() -> None:
+    """The same terms weigh more when the corpus says they are rarer."""
+    paper = Paper("Diffusion sampling", "We study diffusion.")
+    common, rare = Stats(), Stats()
+    for n in range(10):
+        common.observe_paper(Paper(f"diffusion {n}", "diffusion"))
+        rare.observe_paper(Paper(f"other {n}", "words"))
+    assert (
+        rescore(Doc(paper, rare), ["diffusion"])[1] > rescore(Doc(paper, common), ["diffusion"])[1]
+    )
+
+
+def test_observing_a_paper_counts_as_observing_its_doc() -> None:
+    paper = Paper("Graph Transformers for graphs", "Transformers learn; graphs help.")
+    by_doc, by_paper = Stats(), Stats()
+    by_doc.observe(Doc(paper))
+    by_paper.observe_paper(paper)
+    assert by_paper == by_doc
 
 
 def test_prefixes_of_different_lengths_all_select_their_papers() -> None:

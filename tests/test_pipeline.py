@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
+import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime
@@ -22,6 +23,7 @@ from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline
 from mailer.store import Store
 from tests.conftest import SEEDS, SmtpServer, free_port
+from tests.test_faults import Rig
 
 TODAY = date(2026, 11, 23)
 NEW = Paper(
@@ -150,6 +152,37 @@ def test_worker_processes_compose_and_queue_the_same_digests(
     assert h.store.pending_matches_for(list(h.store.active_subscriber_ids().values())) == {
         i: [] for i in h.store.active_subscriber_ids().values()
     }
+    h.store.close()
+
+
+def test_a_reload_reaches_the_worker_processes(
+    tmp_path: Path, smtp_server: SmtpServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Workers render with the configuration of the pass, not the one they
+    started with: a changed paper_url shows in the next digests."""
+    monkeypatch.setattr(pipeline_module, "POOL_THRESHOLD", 0)
+    h = Harness(tmp_path, smtp_server.port)
+    with ProcessPoolExecutor(
+        max_workers=1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(h.config.database.url,),
+    ) as pool:
+        h.pipeline.compose_pool = pool
+        h.drop_seeds()
+        h.run()
+        reloaded = config_for(
+            tmp_path,
+            smtp_server.port,
+            extra='[render]\npaper_url = "https://papers.example/{title}"',
+        )
+        h.pipeline.configure(reloaded)
+        h.drop("later.txt", format_dump(TODAY, [NEW]))
+        h.run()
+    before, after = smtp_server.messages[0], smtp_server.messages[-1]
+    assert "https://arxiv.org/" in before.data.decode()
+    assert "https://papers.example/" in after.data.decode()
+    assert "https://arxiv.org/" not in after.data.decode()
     h.store.close()
 
 
@@ -375,3 +408,39 @@ def test_maildir_transport_needs_no_server(tmp_path: Path) -> None:
     harness.store.close()
     assert report.sent == 2
     assert len(list((tmp_path / "outbox" / "new").iterdir())) == 2
+
+
+# --- ranking: one scale for every paper of a digest ----------------------------------
+
+
+def daily_digest_links(tmp_path: Path, server: SmtpServer, batches: list[list[Path]]) -> list[str]:
+    """Drop the seed dumps in ``batches``, one pass per batch during the day,
+    then return the paper links of the next morning's digest, in order."""
+    tmp_path.mkdir()
+    rig = Rig(tmp_path, server.port, subscribers=[("ada@example.org", "daily 08:00", "UTC")])
+    rig.run()  # subscribed from START, before any paper
+    for batch in batches:
+        for seed in batch:
+            (rig.dumps / seed.name).write_bytes(seed.read_bytes())
+        rig.later(minutes=10)
+    assert server.messages == []
+    rig.later(days=1)
+    rig.store.close()
+    (message,) = server.messages
+    server.messages.clear()
+    text = message.message.get_body(("plain",))
+    assert text is not None
+    return re.findall(r"^https://\S+", text.get_content(), re.M)
+
+
+def test_digest_order_does_not_depend_on_how_dumps_arrived(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    """Scores are computed against the stored statistics when the digest is
+    composed, so one pass of five dumps and five passes in reverse order
+    rank the same papers the same way."""
+    seeds = sorted(SEEDS.glob("*.txt"))
+    at_once = daily_digest_links(tmp_path / "a", smtp_server, [seeds])
+    one_by_one = daily_digest_links(tmp_path / "b", smtp_server, [[s] for s in reversed(seeds)])
+    assert len(at_once) > 5
+    assert one_by_one == at_once

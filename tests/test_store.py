@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
+from pathlib import Path
 
 import pytest
 from sqlmodel import Session, col, select
 
+from mailer.analysis import Stats
 from mailer.errors import StoreError
 from mailer.papers import Paper
 from mailer.store import NewMatch, Outgoing, PaperRow, Store
@@ -221,3 +223,55 @@ def test_papers_since_returns_only_recent_ones(store: Store) -> None:
 def test_unusable_url_is_a_store_error() -> None:
     with pytest.raises(StoreError, match="not usable"):
         Store("nosuchdb://x")
+
+
+# --- corpus statistics ---------------------------------------------------------------
+
+
+def observed(*papers: Paper) -> Stats:
+    stats = Stats()
+    for paper in papers:
+        stats.observe_paper(paper)
+    return stats
+
+
+def test_statistics_count_each_stored_paper_once(store: Store) -> None:
+    ingest(store, "h1", [A, B])
+    ingest(store, "h2", [A, B, C])
+    assert store.stats() == observed(A, B, C)
+
+
+def test_statistics_are_the_same_in_whatever_order_dumps_arrive(
+    database_url: str, tmp_path: Path
+) -> None:
+    first = Store(database_url)
+    ingest(first, "h1", [A])
+    ingest(first, "h2", [B, C])
+    forward = first.stats()
+    first.close()
+    other = Store(f"sqlite:///{tmp_path / 'reversed.db'}")
+    ingest(other, "h2", [C, B])
+    ingest(other, "h1", [A])
+    assert other.stats() == forward
+    other.close()
+
+
+def test_statistics_survive_a_restart(database_url: str) -> None:
+    first = Store(database_url)
+    ingest(first, "h1", [A, B])
+    first.close()
+    again = Store(database_url)
+    assert again.stats() == observed(A, B)
+    again.close()
+
+
+def test_statistics_are_read_again_after_new_papers(store: Store) -> None:
+    ingest(store, "h1", [A])
+    before = store.stats()
+    assert store.stats() is before
+    ingest(store, "h2", [B])
+    assert store.stats() == observed(A, B)
+
+
+def test_an_empty_store_has_empty_statistics(store: Store) -> None:
+    assert store.stats() == Stats()
