@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import mailbox
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -71,6 +73,12 @@ def copy_seeds(folder: Path) -> None:
         tmp = folder / (seed.name + ".part")
         tmp.write_bytes(seed.read_bytes())
         tmp.rename(folder / seed.name)
+
+
+def database_rows(path: Path) -> list[str]:
+    """Every row of a SQLite database, as SQL: what a command recorded."""
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        return list(db.iterdump())
 
 
 # --- parse ---------------------------------------------------------------------
@@ -172,6 +180,7 @@ def test_send_test_sends_exactly_one_message_and_records_nothing(
     quiet.write_text(config.read_text().replace('transport = "smtp"', 'transport = "maildir"'))
     assert mailer("--config", str(quiet), "ingest", cwd=tmp_path).returncode == 0
     smtp_server.messages.clear()
+    before = database_rows(tmp_path / "mailer.db")
     result = mailer(
         "--config", str(config), "send-test", "--to", "me@example.org", "--days", "3", cwd=tmp_path
     )
@@ -180,6 +189,7 @@ def test_send_test_sends_exactly_one_message_and_records_nothing(
     assert got.recipients == ["me@example.org"]
     assert got.message["Subject"].startswith("[test]")
     assert "ada@example.org" in result.stdout
+    assert database_rows(tmp_path / "mailer.db") == before
     deliveries = mailer("--config", str(config), "ingest", cwd=tmp_path)
     assert "digests=0" in deliveries.stdout
 
@@ -202,6 +212,7 @@ def test_send_test_with_nothing_matching_still_sends_and_says_so(
     (got,) = smtp_server.messages
     text = got.message.get_body(("plain",)).get_content()  # type: ignore[union-attr]
     assert "No new papers" in text
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "dumps"]
 
 
 def test_send_test_to_unknown_subscriber_names_it(tmp_path: Path) -> None:

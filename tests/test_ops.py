@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
+import mailbox
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -15,7 +19,7 @@ import pytest
 from mailer.config import parse_config
 from mailer.ops import log_fields
 from tests.conftest import ROOT
-from tests.test_cli import ENV, copy_seeds, mailer, wait_for, write_config
+from tests.test_cli import ENV, copy_seeds, database_rows, mailer, wait_for, write_config
 
 
 def ingested(tmp_path: Path, interval: float = 60) -> Path:
@@ -104,6 +108,27 @@ def test_preview_writes_the_waiting_digest_and_records_nothing(tmp_path: Path) -
     after = status(tmp_path, config)
     assert after["matches_waiting"] == 10
     assert after["outbox"] == before["outbox"]
+
+
+def test_preview_html_is_the_html_part_that_would_be_sent(tmp_path: Path) -> None:
+    config = pending_config(tmp_path)
+    web = '[web]\nbase_url = "https://digest.example.org"\nsecret = "0123456789abcdef0123"\n'
+    config.write_text(web + config.read_text())
+    before = database_rows(tmp_path / "mailer.db")
+    preview = mailer("--config", str(config), "preview", "--subscriber", "ada@example.org",
+                     "--format", "html", cwd=tmp_path)  # fmt: skip
+    assert preview.returncode == 0, preview.stderr
+    assert database_rows(tmp_path / "mailer.db") == before
+    config.write_text(config.read_text().replace('schedule = "weekly mon 08:00"', ""))
+    assert mailer("--config", str(config), "ingest", cwd=tmp_path).returncode == 0
+    box = mailbox.Maildir(tmp_path / "outbox", create=False)
+    (sent,) = [m for m in box if "ada@example.org" in str(m["To"])]
+    parsed = email.message_from_bytes(sent.as_bytes(), policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    html = parsed.get_body(("html",))
+    assert html is not None
+    assert "https://digest.example.org/unsubscribe/" in preview.stdout
+    assert preview.stdout == html.get_content()
 
 
 def test_preview_with_nothing_waiting_says_so(tmp_path: Path) -> None:
