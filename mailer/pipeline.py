@@ -39,7 +39,7 @@ from mailer.outbox import (
 from mailer.papers import Paper
 from mailer.schedule import Schedule
 from mailer.store import DeliveryRow, NewMatch, Store
-from mailer.web import unsubscribe_url as signed_unsubscribe_url
+from mailer.tokens import unsubscribe_url as signed_unsubscribe_url
 
 log = logging.getLogger("mailer")
 
