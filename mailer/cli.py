@@ -37,6 +37,7 @@ from mailer.editing import apply_edit
 from mailer.errors import ConfigError, DeliveryError, MailerError, QueryError
 from mailer.lock import database_lock
 from mailer.matching import Stats, parse_query
+from mailer.mime import message_part
 from mailer.ops import (
     EMBEDDED,
     JsonFormatter,
@@ -61,7 +62,7 @@ from mailer.pipeline import (
     unsubscribe_url,
     utc_now,
 )
-from mailer.render import Renderer, message_part
+from mailer.render import Renderer
 from mailer.store import DeliveryRow, DeliveryStatus, PendingMatch, Store, hide_password
 
 app = typer.Typer(

@@ -20,7 +20,8 @@ from pathlib import Path
 from urllib.parse import quote
 
 from mailer.digests import Digest, Ranking, Recipient, build_digest
-from mailer.render import Renderer, compose_bytes
+from mailer.mime import compose_bytes
+from mailer.render import Renderer
 from mailer.store import DeliveryStatus, Outgoing, PendingMatch, Store
 
 MANAGE_HINT = (
