@@ -50,7 +50,6 @@ from mailer.ops import (
     status_report,
     try_query,
 )
-from mailer.outbox import build_message, compose_digest, display_status, init_worker
 from mailer.papers import Paper
 from mailer.pipeline import (
     PassReport,
@@ -62,6 +61,8 @@ from mailer.pipeline import (
     unsubscribe_url,
     utc_now,
 )
+from mailer.pipeline.compose import build_message, compose_digest, init_worker
+from mailer.pipeline.send import display_status
 from mailer.render import Renderer
 from mailer.store import DeliveryRow, DeliveryStatus, PendingMatch, Store, hide_password
 

@@ -25,7 +25,8 @@ from mailer.config import Config, DatabaseConfig
 from mailer.delivery import make_transport
 from mailer.dumps import format_dump
 from mailer.papers import Paper
-from mailer.pipeline import SEND_CHUNK, PassReport, Pipeline
+from mailer.pipeline import PassReport, Pipeline
+from mailer.pipeline.send import SEND_CHUNK
 from mailer.store import Outgoing, Store
 from mailer.tokens import read_token
 from mailer.web import WebServer, make_app
