@@ -33,9 +33,9 @@ import aiosmtplib
 from mailer.config import Config, parse_config
 from mailer.delivery import make_transport
 from mailer.digests import Ranking
-from mailer.outbox import build_message, compose_digest, init_worker
+from mailer.mime import message_part
 from mailer.pipeline import PassReport, Pipeline, digest_order
-from mailer.render import message_part
+from mailer.pipeline.compose import build_message, compose_digest, init_worker
 from mailer.store import Store
 
 WORDS = [

@@ -37,6 +37,7 @@ from mailer.editing import apply_edit
 from mailer.errors import ConfigError, DeliveryError, MailerError, QueryError
 from mailer.lock import database_lock
 from mailer.matching import Stats, parse_query
+from mailer.mime import message_part
 from mailer.ops import (
     EMBEDDED,
     JsonFormatter,
@@ -49,7 +50,6 @@ from mailer.ops import (
     status_report,
     try_query,
 )
-from mailer.outbox import build_message, compose_digest, display_status, init_worker
 from mailer.papers import Paper
 from mailer.pipeline import (
     PassReport,
@@ -61,7 +61,9 @@ from mailer.pipeline import (
     unsubscribe_url,
     utc_now,
 )
-from mailer.render import Renderer, message_part
+from mailer.pipeline.compose import build_message, compose_digest, init_worker
+from mailer.pipeline.send import display_status
+from mailer.render import Renderer
 from mailer.store import DeliveryRow, DeliveryStatus, PendingMatch, Store, hide_password
 
 app = typer.Typer(

@@ -1,29 +1,20 @@
-"""From a Digest to an email: Jinja2 templates for the HTML and plain-text parts.
+"""From a Digest to its rendered parts: Jinja2 templates for the HTML and plain text.
 
 Paper titles and abstracts come from scraped dumps and are data, never markup:
-highlighting splits them at the matcher's spans and escapes every piece, and
-every value that reaches a header is stripped of control characters first.
+highlighting splits them at the matcher's spans and escapes every piece. The
+message built from the parts (headers, MIME, encoding) is mailer.mime's.
 """
 
 from __future__ import annotations
 
-import binascii
-import email.policy
-import email.utils
 import re
-import secrets
 import textwrap
-import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
-from email.message import EmailMessage
-from email.policy import EmailPolicy
 from functools import lru_cache
 from pathlib import Path
-from typing import cast
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 import css_inline
 import jinja2
@@ -31,6 +22,7 @@ from markupsafe import Markup, escape
 
 from mailer.digests import Digest, Entry, Span
 from mailer.errors import TemplateError
+from mailer.mime import Rendered, header_text, is_web_url
 
 DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
 
@@ -70,14 +62,12 @@ _ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", 
 # Only ASCII whitespace is collapsed and wrapped at, as textwrap does: a
 # no-break space keeps its meaning.
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
-_BRACKETED = re.compile(r"<[^<>]*>")
 _SAMPLE_TITLE = "Attention Is All You Need & more?"
 # HTML lines are kept this short, well inside SMTP's 998 octets.
 HTML_LINE = 900
 _TAG_NAME_SPACE = re.compile(r"<[A-Za-z][A-Za-z0-9-]* ")
 _RAW_TEXT = re.compile(r"<(style|script)\b.*?</\1", re.DOTALL | re.IGNORECASE)
-# SMTP's limit on a line of a message, without its CRLF (RFC 5321 4.5.3.1.6).
-SMTP_LINE = 998
+
 
 # Per-renderer memory of entry views and wrapped paragraphs: one paper recurs
 # in many digests of a pass, and its highlighting, escaping and wrapping
@@ -99,7 +89,7 @@ def check_paper_url(template: str) -> str:
     if "{title}" not in template:
         raise ValueError(f"paper URL template {template!r} must contain {{title}}")
     url = _fill(template, _SAMPLE_TITLE)
-    if not _is_web_url(url):
+    if not is_web_url(url):
         raise ValueError(
             f"paper URL template {template!r} must give an http:// or https:// URL "
             f"with a host, but gives {url!r}"
@@ -111,30 +101,6 @@ def _fill(template: str, title: str) -> str:
     # str.replace, not str.format: a template from config must not reach
     # attributes through format fields, and other braces stay literal.
     return template.replace("{title}", quote(title, safe=""))
-
-
-def _is_web_url(url: str) -> bool:
-    if any(c.isspace() or c in '<>"' or unicodedata.category(c) == "Cc" for c in url):
-        return False
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return False
-    return parts.scheme in ("http", "https") and bool(parts.hostname)
-
-
-def _is_link(url: str) -> bool:
-    if url.startswith("mailto:"):
-        return "@" in url and not any(c.isspace() or c in '<>"' for c in url)
-    return _is_web_url(url)
-
-
-@dataclass(frozen=True)
-class Rendered:
-    subject: str
-    html: str
-    text: str
-    preheader: str
 
 
 # --- text helpers ---------------------------------------------------------
@@ -158,13 +124,6 @@ def format_date(d: date) -> str:
 def format_since(d: datetime) -> str:
     # Built by hand: strftime names follow the process locale.
     return f"{_DAYS[d.weekday()]} {d.day} {_MONTHS[d.month - 1]}"
-
-
-def header_text(value: str) -> str:
-    """One header-safe line: control characters and line/paragraph separators
-    (which str.splitlines honours) become spaces, so nothing can start a header."""
-    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in value)
-    return " ".join(cleaned.split())
 
 
 def excerpt(text: str, marks: Sequence[Span] = ()) -> tuple[str, tuple[Span, ...]]:
@@ -417,7 +376,7 @@ class Renderer:
             ) from None
 
     def render(self, digest: Digest, *, unsubscribe_url: str | None, manage_hint: str) -> Rendered:
-        if unsubscribe_url is not None and not _is_web_url(unsubscribe_url):
+        if unsubscribe_url is not None and not is_web_url(unsubscribe_url):
             raise ValueError(f"unsubscribe URL {unsubscribe_url!r} is not an http(s) URL")
         sections = tuple(
             SectionView(s.subscription, tuple(self._entry(e) for e in s.entries))
@@ -491,138 +450,3 @@ class Renderer:
             terms=tuple(term_label(t) for t in entry.terms[:TOP_TERMS]),
             also=entry.also,
         )
-
-
-# --- the message ------------------------------------------------------------
-
-
-class _UrlListHeader(UnstructuredHeader):
-    """List-Unsubscribe holds <URL>s that receivers do not decode, so a long
-    one must be folded only between URLs, never turned into encoded words."""
-
-    def fold(self, *, policy: EmailPolicy[EmailMessage]) -> str:
-        items = _BRACKETED.findall(str(self))
-        name: str = self.name  # type: ignore[attr-defined]
-        return f"{name}: " + f",{policy.linesep} ".join(items) + policy.linesep
-
-
-def _message_policy() -> EmailPolicy[EmailMessage]:
-    registry = HeaderRegistry()
-    registry.map_to_type("list-unsubscribe", cast("type[BaseHeader]", _UrlListHeader))
-    return email.policy.default.clone(header_factory=registry)
-
-
-_POLICY = _message_policy()
-
-
-def compose_message(
-    digest: Digest,
-    rendered: Rendered,
-    *,
-    sender: str,
-    message_id: str,
-    date: datetime,
-    list_unsubscribe: Sequence[str],
-    one_click: bool,
-) -> EmailMessage:
-    """The message :func:`compose_bytes` makes, parsed back, for callers that
-    inspect it rather than send it."""
-    data = compose_bytes(
-        digest,
-        rendered,
-        sender=sender,
-        message_id=message_id,
-        date=date,
-        list_unsubscribe=list_unsubscribe,
-        one_click=one_click,
-    )
-    return email.message_from_bytes(data, policy=_POLICY)
-
-
-def compose_bytes(
-    digest: Digest,
-    rendered: Rendered,
-    *,
-    sender: str,
-    message_id: str,
-    date: datetime,
-    list_unsubscribe: Sequence[str],
-    one_click: bool,
-) -> bytes:
-    """A multipart/alternative message, plain text first so clients that
-    prefer the last part they can show pick the HTML.
-
-    The email package builds the headers; the body is written here, because
-    its quoted-printable encoder and line-by-line generator cost more than
-    rendering the digest. Each part is 7-bit ASCII with lines within SMTP's
-    limit, unencoded where it already is (the HTML, see seven_bit_html), else
-    quoted-printable, so any server takes it, 8BITMIME or not."""
-    head = EmailMessage(policy=_POLICY)
-    sender_name, sender_addr = email.utils.parseaddr(header_text(sender))
-    if not sender_addr:
-        raise ValueError(f"sender {sender!r} has no email address")
-    head["From"] = Address(display_name=sender_name, addr_spec=sender_addr)
-    head["To"] = Address(
-        display_name=header_text(digest.recipient.name),
-        addr_spec=header_text(digest.recipient.email),
-    )
-    head["Subject"] = header_text(rendered.subject)
-    head["Date"] = date
-    mid = header_text(message_id).strip("<>")
-    head["Message-ID"] = f"<{mid}>"
-    links = [header_text(u) for u in list_unsubscribe]
-    links = [u for u in links if _is_link(u)]
-    if links:
-        head["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in links)
-        if one_click and any(u.startswith("https://") for u in links):
-            head["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    parts = [(b"plain", *_transfer_encoded(rendered.text))]
-    parts.append((b"html", *_transfer_encoded(rendered.html)))
-    # "=_" never occurs in quoted-printable text ("=" is always escaped or
-    # ends a line); a 7bit part is checked for the random rest.
-    boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
-    while any(boundary in body for _, _, body in parts):
-        boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
-    out = [_POLICY.fold_binary(name, value) for name, value in head.raw_items()]
-    out += [
-        b"MIME-Version: 1.0\n",
-        b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\n\n',
-    ]
-    # The line break before a boundary belongs to the boundary (RFC 2046), so
-    # each part's own final line break is followed by one more.
-    for subtype, cte, body in parts:
-        out += [
-            b"--" + boundary + b"\n",
-            b"Content-Type: text/" + subtype + b'; charset="utf-8"\n',
-            b"Content-Transfer-Encoding: " + cte + b"\n\n",
-            body,
-            b"\n",
-        ]
-    out.append(b"--" + boundary + b"--\n")
-    return b"".join(out)
-
-
-def _transfer_encoded(text: str) -> tuple[bytes, bytes]:
-    """(Content-Transfer-Encoding, body): UTF-8 with every line ending made LF
-    and a final one added, as the email package does; sent as it is (7bit)
-    when that is ASCII with no NUL and no line over SMTP's limit, otherwise
-    quoted-printable, both encoded in C (binascii) rather than by the email
-    package's pure-Python encoder."""
-    lines = text.encode("utf-8").splitlines()
-    data = b"\n".join(lines) + b"\n"
-    if data.isascii() and b"\0" not in data and max(map(len, lines), default=0) <= SMTP_LINE:
-        return b"7bit", data
-    return b"quoted-printable", binascii.b2a_qp(data, istext=True)
-
-
-def message_part(message: bytes, subtype: str) -> str:
-    """The decoded ``text/{subtype}`` part of a message ``compose_bytes``
-    made: what a mail client shows, for ``preview`` to print."""
-    parsed = email.message_from_bytes(message, policy=email.policy.default)
-    assert isinstance(parsed, EmailMessage)
-    part = parsed.get_body(preferencelist=(subtype,))
-    if part is None or part.get_content_subtype() != subtype:
-        raise ValueError(f"the message has no text/{subtype} part")
-    content = part.get_content()
-    assert isinstance(content, str)
-    return content

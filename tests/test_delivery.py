@@ -135,7 +135,7 @@ def test_unwritable_maildir_is_unavailable(tmp_path: Path) -> None:
 def test_backoff_doubles_from_initial_with_jitter_up_to_the_maximum() -> None:
     import random
 
-    from mailer.outbox import backoff_seconds
+    from mailer.pipeline.send import backoff_seconds
 
     rng = random.Random(7)
     delays = [backoff_seconds(n, initial=60, maximum=3600, rng=rng) for n in range(1, 10)]
@@ -147,7 +147,7 @@ def test_backoff_doubles_from_initial_with_jitter_up_to_the_maximum() -> None:
 
 
 def test_rate_limit_spaces_sends_across_connections() -> None:
-    from mailer.outbox import RateLimiter
+    from mailer.pipeline.send import RateLimiter
 
     async def three() -> float:
         limiter = RateLimiter(per_minute=600)  # one every 0.1 s

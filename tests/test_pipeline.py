@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 
-import mailer.pipeline as pipeline_module
+import mailer.pipeline.compose as compose_module
 from mailer.config import Config, parse_config
 from mailer.delivery import SmtpTransport, make_transport
 from mailer.dumps import format_dump
-from mailer.outbox import init_worker
 from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline
+from mailer.pipeline.compose import init_worker
 from mailer.store import Store
 from tests.conftest import SEEDS, SmtpServer, free_port
 from tests.test_faults import Rig
@@ -130,7 +130,7 @@ def test_worker_processes_compose_and_queue_the_same_digests(
 ) -> None:
     """With a compose pool, workers read the matches, render and queue each
     chunk with their own store connection; the pass is the same."""
-    monkeypatch.setattr(pipeline_module, "POOL_THRESHOLD", 0)
+    monkeypatch.setattr(compose_module, "POOL_THRESHOLD", 0)
     h = Harness(tmp_path, smtp_server.port)
     monkeypatch.setattr(h.pipeline, "renderer", None)  # composing here would fail
     config = h.config
@@ -160,7 +160,7 @@ def test_a_reload_reaches_the_worker_processes(
 ) -> None:
     """Workers render with the configuration of the pass, not the one they
     started with: a changed paper_url shows in the next digests."""
-    monkeypatch.setattr(pipeline_module, "POOL_THRESHOLD", 0)
+    monkeypatch.setattr(compose_module, "POOL_THRESHOLD", 0)
     h = Harness(tmp_path, smtp_server.port)
     with ProcessPoolExecutor(
         max_workers=1,

@@ -20,15 +20,13 @@ from hypothesis import strategies as st
 from mailer.digests import Digest, Entry, Recipient, Section
 from mailer.dumps import read_dump
 from mailer.errors import TemplateError
+from mailer.mime import Rendered, compose_bytes, compose_message
 from mailer.papers import Paper
 from mailer.render import (
     DEFAULT_PAPER_URL,
     EXCERPT_CHARS,
-    Rendered,
     Renderer,
     check_paper_url,
-    compose_bytes,
-    compose_message,
     default_templates_dir,
     excerpt,
     seven_bit_html,

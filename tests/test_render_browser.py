@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from mailer.render import Rendered, Renderer
+from mailer.mime import Rendered
+from mailer.render import Renderer
 from tests.test_render import MANAGE, UNSUBSCRIBE, realistic_digest
 
 if TYPE_CHECKING:

@@ -25,9 +25,11 @@ from mailer.config import Config, DatabaseConfig
 from mailer.delivery import make_transport
 from mailer.dumps import format_dump
 from mailer.papers import Paper
-from mailer.pipeline import SEND_CHUNK, PassReport, Pipeline
+from mailer.pipeline import PassReport, Pipeline
+from mailer.pipeline.send import SEND_CHUNK
 from mailer.store import Outgoing, Store
-from mailer.web import WebServer, make_app, read_token
+from mailer.tokens import read_token
+from mailer.web import WebServer, make_app
 from tests.conftest import SmtpServer, free_port
 from tests.test_cli import ENV, copy_seeds, mailer, wait_for, write_config
 from tests.test_pipeline import NEW, TODAY, Harness, config_for

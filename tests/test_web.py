@@ -14,7 +14,8 @@ import pytest
 from mailer.config import parse_config
 from mailer.errors import ConfigError, WebError
 from mailer.store import Store
-from mailer.web import WebServer, make_app, make_token, mask, read_token, start_web
+from mailer.tokens import make_token, read_token
+from mailer.web import WebServer, make_app, mask, start_web
 
 SECRET = "s3cret-for-tests-only-0123456789"
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

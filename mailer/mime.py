@@ -1,0 +1,196 @@
+"""From rendered parts to message bytes: headers, MIME structure, transfer encoding.
+
+Pure and free of templates, so what goes on the wire is built and checked
+in one place: every value that reaches a header is stripped of control
+characters first, and every part is 7-bit with lines within SMTP's limit.
+"""
+
+from __future__ import annotations
+
+import binascii
+import email.policy
+import email.utils
+import re
+import secrets
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
+from email.message import EmailMessage
+from email.policy import EmailPolicy
+from typing import cast
+from urllib.parse import urlsplit
+
+from mailer.digests import Digest
+
+# SMTP's limit on a line of a message, without its CRLF (RFC 5321 4.5.3.1.6).
+SMTP_LINE = 998
+# The <URL>s of a List-Unsubscribe header.
+_BRACKETED = re.compile(r"<[^<>]*>")
+
+
+@dataclass(frozen=True)
+class Rendered:
+    """A digest's rendered parts: what a message is made of."""
+
+    subject: str
+    html: str
+    text: str
+    preheader: str
+
+
+def header_text(value: str) -> str:
+    """One header-safe line: control characters and line/paragraph separators
+    (which str.splitlines honours) become spaces, so nothing can start a header."""
+    cleaned = "".join(" " if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in value)
+    return " ".join(cleaned.split())
+
+
+def is_web_url(url: str) -> bool:
+    """An http(s) URL with a host and nothing that could break out of a header or attribute."""
+    if any(c.isspace() or c in '<>"' or unicodedata.category(c) == "Cc" for c in url):
+        return False
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
+def _is_link(url: str) -> bool:
+    if url.startswith("mailto:"):
+        return "@" in url and not any(c.isspace() or c in '<>"' for c in url)
+    return is_web_url(url)
+
+
+class _UrlListHeader(UnstructuredHeader):
+    """List-Unsubscribe holds <URL>s that receivers do not decode, so a long
+    one must be folded only between URLs, never turned into encoded words."""
+
+    def fold(self, *, policy: EmailPolicy[EmailMessage]) -> str:
+        items = _BRACKETED.findall(str(self))
+        name: str = self.name  # type: ignore[attr-defined]
+        return f"{name}: " + f",{policy.linesep} ".join(items) + policy.linesep
+
+
+def _message_policy() -> EmailPolicy[EmailMessage]:
+    registry = HeaderRegistry()
+    registry.map_to_type("list-unsubscribe", cast("type[BaseHeader]", _UrlListHeader))
+    return email.policy.default.clone(header_factory=registry)
+
+
+_POLICY = _message_policy()
+
+
+def compose_message(
+    digest: Digest,
+    rendered: Rendered,
+    *,
+    sender: str,
+    message_id: str,
+    date: datetime,
+    list_unsubscribe: Sequence[str],
+    one_click: bool,
+) -> EmailMessage:
+    """The message :func:`compose_bytes` makes, parsed back, for callers that
+    inspect it rather than send it."""
+    data = compose_bytes(
+        digest,
+        rendered,
+        sender=sender,
+        message_id=message_id,
+        date=date,
+        list_unsubscribe=list_unsubscribe,
+        one_click=one_click,
+    )
+    return email.message_from_bytes(data, policy=_POLICY)
+
+
+def compose_bytes(
+    digest: Digest,
+    rendered: Rendered,
+    *,
+    sender: str,
+    message_id: str,
+    date: datetime,
+    list_unsubscribe: Sequence[str],
+    one_click: bool,
+) -> bytes:
+    """A multipart/alternative message, plain text first so clients that
+    prefer the last part they can show pick the HTML.
+
+    The email package builds the headers; the body is written here, because
+    its quoted-printable encoder and line-by-line generator cost more than
+    rendering the digest. Each part is 7-bit ASCII with lines within SMTP's
+    limit, unencoded where it already is (the HTML, see seven_bit_html), else
+    quoted-printable, so any server takes it, 8BITMIME or not."""
+    head = EmailMessage(policy=_POLICY)
+    sender_name, sender_addr = email.utils.parseaddr(header_text(sender))
+    if not sender_addr:
+        raise ValueError(f"sender {sender!r} has no email address")
+    head["From"] = Address(display_name=sender_name, addr_spec=sender_addr)
+    head["To"] = Address(
+        display_name=header_text(digest.recipient.name),
+        addr_spec=header_text(digest.recipient.email),
+    )
+    head["Subject"] = header_text(rendered.subject)
+    head["Date"] = date
+    mid = header_text(message_id).strip("<>")
+    head["Message-ID"] = f"<{mid}>"
+    links = [header_text(u) for u in list_unsubscribe]
+    links = [u for u in links if _is_link(u)]
+    if links:
+        head["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in links)
+        if one_click and any(u.startswith("https://") for u in links):
+            head["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    parts = [(b"plain", *_transfer_encoded(rendered.text))]
+    parts.append((b"html", *_transfer_encoded(rendered.html)))
+    # "=_" never occurs in quoted-printable text ("=" is always escaped or
+    # ends a line); a 7bit part is checked for the random rest.
+    boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
+    while any(boundary in body for _, _, body in parts):
+        boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
+    out = [_POLICY.fold_binary(name, value) for name, value in head.raw_items()]
+    out += [
+        b"MIME-Version: 1.0\n",
+        b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\n\n',
+    ]
+    # The line break before a boundary belongs to the boundary (RFC 2046), so
+    # each part's own final line break is followed by one more.
+    for subtype, cte, body in parts:
+        out += [
+            b"--" + boundary + b"\n",
+            b"Content-Type: text/" + subtype + b'; charset="utf-8"\n',
+            b"Content-Transfer-Encoding: " + cte + b"\n\n",
+            body,
+            b"\n",
+        ]
+    out.append(b"--" + boundary + b"--\n")
+    return b"".join(out)
+
+
+def _transfer_encoded(text: str) -> tuple[bytes, bytes]:
+    """(Content-Transfer-Encoding, body): UTF-8 with every line ending made LF
+    and a final one added, as the email package does; sent as it is (7bit)
+    when that is ASCII with no NUL and no line over SMTP's limit, otherwise
+    quoted-printable, both encoded in C (binascii) rather than by the email
+    package's pure-Python encoder."""
+    lines = text.encode("utf-8").splitlines()
+    data = b"\n".join(lines) + b"\n"
+    if data.isascii() and b"\0" not in data and max(map(len, lines), default=0) <= SMTP_LINE:
+        return b"7bit", data
+    return b"quoted-printable", binascii.b2a_qp(data, istext=True)
+
+
+def message_part(message: bytes, subtype: str) -> str:
+    """The decoded ``text/{subtype}`` part of a message ``compose_bytes``
+    made: what a mail client shows, for ``preview`` to print."""
+    parsed = email.message_from_bytes(message, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)
+    part = parsed.get_body(preferencelist=(subtype,))
+    if part is None or part.get_content_subtype() != subtype:
+        raise ValueError(f"the message has no text/{subtype} part")
+    content = part.get_content()
+    assert isinstance(content, str)
+    return content

@@ -1,0 +1,146 @@
+"""One pass of the pipeline: files, dumps, papers, matches, digests, messages, deliveries.
+
+Each stage reads what the previous one committed to the store, so a pass cut
+short anywhere is finished by the next one: nothing is dropped, and the
+outbox keeps a message's bytes and Message-ID until the transport accepts it.
+The stages live in ingest, match, compose and send; ``Pipeline`` only holds
+what they share and runs them in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+
+from mailer.config import Config
+from mailer.delivery import Transport
+from mailer.matching import Stats
+from mailer.pipeline.compose import Compose, RenderSettings, digest_order, unsubscribe_url
+from mailer.pipeline.ingest import Ingest, OnDump, Scanner
+from mailer.pipeline.match import (
+    build_engine,
+    compile_queries,
+    match_new_papers,
+    match_rows,
+    subscription_engine,
+    sync_subscribers,
+)
+from mailer.pipeline.report import Clock, PassReport, utc_now
+from mailer.pipeline.send import RateLimiter, Send, TransportPause
+from mailer.store import Store
+
+__all__ = [
+    "PassReport",
+    "Pipeline",
+    "digest_order",
+    "match_rows",
+    "subscription_engine",
+    "sync_subscribers",
+    "unsubscribe_url",
+    "utc_now",
+]
+
+
+class Pipeline:
+    """One pass, stage by stage; building one touches nothing: the configured
+    subscribers are written to the store at the start of the next pass.
+
+    It keeps what outlives a pass (scanner, engine, renderer, rate limiter,
+    transport pause) and hands each stage its parts when it runs, so a
+    replaced ``clock``, ``transport`` or ``compose_pool`` reaches every stage."""
+
+    def __init__(
+        self,
+        config: Config,
+        store: Store,
+        transport: Callable[[], Transport],
+        *,
+        clock: Clock = utc_now,
+        sleep: Callable[[float], None] = time.sleep,
+        compose_pool: Executor | None = None,
+    ) -> None:
+        self.store = store
+        self.transport = transport
+        self.clock = clock
+        # Composing many digests at once runs here (a ProcessPoolExecutor whose
+        # initializer is mailer.pipeline.compose.init_worker); None composes in-process.
+        self.compose_pool = compose_pool
+        self.pause = TransportPause()
+        self.scanner = Scanner(config.watch.dir, config.watch.settle_seconds, sleep)
+        self.stopping = False
+        # Called after each dump of a pass as (done, total, path), to show progress.
+        self.on_dump: OnDump | None = None
+        self.generation = 0
+        self.configure(config)
+
+    def configure(self, config: Config) -> None:
+        """Adopt a (re)loaded configuration: the in-process renderer now, the
+        workers' with their next chunk (see RenderSettings), the store's
+        subscribers at the start of the next pass."""
+        self.config = config
+        self.limiter = RateLimiter(config.smtp.rate_per_minute)
+        self.engine = build_engine(compile_queries(config), Stats())
+        self.generation += 1
+        self.render_settings = RenderSettings(
+            config.render.templates, config.render.paper_url, self.generation
+        )
+        self.renderer = self.render_settings.renderer()
+        self.scanner.directory = config.watch.dir
+        self.scanner.settle = config.watch.settle_seconds
+        self._synced: Config | None = None
+
+    def sync(self) -> None:
+        """Write the configured subscribers to the store, once per configuration."""
+        if self._synced is not self.config:
+            sync_subscribers(self.store, self.config, self.clock())
+            self._synced = self.config
+
+    async def run_pass(self) -> PassReport:
+        report = PassReport()
+        await asyncio.to_thread(self.sync)
+        await asyncio.to_thread(self.ingest, report)
+        await asyncio.to_thread(self.match, report)
+        await self.compose_and_deliver(report)
+        await asyncio.to_thread(self.store.record_pass, report.summary(), self.clock())
+        return report
+
+    def _stopped(self) -> bool:
+        return self.stopping
+
+    def ingest(self, report: PassReport) -> None:
+        """Files -> dumps -> papers."""
+        Ingest(self.store, self.scanner, self.clock).run(report, self._stopped, self.on_dump)
+
+    def match(self, report: PassReport) -> None:
+        """Papers -> matches."""
+        match_new_papers(self.store, self.engine, self.clock, report)
+
+    def compose(self, report: PassReport) -> None:
+        """Matches -> digests -> messages in the outbox."""
+        Compose(
+            self.store,
+            self.config,
+            self.clock,
+            self.renderer,
+            self.render_settings,
+            self.compose_pool,
+        ).run(report, self._stopped)
+
+    async def deliver(self, report: PassReport) -> None:
+        """Messages -> deliveries."""
+        send = Send(self.store, self.config, self.transport, self.clock, self.limiter, self.pause)
+        await send.deliver(report, self._stopped)
+
+    async def compose_and_deliver(self, report: PassReport) -> None:
+        """Compose in a thread (and its worker pool) while the sender drains
+        what is already queued; then drain what composing added."""
+        composing = asyncio.ensure_future(asyncio.to_thread(self.compose, report))
+        try:
+            while not composing.done() and not self.stopping:
+                await self.deliver(report)
+                await asyncio.wait({composing}, timeout=0.1)
+        finally:
+            await composing
+        await self.deliver(report)

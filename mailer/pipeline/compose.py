@@ -1,0 +1,277 @@
+"""Matches -> digests -> messages in the outbox.
+
+Which subscribers are due, what their digests hold, and the message bytes,
+composed in this process or, for many digests at once, in worker processes
+that open their store once and build their Renderer once per configuration
+(so the stylesheet is inlined once per worker and reload, not per message).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass
+from datetime import datetime
+from email.utils import make_msgid
+from pathlib import Path
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+from mailer.config import Config, SubscriberConfig
+from mailer.digests import Digest, Ranking, Recipient, build_digest
+from mailer.mime import compose_bytes
+from mailer.pipeline.report import Clock, PassReport, Stopping
+from mailer.render import Renderer
+from mailer.schedule import Schedule
+from mailer.store import Outgoing, PendingMatch, Store
+from mailer.tokens import unsubscribe_url as signed_unsubscribe_url
+
+log = logging.getLogger("mailer")
+
+POOL_THRESHOLD = 200  # below this many due digests, rendering in-process is quicker
+COMPOSE_CHUNK = 100
+POOL_DEPTH = 4  # chunks composing ahead of the one waited for
+
+MANAGE_HINT = (
+    "Reply to this message, or ask the operator of this digest to change your subscriptions."
+)
+
+
+def recipient(sub: SubscriberConfig) -> Recipient:
+    return Recipient(
+        email=sub.email, name=sub.name, subscriptions=tuple(q.name for q in sub.subscriptions)
+    )
+
+
+def unsubscribe_url(config: Config, email: str) -> str | None:
+    """The signed one-click link for ``email``, when ``[web] base_url`` is set."""
+    web = config.web
+    if not web.base_url:
+        return None
+    return signed_unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
+
+
+@dataclass(frozen=True, slots=True)
+class DigestOrder:
+    """One due subscriber's digest, before its matches are read."""
+
+    subscriber_id: int
+    recipient: Recipient
+    since: datetime | None
+    max_papers: int
+    unsubscribe_url: str | None = None
+
+
+def digest_order(
+    config: Config, sub: SubscriberConfig, subscriber_id: int, since: datetime | None
+) -> DigestOrder:
+    """What composing ``sub``'s digest needs besides the matches."""
+    return DigestOrder(
+        subscriber_id,
+        recipient(sub),
+        since,
+        sub.max_papers or config.render.max_papers,
+        unsubscribe_url(config, sub.email),
+    )
+
+
+def due_subscribers(
+    store: Store, config: Config, now: datetime
+) -> list[tuple[SubscriberConfig, int, datetime | None]]:
+    """(subscriber, id, last digest) of each active subscriber whose schedule is due."""
+    active = store.active_subscriber_ids()
+    subs = [(s, active[s.email]) for s in config.subscribers if s.email in active]
+    state = store.digest_state([i for _, i in subs])
+    due = []
+    for sub, subscriber_id in subs:
+        since, last = state.get(subscriber_id, (now, None))
+        schedule = Schedule.parse(sub.schedule)
+        if schedule.is_due(last=last, since=since, now=now, zone=ZoneInfo(sub.timezone)):
+            due.append((sub, subscriber_id, last))
+    return due
+
+
+def compose_digest(
+    order: DigestOrder, matches: Sequence[PendingMatch], ranking: Ranking, *, test: bool = False
+) -> Digest:
+    """Matches -> Digest: the one path for the outbox, ``preview`` and
+    ``send-test``, so each shows what the others would."""
+    return build_digest(
+        order.recipient,
+        [ranking.matched(m.paper, m.subscriptions, m.subscription_terms) for m in matches],
+        since=order.since,
+        max_papers=order.max_papers,
+        test=test,
+    )
+
+
+def build_message(
+    renderer: Renderer,
+    digest: Digest,
+    now: datetime,
+    *,
+    sender: str,
+    sender_address: str,
+    unsubscribe_url: str | None = None,
+) -> tuple[str, bytes, str]:
+    """(Message-ID, bytes, subject) of a digest. The Message-ID is made here,
+    once: the outbox keeps these bytes, so any resend carries the same one."""
+    domain = sender_address.rpartition("@")[2] or "localhost"
+    message_id = make_msgid(idstring="digest", domain=domain)
+    mailto = f"mailto:{sender_address}?subject=" + quote(f"unsubscribe {digest.recipient.email}")
+    rendered = renderer.render(digest, unsubscribe_url=unsubscribe_url, manage_hint=MANAGE_HINT)
+    links = [unsubscribe_url, mailto] if unsubscribe_url else [mailto]
+    message = compose_bytes(
+        digest,
+        rendered,
+        sender=sender,
+        message_id=message_id,
+        date=now,
+        list_unsubscribe=links,
+        one_click=unsubscribe_url is not None,
+    )
+    return message_id, message, rendered.subject
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A digest now in the outbox, for the log."""
+
+    recipient: str
+    papers: int
+    message_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class ComposeChunk:
+    """Some due digests, composed and queued as one unit of work: their
+    unclaimed matches read, rendered, and written to the outbox with the
+    claims in one transaction. A worker process does all of it with its own
+    store connection, so the process that sends spends nothing on composing
+    and no message bytes cross between processes."""
+
+    orders: tuple[DigestOrder, ...]
+    now: datetime
+    sender: str
+    sender_address: str
+
+    def run(self, store: Store, renderer: Renderer) -> list[Queued]:
+        pending = store.pending_matches_for([o.subscriber_id for o in self.orders])
+        ranking = Ranking(store.stats())
+        messages: list[Outgoing] = []
+        for order in self.orders:
+            matches = pending.get(order.subscriber_id, [])
+            if not matches:
+                continue
+            digest = compose_digest(order, matches, ranking)
+            message_id, data, subject = build_message(
+                renderer,
+                digest,
+                self.now,
+                sender=self.sender,
+                sender_address=self.sender_address,
+                unsubscribe_url=order.unsubscribe_url,
+            )
+            messages.append(
+                Outgoing(
+                    order.subscriber_id,
+                    order.recipient.email,
+                    message_id,
+                    subject,
+                    data,
+                    [m.id for m in matches],
+                )
+            )
+        if messages:
+            store.enqueue_many(messages, self.now)
+        return [Queued(m.recipient, len(m.match_ids), m.message_id) for m in messages]
+
+
+@dataclass(frozen=True, slots=True)
+class RenderSettings:
+    """What a Renderer is built from. ``generation`` counts configuration
+    loads, so a worker builds a new Renderer after every reload (templates
+    edited on disk included) and never renders with an old one."""
+
+    templates: Path | None
+    paper_url: str
+    generation: int = 0
+
+    def renderer(self) -> Renderer:
+        return Renderer(self.templates, paper_url=self.paper_url)
+
+
+@dataclass(frozen=True)
+class Compose:
+    """The compose stage: every due digest into the outbox, in chunks. With a
+    worker pool (whose initializer is ``init_worker``), workers read, render
+    and queue chunks themselves, POOL_DEPTH ahead of the one waited for."""
+
+    store: Store
+    config: Config
+    clock: Clock
+    renderer: Renderer
+    settings: RenderSettings
+    pool: Executor | None = None
+
+    def run(self, report: PassReport, stopping: Stopping) -> None:
+        now = self.clock()
+        due = due_subscribers(self.store, self.config, now)
+        pool = self.pool if len(due) >= POOL_THRESHOLD else None
+        smtp = self.config.smtp
+        in_flight: deque[Future[list[Queued]]] = deque()
+        for start in range(0, len(due), COMPOSE_CHUNK):
+            if stopping():
+                break
+            chunk = ComposeChunk(
+                tuple(
+                    digest_order(self.config, sub, subscriber_id, last)
+                    for sub, subscriber_id, last in due[start : start + COMPOSE_CHUNK]
+                ),
+                now,
+                smtp.sender,
+                smtp.sender_address,
+            )
+            if pool is None:
+                _queued(chunk.run(self.store, self.renderer), report)
+                continue
+            in_flight.append(pool.submit(compose_chunk, chunk, self.settings))
+            while len(in_flight) > POOL_DEPTH:
+                _queued(in_flight.popleft().result(), report)
+        for future in in_flight:
+            _queued(future.result(), report)
+
+
+def _queued(queued: list[Queued], report: PassReport) -> None:
+    report.digests += len(queued)
+    for q in queued:
+        log.info(
+            "digest queued subscriber=%s papers=%d message_id=%s",
+            q.recipient,
+            q.papers,
+            q.message_id,
+        )
+
+
+# --- the worker processes -------------------------------------------------------
+
+_store: Store | None = None
+_renderer: tuple[RenderSettings, Renderer] | None = None
+
+
+def init_worker(database_url: str) -> None:
+    """Process-pool initializer: open the store once per worker."""
+    global _store
+    _store = Store(database_url)
+
+
+def compose_chunk(chunk: ComposeChunk, settings: RenderSettings) -> list[Queued]:
+    """Run in a worker: a chunk of due digests into the outbox, rendered with
+    the Renderer of ``settings`` (built once per worker and configuration)."""
+    global _renderer
+    assert _store is not None, "init_worker was not run in this process"
+    if _renderer is None or _renderer[0] != settings:
+        _renderer = (settings, settings.renderer())
+    return chunk.run(_store, _renderer[1])
