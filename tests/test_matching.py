@@ -209,6 +209,46 @@ def test_stems_of_uncached_words_are_computed() -> None:
     assert stem_set(["otherunseenings", "graphs"]) == {stem("otherunseenings"), "graph"}
 
 
+# Stats is internal (it may move into the store); these pin what it must report.
+
+
+def observed(*papers: Paper) -> Stats:
+    stats = Stats()
+    for paper in papers:
+        stats.observe(Doc(paper, stats))
+    return stats
+
+
+def test_stats_count_the_papers_observed() -> None:
+    papers = [Paper(f"Paper {n}", "An abstract.") for n in range(7)]
+    assert observed(*papers).papers == 7
+
+
+def test_stats_count_each_stem_once_per_paper_that_has_it() -> None:
+    stats = observed(
+        Paper("Graph graphs", "A graph of graphs."),
+        Paper("Graph transformers", "Attention only."),
+        Paper("Transformers", "No graphs here, only transformers."),
+    )
+    assert (stats.df["graph"], stats.df["transform"], stats.df["attent"]) == (3, 2, 1)
+    assert stats.df["absent"] == 0
+
+
+def test_stats_sum_the_field_lengths_in_words() -> None:
+    stats = observed(Paper("Two words", "Three words here."), Paper("One", "Four words in all."))
+    assert (stats.title_length, stats.abstract_length) == (3, 7)
+    assert stats.average() == (1.5, 3.5)
+
+
+def test_a_word_in_fewer_papers_weighs_more() -> None:
+    stats = observed(
+        Paper("Graph transformers", "A graph."),
+        Paper("Graph models", "A graph."),
+        Paper("Sparse graphs", "A sparse graph."),
+    )
+    assert stats.idf("spars") > stats.idf("graph") > 0
+
+
 # --- the engine equals the reference ----------------------------------------------
 
 
