@@ -267,7 +267,8 @@ def test_file_still_being_written_waits_until_complete(
     harness.pipeline.scanner.sleep = write_rest
     first = harness.run()
     harness.pipeline.scanner.sleep = lambda s: None
-    time.sleep(0.6)
+    settled = time.time() - 1  # since written, the file stayed unchanged past settle
+    os.utime(path, (settled, settled))
     second = harness.run()
     harness.store.close()
     assert first.dumps == 0
