@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 import pytest
 from hypothesis import given, settings
@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from mailer.analysis import _WORD, stem, stem_set, stems, tokens
 from mailer.errors import QueryError
-from mailer.matching import Doc, Engine, Hit, Stats, highlight_spans, match_paper, parse_query
+from mailer.matching import (
+    Doc,
+    Engine,
+    Hit,
+    Query,
+    Stats,
+    highlight_spans,
+    match_paper,
+    parse_query,
+)
 from mailer.papers import Paper
 
 PAPER = Paper(
@@ -172,7 +181,7 @@ def test_terms_are_ranked_title_hits_first() -> None:
 def test_title_hit_scores_above_abstract_hit() -> None:
     title = Paper("Diffusion sampling", "We study a method for images.")
     abstract = Paper("Sampling images", "We study a diffusion method.")
-    query = {"q": parse_query("diffusion")}
+    query: dict[Hashable, Query] = {"q": parse_query("diffusion")}
     stats = Stats()
     docs = [Doc(title, stats), Doc(abstract, stats)]
     for doc in docs:
@@ -323,7 +332,7 @@ queries = st.recursive(
 )
 
 
-def _by_query(hits: list[Hit]) -> dict[Hashable, tuple[tuple[str, ...], float]]:
+def _by_query(hits: Iterable[Hit]) -> dict[Hashable, tuple[tuple[str, ...], float]]:
     # Exact floats: the engine must sum and rank as ``score`` does.
     return {h.query: (h.terms, h.score) for h in hits}
 
@@ -363,7 +372,9 @@ flat_queries = st.one_of(
 def test_engine_equals_reference_evaluator(
     texts: list[str], batch: list[Paper], stemming: bool
 ) -> None:
-    parsed = {i: parse_query(q, stemming=stemming) for i, q in enumerate(texts)}
+    parsed: dict[Hashable, Query] = {
+        i: parse_query(q, stemming=stemming) for i, q in enumerate(texts)
+    }
     stats = Stats()
     docs = [Doc(p, stats) for p in batch]
     for doc in docs[:2]:
@@ -377,6 +388,8 @@ def test_engine_equals_reference_evaluator(
 
 
 def test_prefixes_of_different_lengths_all_select_their_papers() -> None:
-    queries = {n: parse_query(q) for n, q in enumerate(["t*", "gr*", "tran*", "reinforc*"])}
+    queries: dict[Hashable, Query] = {
+        n: parse_query(q) for n, q in enumerate(["t*", "gr*", "tran*", "reinforc*"])
+    }
     engine = Engine(queries)
     assert {h.query for h in engine.match(Doc(PAPER))} == {0, 1, 2, 3}

@@ -105,9 +105,9 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, smtp_server: SmtpServer) -> Harness:
+def harness(tmp_path: Path, smtp_server: SmtpServer) -> Iterator[Harness]:
     h = Harness(tmp_path, smtp_server.port)
-    yield h  # type: ignore[misc]
+    yield h
     h.store.close()
 
 
