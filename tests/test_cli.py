@@ -18,6 +18,7 @@ import pytest
 
 from mailer.cli import app
 from tests.conftest import ROOT, SEEDS, SmtpServer
+from tests.waiting import passes, wait_for, wait_for_fresh_passes
 
 ENV = {**os.environ, "PYTHONPATH": str(ROOT), "NO_COLOR": "1", "COLUMNS": "200"}
 ENV.pop("MAILER_CONFIG", None)
@@ -234,15 +235,6 @@ def test_send_test_to_unknown_subscriber_names_it(tmp_path: Path) -> None:
 # --- the daemon -----------------------------------------------------------------------
 
 
-def wait_for(condition: object, timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():  # type: ignore[operator]
-            return True
-        time.sleep(0.1)
-    return False
-
-
 @pytest.mark.slow
 def test_daemon_ingests_new_dumps_mails_and_stops_on_sigterm(
     tmp_path: Path, smtp_server: SmtpServer
@@ -257,11 +249,11 @@ def test_daemon_ingests_new_dumps_mails_and_stops_on_sigterm(
         text=True,
     )
     try:
-        time.sleep(1.0)
+        wait_for(lambda: passes(tmp_path) >= 1, what="the daemon's first pass")
         (tmp_path / "dumps" / "garbage.txt").write_bytes(b"\x00\xff" * 100)
         copy_seeds(tmp_path / "dumps")
-        assert wait_for(lambda: len(smtp_server.messages) >= 2), "no digests arrived"
-        time.sleep(1.5)
+        wait_for(lambda: len(smtp_server.messages) >= 2, what="two digests")
+        wait_for_fresh_passes(tmp_path, 2)
         assert len(smtp_server.messages) == 2
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)

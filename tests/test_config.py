@@ -2,13 +2,25 @@
 
 from __future__ import annotations
 
+import re
+import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
+from pydantic import BaseModel
 
-from mailer.config import example_config_text, load_config, parse_config
+from mailer.config import (
+    Config,
+    SubscriberConfig,
+    SubscriptionConfig,
+    example_config_text,
+    load_config,
+    parse_config,
+)
 from mailer.errors import ConfigError
+from tests.conftest import ROOT
 
 VALID = """
 [watch]
@@ -156,3 +168,83 @@ def test_no_file_anywhere_uses_the_embedded_example(
     config, source = load_config(None)
     assert source == "embedded example"
     assert config.subscribers
+
+
+# --- config.example.toml documents the code's defaults ----------------------------
+
+EXAMPLE_TEXT = (ROOT / "config.example.toml").read_text(encoding="utf-8")
+EXAMPLE: dict[str, Any] = tomllib.loads(EXAMPLE_TEXT)
+
+# Tables whose values in the example are per install (who gets mail), not defaults.
+PER_INSTALL_SECTIONS = {"subscribers"}
+
+# Settings the example cannot show as a value; each must still be documented there
+# as a commented-out line ("# key = ...").
+NOT_SHOWN_AS_VALUE = {
+    ("render", "templates"),  # default None (built-in templates): TOML has no null
+}
+
+SETTINGS_SECTIONS: dict[str, type[BaseModel]] = {
+    name: field.annotation
+    for name, field in Config.model_fields.items()
+    if name not in PER_INSTALL_SECTIONS
+    and isinstance(field.annotation, type)
+    and issubclass(field.annotation, BaseModel)
+}
+SETTINGS = [
+    (section, key) for section, model in SETTINGS_SECTIONS.items() for key in model.model_fields
+]
+EXAMPLE_SETTINGS = [
+    (section, key)
+    for section, values in EXAMPLE.items()
+    if section not in PER_INSTALL_SECTIONS
+    for key in values
+]
+
+
+def commented_out(key: str) -> bool:
+    return re.search(rf"^#\s*{re.escape(key)}\s*=", EXAMPLE_TEXT, re.MULTILINE) is not None
+
+
+def test_every_top_level_key_of_the_model_is_a_settings_section_or_per_install() -> None:
+    assert set(Config.model_fields) == set(SETTINGS_SECTIONS) | PER_INSTALL_SECTIONS
+
+
+def test_every_settings_section_is_in_the_example() -> None:
+    assert sorted(set(SETTINGS_SECTIONS) - set(EXAMPLE)) == []
+
+
+@pytest.mark.parametrize(("section", "key"), SETTINGS, ids=[f"{s}.{k}" for s, k in SETTINGS])
+def test_every_setting_is_in_the_example(section: str, key: str) -> None:
+    if (section, key) in NOT_SHOWN_AS_VALUE:
+        assert commented_out(key), f"[{section}] {key} should be shown commented out"
+    else:
+        assert key in EXAMPLE[section], f"[{section}] {key} is missing from config.example.toml"
+
+
+@pytest.mark.parametrize(
+    ("section", "key"), EXAMPLE_SETTINGS, ids=[f"{s}.{k}" for s, k in EXAMPLE_SETTINGS]
+)
+def test_the_examples_value_is_the_codes_default(section: str, key: str) -> None:
+    model = SETTINGS_SECTIONS[section]
+    field = model.model_fields[key]
+    default = field.get_default(call_default_factory=True)
+    # Validated through the model, as a config file's value would be (60 -> 60.0, str -> Path).
+    shown = getattr(model.model_validate({key: EXAMPLE[section][key]}), key)
+    assert shown == default, f"[{section}] {key}: example says {shown!r}, code says {default!r}"
+
+
+SUBSCRIBER_FIELDS = [("subscribers", key) for key in SubscriberConfig.model_fields] + [
+    ("subscribers.subscriptions", key) for key in SubscriptionConfig.model_fields
+]
+
+
+@pytest.mark.parametrize(
+    ("table", "key"), SUBSCRIBER_FIELDS, ids=[f"{t}.{k}" for t, k in SUBSCRIBER_FIELDS]
+)
+def test_every_subscriber_key_is_shown_in_the_example(table: str, key: str) -> None:
+    """Per-install values, but the example is where an operator learns the keys."""
+    shown = {k for sub in EXAMPLE["subscribers"] for k in sub}
+    if table == "subscribers.subscriptions":
+        shown = {k for sub in EXAMPLE["subscribers"] for q in sub["subscriptions"] for k in q}
+    assert key in shown or commented_out(key), f"[[{table}]] {key} is not in the example"

@@ -11,9 +11,10 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from mailer.pipeline import PassReport, Pipeline
 from mailer.store import Store
 from tests.conftest import SEEDS, SMTP_LOGIN, Logins, Received, SmtpServer, free_port
 from tests.test_cli import ENV, copy_seeds, mailer
+from tests.waiting import passes, wait_for, wait_for_fresh_passes
 
 START = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 DIFFUSION = '"diffusion model" OR diffusion'
@@ -279,11 +281,17 @@ def write_config(tmp_path: Path, port: int, **kwargs: Any) -> Path:
     return path
 
 
-def start(config: Path, *args: str) -> subprocess.Popen[str]:
+def start(config: Path, *args: str, markers: Path | None = None) -> subprocess.Popen[str]:
+    """Run mailer; with ``markers``, through tests.hooked_mailer, which marks
+    points inside the process there for the test to wait on."""
+    module, env = "mailer", ENV
+    if markers is not None:
+        markers.mkdir(exist_ok=True)
+        module, env = "tests.hooked_mailer", {**ENV, "MAILER_TEST_MARKERS": str(markers)}
     return subprocess.Popen(
-        [sys.executable, "-m", "mailer", "--config", str(config), *args],
+        [sys.executable, "-m", module, "--config", str(config), *args],
         cwd=config.parent,
-        env=ENV,
+        env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -298,15 +306,6 @@ def finish(proc: subprocess.Popen[str], timeout: float = 30) -> tuple[int, str]:
             proc.kill()
             proc.communicate()
     return proc.returncode, stderr
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 20) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def message_ids(messages: list[Received]) -> dict[str, set[str]]:
@@ -369,8 +368,12 @@ def test_5_sigkill_mid_ingest_then_restart_ingests_completely_and_mails_once(
     holder = sqlite3.connect(tmp_path / "mailer.db", isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     try:
-        proc = start(config, "ingest")
-        time.sleep(2)  # well past start-up, well inside the 10 s busy timeout
+        markers = tmp_path / "markers"
+        proc = start(config, "ingest", markers=markers)
+        wait_for(
+            lambda: (markers / "inserting-dump").exists() or proc.poll() is not None,
+            what="mailer to write its first dump (inside the 10 s busy timeout)",
+        )
         assert proc.poll() is None, "mailer should be blocked inside its ingest transaction"
         proc.kill()
         code, _ = finish(proc)
@@ -404,18 +407,22 @@ def test_6_sigterm_while_sending_exits_0_within_10s_and_loses_nothing(
     subs = [(f"reader{i}@example.org", "instant", "UTC") for i in range(12)]
     config = write_config(tmp_path, smtp_server.port, subscribers=subs, interval=0.3)
     original = smtp_server.sink.handle_DATA
+    stopping = threading.Event()
 
-    async def slow(server: SMTP, session: Session, envelope: Envelope) -> str:
-        await asyncio.sleep(0.4)
+    async def held(server: SMTP, session: Session, envelope: Envelope) -> str:
+        # Once one message is in, the others wait for the SIGTERM: it comes mid-batch.
+        if smtp_server.messages:
+            await asyncio.to_thread(stopping.wait, 15)
         return await original(server, session, envelope)
 
-    smtp_server.sink.handle_DATA = slow  # type: ignore[method-assign]
+    smtp_server.sink.handle_DATA = held  # type: ignore[method-assign]
     proc = start(config, "run")
     try:
         copy_seeds(tmp_path / "dumps")
-        assert wait_for(lambda: len(smtp_server.messages) >= 1), "nothing was sent"
+        wait_for(lambda: len(smtp_server.messages) >= 1, what="the first message")
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
+        stopping.set()
         code, stderr = finish(proc, timeout=15)
         elapsed = time.monotonic() - started
     finally:
@@ -441,11 +448,11 @@ def test_7_second_daemon_on_the_same_sqlite_database_refuses_naming_db_and_pid(
     copy_seeds(tmp_path / "dumps")
     first = start(config, "run")
     try:
-        assert wait_for(lambda: len(smtp_server.messages) >= 3), "first daemon sent nothing"
+        wait_for(lambda: len(smtp_server.messages) >= 3, what="the first daemon's digests")
         second = start(config, "run")
         code, stderr = finish(second, timeout=30)
         once = mailer("--config", str(config), "ingest", cwd=tmp_path)
-        time.sleep(0.8)
+        wait_for_fresh_passes(tmp_path)  # the first daemon carries on
         first.send_signal(signal.SIGTERM)
         first_code, first_err = finish(first)
     finally:
@@ -592,17 +599,21 @@ def test_12_dump_written_in_two_halves_is_ingested_once_and_complete(
     config = write_config(tmp_path, smtp_server.port, interval=0.2, settle=1.5)
     seed = sorted(SEEDS.glob("*.txt"))[0].read_bytes()
     half = len(seed) // 2
-    proc = start(config, "run")
+    markers = tmp_path / "markers"
+    proc = start(config, "run", markers=markers)
     try:
-        time.sleep(1.0)
+        wait_for(lambda: passes(tmp_path) >= 1, what="the daemon's first pass")
         target = tmp_path / "dumps" / "halves.txt"
         with target.open("wb") as f:
             f.write(seed[:half])
             f.flush()
-            time.sleep(0.6)
+            wait_for(
+                lambda: (markers / "settling").exists(),
+                what="the daemon to wait for the half-written dump to settle",
+            )
             f.write(seed[half:])
-        assert wait_for(lambda: len(smtp_server.messages) >= 1, timeout=15)
-        time.sleep(1.0)
+        wait_for(lambda: len(smtp_server.messages) >= 1, timeout=15, what="a digest")
+        wait_for_fresh_passes(tmp_path, 2)
         proc.send_signal(signal.SIGTERM)
         code, stderr = finish(proc)
     finally:

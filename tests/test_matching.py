@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterable
 
 import pytest
 from hypothesis import given, settings
@@ -14,6 +14,7 @@ from mailer.matching import (
     Doc,
     Engine,
     Hit,
+    Query,
     Stats,
     highlight_spans,
     match_paper,
@@ -181,7 +182,7 @@ def test_terms_are_ranked_title_hits_first() -> None:
 def test_title_hit_scores_above_abstract_hit() -> None:
     title = Paper("Diffusion sampling", "We study a method for images.")
     abstract = Paper("Sampling images", "We study a diffusion method.")
-    query = {"q": parse_query("diffusion")}
+    query: dict[Hashable, Query] = {"q": parse_query("diffusion")}
     stats = Stats()
     docs = [Doc(title, stats), Doc(abstract, stats)]
     for doc in docs:
@@ -216,6 +217,46 @@ def test_stems_of_uncached_words_are_computed() -> None:
     words = ["unseenwordings", "graphs", "unseenwordings"]
     assert stems(words) == [stem(w) for w in words]
     assert stem_set(["otherunseenings", "graphs"]) == {stem("otherunseenings"), "graph"}
+
+
+# Stats is internal (it may move into the store); these pin what it must report.
+
+
+def observed(*papers: Paper) -> Stats:
+    stats = Stats()
+    for paper in papers:
+        stats.observe(Doc(paper, stats))
+    return stats
+
+
+def test_stats_count_the_papers_observed() -> None:
+    papers = [Paper(f"Paper {n}", "An abstract.") for n in range(7)]
+    assert observed(*papers).papers == 7
+
+
+def test_stats_count_each_stem_once_per_paper_that_has_it() -> None:
+    stats = observed(
+        Paper("Graph graphs", "A graph of graphs."),
+        Paper("Graph transformers", "Attention only."),
+        Paper("Transformers", "No graphs here, only transformers."),
+    )
+    assert (stats.df["graph"], stats.df["transform"], stats.df["attent"]) == (3, 2, 1)
+    assert stats.df["absent"] == 0
+
+
+def test_stats_sum_the_field_lengths_in_words() -> None:
+    stats = observed(Paper("Two words", "Three words here."), Paper("One", "Four words in all."))
+    assert (stats.title_length, stats.abstract_length) == (3, 7)
+    assert stats.average() == (1.5, 3.5)
+
+
+def test_a_word_in_fewer_papers_weighs_more() -> None:
+    stats = observed(
+        Paper("Graph transformers", "A graph."),
+        Paper("Graph models", "A graph."),
+        Paper("Sparse graphs", "A sparse graph."),
+    )
+    assert stats.idf("spars") > stats.idf("graph") > 0
 
 
 # --- the engine equals the reference ----------------------------------------------
@@ -292,7 +333,7 @@ queries = st.recursive(
 )
 
 
-def _by_query(hits: list[Hit]) -> dict[Hashable, tuple[tuple[str, ...], float]]:
+def _by_query(hits: Iterable[Hit]) -> dict[Hashable, tuple[tuple[str, ...], float]]:
     # Exact floats: the engine must sum and rank as ``score`` does.
     return {h.query: (h.terms, h.score) for h in hits}
 
@@ -332,7 +373,9 @@ flat_queries = st.one_of(
 def test_engine_equals_reference_evaluator(
     texts: list[str], batch: list[Paper], stemming: bool
 ) -> None:
-    parsed = {i: parse_query(q, stemming=stemming) for i, q in enumerate(texts)}
+    parsed: dict[Hashable, Query] = {
+        i: parse_query(q, stemming=stemming) for i, q in enumerate(texts)
+    }
     stats = Stats()
     docs = [Doc(p, stats) for p in batch]
     for doc in docs[:2]:
@@ -356,7 +399,9 @@ def test_rescoring_recorded_terms_gives_the_hits_terms_and_score(
 ) -> None:
     """Digests weigh a match's recorded terms (display strings) again; with
     the same statistics that must give back exactly the engine's ranking."""
-    parsed = {i: parse_query(q, stemming=stemming) for i, q in enumerate(texts)}
+    parsed: dict[Hashable, Query] = {
+        i: parse_query(q, stemming=stemming) for i, q in enumerate(texts)
+    }
     stats = Stats()
     docs = [Doc(p, stats) for p in batch]
     for doc in docs:
@@ -390,6 +435,8 @@ def test_observing_a_paper_counts_as_observing_its_doc() -> None:
 
 
 def test_prefixes_of_different_lengths_all_select_their_papers() -> None:
-    queries = {n: parse_query(q) for n, q in enumerate(["t*", "gr*", "tran*", "reinforc*"])}
+    queries: dict[Hashable, Query] = {
+        n: parse_query(q) for n, q in enumerate(["t*", "gr*", "tran*", "reinforc*"])
+    }
     engine = Engine(queries)
     assert {h.query for h in engine.match(Doc(PAPER))} == {0, 1, 2, 3}

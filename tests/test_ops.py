@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import pytest
 from mailer.config import parse_config
 from mailer.ops import log_fields
 from tests.conftest import ROOT
-from tests.test_cli import ENV, copy_seeds, database_rows, mailer, wait_for, write_config
+from tests.test_cli import ENV, copy_seeds, database_rows, mailer, write_config
+from tests.waiting import passes, wait_for, wait_for_fresh_passes
 
 
 def ingested(tmp_path: Path, interval: float = 60) -> Path:
@@ -213,6 +213,12 @@ def heartbeat(tmp_path: Path) -> dict[str, object] | None:
     return data
 
 
+def passes_in(beat: dict[str, object]) -> int:
+    count = beat["passes"]
+    assert isinstance(count, int)
+    return count
+
+
 @pytest.mark.slow
 def test_daemon_reloads_an_edited_config_and_survives_an_invalid_one(tmp_path: Path) -> None:
     config = write_config(tmp_path, interval=0.3)
@@ -226,28 +232,25 @@ def test_daemon_reloads_an_edited_config_and_survives_an_invalid_one(tmp_path: P
         text=True,
     )
     try:
-        assert wait_for(lambda: heartbeat(tmp_path) is not None), "no heartbeat"
+        wait_for(lambda: heartbeat(tmp_path) is not None, what="a heartbeat")
         first = heartbeat(tmp_path)
         assert first is not None
         assert first["pid"] == proc.pid
-        assert wait_for(lambda: (heartbeat(tmp_path) or {}).get("passes", 0) > first["passes"])  # type: ignore[operator]
+        wait_for(lambda: passes(tmp_path) > passes_in(first), what="a second heartbeat")
         edit = mailer("--config", str(config), "subs", "add-query", "grace@example.org",
                       "Agents", "agents", "--replace", cwd=tmp_path)  # fmt: skip
         assert edit.returncode == 0, edit.stderr
-        time.sleep(1.0)
+        wait_for_fresh_passes(tmp_path)  # a pass that began after the edit reloaded it
         copy_seeds(tmp_path / "dumps")
         outbox = tmp_path / "outbox" / "new"
-        assert wait_for(lambda: outbox.exists() and len(list(outbox.iterdir())) == 2)
+        wait_for(lambda: outbox.exists() and len(list(outbox.iterdir())) == 2, what="two digests")
         grace = [p.read_text() for p in outbox.iterdir() if "grace@example.org" in p.read_text()]
         assert len(grace) == 1
         config.write_text(
             config.read_text().replace('email = "grace@example.org"', 'email = "grace"')
         )
-        time.sleep(1.5)
+        wait_for_fresh_passes(tmp_path, 2)  # read the invalid config, and passed again
         assert proc.poll() is None
-        beat = heartbeat(tmp_path)
-        time.sleep(1.0)
-        assert heartbeat(tmp_path) != beat, "the daemon stopped passing"
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)
     finally:

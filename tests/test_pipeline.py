@@ -4,12 +4,17 @@ out over real SMTP (aiosmtpd on loopback), state in a real SQLite file."""
 from __future__ import annotations
 
 import asyncio
+import html
 import multiprocessing
 import os
 import re
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime
+from email import message_from_bytes, policy
+from email.message import EmailMessage
+from email.utils import parseaddr
 from pathlib import Path
 
 import pytest
@@ -101,9 +106,9 @@ class Harness:
 
 
 @pytest.fixture
-def harness(tmp_path: Path, smtp_server: SmtpServer) -> Harness:
+def harness(tmp_path: Path, smtp_server: SmtpServer) -> Iterator[Harness]:
     h = Harness(tmp_path, smtp_server.port)
-    yield h  # type: ignore[misc]
+    yield h
     h.store.close()
 
 
@@ -294,7 +299,8 @@ def test_file_still_being_written_waits_until_complete(
     harness.pipeline.scanner.sleep = write_rest
     first = harness.run()
     harness.pipeline.scanner.sleep = lambda s: None
-    time.sleep(0.6)
+    settled = time.time() - 1  # since written, the file stayed unchanged past settle
+    os.utime(path, (settled, settled))
     second = harness.run()
     harness.store.close()
     assert first.dumps == 0
@@ -444,3 +450,142 @@ def test_digest_order_does_not_depend_on_how_dumps_arrived(
     one_by_one = daily_digest_links(tmp_path / "b", smtp_server, [[s] for s in reversed(seeds)])
     assert len(at_once) > 5
     assert one_by_one == at_once
+
+
+# --- the middle: what matched, and in which order ----------------------------------
+
+
+def maildir_harness(tmp_path: Path, extra: str = "") -> Harness:
+    harness = Harness(tmp_path, free_port(), extra)
+    delivery = harness.config.delivery.model_copy(update={"transport": "maildir"})
+    harness.pipeline.configure(harness.config.model_copy(update={"delivery": delivery}))
+    return harness
+
+
+def maildir_digests(tmp_path: Path) -> dict[str, EmailMessage]:
+    """The messages delivered to the Maildir, by recipient address."""
+    out = {}
+    for path in (tmp_path / "outbox" / "new").iterdir():
+        parsed = message_from_bytes(path.read_bytes(), policy=policy.default)
+        assert isinstance(parsed, EmailMessage)
+        out[parseaddr(parsed["To"])[1]] = parsed
+    return out
+
+
+def part(message: EmailMessage, kind: str) -> str:
+    body = message.get_body((kind,))
+    assert isinstance(body, EmailMessage)
+    content: str = body.get_content()
+    return content
+
+
+def entry_titles(message: EmailMessage) -> list[str]:
+    """Paper titles in the order the HTML part shows them, marks removed."""
+    titles = re.findall(r'<a class="title-link"[^>]*>(.*?)</a>', part(message, "html"), re.S)
+    return [html.unescape(re.sub(r"<[^>]+>", "", t)) for t in titles]
+
+
+@pytest.fixture
+def maildir(tmp_path: Path) -> Iterator[Harness]:
+    harness = maildir_harness(tmp_path)
+    yield harness
+    harness.store.close()
+
+
+def test_digest_text_says_which_terms_each_paper_matched(maildir: Harness, tmp_path: Path) -> None:
+    maildir.drop_seeds()
+    maildir.run()
+    ada = maildir_digests(tmp_path)["ada@example.org"]
+    matched = [line for line in part(ada, "plain").splitlines() if line.startswith("Matched:")]
+    assert len(matched) == len(entry_titles(ada)) > 0
+    assert set(matched) == {'Matched: "diffusion model"'}
+
+
+def test_digest_html_marks_the_matched_words(maildir: Harness, tmp_path: Path) -> None:
+    maildir.drop_seeds()
+    maildir.run()
+    ada = maildir_digests(tmp_path)["ada@example.org"]
+    marks = re.findall(r"<mark[^>]*>(.*?)</mark>", part(ada, "html"), re.S)
+    assert marks
+    assert {m.casefold() for m in marks} <= {"diffusion model", "diffusion models"}
+
+
+def test_stored_matches_keep_the_terms_that_matched(tmp_path: Path) -> None:
+    # A daily schedule whose slot has not come yet: the matches wait in the store.
+    harness = maildir_harness(tmp_path)
+    ada = harness.config.subscribers[0].model_copy(update={"schedule": "daily 08:00"})
+    harness.pipeline.configure(
+        harness.config.model_copy(update={"subscribers": [ada, *harness.config.subscribers[1:]]})
+    )
+    harness.drop("new.txt", format_dump(TODAY, [NEW]))
+    report = harness.run()
+    (pending,) = harness.store.pending_matches(harness.store.active_subscriber_ids()[ada.email])
+    harness.store.close()
+    assert report.sent == 0
+    assert (pending.paper.title, pending.subscriptions) == (NEW.title, ("Diffusion",))
+    assert pending.subscription_terms == (("diffusion model",),)
+
+
+# A corpus where "transformer" is in every title and "mamba" in one abstract.
+LIN = """
+[[subscribers]]
+email = "lin@example.org"
+name = "Lin"
+[[subscribers.subscriptions]]
+name = "Sequence models"
+query = 'transformer OR mamba'
+"""
+COMMON = [
+    Paper(f"Transformer Study {n}", f"We measure the {n} heads of a network on benchmarks.")
+    for n in ("first", "second", "third", "fourth", "fifth", "sixth", "seventh", "eighth")
+]
+RARE = Paper(
+    "Linear-Time Sequence Modelling",
+    "We scale recurrent state spaces to long inputs, compare them with attention on many "
+    "benchmarks, study their memory, their speed and their accuracy, and close with a "
+    "selective variant in the style of mamba.",
+)
+FILLER = [
+    Paper(f"Graph Study {n}", f"We colour the {n} graph of a family with few colours.")
+    for n in ("one", "two", "three", "four", "five", "six")
+]
+
+
+def test_a_word_few_papers_contain_ranks_above_one_most_papers_contain(tmp_path: Path) -> None:
+    """Relevance weighs a word by how rare it is in all papers seen: "mamba",
+    once deep in one abstract, beats "transformer", in the title of many."""
+    harness = maildir_harness(tmp_path, LIN)
+    harness.drop("corpus.txt", format_dump(TODAY, [*COMMON, RARE, *FILLER]))
+    harness.run()
+    harness.store.close()
+    lin = maildir_digests(tmp_path)["lin@example.org"]
+    titles = entry_titles(lin)
+    assert sorted(titles) == sorted(p.title for p in [*COMMON, RARE])
+    assert titles[0] == RARE.title
+
+
+TITLE_HIT = Paper("Mamba Layers for Speech", "We replace attention in a speech recogniser.")
+
+
+@pytest.mark.parametrize(
+    "dump",
+    [
+        pytest.param([*FILLER, TITLE_HIT, RARE], id="title-paper-first-in-the-dump"),
+        pytest.param([RARE, TITLE_HIT, *FILLER], id="abstract-paper-first-in-the-dump"),
+    ],
+)
+def test_a_paper_with_the_word_in_its_title_ranks_above_one_with_it_deep_in_its_abstract(
+    tmp_path: Path, dump: list[Paper]
+) -> None:
+    harness = maildir_harness(tmp_path, LIN)
+    harness.drop("corpus.txt", format_dump(TODAY, dump))
+    harness.run()
+    harness.store.close()
+    lin = maildir_digests(tmp_path)["lin@example.org"]
+    assert entry_titles(lin) == [TITLE_HIT.title, RARE.title]
+
+
+def test_a_pass_counts_every_new_paper_in_the_statistics(maildir: Harness) -> None:
+    maildir.drop_seeds()
+    maildir.run()
+    assert maildir.store.stats().papers == maildir.store.count_papers() > 0

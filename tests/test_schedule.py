@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from datetime import time as dt_time
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -13,8 +16,10 @@ LONDON = ZoneInfo("Europe/London")
 NEW_YORK = ZoneInfo("America/New_York")
 
 
-def at(*args: int) -> datetime:
-    return datetime(*args, tzinfo=UTC)  # type: ignore[misc]
+def at(
+    year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0
+) -> datetime:
+    return datetime(year, month, day, hour, minute, second, tzinfo=UTC)
 
 
 def test_instant_is_always_due() -> None:
@@ -64,7 +69,7 @@ def test_one_digest_per_day_across_daylight_saving_changes(
     daily = Schedule.parse("daily 08:00")
     start = datetime(*day, tzinfo=zone) - timedelta(days=1)
     last = start.astimezone(UTC)
-    sends = []
+    sends: list[datetime] = []
     for minute in range(0, 3 * 24 * 60, 5):
         now = last if not sends else sends[-1]
         moment = (start + timedelta(minutes=minute)).astimezone(UTC)
@@ -80,3 +85,126 @@ def test_next_slot_is_after_now() -> None:
     now = at(2026, 7, 1, 12)
     assert daily.next_slot(now, LONDON) == at(2026, 7, 2, 7)
     assert Schedule.parse("instant").next_slot(now, LONDON) is None
+
+
+HONOLULU = ZoneInfo("Pacific/Honolulu")  # UTC-10, no daylight saving
+AUCKLAND = ZoneInfo("Pacific/Auckland")  # UTC+12 in July
+
+
+@pytest.fixture
+def machine_far_from_utc(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The process's local time zone is UTC+14, so any use of it shows."""
+    monkeypatch.setenv("TZ", "Pacific/Kiritimati")
+    time.tzset()
+    yield
+    monkeypatch.undo()
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("text", "parsed"),
+    [
+        ("instant", Schedule("instant")),
+        ("daily 08:30", Schedule("daily", dt_time(8, 30))),
+        ("Daily 23:59", Schedule("daily", dt_time(23, 59))),
+        ("weekly Friday 17:45", Schedule("weekly", dt_time(17, 45), 4)),
+        ("weekly mon 00:05", Schedule("weekly", dt_time(0, 5), 0)),
+        ("WEEKLY SUN 06:07", Schedule("weekly", dt_time(6, 7), 6)),
+    ],
+)
+def test_parse_gives_kind_time_and_weekday(text: str, parsed: Schedule) -> None:
+    assert Schedule.parse(text) == parsed
+
+
+def test_daily_slot_keeps_its_minutes() -> None:
+    slot = Schedule.parse("daily 08:30").latest_slot(at(2026, 7, 1, 12), LONDON)
+    assert slot == at(2026, 7, 1, 7, 30)
+
+
+def test_instant_has_no_slots() -> None:
+    instant = Schedule.parse("instant")
+    assert instant.latest_slot(at(2026, 7, 1, 12), LONDON) is None
+
+
+def test_daily_slot_is_on_the_local_date_not_the_utc_date() -> None:
+    # 20:00 UTC on 1 July is 08:00 on 2 July in Auckland: today's 07:00 has passed there.
+    slot = Schedule.parse("daily 07:00").latest_slot(at(2026, 7, 1, 20), AUCKLAND)
+    assert slot == at(2026, 7, 1, 19)
+
+
+def test_daily_slot_before_todays_time_is_yesterdays() -> None:
+    slot = Schedule.parse("daily 08:00").latest_slot(at(2026, 7, 1, 6), LONDON)
+    assert slot == at(2026, 6, 30, 7)
+
+
+def test_a_slot_exactly_now_is_the_latest() -> None:
+    slot = Schedule.parse("daily 08:00").latest_slot(at(2026, 7, 1, 7), LONDON)
+    assert slot == at(2026, 7, 1, 7)
+
+
+def test_weekly_slot_on_its_day_before_its_time_is_last_weeks() -> None:
+    weekly = Schedule.parse("weekly Monday 09:00")
+    slot = weekly.latest_slot(at(2026, 11, 23, 8), LONDON)  # a Monday, 08:00 GMT
+    assert slot == at(2026, 11, 16, 9)
+
+
+def test_due_compares_with_since_when_there_was_no_digest_yet() -> None:
+    daily = Schedule.parse("daily 08:00")
+    now = at(2026, 7, 1, 12)
+    assert daily.is_due(last=None, since=at(2026, 7, 1, 6), now=now, zone=LONDON)
+    assert not daily.is_due(last=None, since=at(2026, 7, 1, 8), now=now, zone=LONDON)
+
+
+def test_not_due_when_the_last_digest_was_sent_at_the_slot() -> None:
+    daily = Schedule.parse("daily 08:00")
+    slot = at(2026, 7, 1, 7)
+    assert not daily.is_due(last=slot, since=at(2026, 1, 1), now=at(2026, 7, 1, 12), zone=LONDON)
+
+
+def test_a_wall_time_skipped_by_daylight_saving_moves_forward_by_the_gap() -> None:
+    # 29 March 2026, London: 01:00 GMT jumps to 02:00 BST; 01:30 is 02:30 BST.
+    slot = Schedule.parse("daily 01:30").latest_slot(at(2026, 3, 29, 12), LONDON)
+    assert slot == at(2026, 3, 29, 1, 30)
+
+
+def test_a_wall_time_repeated_by_daylight_saving_takes_its_first_occurrence() -> None:
+    # 25 October 2026, London: 01:30 happens at 00:30 UTC (BST) and 01:30 UTC (GMT).
+    slot = Schedule.parse("daily 01:30").latest_slot(at(2026, 10, 25, 12), LONDON)
+    assert slot == at(2026, 10, 25, 0, 30)
+
+
+def test_next_slot_of_a_slot_exactly_now_is_the_following_one() -> None:
+    daily = Schedule.parse("daily 08:00")
+    assert daily.next_slot(at(2026, 7, 1, 7), LONDON) == at(2026, 7, 2, 7)
+
+
+def test_next_weekly_slot_is_on_its_day_next_week() -> None:
+    weekly = Schedule.parse("weekly Monday 09:00")
+    assert weekly.next_slot(at(2026, 11, 25, 12), LONDON) == at(2026, 11, 30, 9)  # a Wednesday
+
+
+def test_next_weekly_slot_later_the_same_day() -> None:
+    weekly = Schedule.parse("weekly Monday 09:00")
+    assert weekly.next_slot(at(2026, 11, 23, 8), LONDON) == at(2026, 11, 23, 9)
+
+
+def test_next_weekly_slot_in_a_zone_behind_utc() -> None:
+    # Saturday 21:00 UTC; Monday 09:00 in Honolulu is Monday 19:00 UTC.
+    weekly = Schedule.parse("weekly Monday 09:00")
+    assert weekly.next_slot(at(2026, 11, 21, 21), HONOLULU) == at(2026, 11, 23, 19)
+
+
+def test_slots_do_not_depend_on_the_machines_time_zone(machine_far_from_utc: None) -> None:
+    daily = Schedule.parse("daily 08:00")
+    slot = daily.latest_slot(at(2026, 7, 1, 12), LONDON)
+    following = daily.next_slot(at(2026, 7, 1, 12), LONDON)
+    assert (slot, following) == (at(2026, 7, 1, 7), at(2026, 7, 2, 7))
+
+
+def test_slots_are_in_utc(machine_far_from_utc: None) -> None:
+    daily = Schedule.parse("daily 08:00")
+    slot = daily.latest_slot(at(2026, 7, 1, 12), LONDON)
+    following = daily.next_slot(at(2026, 7, 1, 12), LONDON)
+    assert slot is not None
+    assert following is not None
+    assert (slot.utcoffset(), following.utcoffset()) == (timedelta(0), timedelta(0))

@@ -9,7 +9,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -31,8 +30,9 @@ from mailer.store import Outgoing, Store
 from mailer.tokens import read_token
 from mailer.web import WebServer, make_app
 from tests.conftest import SmtpServer, free_port
-from tests.test_cli import ENV, copy_seeds, mailer, wait_for, write_config
+from tests.test_cli import ENV, copy_seeds, mailer, write_config
 from tests.test_pipeline import NEW, TODAY, Harness, config_for
+from tests.waiting import wait_for, wait_for_fresh_passes
 
 SECRET = "s3cret-for-tests-only-0123456789"
 WEB = f'[web]\nbase_url = "https://digest.example.org"\nsecret = "{SECRET}"\n'
@@ -409,9 +409,9 @@ def test_daemon_serves_one_click_unsubscribe_and_stops_on_sigterm(
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        assert wait_for(lambda: http("GET", f"{base}/healthz") == (200, "ok")), "no endpoint"
+        wait_for(lambda: http("GET", f"{base}/healthz") == (200, "ok"), what="the endpoint")
         copy_seeds(tmp_path / "dumps")
-        assert wait_for(lambda: len(smtp_server.messages) >= 2), "no digests arrived"
+        wait_for(lambda: len(smtp_server.messages) >= 2, what="two digests")
         url = links(received(smtp_server, "ada@example.org")[0])[0]
         assert url.startswith(f"{base}/unsubscribe/")
         status, page = http("GET", url)
@@ -420,8 +420,8 @@ def test_daemon_serves_one_click_unsubscribe_and_stops_on_sigterm(
         assert http("POST", url)[0] == 200
         assert http("POST", url)[0] == 200
         (tmp_path / "dumps" / "both.txt").write_text(format_dump(TODAY, [BOTH]), "utf-8")
-        assert wait_for(lambda: len(smtp_server.messages) >= 3), "no digest for grace"
-        time.sleep(1.0)
+        wait_for(lambda: len(smtp_server.messages) >= 3, what="a digest for grace")
+        wait_for_fresh_passes(tmp_path, 2)
         assert len(received(smtp_server, "ada@example.org")) == 1
         proc.send_signal(signal.SIGTERM)
         _, stderr = proc.communicate(timeout=15)
