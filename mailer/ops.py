@@ -9,7 +9,7 @@ import enum
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,8 +25,17 @@ from mailer.config import Config, SubscriberConfig
 from mailer.matching import Query, highlight_spans, match_paper
 from mailer.papers import Paper
 from mailer.pipeline import Pipeline
+from mailer.pipeline.send import display_status
 from mailer.schedule import Schedule
-from mailer.store import LAST_PASS, DeliveryStatus, DumpStatus, Store, SubscriberState, utc
+from mailer.store import (
+    LAST_PASS,
+    DeliveryRow,
+    DeliveryStatus,
+    DumpStatus,
+    Store,
+    SubscriberState,
+    utc,
+)
 
 log = logging.getLogger("mailer")
 
@@ -146,6 +155,21 @@ def try_query(query: Query, papers: Sequence[Paper]) -> list[Tried]:
                 )
             )
     return found
+
+
+def tried_rows(found: Sequence[Tried]) -> list[dict[str, object]]:
+    """``subs try --json``'s papers: the matched terms and highlight spans."""
+    return [
+        {
+            "title": t.paper.title,
+            "terms": list(t.terms),
+            "title_marks": [list(m) for m in t.title_marks],
+            "abstract_marks": [list(m) for m in t.abstract_marks],
+            "published": t.paper.published.isoformat() if t.paper.published else None,
+            "upvotes": t.paper.upvotes,
+        }
+        for t in found
+    ]
 
 
 def highlighted(text: str, marks: Sequence[tuple[int, int]]) -> Text:
@@ -273,3 +297,53 @@ def status_report(
 def _iso(value: datetime | None) -> str | None:
     value = _aware(value)
     return value.isoformat(timespec="seconds") if value else None
+
+
+# --- the outbox and the subscribers ------------------------------------------------------
+
+
+def outbox_entry(row: DeliveryRow) -> dict[str, object]:
+    """One outbox message as ``mailer outbox`` lists it, in the state the
+    operator thinks in (queued, deferred, sent, failed)."""
+
+    def iso(d: datetime | None) -> str | None:
+        return d.isoformat(timespec="seconds") if d else None
+
+    state = display_status(row.status, row.attempts)
+    return {
+        "id": row.id,
+        "recipient": row.recipient,
+        "message_id": row.message_id,
+        "subject": row.subject,
+        "papers": row.papers,
+        "status": state,
+        "attempts": row.attempts,
+        "created_at": iso(row.created_at),
+        "next_attempt_at": iso(row.next_attempt_at) if state in ("queued", "deferred") else None,
+        "sent_at": iso(row.sent_at),
+        "last_reply": row.last_reply,
+    }
+
+
+def subscriber_rows(
+    config: Config, states: Mapping[str, SubscriberState]
+) -> list[dict[str, object]]:
+    """The configured subscribers as ``mailer subs list`` shows them, with
+    whether the database has them unsubscribed."""
+    rows: list[dict[str, object]] = []
+    for sub in config.subscribers:
+        state = states.get(sub.email.lower())
+        rows.append(
+            {
+                "email": sub.email,
+                "name": sub.name,
+                "schedule": sub.schedule,
+                "timezone": sub.timezone,
+                "subscriptions": [{"name": q.name, "query": q.query} for q in sub.subscriptions],
+                "unsubscribed": bool(state and state.unsubscribed_at),
+                "unsubscribed_at": state.unsubscribed_at.isoformat()
+                if state and state.unsubscribed_at
+                else None,
+            }
+        )
+    return rows

@@ -1,0 +1,135 @@
+"""One-off work the CLI asks for outside the regular pass: test digests,
+previews, backfills and the pool that composes digests.
+
+Kept out of the CLI so its commands stay argument parsing and printing, and
+so these paths use the pipeline's own steps (match rows, digest orders,
+composing) and show exactly what a pass would produce.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Executor, ProcessPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+
+from mailer.config import Config, SubscriberConfig
+from mailer.digests import Digest, Ranking, Recipient
+from mailer.matching import Stats
+from mailer.papers import Paper
+from mailer.pipeline import (
+    digest_order,
+    match_rows,
+    subscription_engine,
+    sync_subscribers,
+    unsubscribe_url,
+)
+from mailer.pipeline.compose import DigestOrder, build_message, compose_digest, init_worker
+from mailer.render import Renderer
+from mailer.store import PendingMatch, Store, SubscriberState
+
+
+@contextmanager
+def compose_pool(config: Config) -> Iterator[Executor]:
+    """Worker processes that compose digests, each building its Renderer and
+    opening the store once.
+
+    Processes, not threads: rendering is CPU-bound Python. Spawned lazily by
+    the executor when the first large batch of digests is composed.
+    """
+    pool = ProcessPoolExecutor(
+        max_workers=os.cpu_count() or 1,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_worker,
+        initargs=(config.database.url,),
+    )
+    try:
+        yield pool
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Composed:
+    """A digest and the message it renders to, as the outbox would hold it."""
+
+    digest: Digest
+    message_id: str
+    data: bytes
+    subject: str
+
+
+def _compose(
+    config: Config,
+    order: DigestOrder,
+    pending: Sequence[PendingMatch],
+    stats: Stats,
+    now: datetime,
+    *,
+    test: bool = False,
+) -> Composed:
+    digest = compose_digest(order, pending, Ranking(stats), test=test)
+    message_id, data, subject = build_message(
+        Renderer(config.render.templates, paper_url=config.render.paper_url),
+        digest,
+        now,
+        sender=config.smtp.sender,
+        sender_address=config.smtp.sender_address,
+        unsubscribe_url=order.unsubscribe_url,
+    )
+    return Composed(digest, message_id, data, subject)
+
+
+def trial_digest(
+    config: Config,
+    sub: SubscriberConfig,
+    to: str,
+    papers: Sequence[tuple[int, Paper]],
+    stats: Stats,
+    since: datetime,
+    now: datetime,
+) -> Composed:
+    """``sub``'s digest of ``papers``, addressed to ``to``: matched and composed
+    as a pass would, but in memory, so nothing is recorded."""
+    by_id = dict(papers)
+    pending = [
+        PendingMatch(
+            m.paper_id, by_id[m.paper_id], m.subscriptions, m.subscription_terms, m.scores, since
+        )
+        for m in match_rows(subscription_engine(sub, stats), papers, {sub.email: 0})
+    ]
+    order = replace(
+        digest_order(config, sub, 0, since),
+        recipient=Recipient(to, sub.name, tuple(q.name for q in sub.subscriptions)),
+        unsubscribe_url=unsubscribe_url(config, to),
+    )
+    return _compose(config, order, pending, stats, now, test=True)
+
+
+def preview_digest(
+    config: Config,
+    sub: SubscriberConfig,
+    state: SubscriberState,
+    pending: Sequence[PendingMatch],
+    stats: Stats,
+    now: datetime,
+) -> Composed:
+    """The digest the next pass would queue for ``sub`` from ``pending``."""
+    order = digest_order(config, sub, state.id, state.last_digest_at)
+    return _compose(config, order, pending, stats, now)
+
+
+def backfill(store: Store, config: Config, sub: SubscriberConfig, days: int, now: datetime) -> int:
+    """Record matches for papers the regular pass has already matched, for
+    ``sub`` only (papers not yet matched reach them through the regular pass);
+    how many were added."""
+    subscriber_id = sync_subscribers(store, config, now)[sub.email]
+    rows = match_rows(
+        subscription_engine(sub, store.stats()),
+        store.backfill_candidates(subscriber_id, now - timedelta(days=days)),
+        {sub.email: subscriber_id},
+    )
+    return store.add_matches(subscriber_id, rows, now)

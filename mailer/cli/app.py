@@ -1,0 +1,159 @@
+"""The typer app, its global options and what every command shares: the
+state built from them, the consoles, opening the store, and ``main``.
+
+Every command catches only MailerError, prints its message and hint, and
+exits with the error's status (2 for configuration, 1 otherwise).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from mailer import __version__
+from mailer.config import Config, load_config
+from mailer.errors import MailerError
+from mailer.ops import EMBEDDED, JsonFormatter, LogFormat
+from mailer.papers import Paper
+from mailer.store import Store
+
+app = typer.Typer(
+    name="mailer",
+    help="Email digests of new research papers from Hugging Face Daily Papers dumps.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True, highlight=False)
+out = Console(highlight=False)
+log = logging.getLogger("mailer")
+
+
+@dataclass
+class State:
+    """The global options; the configuration is loaded on first use, so
+    commands that need none (``parse``) work without a valid one."""
+
+    config_path: Path | None
+    _loaded: tuple[Config, str] | None = None
+    log_format: str = "text"
+
+    def config(self) -> Config:
+        if self._loaded is None:
+            self._loaded = load_config(self.config_path)
+            log.debug("configuration from %s", self._loaded[1])
+        return self._loaded[0]
+
+    @property
+    def config_source(self) -> str:
+        self.config()
+        assert self._loaded is not None
+        return self._loaded[1]
+
+    def config_file(self) -> Path | None:
+        """The file the configuration came from; None for the embedded example."""
+        source = self.config_source
+        return None if source == EMBEDDED else Path(source)
+
+
+def _setup_logging(verbose: bool, log_format: str = "text") -> None:
+    level = logging.DEBUG if verbose else logging.INFO
+    handler: logging.Handler
+    if log_format == "json":
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonFormatter())
+    elif sys.stderr.isatty():
+        handler = RichHandler(console=err, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
+        )
+    root = logging.getLogger("mailer")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mailer {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def main_options(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config",
+            "-c",
+            envvar="MAILER_CONFIG",
+            help="Configuration file [default: config.toml, else the built-in example].",
+            show_default=False,
+        ),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    log_format: Annotated[
+        LogFormat,
+        typer.Option("--log-format", help="Log lines as text, or one JSON object per line."),
+    ] = LogFormat.text,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    _setup_logging(verbose, log_format.value)
+    ctx.obj = State(config, log_format=log_format.value)
+
+
+def state_of(ctx: typer.Context) -> State:
+    """The global options, as ``main_options`` left them."""
+    state = ctx.obj
+    assert isinstance(state, State)
+    return state
+
+
+def open_store(config: Config) -> Store:
+    return Store(config.database.url)
+
+
+def _sqlite_missing(config: Config) -> bool:
+    """A SQLite database that does not exist yet: read-only commands don't create it."""
+    url = config.database.url
+    prefix = "sqlite:///"
+    return (
+        url.startswith(prefix) and ":memory:" not in url and not Path(url[len(prefix) :]).exists()
+    )
+
+
+def open_existing(config: Config) -> Store | None:
+    """The store, or None when it does not exist yet (read-only commands)."""
+    return None if _sqlite_missing(config) else open_store(config)
+
+
+def meta_line(paper: Paper) -> str:
+    """A paper's date, upvotes and organisation (or author count) on one line."""
+    who = paper.organization or (
+        f"{paper.authors} authors" if paper.authors is not None else "no authors listed"
+    )
+    when = paper.published.isoformat() if paper.published else "no date"
+    return f"{when} · {paper.upvotes} upvotes · {who}"
+
+
+def main() -> None:
+    """Entry point: run the app, turning MailerError into a message and a status."""
+    try:
+        app()
+    except MailerError as exc:
+        err.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True)
+        sys.exit(exc.exit_code)

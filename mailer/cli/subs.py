@@ -1,0 +1,276 @@
+"""``mailer subs``: list subscribers, edit them and their queries in the
+config file (comments and layout kept), and try a query before saving it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from mailer import actions, editing
+from mailer.cli.app import meta_line, open_existing, open_store, out, state_of
+from mailer.config import DEFAULT_CONFIG, Config
+from mailer.editing import apply_edit
+from mailer.errors import ConfigError, QueryError
+from mailer.matching import parse_query
+from mailer.ops import highlighted, snippet, subscriber_rows, tried_rows, try_query
+from mailer.pipeline import utc_now
+
+subs_app = typer.Typer(
+    name="subs",
+    help="List and edit subscribers in the config file (comments and layout are kept).",
+    no_args_is_help=True,
+)
+
+EmailArg = Annotated[str, typer.Argument(help="The subscriber's email address.")]
+BackfillOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--backfill",
+        min=1,
+        help="Also give them the stored papers first seen in the last DAYS days.",
+        metavar="DAYS",
+    ),
+]
+
+
+def _config_to_edit(ctx: typer.Context) -> Path:
+    path = state_of(ctx).config_path or DEFAULT_CONFIG
+    if not path.exists():
+        raise ConfigError(
+            f"{path}: no configuration file to edit",
+            hint="copy config.example.toml to config.toml, or pass --config PATH",
+        )
+    return path
+
+
+def _edited(path: Path, what: str, config: Config) -> None:
+    out.print(f"[green]saved[/green] {escape(str(path))}: {escape(what)}")
+    out.print(
+        f"{len(config.subscribers)} subscribers; a running daemon picks this up on its next pass"
+    )
+
+
+def _backfill(config: Config, email: str, days: int) -> None:
+    """Give a subscriber the already matched papers of the last ``days`` days."""
+    sub = config.subscriber(email)
+    if not sub.subscriptions:
+        out.print(f"nothing to backfill: {escape(sub.email)} has no subscriptions yet")
+        return
+    store = open_store(config)
+    try:
+        added = actions.backfill(store, config, sub, days, utc_now())
+    finally:
+        store.close()
+    out.print(
+        f"backfilled {added} papers from the last {days} days for {escape(sub.email)}; "
+        "they go out with their next digest"
+    )
+
+
+@subs_app.command("list")
+def subs_list(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The subscribers: schedule, time zone, subscriptions, unsubscribed or not."""
+    config = state_of(ctx).config()
+    store = open_existing(config)
+    try:
+        states = store.subscriber_states() if store else {}
+    finally:
+        if store:
+            store.close()
+    rows = subscriber_rows(config, states)
+    if as_json:
+        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
+        return
+    table = Table(show_lines=True)
+    for column in ("subscriber", "schedule", "time zone", "subscriptions", "unsubscribed"):
+        table.add_column(column)
+    for row in rows:
+        who = f"{row['name']} <{row['email']}>" if row["name"] else str(row["email"])
+        queries = "\n".join(f"{q['name']}: {q['query']}" for q in row["subscriptions"])  # type: ignore[attr-defined]
+        gone = str(row["unsubscribed_at"])[:16] if row["unsubscribed"] else "no"
+        table.add_row(
+            Text(who),
+            Text(str(row["schedule"])),
+            Text(str(row["timezone"])),
+            Text(queries or "-"),
+            gone,
+        )
+    out.print(table)
+    out.print(f"{len(rows)} subscribers in {escape(state_of(ctx).config_source)}")
+
+
+@subs_app.command("add")
+def subs_add(
+    ctx: typer.Context,
+    email: EmailArg,
+    name: Annotated[str, typer.Option(help="Display name.")] = "",
+    schedule: Annotated[
+        str | None, typer.Option(help="instant, 'daily HH:MM' or 'weekly DAY HH:MM'.")
+    ] = None,
+    timezone: Annotated[
+        str | None, typer.Option(help="IANA time zone, e.g. Europe/London.")
+    ] = None,
+    query: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--query", help="A subscription as NAME=QUERY; repeatable.", metavar="NAME=QUERY"
+        ),
+    ] = None,
+    backfill: BackfillOpt = None,
+) -> None:
+    """Add a subscriber; they get papers that arrive from now on (or --backfill DAYS)."""
+    path = _config_to_edit(ctx)
+    queries = []
+    for item in query or []:
+        qname, sep, text = item.partition("=")
+        if not sep or not qname.strip():
+            raise ConfigError(
+                f"--query {item!r} is not NAME=QUERY", hint='e.g. --query "LLM=llm OR gpt"'
+            )
+        queries.append((qname.strip(), text))
+    config = apply_edit(
+        path,
+        lambda t: editing.add_subscriber(
+            t,
+            email,
+            name=name,
+            schedule=schedule,
+            timezone=timezone,
+            queries=queries,
+            source=str(path),
+        ),
+    )
+    _edited(path, f"added subscriber {email}", config)
+    if backfill:
+        _backfill(config, email, backfill)
+
+
+@subs_app.command("remove")
+def subs_remove(ctx: typer.Context, email: EmailArg) -> None:
+    """Remove a subscriber; their mail stops (history stays in the database)."""
+    path = _config_to_edit(ctx)
+    config = apply_edit(path, lambda t: editing.remove_subscriber(t, email, source=str(path)))
+    _edited(path, f"removed subscriber {email}", config)
+
+
+@subs_app.command("set")
+def subs_set(
+    ctx: typer.Context,
+    email: EmailArg,
+    key: Annotated[
+        str,
+        typer.Argument(help="name, schedule, timezone, email, max_papers or resubscribed."),
+    ],
+    value: Annotated[
+        str, typer.Argument(help="The new value; for resubscribed a date, time or 'now'.")
+    ],
+) -> None:
+    """Change one of a subscriber's keys ('resubscribed now' lifts an unsubscribe)."""
+    if key == "resubscribed" and value == "now":
+        value = utc_now().isoformat()  # full precision: lifts exactly what came before
+    path = _config_to_edit(ctx)
+    config = apply_edit(
+        path, lambda t: editing.set_subscriber_key(t, email, key, value, source=str(path))
+    )
+    _edited(path, f"set {key} of {email} to {value!r}", config)
+
+
+@subs_app.command("add-query")
+def subs_add_query(
+    ctx: typer.Context,
+    email: EmailArg,
+    name: Annotated[str, typer.Argument(help="The subscription's name, shown in digests.")],
+    query: Annotated[str, typer.Argument(help='Words, "phrases", AND, OR, NOT, -word, ( ).')],
+    replace: Annotated[bool, typer.Option(help="Replace the query of an existing NAME.")] = False,
+    backfill: BackfillOpt = None,
+) -> None:
+    """Add a subscription query to a subscriber (try it first with 'subs try')."""
+    path = _config_to_edit(ctx)
+    config = apply_edit(
+        path,
+        lambda t: editing.add_query(t, email, name, query, replace=replace, source=str(path)),
+    )
+    _edited(path, f"{'replaced' if replace else 'added'} query {name!r} for {email}", config)
+    if backfill:
+        _backfill(config, email, backfill)
+
+
+@subs_app.command("remove-query")
+def subs_remove_query(
+    ctx: typer.Context,
+    email: EmailArg,
+    name: Annotated[str, typer.Argument(help="The subscription's name.")],
+) -> None:
+    """Remove one of a subscriber's subscription queries."""
+    path = _config_to_edit(ctx)
+    config = apply_edit(path, lambda t: editing.remove_query(t, email, name, source=str(path)))
+    _edited(path, f"removed query {name!r} of {email}", config)
+
+
+@subs_app.command("try")
+def subs_try(
+    ctx: typer.Context,
+    query: Annotated[str, typer.Argument(help="The query to try.")],
+    since: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Only papers first seen in the last DAYS days [default: all].",
+            metavar="DAYS",
+        ),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=1, help="Show at most this many papers.")] = 20,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON with the highlight spans.")
+    ] = False,
+) -> None:
+    """Show which stored papers a query would match, with the matched terms highlighted."""
+    try:
+        parsed = parse_query(query)
+    except QueryError as exc:
+        caret = "" if exc.position is None else f"\n  {query}\n  {' ' * exc.position}^"
+        raise QueryError(
+            exc.message + caret, query=query, position=exc.position, hint=exc.hint
+        ) from exc
+    config = state_of(ctx).config()
+    store = open_existing(config)
+    try:
+        start = utc_now() - timedelta(days=since) if since else datetime.min.replace(tzinfo=UTC)
+        papers = [p for _, p in store.papers_since(start)] if store else []
+    finally:
+        if store:
+            store.close()
+    found = try_query(parsed, papers)
+    if as_json:
+        sys.stdout.write(
+            json.dumps(
+                {"matched": len(found), "of": len(papers), "papers": tried_rows(found[:limit])},
+                ensure_ascii=False,
+                indent=2,
+            )
+            + "\n"
+        )
+        return
+    for n, t in enumerate(found[:limit], 1):
+        line = Text(f"{n:>3}. ")
+        line.append_text(highlighted(t.paper.title, t.title_marks))
+        out.print(line, soft_wrap=True)
+        meta = f"     matched: {', '.join(t.terms)} · {meta_line(t.paper)}"
+        out.print(Text(meta, style="dim"), soft_wrap=True)
+        if t.abstract_marks:
+            text, marks = snippet(t.paper.abstract, t.abstract_marks)
+            out.print(Text("     ").append_text(highlighted(text, marks)), soft_wrap=True)
+    window = f"first seen in the last {since} days" if since else "stored"
+    more = f" (showing {limit}; --limit N for more)" if len(found) > limit else ""
+    out.print(f"{len(found)} of {len(papers)} papers {window} match {escape(query)}{more}")
