@@ -38,6 +38,7 @@ from sqlalchemy.sql.expression import insert, update
 from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from mailer.errors import StoreError
+from mailer.migrate import upgrade
 from mailer.papers import Paper, paper_key
 
 
@@ -956,7 +957,7 @@ def _connect(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
-        SQLModel.metadata.create_all(engine)
+        upgrade(engine)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(
             f"database URL {hide_password(url)!r} is not usable: {exc}",
