@@ -46,7 +46,10 @@ BASELINE_TABLES = frozenset(
 MIGRATION_LOCK_KEY = 0x6D61696C6D67
 # Alembic's `context` and `op` are module-level proxies: one migration per process at a time.
 _ALEMBIC = threading.Lock()
-HINT = "check that the database is reachable and writable; restore a backup if the upgrade broke"
+HINT = (
+    "the upgrade runs in one transaction, so nothing was changed; "
+    "check that the database is reachable and writable"
+)
 
 
 def alembic_config(connection: Connection | None = None, *, location: Path | None = None) -> Config:
