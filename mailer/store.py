@@ -41,6 +41,7 @@ from sqlmodel import Field, Session, SQLModel, col, create_engine, select
 
 from mailer.analysis import Stats
 from mailer.errors import StoreError
+from mailer.migrate import upgrade
 from mailer.papers import Paper, paper_key
 
 
@@ -1061,7 +1062,7 @@ def _connect(url: str) -> Engine:
             event.listen(engine, "connect", _sqlite_pragmas)
         else:
             engine = create_engine(url, pool_pre_ping=True)
-        SQLModel.metadata.create_all(engine)
+        upgrade(engine)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise StoreError(
             f"database URL {hide_password(url)!r} is not usable: {exc}",
