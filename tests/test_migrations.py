@@ -23,7 +23,9 @@ from sqlalchemy.engine import Engine
 from sqlmodel import SQLModel
 
 from mailer import migrate
+from mailer.analysis import Stats
 from mailer.errors import StoreError
+from mailer.papers import Paper
 from mailer.store import Store
 from tests import old_schema
 
@@ -232,11 +234,15 @@ def test_a_database_made_by_0_1_0_is_upgraded_in_place_with_every_row(
         ada = store.subscriber_states()["ada@example.org"]
         assert (ada.id, ada.active, ada.pending, ada.last_digest_at) == (1, True, 1, NOW)
         [pending] = store.pending_matches(1)
-        assert (pending.paper.title, pending.terms, pending.scores) == (
+        assert (pending.paper.title, pending.subscription_terms, pending.scores) == (
             "Paper 2",
-            ("diffusion",),
+            (("diffusion",),),
             (1.5,),
         )
+        expected = Stats()
+        for n in (1, 2):
+            expected.observe_paper(Paper(f"Paper {n}", f"Abstract {n}."))
+        assert store.stats() == expected
         state = store.get_state("last_pass")
         assert state is not None
         assert state.value == "ok"
@@ -266,8 +272,8 @@ def test_opening_an_upgraded_database_again_migrates_nothing(
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise AssertionError("no migration should run on a database at head")
 
-    monkeypatch.setattr(migrate.command, "upgrade", refuse)
-    monkeypatch.setattr(migrate.command, "stamp", refuse)
+    monkeypatch.setattr(command, "upgrade", refuse)
+    monkeypatch.setattr(command, "stamp", refuse)
     open_store(database_url)
     assert revision(engine) == HEAD
     assert mailer_log == []
