@@ -13,11 +13,11 @@ import os
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from datetime import datetime, timedelta
 
 from mailer.config import Config, SubscriberConfig
-from mailer.digests import Digest, Ranking, Recipient
+from mailer.digests import Ranking, Recipient
 from mailer.matching import Stats
 from mailer.papers import Paper
 from mailer.pipeline import (
@@ -27,7 +27,7 @@ from mailer.pipeline import (
     sync_subscribers,
     unsubscribe_url,
 )
-from mailer.pipeline.compose import DigestOrder, build_message, compose_digest, init_worker
+from mailer.pipeline.compose import Composed, DigestOrder, compose, init_worker
 from mailer.render import Renderer
 from mailer.store import PendingMatch, Store, SubscriberState
 
@@ -52,16 +52,6 @@ def compose_pool(config: Config) -> Iterator[Executor]:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-@dataclass(frozen=True, slots=True)
-class Composed:
-    """A digest and the message it renders to, as the outbox would hold it."""
-
-    digest: Digest
-    message_id: str
-    data: bytes
-    subject: str
-
-
 def _compose(
     config: Config,
     order: DigestOrder,
@@ -71,16 +61,16 @@ def _compose(
     *,
     test: bool = False,
 ) -> Composed:
-    digest = compose_digest(order, pending, Ranking(stats), test=test)
-    message_id, data, subject = build_message(
+    return compose(
+        order,
+        pending,
+        Ranking(stats),
         Renderer(config.render.templates, paper_url=config.render.paper_url),
-        digest,
         now,
         sender=config.smtp.sender,
         sender_address=config.smtp.sender_address,
-        unsubscribe_url=order.unsubscribe_url,
+        test=test,
     )
-    return Composed(digest, message_id, data, subject)
 
 
 def trial_digest(

@@ -96,8 +96,7 @@ def due_subscribers(
 def compose_digest(
     order: DigestOrder, matches: Sequence[PendingMatch], ranking: Ranking, *, test: bool = False
 ) -> Digest:
-    """Matches -> Digest: the one path for the outbox, ``preview`` and
-    ``send-test``, so each shows what the others would."""
+    """Matches -> Digest, every paper ranked against the same statistics."""
     return build_digest(
         order.recipient,
         [ranking.matched(m.paper, m.subscriptions, m.subscription_terms) for m in matches],
@@ -136,6 +135,41 @@ def build_message(
 
 
 @dataclass(frozen=True, slots=True)
+class Composed:
+    """A digest and the message it renders to, as the outbox holds it."""
+
+    digest: Digest
+    message_id: str
+    data: bytes
+    subject: str
+
+
+def compose(
+    order: DigestOrder,
+    matches: Sequence[PendingMatch],
+    ranking: Ranking,
+    renderer: Renderer,
+    now: datetime,
+    *,
+    sender: str,
+    sender_address: str,
+    test: bool = False,
+) -> Composed:
+    """Matches -> digest -> message: the one path for the outbox, ``preview``
+    and ``send-test``, so each shows exactly what the others would."""
+    digest = compose_digest(order, matches, ranking, test=test)
+    message_id, data, subject = build_message(
+        renderer,
+        digest,
+        now,
+        sender=sender,
+        sender_address=sender_address,
+        unsubscribe_url=order.unsubscribe_url,
+    )
+    return Composed(digest, message_id, data, subject)
+
+
+@dataclass(frozen=True, slots=True)
 class Queued:
     """A digest now in the outbox, for the log."""
 
@@ -165,22 +199,22 @@ class ComposeChunk:
             matches = pending.get(order.subscriber_id, [])
             if not matches:
                 continue
-            digest = compose_digest(order, matches, ranking)
-            message_id, data, subject = build_message(
+            made = compose(
+                order,
+                matches,
+                ranking,
                 renderer,
-                digest,
                 self.now,
                 sender=self.sender,
                 sender_address=self.sender_address,
-                unsubscribe_url=order.unsubscribe_url,
             )
             messages.append(
                 Outgoing(
                     order.subscriber_id,
                     order.recipient.email,
-                    message_id,
-                    subject,
-                    data,
+                    made.message_id,
+                    made.subject,
+                    made.data,
                     [m.id for m in matches],
                 )
             )
