@@ -1,0 +1,295 @@
+"""The database: dumps ingested, papers seen, subscribers, matches and the outbox.
+
+Every state change a crash could interrupt happens in one transaction:
+a dump and its papers together; matches together with the papers they cover;
+a composed message together with the matches it claims. SQLite (WAL) by
+default; the same code runs on PostgreSQL.
+
+``Store`` is the one object callers hold: it opens the engine and hands a
+transaction helper to the parts, each owning some tables (``schema`` defines
+them all): ``papers`` (dumps, papers, corpus statistics), ``people``
+(subscribers, subscriptions), ``matches`` and ``outbox`` (deliveries). All of
+them speak SQLAlchemy Core on the tables' columns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import date, datetime
+
+from sqlalchemy import insert, select, update
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from mailer.analysis import Stats
+from mailer.errors import StoreError
+from mailer.papers import Paper
+from mailer.store.matches import Matches, NewMatch, PendingMatch
+from mailer.store.outbox import Outbox, Outgoing
+from mailer.store.papers import IngestOutcome, Papers, add_statistics
+from mailer.store.people import People, SubscriberState
+from mailer.store.schema import (
+    STATE,
+    CorpusRow,
+    DeliveryRow,
+    DeliveryStatus,
+    DumpRow,
+    DumpStatus,
+    MatchRow,
+    PaperRow,
+    StateRow,
+    SubscriberRow,
+    SubscriptionRow,
+    TermRow,
+    _connect,
+    hide_password,
+    paper_from_row,
+    row_objects,
+    utc,
+)
+
+__all__ = [
+    "LAST_PASS",
+    "CorpusRow",
+    "DeliveryRow",
+    "DeliveryStatus",
+    "DumpRow",
+    "DumpStatus",
+    "IngestOutcome",
+    "MatchRow",
+    "NewMatch",
+    "Outgoing",
+    "PaperRow",
+    "PendingMatch",
+    "StateRow",
+    "Store",
+    "SubscriberRow",
+    "SubscriberState",
+    "SubscriptionRow",
+    "TermRow",
+    "add_statistics",
+    "hide_password",
+    "paper_from_row",
+    "utc",
+]
+
+LAST_PASS = "last_pass"  # noqa: S105 - a state key, not a password
+
+
+class Store:
+    """All reads and writes of mailer's state; the only package that speaks SQL.
+    The methods below hand each call to the part that owns its tables."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.engine = _connect(url)
+        self.papers = Papers(self.transaction)
+        self.people = People(self.transaction)
+        self.matches = Matches(self.transaction)
+        self.outbox = Outbox(self.transaction)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    @property
+    def safe_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Connection]:
+        """A Core transaction: committed on success, rolled back on any error."""
+        with self._named_errors(), self.engine.begin() as conn:
+            yield conn
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """An ORM session in one transaction, for callers that want to change
+        row objects (tests do); the store's own code uses ``transaction``."""
+        with self._named_errors(), Session(self.engine, expire_on_commit=False) as session:
+            try:
+                yield session
+                session.commit()
+            except BaseException:
+                session.rollback()
+                raise
+
+    @contextmanager
+    def _named_errors(self) -> Iterator[None]:
+        """Database errors as StoreError naming the database."""
+        try:
+            yield
+        except SQLAlchemyError as exc:
+            raise StoreError(
+                f"database {self.safe_url}: {exc.__class__.__name__}: {exc.orig or exc}"
+                if hasattr(exc, "orig")
+                else f"database {self.safe_url}: {exc}",
+                hint="check that the database is reachable and writable",
+            ) from exc
+
+    # --- state: small facts about the running service ------------------------
+
+    def set_state(self, key: str, value: str, now: datetime) -> None:
+        with self.transaction() as conn:
+            changed = conn.execute(
+                update(STATE).where(STATE.c.key == key).values(value=value, updated_at=now)
+            )
+            if changed.rowcount == 0:
+                conn.execute(insert(STATE).values(key=key, value=value, updated_at=now))
+
+    def get_state(self, key: str) -> StateRow | None:
+        with self.transaction() as conn:
+            found = row_objects(conn, select(StateRow).where(STATE.c.key == key))
+        return found[0] if found else None
+
+    def record_pass(self, summary: str, now: datetime) -> None:
+        self.set_state(LAST_PASS, summary, now)
+
+    # --- dumps and papers: ``Papers`` ---------------------------------------
+
+    def dump_by_hash(self, sha256: str) -> DumpRow | None:
+        return self.papers.dump_by_hash(sha256)
+
+    def record_refused(
+        self, *, path: str, sha256: str, size: int, error: str, now: datetime
+    ) -> None:
+        self.papers.record_refused(path=path, sha256=sha256, size=size, error=error, now=now)
+
+    def ingest(
+        self,
+        *,
+        path: str,
+        sha256: str,
+        size: int,
+        page_date: date | None,
+        papers: Sequence[Paper],
+        warnings: int,
+        now: datetime,
+        batch: int = 1000,
+    ) -> IngestOutcome:
+        return self.papers.ingest(
+            path=path,
+            sha256=sha256,
+            size=size,
+            page_date=page_date,
+            papers=papers,
+            warnings=warnings,
+            now=now,
+            batch=batch,
+        )
+
+    def unmatched_papers(self, limit: int = 5000) -> list[tuple[int, Paper]]:
+        return self.papers.unmatched_papers(limit)
+
+    def papers_since(self, since: datetime) -> list[tuple[int, Paper]]:
+        return self.papers.papers_since(since)
+
+    def backfill_candidates(self, subscriber_id: int, since: datetime) -> list[tuple[int, Paper]]:
+        return self.papers.backfill_candidates(subscriber_id, since)
+
+    def stats(self) -> Stats:
+        return self.papers.stats()
+
+    def dumps(self) -> list[DumpRow]:
+        return self.papers.dumps()
+
+    def refused_dumps(self) -> list[DumpRow]:
+        return self.papers.refused_dumps()
+
+    def dump_counts(self) -> dict[str, int]:
+        return self.papers.dump_counts()
+
+    def count_papers(self) -> int:
+        return self.papers.count_papers()
+
+    # --- subscribers: ``People`` --------------------------------------------
+
+    def sync_subscribers(
+        self, subscribers: Iterable[tuple[str, str, Sequence[tuple[str, str]]]], now: datetime
+    ) -> dict[str, int]:
+        return self.people.sync_subscribers(subscribers, now)
+
+    def subscriber_since(self, subscriber_id: int) -> datetime | None:
+        return self.people.subscriber_since(subscriber_id)
+
+    def active_subscriber_ids(self) -> dict[str, int]:
+        return self.people.active_subscriber_ids()
+
+    def unsubscribe(self, email: str, now: datetime) -> bool:
+        return self.people.unsubscribe(email, now)
+
+    def resubscribe(self, email: str) -> bool:
+        return self.people.resubscribe(email)
+
+    def lift_unsubscribes(self, resubscribed: Mapping[str, datetime]) -> list[str]:
+        return self.people.lift_unsubscribes(resubscribed)
+
+    def unsubscribed_at(self, email: str) -> datetime | None:
+        return self.people.unsubscribed_at(email)
+
+    def subscriber_states(self) -> dict[str, SubscriberState]:
+        return self.people.subscriber_states()
+
+    # --- matches: ``Matches`` -----------------------------------------------
+
+    def record_matches(
+        self, paper_ids: Sequence[int], matches: Iterable[NewMatch], now: datetime
+    ) -> int:
+        return self.matches.record_matches(paper_ids, matches, now)
+
+    def add_matches(self, subscriber_id: int, matches: Iterable[NewMatch], now: datetime) -> int:
+        return self.matches.add_matches(subscriber_id, matches, now)
+
+    def pending_matches(self, subscriber_id: int) -> list[PendingMatch]:
+        return self.matches.pending_matches(subscriber_id)
+
+    def pending_matches_for(self, subscriber_ids: Sequence[int]) -> dict[int, list[PendingMatch]]:
+        return self.matches.pending_matches_for(subscriber_ids)
+
+    # --- the outbox: ``Outbox`` ---------------------------------------------
+
+    def enqueue_many(self, messages: Sequence[Outgoing], now: datetime) -> list[int]:
+        return self.outbox.enqueue_many(messages, now)
+
+    def due_deliveries(self, now: datetime, limit: int | None = None) -> list[DeliveryRow]:
+        return self.outbox.due_deliveries(now, limit)
+
+    def deliveries(self) -> list[DeliveryRow]:
+        return self.outbox.deliveries()
+
+    def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> None:
+        self.outbox.mark_sent(delivery_id, reply=reply, now=now)
+
+    def mark_sent_many(self, sent: Sequence[tuple[int, str]], now: datetime) -> None:
+        self.outbox.mark_sent_many(sent, now)
+
+    def mark_attempt_failed(
+        self,
+        delivery_id: int,
+        *,
+        reply: str,
+        permanent: bool,
+        retry_at: datetime | None,
+        now: datetime | None = None,
+    ) -> None:
+        self.outbox.mark_attempt_failed(
+            delivery_id, reply=reply, permanent=permanent, retry_at=retry_at, now=now
+        )
+
+    def cancel_unwanted(self, delivery_ids: Sequence[int]) -> dict[int, str]:
+        return self.outbox.cancel_unwanted(delivery_ids)
+
+    def retry_deliveries(self, ids: Sequence[int] | None, now: datetime) -> int:
+        return self.outbox.retry_deliveries(ids, now)
+
+    def last_digest_at(self, subscriber_id: int) -> datetime | None:
+        return self.outbox.last_digest_at(subscriber_id)
+
+    def digest_state(
+        self, subscriber_ids: Sequence[int]
+    ) -> dict[int, tuple[datetime, datetime | None]]:
+        return self.outbox.digest_state(subscriber_ids)
+
+    def outbox_counts(self) -> dict[str, int]:
+        return self.outbox.outbox_counts()

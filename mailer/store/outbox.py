@@ -1,0 +1,269 @@
+"""The outbox: composed messages, each claiming its matches, and what
+became of every attempt to send them."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.exc import NoResultFound
+
+from mailer.errors import StoreError
+from mailer.store.schema import (
+    DELIVERIES,
+    MATCHES,
+    SUBSCRIBERS,
+    DeliveryRow,
+    DeliveryStatus,
+    Transaction,
+    row_objects,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """A composed message on its way into the outbox."""
+
+    subscriber_id: int
+    recipient: str
+    message_id: str
+    subject: str
+    message: bytes
+    match_ids: Sequence[int]
+
+
+class Outbox:
+    """Reads and writes of the deliveries table (and matches' claims)."""
+
+    def __init__(self, transaction: Transaction) -> None:
+        self._transaction = transaction
+
+    def enqueue_many(self, messages: Sequence[Outgoing], now: datetime) -> list[int]:
+        """Put many composed messages in the outbox, each claiming its matches,
+        in one transaction: all of them are queued, or none and no match claimed.
+        One executemany inserts the messages, returning their ids in order."""
+        if not messages:
+            return []
+        with self._transaction() as conn:
+            ids: list[int] = list(
+                conn.execute(
+                    insert(DELIVERIES).returning(DELIVERIES.c.id, sort_by_parameter_order=True),
+                    [
+                        {
+                            "subscriber_id": m.subscriber_id,
+                            "recipient": m.recipient,
+                            "message_id": m.message_id,
+                            "subject": m.subject,
+                            "papers": len(m.match_ids),
+                            "message": m.message,
+                            "created_at": now,
+                            "next_attempt_at": now,
+                        }
+                        for m in messages
+                    ],
+                ).scalars()
+            )
+            # One statement per message claiming all its matches; its row
+            # count says whether another message had claimed any of them.
+            wanted = claimed = 0
+            for m, delivery_id in zip(messages, ids, strict=True):
+                if m.match_ids:
+                    wanted += len(m.match_ids)
+                    claimed += conn.execute(
+                        _CLAIM, {"b_delivery": delivery_id, "b_matches": list(m.match_ids)}
+                    ).rowcount
+            if claimed != wanted:
+                raise StoreError(
+                    f"outbox: {wanted - claimed} of the matches for "
+                    f"{len(messages)} messages were already claimed by another message",
+                    hint="is a second mailer running on the same database?",
+                )
+        return ids
+
+    def due_deliveries(self, now: datetime, limit: int | None = None) -> list[DeliveryRow]:
+        """Pending messages due by ``now``, oldest first, as row objects (``row_objects``)."""
+        query = (
+            select(DeliveryRow)
+            .where(
+                DELIVERIES.c.status == DeliveryStatus.PENDING, DELIVERIES.c.next_attempt_at <= now
+            )
+            .order_by(DELIVERIES.c.id)
+        )
+        return self._rows(query.limit(limit) if limit else query)
+
+    def deliveries(self) -> list[DeliveryRow]:
+        """Every message, oldest first, as row objects (``row_objects``)."""
+        return self._rows(select(DeliveryRow).order_by(DELIVERIES.c.id))
+
+    def _rows(self, query: Select[DeliveryRow]) -> list[DeliveryRow]:
+        with self._transaction() as conn:
+            return row_objects(conn, query)
+
+    def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> None:
+        with self._transaction() as conn:
+            _one(
+                conn.execute(_SENT, {"b_id": delivery_id, "b_reply": reply, "b_now": now}),
+                delivery_id,
+            )
+
+    def mark_sent_many(self, sent: Sequence[tuple[int, str]], now: datetime) -> None:
+        """Record many accepted messages, (delivery id, server reply), in one
+        transaction: a per-message commit costs more than sending it."""
+        if not sent:
+            return
+        with self._transaction() as conn:
+            conn.execute(_SENT, [{"b_id": i, "b_reply": reply, "b_now": now} for i, reply in sent])
+
+    def mark_attempt_failed(
+        self,
+        delivery_id: int,
+        *,
+        reply: str,
+        permanent: bool,
+        retry_at: datetime | None,
+        now: datetime | None = None,
+    ) -> None:
+        """Count a failed attempt: a permanent failure ends the message; a
+        temporary one defers it to ``retry_at``, keeping the first deferral."""
+        c = DELIVERIES.c
+        values: dict[str, Any] = {"attempts": c.attempts + 1, "last_reply": reply}
+        if permanent:
+            values["status"] = DeliveryStatus.FAILED
+        else:
+            values["next_attempt_at"] = retry_at
+            values["deferred_since"] = func.coalesce(
+                c.deferred_since, literal(now or retry_at, c.deferred_since.type)
+            )
+        with self._transaction() as conn:
+            _one(
+                conn.execute(update(DELIVERIES).where(c.id == delivery_id).values(values)),
+                delivery_id,
+            )
+
+    def cancel_unwanted(self, delivery_ids: Sequence[int]) -> dict[int, str]:
+        """Cancel those pending messages among ``delivery_ids`` whose recipient
+        has unsubscribed or been removed from the config since they were
+        composed; returns them with the reason. One query when, as usual,
+        nobody has."""
+        if not delivery_ids:
+            return {}
+        with self._transaction() as conn:
+            found = conn.execute(
+                select(DELIVERIES.c.id, SUBSCRIBERS.c.unsubscribed_at)
+                .join(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
+                .where(
+                    DELIVERIES.c.id.in_(list(delivery_ids)),
+                    DELIVERIES.c.status == DeliveryStatus.PENDING,
+                    or_(
+                        SUBSCRIBERS.c.unsubscribed_at.is_not(None), SUBSCRIBERS.c.active.is_(False)
+                    ),
+                )
+            )
+            cancelled = {
+                i: f"unsubscribed at {at}" if at is not None else "removed from the config"
+                for i, at in found
+            }
+            if cancelled:
+                conn.execute(
+                    _CANCEL,
+                    [
+                        {"b_id": i, "b_reply": f"not sent: recipient {why}"}
+                        for i, why in cancelled.items()
+                    ],
+                )
+            return cancelled
+
+    def retry_deliveries(self, ids: Sequence[int] | None, now: datetime) -> int:
+        """Make deferred or failed messages due now (``ids``, or all of them when
+        None); sent ones, and pending ones never tried, are left alone. Returns
+        how many were changed."""
+        c = DELIVERIES.c
+        query = update(DELIVERIES).where(
+            c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.FAILED)),
+            or_(c.status == DeliveryStatus.FAILED, c.attempts != 0),
+        )
+        if ids is not None:
+            query = query.where(c.id.in_(list(ids)))
+        with self._transaction() as conn:
+            result = conn.execute(
+                query.values(
+                    status=DeliveryStatus.PENDING, next_attempt_at=now, deferred_since=None
+                )
+            )
+            return result.rowcount
+
+    def last_digest_at(self, subscriber_id: int) -> datetime | None:
+        with self._transaction() as conn:
+            last: datetime | None = conn.execute(
+                select(func.max(DELIVERIES.c.created_at)).where(
+                    DELIVERIES.c.subscriber_id == subscriber_id
+                )
+            ).scalar()
+            return last
+
+    def digest_state(
+        self, subscriber_ids: Sequence[int]
+    ) -> dict[int, tuple[datetime, datetime | None]]:
+        """(subscribed since, last digest composed) per subscriber, in two
+        queries per thousand subscribers."""
+        state: dict[int, tuple[datetime, datetime | None]] = {}
+        with self._transaction() as conn:
+            for start in range(0, len(subscriber_ids), 1000):
+                chunk = subscriber_ids[start : start + 1000]
+                last: dict[int, datetime] = dict(
+                    conn.execute(
+                        select(DELIVERIES.c.subscriber_id, func.max(DELIVERIES.c.created_at))
+                        .where(DELIVERIES.c.subscriber_id.in_(chunk))
+                        .group_by(DELIVERIES.c.subscriber_id)
+                    ).all()
+                )
+                for subscriber_id, created in conn.execute(
+                    select(SUBSCRIBERS.c.id, SUBSCRIBERS.c.created_at).where(
+                        SUBSCRIBERS.c.id.in_(chunk)
+                    )
+                ):
+                    state[subscriber_id] = (created, last.get(subscriber_id))
+        return state
+
+    def outbox_counts(self) -> dict[str, int]:
+        """Messages by status: pending, sent, failed."""
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(DELIVERIES.c.status, func.count()).group_by(DELIVERIES.c.status)
+            )
+            return dict(rows.all())
+
+
+def _one(result: CursorResult[Any], delivery_id: int) -> None:
+    """Fail the transaction when the message to update does not exist."""
+    if result.rowcount != 1:
+        raise NoResultFound(f"no message {delivery_id} in the outbox")
+
+
+# Bind names differ from the columns because SQLAlchemy reserves those for SET.
+_CLAIM = (
+    update(MATCHES)
+    .where(
+        MATCHES.c.id.in_(bindparam("b_matches", expanding=True)), MATCHES.c.delivery_id.is_(None)
+    )
+    .values(delivery_id=bindparam("b_delivery"))
+)
+_SENT = (
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id == bindparam("b_id"))
+    .values(
+        status=DeliveryStatus.SENT,
+        sent_at=bindparam("b_now"),
+        last_reply=bindparam("b_reply"),
+        attempts=DELIVERIES.c.attempts + 1,
+    )
+)
+_CANCEL = (
+    update(DELIVERIES)
+    .where(DELIVERIES.c.id == bindparam("b_id"))
+    .values(status=DeliveryStatus.CANCELLED, last_reply=bindparam("b_reply"), next_attempt_at=None)
+)

@@ -1,0 +1,290 @@
+"""Dumps and papers: what was ingested, each paper once, and the corpus
+statistics every score is computed against.
+
+Core statements on the tables throughout: building a SQLModel object per
+paper cost more than the database did (bench/ingest.py).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Any
+
+from sqlalchemy import Select, bindparam, func, insert, select, text, update
+from sqlalchemy.engine import Connection
+
+from mailer.analysis import Stats
+from mailer.papers import Paper, paper_key
+from mailer.store.schema import (
+    CORPUS,
+    DUMPS,
+    MATCHES,
+    PAPER_COLUMNS,
+    PAPERS,
+    TERMS,
+    DumpRow,
+    DumpStatus,
+    Transaction,
+    paper_from_row,
+    paper_values,
+    row_objects,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class IngestOutcome:
+    dump_id: int
+    new_papers: int
+    seen_papers: int
+
+
+class Papers:
+    """Reads and writes of the dumps, papers, corpus and terms tables."""
+
+    def __init__(self, transaction: Transaction) -> None:
+        self._transaction = transaction
+        self._stats: Stats | None = None
+
+    def dump_by_hash(self, sha256: str) -> DumpRow | None:
+        with self._transaction() as conn:
+            found = row_objects(conn, select(DumpRow).where(DUMPS.c.sha256 == sha256))
+        return found[0] if found else None
+
+    def record_refused(
+        self, *, path: str, sha256: str, size: int, error: str, now: datetime
+    ) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                insert(DUMPS).values(
+                    path=path,
+                    sha256=sha256,
+                    size=size,
+                    ingested_at=now,
+                    status=DumpStatus.REFUSED,
+                    error=error,
+                    records=0,
+                    new_papers=0,
+                    seen_papers=0,
+                    warnings=0,
+                )
+            )
+
+    def ingest(
+        self,
+        *,
+        path: str,
+        sha256: str,
+        size: int,
+        page_date: date | None,
+        papers: Sequence[Paper],
+        warnings: int,
+        now: datetime,
+        batch: int = 1000,
+    ) -> IngestOutcome:
+        """Record a dump and its papers in one transaction: a crash leaves
+        either all of it or none, so the file is simply read again.
+
+        Per batch, one query finds the keys already known, one executemany
+        inserts the rest and one updates the known papers that changed.
+        """
+        unique: dict[str, Paper] = {}
+        for paper in papers:
+            unique.setdefault(paper_key(paper.title), paper)
+        keys = list(unique)
+        with self._transaction() as conn:
+            inserted = conn.execute(
+                insert(DUMPS).values(
+                    path=path,
+                    sha256=sha256,
+                    size=size,
+                    ingested_at=now,
+                    page_date=page_date,
+                    records=len(papers),
+                    new_papers=0,
+                    seen_papers=0,
+                    warnings=warnings,
+                    status=DumpStatus.INGESTED if papers else DumpStatus.EMPTY,
+                    error=None,
+                )
+            ).inserted_primary_key
+            assert inserted is not None
+            dump_id: int = inserted[0]
+            new = seen = 0
+            added = Stats()
+            for start in range(0, len(keys), batch):
+                chunk = keys[start : start + batch]
+                known: dict[str, _Known] = {
+                    key: (paper_id, authors, organization, published, upvotes)
+                    for paper_id, key, authors, organization, published, upvotes in conn.execute(
+                        select(
+                            PAPERS.c.id,
+                            PAPERS.c.key,
+                            PAPERS.c.authors,
+                            PAPERS.c.organization,
+                            PAPERS.c.published,
+                            PAPERS.c.upvotes,
+                        ).where(PAPERS.c.key.in_(chunk))
+                    )
+                }
+                rows: list[dict[str, Any]] = []
+                changes: list[dict[str, Any]] = []
+                for key in chunk:
+                    paper = unique[key]
+                    row = known.get(key)
+                    if row is None:
+                        rows.append(paper_values(key, paper, now, dump_id))
+                        added.observe_paper(paper)
+                    elif (change := _refreshed(row, paper)) is not None:
+                        changes.append(change)
+                new += len(rows)
+                seen += len(chunk) - len(rows)
+                if rows:
+                    conn.execute(insert(PAPERS), rows)
+                if changes:
+                    conn.execute(_REFRESH, changes)
+            conn.execute(
+                update(DUMPS).where(DUMPS.c.id == dump_id).values(new_papers=new, seen_papers=seen)
+            )
+            add_statistics(conn, added)
+            return IngestOutcome(dump_id, new, seen)
+
+    def unmatched_papers(self, limit: int = 5000) -> list[tuple[int, Paper]]:
+        return self._papers(
+            select(PAPERS.c.id, *PAPER_COLUMNS)
+            .where(PAPERS.c.matched.is_(False))
+            .order_by(PAPERS.c.id)
+            .limit(limit)
+        )
+
+    def papers_since(self, since: datetime) -> list[tuple[int, Paper]]:
+        """(id, paper) of the papers first seen since ``since``, oldest first."""
+        return self._papers(
+            select(PAPERS.c.id, *PAPER_COLUMNS)
+            .where(PAPERS.c.first_seen_at >= since)
+            .order_by(PAPERS.c.id)
+        )
+
+    def backfill_candidates(self, subscriber_id: int, since: datetime) -> list[tuple[int, Paper]]:
+        """Papers first seen since ``since`` that were already matched (so the
+        regular pass will not look at them again) but not for this subscriber."""
+        done = select(MATCHES.c.paper_id).where(MATCHES.c.subscriber_id == subscriber_id)
+        return self._papers(
+            select(PAPERS.c.id, *PAPER_COLUMNS)
+            .where(
+                PAPERS.c.matched.is_(True),
+                PAPERS.c.first_seen_at >= since,
+                PAPERS.c.id.not_in(done),
+            )
+            .order_by(PAPERS.c.id)
+        )
+
+    def _papers(self, query: Any) -> list[tuple[int, Paper]]:
+        with self._transaction() as conn:
+            return [(r["id"], paper_from_row(r)) for r in conn.execute(query).mappings()]
+
+    def stats(self) -> Stats:
+        """The corpus statistics every score is computed against. Read again
+        only when papers were added since the last read (one small query
+        otherwise); callers must not change what they get."""
+        with self._transaction() as conn:
+            corpus = conn.execute(
+                select(CORPUS.c.papers, CORPUS.c.title_tokens, CORPUS.c.abstract_tokens)
+            ).first()
+            if corpus is None:
+                return Stats()
+            papers, title_tokens, abstract_tokens = corpus
+            cached = self._stats
+            if cached is not None and cached.papers == papers:
+                return cached
+            df: Counter[str] = Counter(dict(conn.execute(select(TERMS.c.term, TERMS.c.df)).all()))
+        self._stats = Stats(papers, df, title_tokens, abstract_tokens)
+        return self._stats
+
+    def dumps(self) -> list[DumpRow]:
+        """Every dump, oldest first, as row objects (``row_objects``)."""
+        return self._dumps(select(DumpRow).order_by(DUMPS.c.id))
+
+    def refused_dumps(self) -> list[DumpRow]:
+        return self._dumps(
+            select(DumpRow).where(DUMPS.c.status == DumpStatus.REFUSED).order_by(DUMPS.c.id)
+        )
+
+    def _dumps(self, query: Select[DumpRow]) -> list[DumpRow]:
+        with self._transaction() as conn:
+            return row_objects(conn, query)
+
+    def dump_counts(self) -> dict[str, int]:
+        """Dumps by status: ingested, empty, refused."""
+        with self._transaction() as conn:
+            rows = conn.execute(select(DUMPS.c.status, func.count()).group_by(DUMPS.c.status))
+            return dict(rows.all())
+
+    def count_papers(self) -> int:
+        with self._transaction() as conn:
+            count: int = conn.execute(select(func.count()).select_from(PAPERS)).scalar_one()
+            return count
+
+
+def add_statistics(conn: Connection, added: Stats) -> None:
+    """Add new papers' counts to the stored corpus statistics (in the
+    caller's transaction: with the papers, or not at all).
+
+    Plain SQL: ``INSERT ... ON CONFLICT ... DO UPDATE`` reads the same on
+    SQLite and PostgreSQL, but Core only has it per dialect."""
+    if not added.papers:
+        return
+    conn.execute(
+        text(
+            "INSERT INTO corpus (id, papers, title_tokens, abstract_tokens) "
+            "VALUES (1, :papers, :title, :abstract) ON CONFLICT (id) DO UPDATE SET "
+            "papers = corpus.papers + excluded.papers, "
+            "title_tokens = corpus.title_tokens + excluded.title_tokens, "
+            "abstract_tokens = corpus.abstract_tokens + excluded.abstract_tokens"
+        ),
+        {"papers": added.papers, "title": added.title_length, "abstract": added.abstract_length},
+    )
+    conn.execute(
+        text(
+            "INSERT INTO terms (term, df) VALUES (:term, :df) "
+            "ON CONFLICT (term) DO UPDATE SET df = terms.df + excluded.df"
+        ),
+        [{"term": term, "df": df} for term, df in sorted(added.df.items())],
+    )
+
+
+# What ingest reads of a known paper: id, authors, organization, published, upvotes.
+_Known = tuple[int, int | None, str | None, date | None, int]
+# A known paper's counters, set by id; bind names differ from the columns
+# because SQLAlchemy reserves those for the SET clause.
+_REFRESH = (
+    update(PAPERS)
+    .where(PAPERS.c.id == bindparam("b_id"))
+    .values(
+        upvotes=bindparam("b_upvotes"),
+        authors=bindparam("b_authors"),
+        organization=bindparam("b_organization"),
+        published=bindparam("b_published"),
+    )
+)
+
+
+def _refreshed(row: _Known, paper: Paper) -> dict[str, Any] | None:
+    """A paper seen again keeps its identity; its counters move on. The new
+    values for `_REFRESH`, or None when nothing changed."""
+    paper_id, had_authors, had_organization, had_published, had_upvotes = row
+    upvotes = max(had_upvotes, paper.upvotes)
+    authors = had_authors if had_authors is not None else paper.authors
+    organization = had_organization or paper.organization
+    published = had_published or paper.published
+    if (authors, organization, published, upvotes) == row[1:]:
+        return None
+    return {
+        "b_id": paper_id,
+        "b_upvotes": upvotes,
+        "b_authors": authors,
+        "b_organization": organization,
+        "b_published": published,
+    }

@@ -1,0 +1,229 @@
+"""Subscribers, their subscriptions, and unsubscribing (RFC 8058)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.engine import Connection, Row
+
+from mailer.store.schema import (
+    DELIVERIES,
+    MATCHES,
+    SUBSCRIBERS,
+    SUBSCRIPTIONS,
+    Transaction,
+    utc,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriberState:
+    id: int
+    email: str
+    active: bool
+    created_at: datetime
+    unsubscribed_at: datetime | None
+    pending: int
+    last_digest_at: datetime | None
+
+
+class People:
+    """Reads and writes of the subscribers and subscriptions tables."""
+
+    def __init__(self, transaction: Transaction) -> None:
+        self._transaction = transaction
+
+    def sync_subscribers(
+        self, subscribers: Iterable[tuple[str, str, Sequence[tuple[str, str]]]], now: datetime
+    ) -> dict[str, int]:
+        """Mirror the configured subscribers (email, name, [(name, query)]):
+        new ones start now, removed ones are deactivated, history is kept.
+        Reads both tables once and writes only what changed, in batches."""
+        wanted = {email.lower(): (email, name, subs) for email, name, subs in subscribers}
+        ids: dict[str, int] = {}
+        with self._transaction() as conn:
+            rows = {
+                r.email.lower(): r
+                for r in conn.execute(
+                    select(
+                        SUBSCRIBERS.c.id,
+                        SUBSCRIBERS.c.email,
+                        SUBSCRIBERS.c.name,
+                        SUBSCRIBERS.c.active,
+                    )
+                )
+            }
+            changed = [
+                {"b_id": r.id, "b_name": r.name, "b_active": False}
+                for low, r in rows.items()
+                if low not in wanted and r.active
+            ]
+            for low, (email, name, _) in wanted.items():
+                found = rows.get(low)
+                if found is None:
+                    inserted = conn.execute(
+                        insert(SUBSCRIBERS).values(email=email, name=name, created_at=now)
+                    ).inserted_primary_key
+                    assert inserted is not None
+                    ids[email] = inserted[0]
+                else:
+                    ids[email] = found.id
+                    if not found.active or found.name != name:
+                        changed.append({"b_id": found.id, "b_name": name, "b_active": True})
+            if changed:
+                conn.execute(_SET_SUBSCRIBER, changed)
+            _sync_subscriptions(conn, {ids[email]: subs for email, _, subs in wanted.values()})
+        return ids
+
+    def subscriber_since(self, subscriber_id: int) -> datetime | None:
+        with self._transaction() as conn:
+            since: datetime | None = conn.execute(
+                select(SUBSCRIBERS.c.created_at).where(SUBSCRIBERS.c.id == subscriber_id)
+            ).scalar()
+            return since
+
+    def active_subscriber_ids(self) -> dict[str, int]:
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(SUBSCRIBERS.c.email, SUBSCRIBERS.c.id).where(
+                    SUBSCRIBERS.c.active.is_(True), SUBSCRIBERS.c.unsubscribed_at.is_(None)
+                )
+            )
+            return dict(rows.all())
+
+    def unsubscribe(self, email: str, now: datetime) -> bool:
+        """Stop all mail to ``email`` until resubscribed; False if unknown.
+        A repeated unsubscribe keeps the first time, so replays change nothing."""
+        with self._transaction() as conn:
+            row = _by_email(conn, email)
+            if row is None:
+                return False
+            if row.unsubscribed_at is None:
+                _set_unsubscribed(conn, row.id, now)
+            return True
+
+    def resubscribe(self, email: str) -> bool:
+        """Lift an unsubscribe; False if the address is unknown."""
+        with self._transaction() as conn:
+            row = _by_email(conn, email)
+            if row is None:
+                return False
+            if row.unsubscribed_at is not None:
+                _set_unsubscribed(conn, row.id, None)
+            return True
+
+    def lift_unsubscribes(self, resubscribed: Mapping[str, datetime]) -> list[str]:
+        """Re-enable each address whose unsubscribe predates its given time;
+        returns the addresses re-enabled."""
+        lifted: list[str] = []
+        with self._transaction() as conn:
+            for email, when in resubscribed.items():
+                row = _by_email(conn, email)
+                if row is None or row.unsubscribed_at is None:
+                    continue
+                if utc(row.unsubscribed_at) < when:
+                    _set_unsubscribed(conn, row.id, None)
+                    lifted.append(row.email)
+        return lifted
+
+    def unsubscribed_at(self, email: str) -> datetime | None:
+        with self._transaction() as conn:
+            row = _by_email(conn, email)
+            return None if row is None else row.unsubscribed_at
+
+    def subscriber_states(self) -> dict[str, SubscriberState]:
+        """Every subscriber the database knows, by lower-cased email."""
+        with self._transaction() as conn:
+            pending: dict[int, int] = dict(
+                conn.execute(
+                    select(MATCHES.c.subscriber_id, func.count())
+                    .where(MATCHES.c.delivery_id.is_(None))
+                    .group_by(MATCHES.c.subscriber_id)
+                ).all()
+            )
+            last: dict[int, datetime] = dict(
+                conn.execute(
+                    select(DELIVERIES.c.subscriber_id, func.max(DELIVERIES.c.created_at)).group_by(
+                        DELIVERIES.c.subscriber_id
+                    )
+                ).all()
+            )
+            return {
+                r.email.lower(): SubscriberState(
+                    id=r.id,
+                    email=r.email,
+                    active=r.active,
+                    created_at=r.created_at,
+                    unsubscribed_at=r.unsubscribed_at,
+                    pending=pending.get(r.id, 0),
+                    last_digest_at=last.get(r.id),
+                )
+                for r in conn.execute(select(SUBSCRIBERS).order_by(SUBSCRIBERS.c.id))
+            }
+
+
+def _sync_subscriptions(conn: Connection, wanted: Mapping[int, Sequence[tuple[str, str]]]) -> None:
+    """Each given subscriber's subscriptions as configured: new ones added,
+    changed queries updated, the ones no longer configured deactivated."""
+    existing: dict[int, dict[str, Row[Any, Any, Any, Any, Any]]] = {}
+    for r in conn.execute(
+        select(
+            SUBSCRIPTIONS.c.id,
+            SUBSCRIPTIONS.c.subscriber_id,
+            SUBSCRIPTIONS.c.name,
+            SUBSCRIPTIONS.c.query,
+            SUBSCRIPTIONS.c.active,
+        )
+    ):
+        if r.subscriber_id in wanted:
+            existing.setdefault(r.subscriber_id, {})[r.name] = r
+    added: list[dict[str, Any]] = []
+    changed: list[dict[str, Any]] = []
+    for subscriber_id, subs in wanted.items():
+        have = existing.get(subscriber_id, {})
+        queries = dict(subs)
+        for name, row in have.items():
+            active, query = name in queries, queries.get(name, row.query)
+            if (active, query) != (row.active, row.query):
+                changed.append({"b_id": row.id, "b_active": active, "b_query": query})
+        added.extend(
+            {"subscriber_id": subscriber_id, "name": name, "query": query, "active": True}
+            for name, query in subs
+            if name not in have
+        )
+    if changed:
+        conn.execute(_SET_SUBSCRIPTION, changed)
+    if added:
+        conn.execute(insert(SUBSCRIPTIONS), added)
+
+
+def _by_email(conn: Connection, email: str) -> Row[Any, Any, Any] | None:
+    """The subscriber with this address, in any case."""
+    return conn.execute(
+        select(SUBSCRIBERS.c.id, SUBSCRIBERS.c.email, SUBSCRIBERS.c.unsubscribed_at).where(
+            func.lower(SUBSCRIBERS.c.email) == email.lower()
+        )
+    ).first()
+
+
+def _set_unsubscribed(conn: Connection, subscriber_id: int, at: datetime | None) -> None:
+    conn.execute(
+        update(SUBSCRIBERS).where(SUBSCRIBERS.c.id == subscriber_id).values(unsubscribed_at=at)
+    )
+
+
+# Bind names differ from the columns because SQLAlchemy reserves those for SET.
+_SET_SUBSCRIBER = (
+    update(SUBSCRIBERS)
+    .where(SUBSCRIBERS.c.id == bindparam("b_id"))
+    .values(name=bindparam("b_name"), active=bindparam("b_active"))
+)
+_SET_SUBSCRIPTION = (
+    update(SUBSCRIPTIONS)
+    .where(SUBSCRIPTIONS.c.id == bindparam("b_id"))
+    .values(active=bindparam("b_active"), query=bindparam("b_query"))
+)

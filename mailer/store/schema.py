@@ -1,0 +1,290 @@
+"""The tables, their Core handles, and opening a database.
+
+Every part of the store reads and writes through the Core ``Table`` handles
+below (``DUMPS``, ``PAPERS``, ...); the SQLModel classes define the schema and
+are the row objects some reads return to callers.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from datetime import UTC, date, datetime
+from enum import StrEnum
+from typing import Any, TypeVar
+
+from sqlalchemy import JSON, Column, LargeBinary, Select, UniqueConstraint, event
+from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.schema import Table
+from sqlmodel import Field, Session, SQLModel, create_engine
+
+from mailer.errors import StoreError
+from mailer.migrate import upgrade
+from mailer.papers import Paper
+
+
+class DumpStatus(StrEnum):
+    """What became of a dump file."""
+
+    INGESTED = "ingested"
+    EMPTY = "empty"  # a dump with no records
+    REFUSED = "refused"  # not a dump; the reason is kept
+
+
+class DeliveryStatus(StrEnum):
+    """Where a message in the outbox stands. A pending message with attempts
+    is what an operator calls deferred (see ``display_status``)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"  # recipient unsubscribed or removed before sending
+
+
+class DumpRow(SQLModel, table=True):
+    __tablename__ = "dumps"
+
+    id: int | None = Field(default=None, primary_key=True)
+    path: str
+    sha256: str = Field(unique=True, max_length=64)
+    size: int
+    ingested_at: datetime
+    page_date: date | None = None
+    records: int = 0
+    new_papers: int = 0
+    seen_papers: int = 0
+    warnings: int = 0
+    status: str = Field(max_length=16)  # a DumpStatus
+    error: str | None = None
+
+
+class PaperRow(SQLModel, table=True):
+    __tablename__ = "papers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    key: str = Field(unique=True)
+    title: str
+    abstract: str
+    authors: int | None = None
+    organization: str | None = None
+    published: date | None = None
+    upvotes: int = 0
+    first_seen_at: datetime = Field(index=True)
+    first_dump_id: int | None = Field(default=None, foreign_key="dumps.id")
+    matched: bool = Field(default=False, index=True)
+
+
+class SubscriberRow(SQLModel, table=True):
+    __tablename__ = "subscribers"
+
+    id: int | None = Field(default=None, primary_key=True)
+    email: str = Field(unique=True)
+    name: str = ""
+    active: bool = True  # false once removed from the config
+    created_at: datetime
+    unsubscribed_at: datetime | None = None
+
+
+class SubscriptionRow(SQLModel, table=True):
+    __tablename__ = "subscriptions"
+    __table_args__ = (UniqueConstraint("subscriber_id", "name"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    name: str
+    query: str
+    active: bool = True
+
+
+class DeliveryRow(SQLModel, table=True):
+    """One composed message in the outbox, with the bytes that go on the wire."""
+
+    __tablename__ = "deliveries"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    recipient: str
+    message_id: str = Field(unique=True)
+    subject: str
+    papers: int
+    message: bytes = Field(sa_column=Column(LargeBinary, nullable=False))
+    status: str = Field(default=DeliveryStatus.PENDING, max_length=16, index=True)
+    attempts: int = 0
+    created_at: datetime
+    next_attempt_at: datetime | None = None
+    sent_at: datetime | None = None
+    last_reply: str | None = None
+    deferred_since: datetime | None = None  # first temporary failure; give-up counts from here
+
+
+class MatchRow(SQLModel, table=True):
+    __tablename__ = "matches"
+    __table_args__ = (UniqueConstraint("subscriber_id", "paper_id"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    paper_id: int = Field(foreign_key="papers.id")
+    subscriptions: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    # Every matched term, heaviest first when matched.
+    terms: list[str] = Field(sa_column=Column(JSON, nullable=False))
+    scores: list[float] = Field(sa_column=Column(JSON, nullable=False))
+    created_at: datetime
+    delivery_id: int | None = Field(default=None, foreign_key="deliveries.id", index=True)
+    # The terms of each subscription, parallel to ``subscriptions``, so a
+    # digest can weigh them again against today's statistics (NULL in rows
+    # recorded before they were kept: ``terms`` then stands for each).
+    subscription_terms: list[list[str]] | None = Field(
+        default=None, sa_column=Column(JSON, nullable=True)
+    )
+
+
+class CorpusRow(SQLModel, table=True):
+    """Corpus statistics for BM25 (one row, id 1): papers stored and the
+    total length of their titles and abstracts in words. Kept up to date in
+    the transaction that stores new papers, with ``TermRow``."""
+
+    __tablename__ = "corpus"
+
+    id: int = Field(primary_key=True)
+    papers: int = 0
+    title_tokens: int = 0
+    abstract_tokens: int = 0
+
+
+class TermRow(SQLModel, table=True):
+    """Document frequency of a stem: how many stored papers hold it in their
+    title or abstract."""
+
+    __tablename__ = "terms"
+
+    term: str = Field(primary_key=True)
+    df: int = 0
+
+
+class StateRow(SQLModel, table=True):
+    """Small facts about the running service, such as the last pass."""
+
+    __tablename__ = "state"
+
+    key: str = Field(primary_key=True, max_length=64)
+    value: str
+    updated_at: datetime
+
+
+def _table(model: type[SQLModel]) -> Table:
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, Table)
+    return table
+
+
+DUMPS = _table(DumpRow)
+PAPERS = _table(PaperRow)
+SUBSCRIBERS = _table(SubscriberRow)
+SUBSCRIPTIONS = _table(SubscriptionRow)
+DELIVERIES = _table(DeliveryRow)
+MATCHES = _table(MatchRow)
+CORPUS = _table(CorpusRow)
+TERMS = _table(TermRow)
+STATE = _table(StateRow)
+
+# A transaction on the store's engine: committed on success, rolled back on
+# any error, database errors raised as StoreError (``Store.transaction``).
+Transaction = Callable[[], AbstractContextManager[Connection]]
+
+Model = TypeVar("Model", bound=SQLModel)
+
+
+def row_objects(conn: Connection, query: Select[Model]) -> list[Model]:
+    """Row objects for callers that read attributes (``deliveries()`` and the
+    like): the one ORM read, in the caller's transaction. Building SQLModel
+    objects from Core rows costs three times as much (their ``__init__``
+    validates), and ``model_construct`` leaves objects SQLAlchemy can't track."""
+    with Session(bind=conn, expire_on_commit=False) as session:
+        return list(session.scalars(query))
+
+
+# --- a paper in and out of the papers table: the one place naming its fields ---
+
+PAPER_COLUMNS = (
+    PAPERS.c.title,
+    PAPERS.c.abstract,
+    PAPERS.c.authors,
+    PAPERS.c.organization,
+    PAPERS.c.published,
+    PAPERS.c.upvotes,
+)
+
+
+def paper_from_row(row: RowMapping) -> Paper:
+    """The paper of a row selected with ``PAPER_COLUMNS`` (by column name)."""
+    return Paper(
+        title=row["title"],
+        abstract=row["abstract"],
+        authors=row["authors"],
+        organization=row["organization"],
+        published=row["published"],
+        upvotes=row["upvotes"],
+    )
+
+
+def paper_values(key: str, paper: Paper, now: datetime, dump_id: int) -> dict[str, Any]:
+    """The papers-table row of a paper first seen now, in dump ``dump_id``."""
+    return {
+        "key": key,
+        "title": paper.title,
+        "abstract": paper.abstract,
+        "authors": paper.authors,
+        "organization": paper.organization,
+        "published": paper.published,
+        "upvotes": paper.upvotes,
+        "first_seen_at": now,
+        "first_dump_id": dump_id,
+        "matched": False,
+    }
+
+
+def utc(value: datetime) -> datetime:
+    """Times come back naive from SQLite and PostgreSQL timestamp columns;
+    they were stored as UTC."""
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def hide_password(url: str) -> str:
+    """A database URL fit for logs and errors: the password replaced by ***."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    cursor.close()
+
+
+def _connect(url: str) -> Engine:
+    try:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"timeout": 10})
+            event.listen(engine, "connect", _sqlite_pragmas)
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        upgrade(engine)
+    except (ArgumentError, NoSuchModuleError) as exc:
+        raise StoreError(
+            f"database URL {hide_password(url)!r} is not usable: {exc}",
+            hint="use sqlite:///path.db or postgresql+psycopg://user@host/db "
+            "(pip install 'mailer[postgres]')",
+        ) from exc
+    except (OperationalError, ModuleNotFoundError) as exc:
+        raise StoreError(
+            f"cannot open database {hide_password(url)!r}: {exc}",
+            hint="check the [database] url, that the folder exists and the server is running",
+        ) from exc
+    return engine
