@@ -21,6 +21,7 @@ from mailer.digests import Ranking, Recipient
 from mailer.matching import Stats
 from mailer.papers import Paper
 from mailer.pipeline import (
+    analysed,
     digest_order,
     match_rows,
     subscription_engine,
@@ -89,7 +90,9 @@ def trial_digest(
         PendingMatch(
             m.paper_id, by_id[m.paper_id], m.subscriptions, m.subscription_terms, m.scores, since
         )
-        for m in match_rows(subscription_engine(sub, stats), papers, {sub.email: 0})
+        for m in match_rows(
+            subscription_engine(sub, stats), analysed(papers, stats), {sub.email: 0}
+        )
     ]
     order = replace(
         digest_order(config, sub, 0, since),
@@ -117,9 +120,10 @@ def backfill(store: Store, config: Config, sub: SubscriberConfig, days: int, now
     ``sub`` only (papers not yet matched reach them through the regular pass);
     how many were added."""
     subscriber_id = sync_subscribers(store, config, now)[sub.email]
+    stats = store.stats()
     rows = match_rows(
-        subscription_engine(sub, store.stats()),
-        store.backfill_candidates(subscriber_id, now - timedelta(days=days)),
+        subscription_engine(sub, stats),
+        analysed(store.backfill_candidates(subscriber_id, now - timedelta(days=days)), stats),
         {sub.email: subscriber_id},
     )
     return store.add_matches(subscriber_id, rows, now)

@@ -20,6 +20,7 @@ from mailer.matching import Stats
 from mailer.pipeline.compose import Compose, RenderSettings, digest_order, unsubscribe_url
 from mailer.pipeline.ingest import Ingest, OnDump, Scanner
 from mailer.pipeline.match import (
+    analysed,
     build_engine,
     compile_queries,
     match_new_papers,
@@ -34,6 +35,7 @@ from mailer.store import Store
 __all__ = [
     "PassReport",
     "Pipeline",
+    "analysed",
     "digest_order",
     "match_rows",
     "subscription_engine",

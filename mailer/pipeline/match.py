@@ -35,15 +35,19 @@ def build_engine(queries: Mapping[str, Mapping[str, Query]], stats: Stats) -> En
     )
 
 
+def analysed(papers: Iterable[tuple[int, Paper]], stats: Stats) -> list[tuple[int, Doc]]:
+    """(id, paper) -> (id, Doc) scored against ``stats``."""
+    return [(paper_id, Doc(paper, stats)) for paper_id, paper in papers]
+
+
 def match_rows(
-    engine: Engine, papers: Iterable[tuple[int, Paper]], subscriber_ids: Mapping[str, int]
+    engine: Engine, docs: Iterable[tuple[int, Doc]], subscriber_ids: Mapping[str, int]
 ) -> list[NewMatch]:
-    """Papers -> match rows, scored against ``engine.stats``: the one way a
-    paper becomes a match, for the pass, backfill and ``send-test``. Hits of
-    subscribers not in ``subscriber_ids`` (unsubscribed, removed) are dropped."""
+    """Analysed papers -> match rows: the one way a paper becomes a match,
+    for the pass, backfill and ``send-test``. Hits of subscribers not in
+    ``subscriber_ids`` (unsubscribed, removed) are dropped."""
     rows: list[NewMatch] = []
-    for paper_id, paper in papers:
-        doc = Doc(paper, engine.stats)
+    for paper_id, doc in docs:
         by_subscriber: dict[int, list[Hit]] = {}
         for hit in engine.match(doc):
             email, name = cast(tuple[str, str], hit.query)
@@ -77,15 +81,24 @@ def subscription_engine(sub: SubscriberConfig, stats: Stats) -> Engine:
 
 
 def match_new_papers(store: Store, engine: Engine, clock: Clock, report: PassReport) -> None:
-    """The match stage: the papers not yet matched, against the statistics of
-    all stored papers (this pass's included), recorded with their matches."""
+    """The match stage: the papers not yet matched, in batches, each counted
+    in the corpus statistics in the transaction that records its matches
+    (they are analysed here anyway, so ingest does not analyse them twice).
+    A batch is scored against the statistics with itself included; digests
+    score again against the stored statistics when they are composed."""
     active = store.active_subscriber_ids()
     while batch := store.unmatched_papers():
-        stats = store.stats()
-        if stats is not engine.stats:
-            engine.stats = stats
-        rows = match_rows(engine, batch, active)
-        report.matches += store.record_matches([pid for pid, _ in batch], rows, clock())
+        stored = store.stats()
+        engine.stats = stats = Stats(
+            stored.papers, stored.df.copy(), stored.title_length, stored.abstract_length
+        )
+        added = Stats()
+        docs = analysed(batch, stats)
+        for _, doc in docs:
+            stats.observe(doc)
+            added.observe(doc)
+        rows = match_rows(engine, docs, active)
+        report.matches += store.record_matches([pid for pid, _ in batch], rows, clock(), added)
 
 
 def sync_subscribers(store: Store, config: Config, now: datetime) -> dict[str, int]:

@@ -234,9 +234,16 @@ class Store:
     # --- matches: ``Matches`` -----------------------------------------------
 
     def record_matches(
-        self, paper_ids: Sequence[int], matches: Iterable[NewMatch], now: datetime
+        self,
+        paper_ids: Sequence[int],
+        matches: Iterable[NewMatch],
+        now: datetime,
+        counted: Stats | None = None,
     ) -> int:
-        return self.matches.record_matches(paper_ids, matches, now)
+        recorded = self.matches.record_matches(paper_ids, matches, now, counted)
+        if counted is not None:
+            self.papers.counted(counted)
+        return recorded
 
     def add_matches(self, subscriber_id: int, matches: Iterable[NewMatch], now: datetime) -> int:
         return self.matches.add_matches(subscriber_id, matches, now)

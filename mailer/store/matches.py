@@ -12,7 +12,9 @@ from typing import Any
 
 from sqlalchemy import String, cast, insert, select, update
 
+from mailer.analysis import Stats
 from mailer.papers import Paper
+from mailer.store.papers import add_statistics
 from mailer.store.schema import MATCHES, PAPER_COLUMNS, PAPERS, Transaction, paper_from_row
 
 
@@ -46,10 +48,15 @@ class Matches:
         self._transaction = transaction
 
     def record_matches(
-        self, paper_ids: Sequence[int], matches: Iterable[NewMatch], now: datetime
+        self,
+        paper_ids: Sequence[int],
+        matches: Iterable[NewMatch],
+        now: datetime,
+        counted: Stats | None = None,
     ) -> int:
-        """Store matches and mark the papers matched, together, so no paper
-        is matched twice or never."""
+        """Store matches, mark the papers matched and add ``counted`` (those
+        papers' statistics) to the corpus, together, so no paper is matched
+        or counted twice or never."""
         with self._transaction() as conn:
             rows = [_match_values(m, now) for m in matches]
             if rows:
@@ -57,6 +64,8 @@ class Matches:
             for start in range(0, len(paper_ids), 1000):
                 chunk = paper_ids[start : start + 1000]
                 conn.execute(update(PAPERS).where(PAPERS.c.id.in_(chunk)).values(matched=True))
+            if counted is not None:
+                add_statistics(conn, counted)
         return len(rows)
 
     def add_matches(self, subscriber_id: int, matches: Iterable[NewMatch], now: datetime) -> int:

@@ -113,7 +113,6 @@ class Papers:
             assert inserted is not None
             dump_id: int = inserted[0]
             new = seen = 0
-            added = Stats()
             for start in range(0, len(keys), batch):
                 chunk = keys[start : start + batch]
                 known: dict[str, _Known] = {
@@ -136,7 +135,6 @@ class Papers:
                     row = known.get(key)
                     if row is None:
                         rows.append(paper_values(key, paper, now, dump_id))
-                        added.observe_paper(paper)
                     elif (change := _refreshed(row, paper)) is not None:
                         changes.append(change)
                 new += len(rows)
@@ -148,7 +146,6 @@ class Papers:
             conn.execute(
                 update(DUMPS).where(DUMPS.c.id == dump_id).values(new_papers=new, seen_papers=seen)
             )
-            add_statistics(conn, added)
             return IngestOutcome(dump_id, new, seen)
 
     def unmatched_papers(self, limit: int = 5000) -> list[tuple[int, Paper]]:
@@ -203,6 +200,19 @@ class Papers:
         self._stats = Stats(papers, df, title_tokens, abstract_tokens)
         return self._stats
 
+    def counted(self, added: Stats) -> None:
+        """Papers this process just counted (``add_statistics``): extend the
+        cached statistics instead of reading every term again. A cache that
+        was already behind the database stays behind and is read again."""
+        cached = self._stats
+        if cached is not None and added.papers:
+            self._stats = Stats(
+                cached.papers + added.papers,
+                cached.df + added.df,
+                cached.title_length + added.title_length,
+                cached.abstract_length + added.abstract_length,
+            )
+
     def dumps(self) -> list[DumpRow]:
         """Every dump, oldest first, as row objects (``row_objects``)."""
         return self._dumps(select(DumpRow).order_by(DUMPS.c.id))
@@ -229,8 +239,9 @@ class Papers:
 
 
 def add_statistics(conn: Connection, added: Stats) -> None:
-    """Add new papers' counts to the stored corpus statistics (in the
-    caller's transaction: with the papers, or not at all).
+    """Add newly matched papers' counts to the stored corpus statistics, in
+    the caller's transaction: with the matched flags, so each paper is
+    counted exactly once.
 
     Plain SQL: ``INSERT ... ON CONFLICT ... DO UPDATE`` reads the same on
     SQLite and PostgreSQL, but Core only has it per dialect."""
