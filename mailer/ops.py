@@ -25,13 +25,13 @@ from mailer.config import Config, SubscriberConfig
 from mailer.matching import Query, highlight_spans, match_paper
 from mailer.papers import Paper
 from mailer.pipeline import Pipeline
-from mailer.pipeline.send import display_status
 from mailer.schedule import Schedule
 from mailer.store import (
     LAST_PASS,
     DeliveryRow,
     DeliveryStatus,
     DumpStatus,
+    OutboxState,
     Store,
     SubscriberState,
     utc,
@@ -309,17 +309,21 @@ def outbox_entry(row: DeliveryRow) -> dict[str, object]:
     def iso(d: datetime | None) -> str | None:
         return d.isoformat(timespec="seconds") if d else None
 
-    state = display_status(row.status, row.attempts)
+    state = OutboxState.of(row.status, row.attempts)
     return {
         "id": row.id,
         "recipient": row.recipient,
         "message_id": row.message_id,
         "subject": row.subject,
         "papers": row.papers,
-        "status": state,
+        "status": str(state),
         "attempts": row.attempts,
         "created_at": iso(row.created_at),
-        "next_attempt_at": iso(row.next_attempt_at) if state in ("queued", "deferred") else None,
+        "next_attempt_at": (
+            iso(row.next_attempt_at)
+            if state in (OutboxState.QUEUED, OutboxState.DEFERRED)
+            else None
+        ),
         "sent_at": iso(row.sent_at),
         "last_reply": row.last_reply,
     }

@@ -290,3 +290,20 @@ def test_every_command_is_documented_in_the_readme() -> None:
     for path in paths:
         row = re.compile(rf"^\| `mailer {re.escape(' '.join(path))}(?![\w-])", re.MULTILINE)
         assert row.search(readme), f"'mailer {' '.join(path)}' has no row in README.md"
+
+
+def test_outbox_lists_only_the_state_asked_for(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    copy_seeds(tmp_path / "dumps")
+    assert mailer("--config", str(config), "ingest", cwd=tmp_path).returncode == 0
+    sent = mailer("--config", str(config), "outbox", "--json", "--status", "sent", cwd=tmp_path)
+    assert [m["status"] for m in json.loads(sent.stdout)] == ["sent", "sent"]
+    queued = mailer("--config", str(config), "outbox", "--json", "--status", "queued", cwd=tmp_path)
+    assert json.loads(queued.stdout) == []
+
+
+def test_outbox_refuses_a_state_that_does_not_exist(tmp_path: Path) -> None:
+    config = write_config(tmp_path)
+    result = mailer("--config", str(config), "outbox", "--status", "lost", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "queued" in result.stderr

@@ -16,7 +16,7 @@ from mailer.config import Config
 from mailer.errors import ConfigError
 from mailer.ops import outbox_entry
 from mailer.pipeline import sync_subscribers, utc_now
-from mailer.store import DeliveryStatus, Store
+from mailer.store import DeliveryStatus, OutboxState, Store
 
 outbox_app = typer.Typer(
     help="List the outbox: queued, deferred, sent and failed messages.",
@@ -30,8 +30,8 @@ def outbox_list(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON array of messages.")] = False,
     status: Annotated[
-        str | None,
-        typer.Option(help="Only messages in this state: queued, deferred, sent or failed."),
+        OutboxState | None,
+        typer.Option(help="Only messages in this state."),
     ] = None,
 ) -> None:
     """List the outbox: queued, deferred, sent and failed messages."""

@@ -21,7 +21,7 @@ from mailer.config import Config
 from mailer.delivery import Transport, TransportUnavailableError
 from mailer.errors import DeliveryError
 from mailer.pipeline.report import Clock, PassReport, Stopping
-from mailer.store import DeliveryRow, DeliveryStatus, Store
+from mailer.store import DeliveryRow, Store
 
 log = logging.getLogger("mailer")
 
@@ -38,13 +38,6 @@ def backoff_seconds(
     delay = min(maximum, initial * 2.0 ** max(0, attempts - 1))
     jitter: float = (rng or random).uniform(0.8, 1.2)
     return min(maximum, delay * jitter)
-
-
-def display_status(status: str, attempts: int) -> str:
-    """What an operator calls a message: queued, deferred, sent or failed."""
-    if status == DeliveryStatus.PENDING:
-        return "deferred" if attempts else "queued"
-    return status
 
 
 class RateLimiter:

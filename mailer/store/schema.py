@@ -35,12 +35,29 @@ class DumpStatus(StrEnum):
 
 class DeliveryStatus(StrEnum):
     """Where a message in the outbox stands. A pending message with attempts
-    is what an operator calls deferred (see ``display_status``)."""
+    is what an operator calls deferred (see ``OutboxState``)."""
 
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"  # recipient unsubscribed or removed before sending
+
+
+class OutboxState(StrEnum):
+    """What an operator calls a message (``mailer outbox``): a pending one
+    is queued until its first failed attempt, then deferred."""
+
+    QUEUED = "queued"
+    DEFERRED = "deferred"
+    SENT = "sent"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @classmethod
+    def of(cls, status: str, attempts: int) -> OutboxState:
+        if status == DeliveryStatus.PENDING:
+            return cls.DEFERRED if attempts else cls.QUEUED
+        return cls(status)
 
 
 class DumpRow(SQLModel, table=True):
