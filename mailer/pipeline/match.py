@@ -84,18 +84,14 @@ def match_new_papers(store: Store, engine: Engine, clock: Clock, report: PassRep
     """The match stage: the papers not yet matched, in batches, each counted
     in the corpus statistics in the transaction that records its matches
     (they are analysed here anyway, so ingest does not analyse them twice).
-    A batch is scored against the statistics with itself included; digests
-    score again against the stored statistics when they are composed."""
+    Scores recorded here are provisional: digests weigh every match again
+    against the stored statistics when they are composed."""
     active = store.active_subscriber_ids()
     while batch := store.unmatched_papers():
-        stored = store.stats()
-        engine.stats = stats = Stats(
-            stored.papers, stored.df.copy(), stored.title_length, stored.abstract_length
-        )
+        engine.stats = store.stats()
+        docs = analysed(batch, engine.stats)
         added = Stats()
-        docs = analysed(batch, stats)
         for _, doc in docs:
-            stats.observe(doc)
             added.observe(doc)
         rows = match_rows(engine, docs, active)
         report.matches += store.record_matches([pid for pid, _ in batch], rows, clock(), added)
