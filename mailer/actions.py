@@ -33,6 +33,12 @@ from mailer.render import Renderer
 from mailer.store import PendingMatch, Store, SubscriberState
 
 
+def check_rendering(config: Config) -> Renderer:
+    """The configured templates and paper_url, loaded and tried on the sample
+    digests: a configuration this accepts cannot fail a pass's rendering."""
+    return Renderer(config.render.templates, paper_url=config.render.paper_url)
+
+
 @contextmanager
 def compose_pool(config: Config) -> Iterator[Executor]:
     """Worker processes that compose digests, each building its Renderer and

@@ -32,9 +32,15 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from mailer.errors import ConfigError, QueryError
 from mailer.matching import parse_query
+from mailer.render import check_paper_url
 
 DEFAULT_CONFIG = Path("config.toml")
 DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
+# Every number has a range, so inf, nan, 1e-6 or 1e300 is refused at load,
+# naming its key, instead of spinning the scheduler or crashing a send.
+HOUR = 3600
+DAY = 86400
+MAX_PAPERS = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
 _HHMM = r"([01]\d|2[0-3]):[0-5]\d"
@@ -66,8 +72,8 @@ class _Section(BaseModel):
 
 class WatchConfig(_Section):
     dir: Path = Path("seeds")
-    interval_seconds: float = Field(default=60.0, gt=0)
-    settle_seconds: float = Field(default=1.0, ge=0)
+    interval_seconds: float = Field(default=60.0, ge=0.1, le=DAY, allow_inf_nan=False)
+    settle_seconds: float = Field(default=1.0, ge=0, le=HOUR, allow_inf_nan=False)
 
 
 class DatabaseConfig(_Section):
@@ -86,9 +92,9 @@ class DeliveryConfig(_Section):
     maildir: Path = Path("outbox")
     # Retries: the first back-off, doubled each failed attempt (with jitter) up
     # to the maximum; a message still undelivered after give_up is failed.
-    retry_initial_seconds: float = Field(default=60.0, gt=0)
-    retry_max_seconds: float = Field(default=3600.0, gt=0)
-    give_up_after_seconds: float = Field(default=259200.0, gt=0)
+    retry_initial_seconds: float = Field(default=60.0, ge=1, le=30 * DAY, allow_inf_nan=False)
+    retry_max_seconds: float = Field(default=3600.0, ge=1, le=30 * DAY, allow_inf_nan=False)
+    give_up_after_seconds: float = Field(default=259200.0, ge=60, le=30 * DAY, allow_inf_nan=False)
 
 
 class SmtpConfig(_Section):
@@ -98,9 +104,9 @@ class SmtpConfig(_Section):
     username: Text = ""
     password: SecretStr = SecretStr("")
     sender: Text = "Paper Digest <digest@example.org>"
-    timeout_seconds: float = Field(default=30.0, gt=0)
-    max_connections: int = Field(default=4, ge=1, le=64)
-    rate_per_minute: float = Field(default=0.0, ge=0)  # 0 = unlimited
+    timeout_seconds: float = Field(default=30.0, ge=1, le=600, allow_inf_nan=False)
+    max_connections: int = Field(default=4, ge=1, le=100)
+    rate_per_minute: float = Field(default=0.0, ge=0, le=100000, allow_inf_nan=False)  # 0: no limit
 
     @field_validator("sender")
     @classmethod
@@ -116,16 +122,12 @@ class SmtpConfig(_Section):
 class RenderConfig(_Section):
     templates: Path | None = None
     paper_url: str = DEFAULT_PAPER_URL
-    max_papers: int = Field(default=50, ge=1)
+    max_papers: int = Field(default=50, ge=1, le=MAX_PAPERS)
 
     @field_validator("paper_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
-        if "{title}" not in value:
-            raise ValueError("must contain {title}, where the URL-encoded title goes")
-        if not value.lower().startswith(("http://", "https://")):
-            raise ValueError("must be an http:// or https:// URL")
-        return value
+        return check_paper_url(value)
 
 
 class WebConfig(_Section):
@@ -201,7 +203,7 @@ class SubscriberConfig(_Section):
     name: Text = ""
     schedule: str = "instant"
     timezone: str = "UTC"
-    max_papers: int | None = Field(default=None, ge=1)  # None: [render] max_papers
+    max_papers: int | None = Field(default=None, ge=1, le=MAX_PAPERS)  # None: [render]
     # An unsubscribe (link click, reply, 'mailer unsubscribe') recorded before
     # this time is lifted; one recorded after it stands, so reloads never undo it.
     resubscribed: datetime | None = None

@@ -50,7 +50,10 @@ class StoreError(MailerError):
 
 
 class TemplateError(MailerError):
-    """A digest template is missing or broken."""
+    """A digest template is missing or broken: the operator's to fix, like
+    the configuration that names it."""
+
+    exit_code = 2
 
 
 class DeliveryError(MailerError):

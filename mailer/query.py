@@ -7,6 +7,12 @@ juxtaposition means AND), prefixes ``token*``, proximity ``"a b"~3``, fields
 ``authors<=N``, and ``="exact"`` to turn stemming off for one phrase.
 A query that cannot be parsed raises QueryError with the position and what
 was expected, so it is refused when the config is loaded.
+
+Queries come from anyone who can edit a subscription, and luqum's parser is
+recursive and slower than linear, so a query is first measured by a cheap
+linear scan (length, nesting, terms, number lengths) and refused there when
+it is too big, before luqum sees it; building our tree checks the same
+limits again, so no query reaches a matcher that the scan misjudged.
 """
 
 from __future__ import annotations
@@ -28,10 +34,23 @@ HINT = (
     '"near words"~N, title:/abstract:/org: fields and upvotes>=N or authors<=N'
 )
 
+# Limits on one query: generous for a person, small enough that parsing and
+# matching stay fast and never run out of stack.
+MAX_QUERY_CHARS = 4000
+MAX_DEPTH = 32  # parentheses and NOT/-/+ nested inside each other
+MAX_TERMS = 256  # words, phrases and numeric filters
+MAX_DIGITS = 9  # in a number: upvotes>=N, authors<=N, "near words"~N
+
 _POSITION = re.compile(r"position (\d+)")
 _UNEXPECTED = re.compile(r"unexpected\s+'(.*)' at position")
 _NUMERIC = re.compile(r"^(upvotes|authors)(>=|<=|<|>|=)(\d+)$", re.IGNORECASE)
 _EXACT_MARK = re.compile(r"(?<![^\s(:+\-])=(?=[\"\w])")
+# The scan's tokens: a phrase (maybe unclosed), a bracket, or a run of anything else.
+_SCAN = re.compile(r'"[^"]*"?|[()\[\]{}]|[^\s()\[\]{}"]+')
+_OPERATORS = frozenset({"AND", "OR", "NOT", "TO", "&&", "||", "!"})
+_DIGITS_HINT = "no count of upvotes, authors or words needs more"
+# Where a token holds a number: upvotes>=N, authors:N, a slop ~N.
+_NUMBER_AT = re.compile(r"^(?:[+\-!]*(?:upvotes|authors)(?:>=|<=|<|>|=|:)|~)(\d+)", re.IGNORECASE)
 
 
 # --- the tree ----------------------------------------------------------------
@@ -115,6 +134,7 @@ def parse_query(text: str, *, stemming: bool = True) -> Query:
         raise QueryError(
             "the query is empty", query=text, position=0, hint="write at least one word"
         )
+    _check_size(text)
     exact_at: set[int] = set()
 
     def unmark(m: re.Match[str]) -> str:
@@ -127,12 +147,82 @@ def parse_query(text: str, *, stemming: bool = True) -> Query:
     except (ParseError, IllegalCharacterError) as exc:
         position, expected = _explain(str(exc), text)
         raise QueryError(
-            f"cannot parse query {text!r} at position {position}: expected {expected}",
+            f"cannot parse query {shown(text)} at position {position}: expected {expected}",
             query=text,
             position=position,
             hint=HINT,
         ) from exc
     return Query(text, _Converter(text, exact_at, stemming).expression(tree), stemming)
+
+
+def shown(text: str, limit: int = 60) -> str:
+    """The query as quoted in a message: a long one is cut short."""
+    return (
+        repr(text) if len(text) <= limit else repr(text[:limit]) + f"... ({len(text)} characters)"
+    )
+
+
+def _too_big(
+    text: str,
+    position: int,
+    what: str,
+    hint: str = "simplify it, or split it into several subscriptions",
+) -> QueryError:
+    return QueryError(
+        f"query {shown(text)} at position {position}: {what}",
+        query=text,
+        position=position,
+        hint=hint,
+    )
+
+
+def _check_size(text: str) -> None:
+    """Refuse a query too long, too deep or with too many terms or digits, in
+    one linear pass over the text (luqum is never given it)."""
+    if len(text) > MAX_QUERY_CHARS:
+        raise _too_big(text, MAX_QUERY_CHARS, f"longer than {MAX_QUERY_CHARS} characters")
+    depths: list[int] = [0]  # nesting at each open parenthesis
+    pending = 0  # NOT/-/+ waiting for their operand
+    terms = 0
+    ranges = 0  # open [ or { of a range
+    for m in _SCAN.finditer(text):
+        part = m.group()
+        number = _NUMBER_AT.match(part)
+        digits = number.end(1) - number.start(1) if number else 0
+        if ranges and part.isdigit():
+            digits = len(part)  # a bound of a range [N TO M]
+        if digits > MAX_DIGITS:
+            start = m.start() + (number.start(1) if number else 0)
+            raise _too_big(
+                text, start, f"numbers may have at most {MAX_DIGITS} digits", hint=_DIGITS_HINT
+            )
+        if part in ("(", "[", "{"):
+            depths.append(depths[-1] + pending + 1)
+            ranges += part in "[{"
+            pending = 0
+        elif part in (")", "]", "}"):
+            if len(depths) > 1:
+                depths.pop()
+            ranges -= part in "]}" and ranges > 0
+            pending = 0
+        elif part in ("NOT", "!"):
+            pending += 1
+        elif part not in _OPERATORS:
+            signs = len(part) - len(part.lstrip("+-!"))
+            pending += signs
+            body = part[signs:]
+            if body and not body.endswith(":") and body[0] not in "~^":
+                terms += 1
+                if terms > MAX_TERMS:
+                    raise _too_big(text, m.start(), f"more than {MAX_TERMS} terms")
+                _check_depth(text, m.start(), depths[-1] + pending)
+                pending = 0
+        _check_depth(text, m.start(), depths[-1] + pending)
+
+
+def _check_depth(text: str, position: int, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise _too_big(text, position, f"nested more than {MAX_DEPTH} deep (parentheses and NOT)")
 
 
 def _explain(message: str, text: str) -> tuple[int, str]:
@@ -164,11 +254,13 @@ class _Converter:
         self.text = text
         self.exact_at = exact_at
         self.stemming = stemming
+        self.depth = 0
+        self.counted = 0
 
     def error(self, node: lt.Item, message: str, hint: str = HINT) -> QueryError:
         position = node.pos if node.pos is not None else 0
         return QueryError(
-            f"query {self.text!r} at position {position}: {message}",
+            f"query {shown(self.text)} at position {position}: {message}",
             query=self.text,
             position=position,
             hint=hint,
@@ -190,6 +282,29 @@ class _Converter:
         return ands[0] if len(ands) == 1 else Or(tuple(ands))
 
     def operand(self, node: lt.Item, field: str | None) -> Node:
+        self.depth += 1
+        try:
+            if self.depth > MAX_DEPTH + 1:  # the operand itself is not nested
+                raise self.error(node, f"nested more than {MAX_DEPTH} deep (parentheses and NOT)")
+            return self._operand(node, field)
+        finally:
+            self.depth -= 1
+
+    def count_term(self, node: lt.Item) -> None:
+        self.counted += 1
+        if self.counted > MAX_TERMS:
+            raise self.error(node, f"more than {MAX_TERMS} terms")
+
+    def number(self, node: lt.Item, value: str, name: str) -> int:
+        """A whole number of at most MAX_DIGITS digits (Python refuses to read
+        very long ones, and no count needs more)."""
+        if not value.isdigit():
+            raise self.error(node, f"expected a whole number for {name}, not {value!r}")
+        if len(value) > MAX_DIGITS:
+            raise self.error(node, f"numbers may have at most {MAX_DIGITS} digits", _DIGITS_HINT)
+        return int(value)
+
+    def _operand(self, node: lt.Item, field: str | None) -> Node:
         if isinstance(node, lt.Group | lt.FieldGroup):
             return self.expression(node.expr, field)
         if isinstance(node, lt.Not | lt.Prohibit):
@@ -203,7 +318,7 @@ class _Converter:
         if isinstance(node, lt.Phrase):
             return self.phrase(node, field, 0)
         if isinstance(node, lt.Proximity) and isinstance(node.term, lt.Phrase):
-            return self.phrase(node.term, field, int(node.degree or 0))
+            return self.phrase(node.term, field, self.number(node, str(node.degree or 0), "~"))
         if isinstance(node, lt.Fuzzy):
             raise self.error(node, f"fuzzy terms like {str(node).strip()!r} are not supported")
         if isinstance(node, lt.Boost):
@@ -225,11 +340,9 @@ class _Converter:
 
     def numeric(self, name: str, expr: lt.Item) -> Node:
         def number(item: lt.Item) -> int:
-            value = str(item).strip()
-            if not value.isdigit():
-                raise self.error(item, f"expected a whole number for {name}, not {value!r}")
-            return int(value)
+            return self.number(item, str(item).strip(), name)
 
+        self.count_term(expr)
         if isinstance(expr, lt.Word):
             return Compare(name, "=", number(expr))
         if isinstance(expr, lt.From):
@@ -252,7 +365,9 @@ class _Converter:
             if field is not None:
                 raise self.error(node, f"{value!r} cannot be used inside field {field}:")
             attr, op, n = numeric.groups()
-            return Compare(attr.lower(), op, int(n))
+            self.count_term(node)
+            return Compare(attr.lower(), op, self.number(node, n, attr.lower()))
+        self.count_term(node)
         exact = not self.stemming or node.pos in self.exact_at
         where = field or "text"
         if value.endswith("*") and "*" not in value[:-1] and "?" not in value:
@@ -274,6 +389,7 @@ class _Converter:
         return self.terms(where, words, exact, 0)
 
     def phrase(self, node: lt.Phrase, field: str | None, slop: int) -> Node:
+        self.count_term(node)
         words = tokens(node.value[1:-1])
         if not words:
             raise self.error(node, "the phrase holds no letters or digits")

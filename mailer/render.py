@@ -7,22 +7,33 @@ message built from the parts (headers, MIME, encoding) is mailer.mime's.
 
 from __future__ import annotations
 
+import bisect
 import re
+import sys
 import textwrap
-from collections.abc import Callable, Iterable, Sequence
+import time
+import traceback
+import unicodedata
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 import css_inline
 import jinja2
+import jinja2.nodes
+import jinja2.runtime
+from jinja2.sandbox import SandboxedEnvironment
 from markupsafe import Markup, escape
 
-from mailer.digests import Digest, Entry, Span
-from mailer.errors import TemplateError
+from mailer.digests import Digest, Entry, Recipient, Section, Span
+from mailer.errors import ConfigError, TemplateError
 from mailer.mime import Rendered, header_text, is_web_url
+from mailer.papers import Paper
 
 DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
 
@@ -63,6 +74,12 @@ _ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", 
 # no-break space keeps its meaning.
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
 _SAMPLE_TITLE = "Attention Is All You Need & more?"
+# What may stay as it is in a paper URL; the rest is percent-encoded.
+_URL_SAFE = "%:/?#[]@!$&()*+,;=~-._"
+_URL_BREAKERS = frozenset("\"'<>\\` ")
+# Control, format (zero-width, bidi), line and paragraph separators, spaces,
+# private-use, surrogate and unassigned characters.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Zs", "Co", "Cs", "Cn"})
 # HTML lines are kept this short, well inside SMTP's 998 octets.
 HTML_LINE = 900
 _TAG_NAME_SPACE = re.compile(r"<[A-Za-z][A-Za-z0-9-]* ")
@@ -85,22 +102,30 @@ def default_templates_dir() -> Path:
 
 
 def check_paper_url(template: str) -> str:
-    """Fail at config time rather than ship digests with dead or unsafe links."""
+    """Fail at config time rather than ship digests with dead or unsafe links:
+    the URL goes into an HTML attribute and a text line as it is, so nothing
+    in it may end the attribute or the line, or hide in the text."""
     if "{title}" not in template:
-        raise ValueError(f"paper URL template {template!r} must contain {{title}}")
+        raise ValueError("must contain {title}, where the URL-encoded title goes")
+    for c in template:
+        if c in _URL_BREAKERS or unicodedata.category(c) in _INVISIBLE:
+            raise ValueError(
+                f"must not contain {c!r} (U+{ord(c):04X}): quotes, angle brackets, "
+                "backslashes, spaces and control or format characters break the link"
+            )
     url = _fill(template, _SAMPLE_TITLE)
-    if not is_web_url(url):
-        raise ValueError(
-            f"paper URL template {template!r} must give an http:// or https:// URL "
-            f"with a host, but gives {url!r}"
-        )
+    if not is_web_url(url) or not url.lower().startswith(("http://", "https://")):
+        raise ValueError(f"must give an http:// or https:// URL with a host, but gives {url!r}")
     return template
 
 
 def _fill(template: str, title: str) -> str:
     # str.replace, not str.format: a template from config must not reach
-    # attributes through format fields, and other braces stay literal.
-    return template.replace("{title}", quote(title, safe=""))
+    # attributes through format fields, and other braces stay literal. The
+    # rest of the template is percent-encoded too (non-ASCII, stray braces).
+    return quote(title, safe="").join(
+        quote(piece, safe=_URL_SAFE) for piece in template.split("{title}")
+    )
 
 
 # --- text helpers ---------------------------------------------------------
@@ -292,7 +317,108 @@ def _meta(entry: Entry) -> str:
     return " · ".join(parts)
 
 
+# --- the sandbox ----------------------------------------------------------
+
+# Templates come from the operator's folder and are run in Jinja2's sandbox
+# (no attributes starting with _, no unsafe methods) with a budget per
+# render: every loop iteration, call and arithmetic operation is a step, and a
+# render is stopped past RENDER_STEPS steps or RENDER_SECONDS seconds. The
+# budget is counted by the template's own code, not by a signal or a
+# watchdog thread, so it works the same in the daemon's threads and the
+# compose worker processes. What it cannot stop is one built-in operation
+# that is slow by itself; the big ones (huge powers, repetitions and
+# formatting widths) are refused before they start.
+RENDER_SECONDS = 5.0
+RENDER_STEPS = 2_000_000
+MAX_BUILT = 1_000_000  # items or characters an operator may make in a template
+_WIDE_FORMAT = re.compile(r"%[-+ #0]*\d{7}|%[-+ #0]*\d*\.\d{7}")
+
+
+class RenderBudgetError(jinja2.exceptions.SecurityError):
+    """A template took more steps or time than one render may."""
+
+
+@dataclass
+class _Budget:
+    deadline: float
+    steps: int = 0
+
+
+_BUDGET: ContextVar[_Budget | None] = ContextVar("render_budget", default=None)
+
+
+def _step() -> None:
+    budget = _BUDGET.get()
+    if budget is None:
+        return
+    budget.steps += 1
+    if budget.steps > RENDER_STEPS:
+        raise RenderBudgetError(f"more than {RENDER_STEPS} steps (loop iterations and calls)")
+    if time.monotonic() > budget.deadline:
+        raise RenderBudgetError(f"took more than {RENDER_SECONDS:g} seconds")
+
+
+def _budgeted(items: Iterable[object]) -> Iterator[object]:
+    """Every loop's iterable goes through this, so each iteration is a step."""
+    for item in items:
+        _step()
+        yield item
+
+
+class _Sandbox(SandboxedEnvironment):
+    intercepted_binops = frozenset({"*", "**", "%"})
+
+    def _parse(self, source: str, name: str | None, filename: str | None) -> jinja2.nodes.Template:
+        tree = super()._parse(source, name, filename)
+        for loop in tree.find_all(jinja2.nodes.For):
+            loop.iter = jinja2.nodes.Filter(
+                loop.iter, "_budgeted", [], [], None, None, lineno=loop.lineno
+            )
+        return tree
+
+    def call(
+        __self,  # noqa: N805 -- Jinja's positional-only convention
+        __context: jinja2.runtime.Context,
+        __obj: Any,
+        *args: Any,
+        **kwargs: Any,
+    ) -> Any:
+        _step()
+        return super().call(__context, __obj, *args, **kwargs)
+
+    def getattr(self, obj: Any, attribute: str) -> Any:
+        # The view objects hold plain values: reading their public fields
+        # needs none of the sandbox's checks, which were half of rendering.
+        if type(obj) in _VIEWS and not attribute.startswith("_"):
+            try:
+                return getattr(obj, attribute)
+            except AttributeError:
+                pass
+        return super().getattr(obj, attribute)
+
+    def call_binop(
+        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
+    ) -> Any:
+        _step()
+        if operator == "**" and isinstance(right, int | float) and abs(right) > 1000:
+            raise RenderBudgetError(f"power with an exponent of {right} is too big")
+        if operator == "*":
+            for seq, n in ((left, right), (right, left)):
+                if (
+                    isinstance(seq, str | list | tuple)
+                    and isinstance(n, int)
+                    and len(seq) * n > MAX_BUILT
+                ):
+                    raise RenderBudgetError(f"repeating {len(seq)} items {n} times is too big")
+        if operator == "%" and isinstance(left, str) and _WIDE_FORMAT.search(left):
+            raise RenderBudgetError("a formatting width of a million or more is too big")
+        return super().call_binop(context, operator, left, right)
+
+
 # --- the renderer ---------------------------------------------------------
+
+
+_VIEWS = frozenset({EntryView, SectionView, Recipient})
 
 
 class _InliningLoader(jinja2.FileSystemLoader):
@@ -302,28 +428,113 @@ class _InliningLoader(jinja2.FileSystemLoader):
     def __init__(self, searchpath: Path) -> None:
         super().__init__(searchpath)
         self._inliner = css_inline.CSSInliner(keep_at_rules=True, minify_css=True)
+        # Per inlined file: (line in the inlined source, line in the file,
+        # lines the Jinja tag spans), one per tag, so errors name file lines.
+        self._lines: dict[str, list[tuple[int, int, int]]] = {}
 
     def get_source(
         self, environment: jinja2.Environment, template: str
     ) -> tuple[str, str, Callable[[], bool]]:
         source, filename, uptodate = super().get_source(environment, template)
         if template.endswith(".html"):
-            source = self._inline(source)
+            source = self._inline(source, filename)
         return source, filename, uptodate
 
-    def _inline(self, source: str) -> str:
+    def file_line(self, filename: str, line: int) -> int:
+        """The line of the file that ``line`` of its inlined source came from:
+        errors happen inside Jinja tags, which inlining moves but keeps whole."""
+        tags = self._lines.get(filename)
+        if not tags:
+            return line
+        at = bisect.bisect_right(tags, (line, sys.maxsize, 0)) - 1
+        if at < 0:
+            return line
+        inlined, original, span = tags[at]
+        return original + min(line - inlined, span)
+
+    def _inline(self, source: str, filename: str) -> str:
         # Jinja syntax is hidden behind placeholders so the HTML parser keeps
         # it where it is: statements become comments, which a table keeps in
         # place, and expressions become plain tokens.
-        saved: list[str] = []
+        saved: list[tuple[str, int]] = []
 
         def hide(m: re.Match[str]) -> str:
-            saved.append(m.group())
+            saved.append((m.group(), source.count("\n", 0, m.start()) + 1))
             token = f"@@J{len(saved) - 1}@@"
             return token if m.group().startswith("{{") else f"<!--{token}-->"
 
         inlined: str = self._inliner.inline(_JINJA.sub(hide, source))
-        return _PLACEHOLDER.sub(lambda m: saved[int(m.group(1))], inlined)
+        out: list[str] = []
+        tags: list[tuple[int, int, int]] = []
+        line, pos = 1, 0
+        for m in _PLACEHOLDER.finditer(inlined):
+            before = inlined[pos : m.start()]
+            tag, original = saved[int(m.group(1))]
+            line += before.count("\n")
+            tags.append((line, original, tag.count("\n")))
+            out += [before, tag]
+            line += tag.count("\n")
+            pos = m.end()
+        out.append(inlined[pos:])
+        self._lines[filename] = sorted(tags)
+        return "".join(out)
+
+
+def _template_line(exc: BaseException, filename: str | None) -> int | None:
+    """The template's line in the innermost of its frames in the traceback
+    (Jinja maps its frames to template lines)."""
+    line = None
+    for frame in traceback.extract_tb(exc.__traceback__):
+        if filename is not None and frame.filename == filename:
+            line = frame.lineno
+    return line
+
+
+_SAMPLE_MANAGE = "Reply to this message to change your subscriptions."
+
+
+def sample_digests() -> list[tuple[Digest, str | None]]:
+    """Digests every template must render: two subscriptions with highlighted
+    papers, more than shown, and an empty one without unsubscribe link."""
+    attention = Paper(
+        title="Attention Is All You Need & more? <b>",
+        abstract=(
+            "The dominant sequence transduction models are based on recurrent networks. "
+            "We propose the Transformer, based solely on attention mechanisms. "
+            "Experiments on two machine translation tasks show it is superior in quality. "
+            + "It generalizes well. "
+            * 30
+        ),
+        authors=8,
+        organization="Google",
+        published=date(2017, 6, 12),
+        upvotes=120,
+    )
+    agents = Paper(title="Language Agents: a survey — ünïcode", abstract="Agents act.")
+    recipient = Recipient("ada@example.org", "Ada", ("Transformers", "Agents"))
+    full = Digest(
+        recipient,
+        (
+            Section(
+                "Transformers",
+                (
+                    Entry(
+                        attention,
+                        "Transformers",
+                        ("Agents",),
+                        ("attention", '"sequence"'),
+                        ((0, 9),),
+                        ((60, 70),),
+                    ),
+                ),
+            ),
+            Section("Agents", (Entry(agents, "Agents", (), ("agent",), ((9, 15),), ()),)),
+        ),
+        since=datetime(2024, 11, 16, 7, 0, tzinfo=UTC),
+        more=3,
+    )
+    empty = Digest(recipient, (), test=True)
+    return [(full, "https://digest.example.org/unsubscribe?token=sample"), (empty, None)]
 
 
 class Renderer:
@@ -337,15 +548,21 @@ class Renderer:
         product_name: str = "Paper Digest",
     ) -> None:
         self.templates_dir = templates_dir or default_templates_dir()
-        self.paper_url = check_paper_url(paper_url)
+        try:
+            self.paper_url = check_paper_url(paper_url)
+        except ValueError as exc:
+            raise ConfigError(
+                f"[render] paper_url {paper_url!r}: {exc}", hint="see config.example.toml"
+            ) from None
         self.product_name = header_text(product_name)
         if not self.templates_dir.is_dir():
             raise TemplateError(
                 f"templates directory {self.templates_dir} does not exist",
                 hint="point templates_dir at a folder holding digest.html and digest.txt",
             )
-        env = jinja2.Environment(
-            loader=_InliningLoader(self.templates_dir),
+        self._loader = _InliningLoader(self.templates_dir)
+        env = _Sandbox(
+            loader=self._loader,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
             undefined=jinja2.StrictUndefined,
             trim_blocks=True,
@@ -353,12 +570,21 @@ class Renderer:
             keep_trailing_newline=True,
             auto_reload=False,
         )
+        env.filters["_budgeted"] = _budgeted
         env.filters["wrap"] = lru_cache(maxsize=WRAP_CACHE)(wrap)
         env.filters["plural"] = plural
         env.filters["join_names"] = join_names
         self._entry = lru_cache(maxsize=ENTRY_CACHE)(self._entry_view)
         self._html = self._load(env, HTML_TEMPLATE)
         self._text = self._load(env, TEXT_TEMPLATE)
+        self._check()
+
+    def _check(self) -> None:
+        """Render the sample digests once, so templates (and paper_url) that
+        fail, loop or refer to what is not there are refused at load, not at
+        the first pass."""
+        for digest, unsubscribe in sample_digests():
+            self.render(digest, unsubscribe_url=unsubscribe, manage_hint=_SAMPLE_MANAGE)
 
     def _load(self, env: jinja2.Environment, name: str) -> jinja2.Template:
         path = self.templates_dir / name
@@ -371,7 +597,7 @@ class Renderer:
             ) from None
         except jinja2.TemplateSyntaxError as e:
             raise TemplateError(
-                f"template {path}, line {e.lineno}: {e.message}",
+                f"template {self._where(e.filename or str(path), e.lineno)}: {e.message}",
                 hint="fix the Jinja2 syntax there",
             ) from None
 
@@ -416,15 +642,39 @@ class Renderer:
             "unsubscribe_url": unsubscribe_url,
             "manage_hint": " ".join(manage_hint.split()),
         }
-        try:
-            html = self._html.render({**context, "preheader_pad": _PREHEADER_PAD_HTML})
-            text = self._text.render(context)
-        except jinja2.TemplateError as e:
-            raise TemplateError(
-                f"template in {self.templates_dir} failed to render: {e}",
-                hint="a template refers to a value the renderer does not provide",
-            ) from e
+        html = self._run(self._html, {**context, "preheader_pad": _PREHEADER_PAD_HTML})
+        text = self._run(self._text, context)
         return Rendered(subject=subject, html=seven_bit_html(html), text=text, preheader=preheader)
+
+    def _run(self, template: jinja2.Template, context: Mapping[str, object]) -> str:
+        """One template rendered within the budget; any failure is a
+        TemplateError naming the file and line where it happened."""
+        token = _BUDGET.set(_Budget(time.monotonic() + RENDER_SECONDS))
+        try:
+            return template.render(context)
+        except Exception as e:  # a template can raise anything
+            where = self._where(template.filename, _template_line(e, template.filename))
+            if isinstance(e, RenderBudgetError):
+                what = f"stopped: {e}"
+                hint = (
+                    "look for a loop or recursion that does not end, or an operation on huge values"
+                )
+            elif isinstance(e, RecursionError):
+                what, hint = "recursion too deep", "look for a macro or loop calling itself"
+            elif isinstance(e, jinja2.TemplateError):
+                what = f"failed to render: {e}"
+                hint = "a template refers to a value the renderer does not provide"
+            else:
+                what, hint = f"failed to render: {type(e).__name__}: {e}", "fix the template there"
+            raise TemplateError(f"template {where}: {what}", hint=hint) from e
+        finally:
+            _BUDGET.reset(token)
+
+    def _where(self, filename: str | None, line: int | None) -> str:
+        """'path, line N' of the template file (not its inlined source)."""
+        if filename is None or line is None:
+            return str(filename)
+        return f"{filename}, line {self._loader.file_line(filename, line)}"
 
     def _subject(self, digest: Digest, matched: Sequence[str]) -> str:
         n = digest.count

@@ -16,7 +16,7 @@ from rich.table import Table
 from rich.text import Text
 
 from mailer import __version__
-from mailer.actions import compose_pool, preview_digest, trial_digest
+from mailer.actions import check_rendering, compose_pool, preview_digest, trial_digest
 from mailer.cli.app import err, log, meta_line, open_existing, open_store, out, state_of
 from mailer.daemon import Daemon
 from mailer.delivery import make_transport
@@ -35,6 +35,7 @@ def run(ctx: typer.Context) -> None:
     state = state_of(ctx)
     config = state.config()
     log.info("mailer %s with configuration from %s", __version__, state.config_source)
+    check_rendering(config)
     with database_lock(config.database.url), compose_pool(config) as pool:
         store = open_store(config)
         try:
@@ -110,6 +111,7 @@ def check_config(ctx: typer.Context) -> None:
     """Validate the configuration and explain what it will do."""
     state = state_of(ctx)
     config = state.config()
+    check_rendering(config)
     out.print(f"[green]configuration OK[/green] ({state.config_source})")
     out.print(f"watch   {config.watch.dir} every {config.watch.interval_seconds:g}s")
     out.print(f"store   {hide_password(config.database.url)}")

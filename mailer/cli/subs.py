@@ -218,6 +218,14 @@ def subs_remove_query(
     _edited(path, f"removed query {name!r} of {email}", config)
 
 
+def _caret(query: str, position: int, width: int = 70) -> str:
+    """The query under the message with a caret at ``position``; a long one
+    is shown only around it."""
+    start = max(0, min(position - width // 2, len(query) - width))
+    shown = query[start : start + width]
+    return f"\n  {shown}\n  {' ' * (position - start)}^"
+
+
 @subs_app.command("try")
 def subs_try(
     ctx: typer.Context,
@@ -239,7 +247,7 @@ def subs_try(
     try:
         parsed = parse_query(query)
     except QueryError as exc:
-        caret = "" if exc.position is None else f"\n  {query}\n  {' ' * exc.position}^"
+        caret = "" if exc.position is None else _caret(query, exc.position)
         raise QueryError(
             exc.message + caret, query=query, position=exc.position, hint=exc.hint
         ) from exc
