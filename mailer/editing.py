@@ -50,7 +50,9 @@ def _subscribers(doc: TOMLDocument, source: str) -> AoT:
 
 def _find(doc: TOMLDocument, email: str, source: str) -> Table:
     for table in _subscribers(doc, source):
-        if isinstance(table, Table) and address_key(str(table.get("email", ""))) == address_key(email):
+        if isinstance(table, Table) and address_key(str(table.get("email", ""))) == address_key(
+            email
+        ):
             return table
     raise ConfigError(
         f"{source}: no subscriber {email!r}", hint="'mailer subs list' shows who is configured"
