@@ -109,6 +109,11 @@ class SmtpTransport:
         )
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:  # so the extensions (SMTPUTF8) are known
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
             if cfg.username:
                 await client.login(cfg.username, cfg.password.get_secret_value())
         except aiosmtplib.SMTPAuthenticationError as exc:
