@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mailer.addresses import address_key, normalise_address
 from mailer.errors import ConfigError, QueryError
 from mailer.matching import parse_query
 from mailer.render import check_paper_url
@@ -42,7 +43,6 @@ HOUR = 3600
 DAY = 86400
 MAX_PAPERS = 1000
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[^@\s<>()\[\],;:\"]+\.[^@\s<>()\[\],;:\"]+$")
 _HHMM = r"([01]\d|2[0-3]):[0-5]\d"
 _SCHEDULE = re.compile(
     rf"^(instant|daily {_HHMM}|weekly (mon|tue|wed|thu|fri|sat|sun)[a-z]* {_HHMM})$", re.IGNORECASE
@@ -56,10 +56,10 @@ def _no_control(value: str) -> str:
 
 
 def _address(value: str) -> str:
+    """A valid address, its domain in IDNA form and its local part as written
+    (a non-ASCII one is delivered over SMTPUTF8; see mailer.addresses)."""
     _no_control(value)
-    if not _ADDRESS.match(value):
-        raise ValueError(f"{value!r} is not an email address like name@example.org")
-    return value
+    return normalise_address(value)
 
 
 Text = Annotated[str, AfterValidator(_no_control)]
@@ -111,8 +111,10 @@ class SmtpConfig(_Section):
     @field_validator("sender")
     @classmethod
     def _sender_has_address(cls, value: str) -> str:
-        _address(parseaddr(value)[1])
-        return value
+        written = parseaddr(value)[1]
+        if not written:
+            raise ValueError(f"{value!r} has no email address, like Digest <digest@example.org>")
+        return value.replace(written, _address(written))
 
     @property
     def sender_address(self) -> str:
@@ -262,7 +264,7 @@ class Config(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_subscribers(self) -> Config:
-        emails = [s.email.lower() for s in self.subscribers]
+        emails = [address_key(s.email) for s in self.subscribers]
         dupes = sorted({e for e in emails if emails.count(e) > 1})
         if dupes:
             raise ValueError(f"subscriber emails must be unique; repeated: {', '.join(dupes)}")
@@ -282,7 +284,7 @@ class Config(BaseSettings):
 
     def subscriber(self, email: str) -> SubscriberConfig:
         for sub in self.subscribers:
-            if sub.email.lower() == email.lower():
+            if address_key(sub.email) == address_key(email):
                 return sub
         raise ConfigError(
             f"no subscriber {email!r} in the configuration",

@@ -1,9 +1,10 @@
 """Transports: how a composed message leaves mailer.
 
 ``smtp`` hands messages to a mail server with aiosmtplib, reusing one
-connection for a batch; ``maildir`` writes them to a local Maildir folder, so
-mailer works with no mail server at all. Both raise DeliveryError, marked
-permanent when retrying cannot help.
+connection for a batch, over SMTPUTF8 when an address has a non-ASCII local
+part (a server without it fails that message alone); ``maildir`` writes them
+to a local Maildir folder, so mailer works with no mail server at all. Both
+raise DeliveryError, marked permanent when retrying cannot help.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol, Self
 
 import aiosmtplib
 
+from mailer.addresses import needs_smtputf8
 from mailer.config import Config, SmtpConfig
 from mailer.errors import DeliveryError
 
@@ -107,6 +109,11 @@ class SmtpTransport:
         )
         try:
             await client.connect()
+            if client.is_ehlo_or_helo_needed:  # so the extensions (SMTPUTF8) are known
+                try:
+                    await client.ehlo()
+                except aiosmtplib.SMTPHeloError:
+                    await client.helo()
             if cfg.username:
                 await client.login(cfg.username, cfg.password.get_secret_value())
         except aiosmtplib.SMTPAuthenticationError as exc:
@@ -128,8 +135,27 @@ class SmtpTransport:
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
         if self._client is None or not self._client.is_connected:
             self._client = await self._connect()
+        options = []
+        if needs_smtputf8(sender) or needs_smtputf8(recipient):
+            if not self._client.supports_extension("smtputf8"):
+                raise DeliveryError(
+                    f"{self.where} does not offer SMTPUTF8, which a message to {recipient} "
+                    f"from {sender} needs (an address with a non-ASCII local part)",
+                    permanent=True,
+                    hint="send through a server that offers SMTPUTF8, or ask the subscriber "
+                    "for an ASCII address",
+                )
+            options.append("SMTPUTF8")
+        if not message.isascii() and self._client.supports_extension("8bitmime"):
+            options.append("BODY=8BITMIME")
         try:
-            refused, reply = await self._client.sendmail(sender, [recipient], message)
+            refused, reply = await self._client.sendmail(
+                sender, [recipient], message, mail_options=options
+            )
+        except UnicodeError as exc:
+            raise DeliveryError(
+                f"cannot send to {recipient} through {self.where}: {exc}", permanent=True
+            ) from exc
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
             raise DeliveryError(

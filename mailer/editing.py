@@ -20,6 +20,7 @@ from tomlkit.exceptions import TOMLKitError
 from tomlkit.items import AoT, Table
 from tomlkit.toml_document import TOMLDocument
 
+from mailer.addresses import address_key
 from mailer.config import Config, parse_config
 from mailer.errors import ConfigError
 
@@ -49,7 +50,9 @@ def _subscribers(doc: TOMLDocument, source: str) -> AoT:
 
 def _find(doc: TOMLDocument, email: str, source: str) -> Table:
     for table in _subscribers(doc, source):
-        if isinstance(table, Table) and str(table.get("email", "")).lower() == email.lower():
+        if isinstance(table, Table) and address_key(str(table.get("email", ""))) == address_key(
+            email
+        ):
             return table
     raise ConfigError(
         f"{source}: no subscriber {email!r}", hint="'mailer subs list' shows who is configured"
@@ -83,7 +86,7 @@ def add_subscriber(
 ) -> str:
     doc = _parse(text, source)
     subscribers = _subscribers(doc, source)
-    if any(str(t.get("email", "")).lower() == email.lower() for t in subscribers):
+    if any(address_key(str(t.get("email", ""))) == address_key(email) for t in subscribers):
         raise ConfigError(
             f"{source}: subscriber {email!r} already exists",
             hint="use 'mailer subs set' or 'mailer subs add-query' to change it",
@@ -129,9 +132,9 @@ def set_subscriber_key(
         )
     doc = _parse(text, source)
     table = _find(doc, email, source)
-    if key == "email" and value.lower() != email.lower():
+    if key == "email" and address_key(value) != address_key(email):
         others = _subscribers(doc, source)
-        if any(str(t.get("email", "")).lower() == value.lower() for t in others):
+        if any(address_key(str(t.get("email", ""))) == address_key(value) for t in others):
             raise ConfigError(f"{source}: subscriber {value!r} already exists")
     table[key] = _typed(key, value)  # tomlkit puts a new key before the subscriptions
     return tomlkit.dumps(doc)

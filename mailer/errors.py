@@ -70,3 +70,7 @@ class AlreadyRunningError(MailerError):
 
 class WebError(MailerError):
     """The unsubscribe endpoint cannot listen where [web] listen says."""
+
+
+class MessageError(MailerError):
+    """One message cannot be built for its recipient: that message fails, no other."""

@@ -2,7 +2,8 @@
 
 Pure and free of templates, so what goes on the wire is built and checked
 in one place: every value that reaches a header is stripped of control
-characters first, and every part is 7-bit with lines within SMTP's limit.
+characters first, every address is checked (MessageError if it is not one),
+and every part is 7-bit with lines within SMTP's limit.
 """
 
 from __future__ import annotations
@@ -22,7 +23,9 @@ from email.policy import EmailPolicy
 from typing import cast
 from urllib.parse import urlsplit
 
+from mailer.addresses import normalise_address
 from mailer.digests import Digest
+from mailer.errors import MessageError
 
 # SMTP's limit on a line of a message, without its CRLF (RFC 5321 4.5.3.1.6).
 SMTP_LINE = 998
@@ -81,6 +84,7 @@ def _message_policy() -> EmailPolicy[EmailMessage]:
 
 
 _POLICY = _message_policy()
+_UTF8_POLICY = _POLICY.clone(utf8=True)
 
 
 def compose_message(
@@ -127,13 +131,16 @@ def compose_bytes(
     quoted-printable, so any server takes it, 8BITMIME or not."""
     head = EmailMessage(policy=_POLICY)
     sender_name, sender_addr = email.utils.parseaddr(header_text(sender))
-    if not sender_addr:
-        raise ValueError(f"sender {sender!r} has no email address")
-    head["From"] = Address(display_name=sender_name, addr_spec=sender_addr)
-    head["To"] = Address(
-        display_name=header_text(digest.recipient.name),
-        addr_spec=header_text(digest.recipient.email),
-    )
+    addresses = {
+        "From": _address(sender_name, sender_addr, "sender"),
+        "To": _address(
+            header_text(digest.recipient.name), header_text(digest.recipient.email), "recipient"
+        ),
+    }
+    head["From"], head["To"] = addresses["From"], addresses["To"]
+    # An address with a non-ASCII local part goes in its header as UTF-8
+    # (RFC 6532): such a message travels only over SMTPUTF8 (mailer.delivery).
+    utf8 = {name for name, a in addresses.items() if not a.addr_spec.isascii()}
     head["Subject"] = header_text(rendered.subject)
     head["Date"] = date
     mid = header_text(message_id).strip("<>")
@@ -151,7 +158,10 @@ def compose_bytes(
     boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
     while any(boundary in body for _, _, body in parts):
         boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
-    out = [_POLICY.fold_binary(name, value) for name, value in head.raw_items()]
+    out = [
+        (_UTF8_POLICY if name in utf8 else _POLICY).fold_binary(name, value)
+        for name, value in head.raw_items()
+    ]
     out += [
         b"MIME-Version: 1.0\n",
         b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\n\n',
@@ -168,6 +178,17 @@ def compose_bytes(
         ]
     out.append(b"--" + boundary + b"--\n")
     return b"".join(out)
+
+
+def _address(name: str, address: str, role: str) -> Address:
+    """The header value for ``name <address>``; MessageError, naming the
+    address, when it is not one (a message for it cannot be built)."""
+    try:
+        valid = normalise_address(address)
+    except ValueError as exc:
+        raise MessageError(f"cannot address a message: {role} {exc}") from exc
+    local, _, domain = valid.rpartition("@")
+    return Address(display_name=name, username=local, domain=domain)
 
 
 def _transfer_encoded(text: str) -> tuple[bytes, bytes]:

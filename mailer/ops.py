@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
+from mailer.addresses import address_key
 from mailer.config import Config, SubscriberConfig
 from mailer.matching import Query, highlight_spans, match_paper
 from mailer.papers import Paper
@@ -235,10 +236,10 @@ def status_report(
     outbox = store.outbox_counts() if store else {}
     states = store.subscriber_states() if store else {}
     last = store.get_state(LAST_PASS) if store else None
-    configured = {s.email.lower() for s in config.subscribers}
+    configured = {address_key(s.email) for s in config.subscribers}
     subscribers = []
     for sub in config.subscribers:
-        state = states.get(sub.email.lower())
+        state = states.get(address_key(sub.email))
         when, said = next_due(sub, state, now)
         subscribers.append(
             {
@@ -336,7 +337,7 @@ def subscriber_rows(
     whether the database has them unsubscribed."""
     rows: list[dict[str, object]] = []
     for sub in config.subscribers:
-        state = states.get(sub.email.lower())
+        state = states.get(address_key(sub.email))
         rows.append(
             {
                 "email": sub.email,

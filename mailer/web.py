@@ -78,6 +78,12 @@ def make_app(
             return _not_found()
         known = await asyncio.to_thread(store.unsubscribe, email, clock())
         log.info("unsubscribed subscriber=%s known=%s", email, known)
+        if not known:
+            return _page(
+                "Not subscribed",
+                f"<p>No digests are sent to <b>{escape(mask(email))}</b>: "
+                "there is no subscriber with this address.</p>",
+            )
         return _page(
             "You are unsubscribed",
             f"<p>No more digests will be sent to <b>{escape(mask(email))}</b>.</p>",

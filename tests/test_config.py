@@ -96,7 +96,7 @@ def test_bad_query_names_subscriber_subscription_and_position() -> None:
 
 
 def test_bad_email_is_refused() -> None:
-    assert "not an email address" in error_of('[[subscribers]]\nemail = "nobody"\n')
+    assert "not a valid email address" in error_of('[[subscribers]]\nemail = "nobody"\n')
 
 
 @pytest.mark.parametrize(
@@ -109,7 +109,7 @@ def test_bad_email_is_refused() -> None:
 def test_control_characters_in_header_values_are_refused(entry: str) -> None:
     message = error_of(f"[[subscribers]]\n{entry}\n")
     assert "subscribers[0]" in message
-    assert "control characters" in message or "not an email address" in message
+    assert "control characters" in message or "not a valid email address" in message
 
 
 def test_unknown_time_zone_is_refused() -> None:

@@ -128,7 +128,7 @@ def commented_config(tmp_path: Path) -> Path:
 @pytest.mark.parametrize(
     ("args", "says"),
     [
-        (["add", "bob@example", "--name", "Bob"], "is not an email address"),
+        (["add", "bob@example", "--name", "Bob"], "is not a valid email address"),
         (["add", "bob@example.org", "--timezone", "Mars/Olympus"], "subscribers[1]"),
         (["set", "ada@example.org", "schedule", "hourly"], "subscribers[0] (ada@example.org).sch"),
         (["add-query", "ada@example.org", "RL", "agents AND (planning OR"], "at position 23"),

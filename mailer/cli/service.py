@@ -17,6 +17,7 @@ from rich.text import Text
 
 from mailer import __version__
 from mailer.actions import check_rendering, compose_pool, preview_digest, trial_digest
+from mailer.addresses import address_key
 from mailer.cli.app import err, log, meta_line, open_existing, open_store, out, state_of
 from mailer.daemon import Daemon
 from mailer.delivery import make_transport
@@ -183,7 +184,7 @@ def preview(
     store = open_existing(config)
     try:
         states = store.subscriber_states() if store else {}
-        state = states.get(sub.email.lower())
+        state = states.get(address_key(sub.email))
         pending = store.pending_matches(state.id) if store and state else []
         stats = store.stats() if store and pending else Stats()
     finally:

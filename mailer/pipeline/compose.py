@@ -21,6 +21,7 @@ from zoneinfo import ZoneInfo
 
 from mailer.config import Config, SubscriberConfig
 from mailer.digests import Digest, Ranking, Recipient, build_digest
+from mailer.errors import MessageError
 from mailer.mime import compose_bytes
 from mailer.pipeline.report import Clock, PassReport, Stopping
 from mailer.render import Renderer
@@ -119,7 +120,9 @@ def build_message(
     once: the outbox keeps these bytes, so any resend carries the same one."""
     domain = sender_address.rpartition("@")[2] or "localhost"
     message_id = make_msgid(idstring="digest", domain=domain)
-    mailto = f"mailto:{sender_address}?subject=" + quote(f"unsubscribe {digest.recipient.email}")
+    mailto = f"mailto:{quote(sender_address, safe='@')}?subject=" + quote(
+        f"unsubscribe {digest.recipient.email}"
+    )
     rendered = renderer.render(digest, unsubscribe_url=unsubscribe_url, manage_hint=MANAGE_HINT)
     links = [unsubscribe_url, mailto] if unsubscribe_url else [mailto]
     message = compose_bytes(
@@ -176,6 +179,7 @@ class Queued:
     recipient: str
     papers: int
     message_id: str
+    failed: str | None = None  # why no message could be built
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,15 +203,23 @@ class ComposeChunk:
             matches = pending.get(order.subscriber_id, [])
             if not matches:
                 continue
-            made = compose(
-                order,
-                matches,
-                ranking,
-                renderer,
-                self.now,
-                sender=self.sender,
-                sender_address=self.sender_address,
-            )
+            match_ids = [m.id for m in matches]
+            try:
+                made = compose(
+                    order,
+                    matches,
+                    ranking,
+                    renderer,
+                    self.now,
+                    sender=self.sender,
+                    sender_address=self.sender_address,
+                )
+            except MessageError as exc:
+                # This digest alone: it goes in the outbox as failed, with
+                # the reason, and claims its matches so it is not retried
+                # (and failed again) every pass.
+                messages.append(_not_composed(order, match_ids, self.sender_address, exc))
+                continue
             messages.append(
                 Outgoing(
                     order.subscriber_id,
@@ -215,12 +227,27 @@ class ComposeChunk:
                     made.message_id,
                     made.subject,
                     made.data,
-                    [m.id for m in matches],
+                    match_ids,
                 )
             )
         if messages:
             store.enqueue_many(messages, self.now)
-        return [Queued(m.recipient, len(m.match_ids), m.message_id) for m in messages]
+        return [Queued(m.recipient, len(m.match_ids), m.message_id, m.failed) for m in messages]
+
+
+def _not_composed(
+    order: DigestOrder, match_ids: list[int], sender_address: str, exc: MessageError
+) -> Outgoing:
+    domain = sender_address.rpartition("@")[2] or "localhost"
+    return Outgoing(
+        order.subscriber_id,
+        order.recipient.email,
+        make_msgid(idstring="digest", domain=domain),
+        "",
+        b"",
+        match_ids,
+        failed=f"not composed: {exc.message}",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -279,8 +306,18 @@ class Compose:
 
 
 def _queued(queued: list[Queued], report: PassReport) -> None:
-    report.digests += len(queued)
     for q in queued:
+        if q.failed:
+            report.failed += 1
+            log.error(
+                "digest failed subscriber=%s papers=%d message_id=%s reason=%s",
+                q.recipient,
+                q.papers,
+                q.message_id,
+                q.failed,
+            )
+            continue
+        report.digests += 1
         log.info(
             "digest queued subscriber=%s papers=%d message_id=%s",
             q.recipient,

@@ -34,6 +34,7 @@ class Outgoing:
     subject: str
     message: bytes
     match_ids: Sequence[int]
+    failed: str | None = None  # no message could be built: queued as failed, with why
 
 
 class Outbox:
@@ -61,7 +62,9 @@ class Outbox:
                             "papers": len(m.match_ids),
                             "message": m.message,
                             "created_at": now,
-                            "next_attempt_at": now,
+                            "next_attempt_at": None if m.failed else now,
+                            "status": DeliveryStatus.FAILED if m.failed else DeliveryStatus.PENDING,
+                            "last_reply": m.failed,
                         }
                         for m in messages
                     ],
@@ -185,6 +188,7 @@ class Outbox:
         query = update(DELIVERIES).where(
             c.status.in_((DeliveryStatus.PENDING, DeliveryStatus.FAILED)),
             or_(c.status == DeliveryStatus.FAILED, c.attempts != 0),
+            func.length(c.message) > 0,  # one never composed has nothing to send
         )
         if ids is not None:
             query = query.where(c.id.in_(list(ids)))

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
+from mailer.addresses import address_key
 from mailer.store.schema import (
     DELIVERIES,
     MATCHES,
@@ -43,37 +44,43 @@ class People:
         """Mirror the configured subscribers (email, name, [(name, query)]):
         new ones start now, removed ones are deactivated, history is kept.
         Reads both tables once and writes only what changed, in batches."""
-        wanted = {email.lower(): (email, name, subs) for email, name, subs in subscribers}
+        wanted = {address_key(email): (email, name, subs) for email, name, subs in subscribers}
         ids: dict[str, int] = {}
         with self._transaction() as conn:
             rows = {
-                r.email.lower(): r
+                r.email_key: r
                 for r in conn.execute(
                     select(
                         SUBSCRIBERS.c.id,
                         SUBSCRIBERS.c.email,
+                        SUBSCRIBERS.c.email_key,
                         SUBSCRIBERS.c.name,
                         SUBSCRIBERS.c.active,
                     )
                 )
             }
             changed = [
-                {"b_id": r.id, "b_name": r.name, "b_active": False}
-                for low, r in rows.items()
-                if low not in wanted and r.active
+                {"b_id": r.id, "b_email": r.email, "b_name": r.name, "b_active": False}
+                for key, r in rows.items()
+                if key not in wanted and r.active
             ]
-            for low, (email, name, _) in wanted.items():
-                found = rows.get(low)
+            for key, (email, name, _) in wanted.items():
+                found = rows.get(key)
                 if found is None:
                     inserted = conn.execute(
-                        insert(SUBSCRIBERS).values(email=email, name=name, created_at=now)
+                        insert(SUBSCRIBERS).values(
+                            email=email, email_key=key, name=name, created_at=now
+                        )
                     ).inserted_primary_key
                     assert inserted is not None
                     ids[email] = inserted[0]
                 else:
                     ids[email] = found.id
-                    if not found.active or found.name != name:
-                        changed.append({"b_id": found.id, "b_name": name, "b_active": True})
+                    # The configured spelling is the one mail goes to.
+                    if (found.active, found.name, found.email) != (True, name, email):
+                        changed.append(
+                            {"b_id": found.id, "b_email": email, "b_name": name, "b_active": True}
+                        )
             if changed:
                 conn.execute(_SET_SUBSCRIBER, changed)
             _sync_subscriptions(conn, {ids[email]: subs for email, _, subs in wanted.values()})
@@ -136,7 +143,7 @@ class People:
             return None if row is None else row.unsubscribed_at
 
     def subscriber_states(self) -> dict[str, SubscriberState]:
-        """Every subscriber the database knows, by lower-cased email."""
+        """Every subscriber the database knows, by ``address_key``."""
         with self._transaction() as conn:
             pending: dict[int, int] = dict(
                 conn.execute(
@@ -153,7 +160,7 @@ class People:
                 ).all()
             )
             return {
-                r.email.lower(): SubscriberState(
+                r.email_key: SubscriberState(
                     id=r.id,
                     email=r.email,
                     active=r.active,
@@ -202,11 +209,11 @@ def _sync_subscriptions(conn: Connection, wanted: Mapping[int, Sequence[tuple[st
 
 
 def _by_email(conn: Connection, email: str) -> Row[Any, Any, Any] | None:
-    """The subscriber with this address, in any case."""
+    """The subscriber with this address, however its case or domain is spelt."""
     return conn.execute(
-        select(SUBSCRIBERS.c.id, SUBSCRIBERS.c.email, SUBSCRIBERS.c.unsubscribed_at).where(
-            func.lower(SUBSCRIBERS.c.email) == email.lower()
-        )
+        select(SUBSCRIBERS.c.id, SUBSCRIBERS.c.email, SUBSCRIBERS.c.unsubscribed_at)
+        .where(SUBSCRIBERS.c.email_key == address_key(email))
+        .order_by(SUBSCRIBERS.c.id)
     ).first()
 
 
@@ -220,7 +227,7 @@ def _set_unsubscribed(conn: Connection, subscriber_id: int, at: datetime | None)
 _SET_SUBSCRIBER = (
     update(SUBSCRIBERS)
     .where(SUBSCRIBERS.c.id == bindparam("b_id"))
-    .values(name=bindparam("b_name"), active=bindparam("b_active"))
+    .values(email=bindparam("b_email"), name=bindparam("b_name"), active=bindparam("b_active"))
 )
 _SET_SUBSCRIPTION = (
     update(SUBSCRIPTIONS)

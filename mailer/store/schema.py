@@ -98,6 +98,9 @@ class SubscriberRow(SQLModel, table=True):
 
     id: int | None = Field(default=None, primary_key=True)
     email: str = Field(unique=True)
+    # How the address is compared (mailer.addresses.address_key): Unicode
+    # casefolding, which SQLite's lower() does not do.
+    email_key: str = Field(index=True)
     name: str = ""
     active: bool = True  # false once removed from the config
     created_at: datetime

@@ -1,0 +1,42 @@
+"""Email addresses: validated once, compared by one key.
+
+An address is checked with email-validator (syntax only, no DNS) and kept
+with its domain in IDNA form (``bücher.example`` -> ``xn--bcher-kva.example``),
+so every transport and header sees an ASCII domain, and its local part as
+written. A non-ASCII local part is valid: such a message needs SMTPUTF8.
+Addresses are compared by :func:`address_key`, which folds case the Unicode
+way in Python, since SQLite's ``lower()`` folds ASCII only.
+"""
+
+from __future__ import annotations
+
+import email_validator
+
+
+def normalise_address(value: str) -> str:
+    """``value`` as a valid address with an ASCII domain; ValueError saying why not."""
+    try:
+        found = email_validator.validate_email(
+            value, check_deliverability=False, allow_smtputf8=True
+        )
+    except email_validator.EmailNotValidError as exc:
+        raise ValueError(f"{value!r} is not a valid email address: {exc}") from exc
+    return f"{found.local_part}@{found.ascii_domain}"
+
+
+def address_key(value: str) -> str:
+    """What two spellings of one address share: the local part casefolded, the
+    domain in lower-case IDNA form. A string that is not a valid address
+    (typed on the command line, or stored by an older release) is casefolded
+    as it is, so it can still be found."""
+    try:
+        address = normalise_address(value.strip())
+    except ValueError:
+        return value.strip().casefold()
+    local, _, domain = address.rpartition("@")
+    return f"{local.casefold()}@{domain.lower()}"
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether ``address`` can travel only over SMTPUTF8 (RFC 6531)."""
+    return not address.isascii()
