@@ -151,6 +151,9 @@ class Daemon:
     def hangup(self, scheduler: AsyncIOScheduler) -> None:
         """SIGHUP: reload the configuration file at once when idle, else as soon
         as the pass in flight ends (a pass never changes configuration midway)."""
+        if self.config_path is None:
+            log.warning("SIGHUP: no configuration file to reload")
+            return
         log.info("SIGHUP: reloading config=%s", self.config_path)
         self._hangup = True
         if self._running is None or self._running.done():
