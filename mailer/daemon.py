@@ -3,7 +3,10 @@
 The scheduler only wakes us; what is due, sent or pending lives in the
 database, so a run that crashes or is skipped loses nothing. SIGTERM or
 Ctrl-C stops the scheduler, lets the pass in flight finish its current step
-(every step commits atomically) and returns within seconds.
+(every step commits atomically; the messages on the wire get their reply and
+are recorded) and returns within seconds. SIGHUP reloads the configuration.
+A daemon that finds another holding the database's lock (see mailer.lock)
+stops and exits with an error.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import json
 import logging
 import os
 import signal
+import threading
 from datetime import datetime
 from pathlib import Path
 
@@ -20,14 +24,15 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailer.config import Config, parse_config
 from mailer.editing import write_atomic
-from mailer.errors import MailerError
+from mailer.errors import AlreadyRunningError, MailerError
 from mailer.pipeline import PassReport, Pipeline
 from mailer.render import Renderer
 from mailer.web import start_web
 
 log = logging.getLogger("mailer")
 
-STOP_GRACE_SECONDS = 8.0
+STOP_GRACE_SECONDS = 7.0
+CANCEL_GRACE_SECONDS = 2.0
 
 
 class Daemon:
@@ -40,13 +45,40 @@ class Daemon:
         self._running: asyncio.Task[PassReport | None] | None = None
         self.config_path = config_path
         self._config_text = self._read_config()
+        self._reload_lock = threading.Lock()
+        self._hangup = False  # SIGHUP received: reload at the next pass even if unchanged
+        self._stop: asyncio.Event | None = None
+        # Another mailer took the database's lock: the daemon stops and run() raises this.
+        self.fatal: AlreadyRunningError | None = None
 
     async def tick(self) -> PassReport | None:
+        """One pass in a task of its own: stopping the scheduler cancels the job
+        that waits for it, never the pass, which the stop path lets finish."""
+        self._running = asyncio.ensure_future(self._tick())
+        try:
+            return await asyncio.shield(self._running)
+        except asyncio.CancelledError:
+            return None  # the scheduler stopped; run()'s stop path sees the pass through
+
+    async def _tick(self) -> PassReport | None:
+        try:
+            return await self._pass()
+        finally:
+            # A SIGHUP that came during the pass is applied now, not a whole interval later.
+            if self._hangup and not self.pipeline.stopping:
+                await asyncio.to_thread(self.reload_if_changed)
+
+    async def _pass(self) -> PassReport | None:
         """One pass; any failure is logged and the next pass tries again."""
-        self._running = asyncio.current_task()
         try:
             await asyncio.to_thread(self.reload_if_changed)
             report = await self.pipeline.run_pass()
+        except AlreadyRunningError as exc:
+            log.error("stopping: %s", exc.message)
+            self.fatal = exc
+            if self._stop is not None:
+                self._stop.set()
+            return None
         except MailerError as exc:
             log.error("pass failed: %s", exc)
             return None
@@ -62,7 +94,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
-        stop = stop or asyncio.Event()
+        stop = self._stop = stop or asyncio.Event()
         # Subscribers known before the first pass, so their links work at once.
         await asyncio.to_thread(self.pipeline.sync)
         # The unsubscribe endpoint, when [web] listen is set; it stops with the scheduler.
@@ -87,6 +119,7 @@ class Daemon:
             misfire_grace_time=None,
         )
         scheduler.start()
+        loop.add_signal_handler(signal.SIGHUP, lambda: self.hangup(scheduler))
         log.info(
             "watching %s every %gs; press Ctrl-C to stop",
             self.pipeline.config.watch.dir,
@@ -98,7 +131,7 @@ class Daemon:
             log.info("stopping")
             self.pipeline.stopping = True
             scheduler.shutdown(wait=False)
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             running = self._running
             if running is not None and not running.done():
@@ -106,10 +139,25 @@ class Daemon:
                     await asyncio.wait_for(asyncio.shield(running), STOP_GRACE_SECONDS)
                 except TimeoutError:
                     running.cancel()
+                    # Its cleanup records what the server accepted before the cut.
+                    await asyncio.wait({running}, timeout=CANCEL_GRACE_SECONDS)
                     log.warning("a pass was still running; it resumes on the next start")
             if web is not None:
                 await web.stop()
         log.info("stopped")
+        if self.fatal is not None:
+            raise self.fatal
+
+    def hangup(self, scheduler: AsyncIOScheduler) -> None:
+        """SIGHUP: reload the configuration file at once when idle, else as soon
+        as the pass in flight ends (a pass never changes configuration midway)."""
+        if self.config_path is None:
+            log.warning("SIGHUP: no configuration file to reload")
+            return
+        log.info("SIGHUP: reloading config=%s", self.config_path)
+        self._hangup = True
+        if self._running is None or self._running.done():
+            scheduler.modify_job("pass", next_run_time=datetime.now().astimezone())
 
     # --- configuration reload -----------------------------------------------------
 
@@ -123,12 +171,18 @@ class Daemon:
             return None
 
     def reload_if_changed(self) -> bool:
-        """Adopt an edited config file; an invalid one is reported once and the
-        daemon keeps running on the last good configuration."""
-        data = self._read_config()
-        if data is None or data == self._config_text:
-            return False
-        self._config_text = data
+        """Adopt an edited config file (or, after SIGHUP, the file as it is); an
+        invalid one is reported once and the daemon keeps running on the last
+        good configuration."""
+        with self._reload_lock:
+            forced, self._hangup = self._hangup, False
+            data = self._read_config()
+            if data is None or (data == self._config_text and not forced):
+                return False
+            self._config_text = data
+            return self._reload(data)
+
+    def _reload(self, data: bytes) -> bool:
         assert self.config_path is not None
         path = self.config_path
         try:

@@ -68,6 +68,10 @@ class AlreadyRunningError(MailerError):
     """Another daemon holds the lock on this database."""
 
 
+class LockLostError(MailerError):
+    """This daemon no longer holds its database's lock: it must not send."""
+
+
 class WebError(MailerError):
     """The unsubscribe endpoint cannot listen where [web] listen says."""
 

@@ -37,11 +37,15 @@ def run(ctx: typer.Context) -> None:
     config = state.config()
     log.info("mailer %s with configuration from %s", __version__, state.config_source)
     check_rendering(config)
-    with database_lock(config.database.url), compose_pool(config) as pool:
+    with database_lock(config.database.url) as lock, compose_pool(config) as pool:
         store = open_store(config)
         try:
             pipeline = Pipeline(
-                config, store, lambda: make_transport(pipeline.config), compose_pool=pool
+                config,
+                store,
+                lambda: make_transport(pipeline.config),
+                compose_pool=pool,
+                lock=lock,
             )
             daemon = Daemon(
                 pipeline, config.watch.interval_seconds, config_path=state.config_file()
@@ -55,10 +59,12 @@ def ingest(ctx: typer.Context) -> None:
     """Run one pass (ingest new dumps, match, send what is due), then exit."""
     state = state_of(ctx)
     config = state.config()
-    with database_lock(config.database.url), compose_pool(config) as pool:
+    with database_lock(config.database.url) as lock, compose_pool(config) as pool:
         store = open_store(config)
         try:
-            pipeline = Pipeline(config, store, lambda: make_transport(config), compose_pool=pool)
+            pipeline = Pipeline(
+                config, store, lambda: make_transport(config), compose_pool=pool, lock=lock
+            )
             fancy = state.log_format == "text" and err.is_terminal
             with dump_progress(pipeline, fancy=fancy, console=err):
                 report: PassReport = asyncio.run(pipeline.run_pass())

@@ -10,12 +10,15 @@ what they share and runs them in order.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
 from mailer.config import Config
 from mailer.delivery import Transport
+from mailer.errors import LockLostError
+from mailer.lock import DatabaseLock, lock_lost
 from mailer.matching import Stats
 from mailer.pipeline.compose import Compose, RenderSettings, digest_order, unsubscribe_url
 from mailer.pipeline.ingest import Ingest, OnDump, Scanner
@@ -31,6 +34,8 @@ from mailer.pipeline.match import (
 from mailer.pipeline.report import Clock, PassReport, utc_now
 from mailer.pipeline.send import RateLimiter, Send, TransportPause
 from mailer.store import Store
+
+log = logging.getLogger("mailer")
 
 __all__ = [
     "PassReport",
@@ -62,8 +67,12 @@ class Pipeline:
         clock: Clock = utc_now,
         sleep: Callable[[float], None] = time.sleep,
         compose_pool: Executor | None = None,
+        lock: DatabaseLock | None = None,
     ) -> None:
         self.store = store
+        # The database's lock, held by the caller (mailer.lock.database_lock);
+        # without one (tests, in-memory databases) nothing fences the sends.
+        self.lock = lock or DatabaseLock()
         self.transport = transport
         self.clock = clock
         # Composing many digests at once runs here (a ProcessPoolExecutor whose
@@ -101,15 +110,38 @@ class Pipeline:
 
     async def run_pass(self) -> PassReport:
         report = PassReport()
-        await asyncio.to_thread(self.sync)
-        await asyncio.to_thread(self.ingest, report)
-        await asyncio.to_thread(self.match, report)
-        await self.compose_and_deliver(report)
-        await asyncio.to_thread(self.store.record_pass, report.summary(), self.clock())
+        await asyncio.to_thread(self.hold_lock)
+        try:
+            await asyncio.to_thread(self.sync)
+            await asyncio.to_thread(self.ingest, report)
+            await asyncio.to_thread(self.match, report)
+            await self.compose_and_deliver(report)
+            await asyncio.to_thread(self.store.record_pass, report.summary(), self.clock())
+        except Exception as exc:
+            # A pass that fails because the database went away has lost the lock
+            # too (on PostgreSQL): say so, whichever step noticed first.
+            if not isinstance(exc, LockLostError) and not await asyncio.to_thread(self.lock.held):
+                raise lock_lost(self.lock) from exc
+            raise
         return report
 
     def _stopped(self) -> bool:
         return self.stopping
+
+    def hold_lock(self) -> None:
+        """Take the database's lock back if it was lost (a cut connection ends
+        a PostgreSQL session and its lock): AlreadyRunningError if another
+        mailer took it meanwhile, StoreError while the database is unreachable."""
+        if self.lock.held():
+            return
+        lost = self.lock.lost
+        self.lock.reacquire()
+        log.warning("regained the lock on database %s (it was lost: %s)", self.lock.name, lost)
+
+    def fence(self) -> None:
+        """Raise LockLostError unless this process still holds the database's lock."""
+        if not self.lock.held():
+            raise lock_lost(self.lock)
 
     def ingest(self, report: PassReport) -> None:
         """Files -> dumps -> papers."""
@@ -121,6 +153,7 @@ class Pipeline:
 
     def compose(self, report: PassReport) -> None:
         """Matches -> digests -> messages in the outbox."""
+        self.fence()
         Compose(
             self.store,
             self.config,
@@ -132,7 +165,15 @@ class Pipeline:
 
     async def deliver(self, report: PassReport) -> None:
         """Messages -> deliveries."""
-        send = Send(self.store, self.config, self.transport, self.clock, self.limiter, self.pause)
+        send = Send(
+            self.store,
+            self.config,
+            self.transport,
+            self.clock,
+            self.limiter,
+            self.pause,
+            self.lock,
+        )
         await send.deliver(report, self._stopped)
 
     async def compose_and_deliver(self, report: PassReport) -> None:

@@ -4,6 +4,10 @@ A message is marked sent only after the server accepted it; one cut off by
 a stop or crash stays pending and goes again, with the same bytes and
 Message-ID. A refused message is deferred with back-off or failed; a failed
 transport pauses all sending with back-off instead of a tight retry loop.
+Every send is fenced on the database's lock (mailer.lock): a mailer that
+lost it sends nothing more. A stop lets the messages on the wire get their
+reply, and what the server accepted is recorded even when the pass is
+cancelled.
 """
 
 from __future__ import annotations
@@ -13,17 +17,20 @@ import logging
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from mailer.config import Config
 from mailer.delivery import Transport, TransportUnavailableError
 from mailer.errors import DeliveryError
+from mailer.lock import DatabaseLock, lock_lost
 from mailer.pipeline.report import Clock, PassReport, Stopping
 from mailer.store import DeliveryRow, Store
 
 log = logging.getLogger("mailer")
+T = TypeVar("T")
 
 DELIVER_BATCH = 1000
 SEND_CHUNK = 10  # messages per connection between unsubscribe checks and sent records
@@ -81,6 +88,7 @@ class Send:
     clock: Clock
     limiter: RateLimiter
     pause: TransportPause
+    lock: DatabaseLock = field(default_factory=DatabaseLock)
 
     async def deliver(self, report: PassReport, stopping: Stopping) -> None:
         """Drain the due part of the outbox, DELIVER_BATCH rows at a time,
@@ -92,7 +100,8 @@ class Send:
             return
         sender = self.config.smtp.sender_address
         unavailable: list[TransportUnavailableError] = []
-        while not stopping() and not unavailable:
+        lost: list[bool] = []
+        while not stopping() and not unavailable and not lost:
             due = await asyncio.to_thread(self.store.due_deliveries, self.clock(), DELIVER_BATCH)
             due = [r for r in due if r.id not in report.deferred_ids]
             if not due:
@@ -103,7 +112,7 @@ class Send:
             try:
                 await asyncio.gather(
                     *(
-                        self._drain(queue, sender, unavailable, report, stopping)
+                        self._drain(queue, sender, unavailable, lost, report, stopping)
                         for _ in range(workers)
                     )
                 )
@@ -112,6 +121,8 @@ class Send:
             report.deferred_ids.update(r.id for r in queue if r.id is not None)
             if len(due) < DELIVER_BATCH:
                 break
+        if lost:
+            raise lock_lost(self.lock)
         if unavailable:
             first = unavailable[0]
             self.pause.failures += 1
@@ -127,6 +138,7 @@ class Send:
         queue: deque[DeliveryRow],
         sender: str,
         unavailable: list[TransportUnavailableError],
+        lost: list[bool],
         report: PassReport,
         stopping: Stopping,
     ) -> None:
@@ -137,25 +149,43 @@ class Send:
         sent. So an unsubscribe is honoured up to one chunk (SEND_CHUNK
         messages, a fraction of a second) after it, and a crash may resend up
         to one chunk per connection, with the same Message-IDs. Rows not
-        tried go back to the queue and are reported deferred."""
+        tried go back to the queue and are reported deferred.
+
+        Before each send the database lock must still be held; the send on
+        the wire when the pass is stopped or cancelled gets its reply, and
+        ``sent`` is recorded in ``finally``, so a stop never forgets what the
+        server accepted."""
         chunk_size = 1 if self.limiter.interval else SEND_CHUNK
         sent: list[tuple[DeliveryRow, str]] = []
+
+        def halted() -> bool:
+            return stopping() or bool(unavailable) or bool(lost)
+
         try:
             async with self.transport() as transport:
-                while queue and not stopping() and not unavailable:
+                while queue and not halted():
                     chunk = [queue.popleft() for _ in range(min(chunk_size, len(queue)))]
                     done, sent = sent, []
-                    cancelled = await asyncio.to_thread(self._settle, done, chunk)
+                    cancelled = await completed(asyncio.to_thread(self._settle, done, chunk))
                     _count_sent(done, report)
                     for n, row in enumerate(chunk):
-                        if stopping() or unavailable:
-                            queue.extendleft(reversed(chunk[n:]))
-                            break
                         if row.id in cancelled:
                             continue
                         await self.limiter.wait()
+                        if not halted() and not await asyncio.to_thread(self.lock.held):
+                            lost.append(True)
+                        if halted():
+                            queue.extendleft(reversed(chunk[n:]))
+                            break
+                        sending = asyncio.ensure_future(
+                            transport.send(sender, row.recipient, row.message)
+                        )
                         try:
-                            reply = await transport.send(sender, row.recipient, row.message)
+                            reply = await completed(sending)
+                        except asyncio.CancelledError:
+                            if not sending.cancelled() and sending.exception() is None:
+                                sent.append((row, sending.result()))
+                            raise
                         except TransportUnavailableError as exc:
                             unavailable.append(exc)
                             queue.extendleft(reversed(chunk[n + 1 :]))
@@ -167,7 +197,7 @@ class Send:
                         sent.append((row, reply))
         finally:
             if sent:
-                await asyncio.to_thread(self._settle, sent, [])
+                await completed(asyncio.to_thread(self._settle, sent, []))
                 _count_sent(sent, report)
 
     def _settle(
@@ -240,6 +270,25 @@ class Send:
                 retry_at.isoformat(timespec="seconds"),
                 reply,
             )
+
+
+async def completed(step: Awaitable[T]) -> T:
+    """Await ``step`` to its end even if the caller is cancelled meanwhile,
+    then re-raise the cancellation: a message on the wire gets its reply and
+    an accepted one gets recorded. Bounded by the SMTP and database timeouts."""
+    task = asyncio.ensure_future(step)
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if task.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
 
 def _count_sent(sent: Sequence[tuple[DeliveryRow, str]], report: PassReport) -> None:
