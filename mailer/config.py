@@ -30,6 +30,7 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from mailer.dumps import DEFAULT_MAX_DUMP_BYTES, DEFAULT_MAX_LINE_BYTES
 from mailer.errors import ConfigError, QueryError
 from mailer.matching import parse_query
 
@@ -68,6 +69,9 @@ class WatchConfig(_Section):
     dir: Path = Path("seeds")
     interval_seconds: float = Field(default=60.0, gt=0)
     settle_seconds: float = Field(default=1.0, ge=0)
+    # Larger files, or files with a longer line, are refused unread.
+    max_dump_bytes: int = Field(default=DEFAULT_MAX_DUMP_BYTES, gt=0)
+    max_line_bytes: int = Field(default=DEFAULT_MAX_LINE_BYTES, gt=0)
 
 
 class DatabaseConfig(_Section):

@@ -3,7 +3,8 @@
 The scheduler only wakes us; what is due, sent or pending lives in the
 database, so a run that crashes or is skipped loses nothing. SIGTERM or
 Ctrl-C stops the scheduler, lets the pass in flight finish its current step
-(every step commits atomically) and returns within seconds.
+(every step commits atomically) and returns within seconds. A database file
+deleted or replaced under it stops it the same way, then ``run`` raises.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailer.config import Config, parse_config
 from mailer.editing import write_atomic
-from mailer.errors import MailerError
+from mailer.errors import DatabaseReplacedError, MailerError
 from mailer.pipeline import PassReport, Pipeline
 from mailer.render import Renderer
 from mailer.web import start_web
@@ -38,6 +39,9 @@ class Daemon:
         self.interval = interval
         self.passes = 0
         self._running: asyncio.Task[PassReport | None] | None = None
+        self._stop = asyncio.Event()
+        # What stopped the daemon from inside; ``run`` raises it once stopped.
+        self.fatal: MailerError | None = None
         self.config_path = config_path
         self._config_text = self._read_config()
 
@@ -47,6 +51,10 @@ class Daemon:
         try:
             await asyncio.to_thread(self.reload_if_changed)
             report = await self.pipeline.run_pass()
+        except DatabaseReplacedError as exc:
+            self.fatal = exc
+            self._stop.set()
+            return None
         except MailerError as exc:
             log.error("pass failed: %s", exc)
             return None
@@ -62,7 +70,7 @@ class Daemon:
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
-        stop = stop or asyncio.Event()
+        stop = self._stop = stop or asyncio.Event()
         # Subscribers known before the first pass, so their links work at once.
         await asyncio.to_thread(self.pipeline.sync)
         # The unsubscribe endpoint, when [web] listen is set; it stops with the scheduler.
@@ -110,6 +118,8 @@ class Daemon:
             if web is not None:
                 await web.stop()
         log.info("stopped")
+        if self.fatal is not None:
+            raise self.fatal
 
     # --- configuration reload -----------------------------------------------------
 

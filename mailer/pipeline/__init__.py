@@ -101,6 +101,7 @@ class Pipeline:
 
     async def run_pass(self) -> PassReport:
         report = PassReport()
+        await asyncio.to_thread(self.store.verify)
         await asyncio.to_thread(self.sync)
         await asyncio.to_thread(self.ingest, report)
         await asyncio.to_thread(self.match, report)
@@ -113,7 +114,10 @@ class Pipeline:
 
     def ingest(self, report: PassReport) -> None:
         """Files -> dumps -> papers."""
-        Ingest(self.store, self.scanner, self.clock).run(report, self._stopped, self.on_dump)
+        watch = self.config.watch
+        Ingest(
+            self.store, self.scanner, self.clock, watch.max_dump_bytes, watch.max_line_bytes
+        ).run(report, self._stopped, self.on_dump)
 
     def match(self, report: PassReport) -> None:
         """Papers -> matches."""
