@@ -31,6 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mailer.addresses import address_key, normalise_address
+from mailer.dumps import DEFAULT_MAX_DUMP_BYTES, DEFAULT_MAX_LINE_BYTES
 from mailer.errors import ConfigError, QueryError
 from mailer.matching import parse_query
 from mailer.render import check_paper_url
@@ -74,6 +75,9 @@ class WatchConfig(_Section):
     dir: Path = Path("seeds")
     interval_seconds: float = Field(default=60.0, ge=0.1, le=DAY, allow_inf_nan=False)
     settle_seconds: float = Field(default=1.0, ge=0, le=HOUR, allow_inf_nan=False)
+    # Larger files, or files with a longer line, are refused unread.
+    max_dump_bytes: int = Field(default=DEFAULT_MAX_DUMP_BYTES, ge=1, le=2**30)
+    max_line_bytes: int = Field(default=DEFAULT_MAX_LINE_BYTES, ge=1, le=2**26)
 
 
 class DatabaseConfig(_Section):

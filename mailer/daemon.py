@@ -6,7 +6,8 @@ Ctrl-C stops the scheduler, lets the pass in flight finish its current step
 (every step commits atomically; the messages on the wire get their reply and
 are recorded) and returns within seconds. SIGHUP reloads the configuration.
 A daemon that finds another holding the database's lock (see mailer.lock)
-stops and exits with an error.
+stops and exits with an error. A database file
+deleted or replaced under it stops it the same way, then ``run`` raises.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from mailer.config import Config, parse_config
 from mailer.editing import write_atomic
-from mailer.errors import AlreadyRunningError, MailerError
+from mailer.errors import AlreadyRunningError, DatabaseReplacedError, MailerError
 from mailer.pipeline import PassReport, Pipeline
 from mailer.render import Renderer
 from mailer.web import start_web
@@ -48,8 +49,9 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._hangup = False  # SIGHUP received: reload at the next pass even if unchanged
         self._stop: asyncio.Event | None = None
-        # Another mailer took the database's lock: the daemon stops and run() raises this.
-        self.fatal: AlreadyRunningError | None = None
+        # What stopped the daemon from inside (another mailer took the lock, the
+        # database file was deleted or replaced); ``run`` raises it once stopped.
+        self.fatal: MailerError | None = None
 
     async def tick(self) -> PassReport | None:
         """One pass in a task of its own: stopping the scheduler cancels the job
@@ -73,7 +75,7 @@ class Daemon:
         try:
             await asyncio.to_thread(self.reload_if_changed)
             report = await self.pipeline.run_pass()
-        except AlreadyRunningError as exc:
+        except (AlreadyRunningError, DatabaseReplacedError) as exc:
             log.error("stopping: %s", exc.message)
             self.fatal = exc
             if self._stop is not None:

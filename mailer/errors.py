@@ -49,6 +49,11 @@ class StoreError(MailerError):
     """The database cannot be opened, created or written."""
 
 
+class DatabaseReplacedError(StoreError):
+    """The SQLite file was deleted or replaced under a running mailer: it
+    stops rather than write on to a file no one else can open."""
+
+
 class TemplateError(MailerError):
     """A digest template is missing or broken: the operator's to fix, like
     the configuration that names it."""

@@ -52,6 +52,30 @@ HINT = (
 )
 
 
+# SQLite's result codes for a file that is not a database or is damaged.
+_CORRUPT = frozenset({"SQLITE_NOTADB", "SQLITE_CORRUPT"})
+
+
+def database_error(
+    safe_url: str, exc: Exception, failed: str | None = None, hint: str = HINT
+) -> StoreError:
+    """A database error as one StoreError naming the database: a damaged
+    SQLite file says so and what to do; anything else is ``failed`` (what
+    could not be done) with the driver's own words, without SQLAlchemy's
+    background link."""
+    orig = getattr(exc, "orig", None) or exc
+    if getattr(orig, "sqlite_errorname", None) in _CORRUPT:
+        path = safe_url.removeprefix("sqlite:///")
+        return StoreError(
+            f"database file {path} is damaged or not a SQLite database ({orig}); "
+            "mailer did not change it",
+            hint="restore it from a backup and start mailer again; or, to start afresh, "
+            "move it aside (mailer then creates an empty database, ingests every dump in "
+            "the watch folder again and mails their papers as new)",
+        )
+    return StoreError(f"{failed or f'cannot open database {safe_url}'}: {orig}", hint=hint)
+
+
 def alembic_config(connection: Connection | None = None, *, location: Path | None = None) -> Config:
     """Alembic's configuration without an ini file; env.py migrates ``connection``."""
     config = Config()
@@ -125,7 +149,11 @@ def _upgrade(engine: Engine) -> None:
                         command.stamp(config, BASELINE)
                 with _ALEMBIC:
                     command.upgrade(config, target)
-        except (SQLAlchemyError, CommandError, sqlite3.Error) as exc:
+        except (SQLAlchemyError, sqlite3.Error) as exc:
+            raise database_error(
+                safe, exc, f"cannot upgrade database {safe} to revision {target}"
+            ) from exc
+        except CommandError as exc:
             raise StoreError(
                 f"cannot upgrade database {safe} to revision {target}: {exc}", hint=HINT
             ) from exc
@@ -139,8 +167,8 @@ def _current(
     try:
         heads = MigrationContext.configure(conn).get_current_heads()
     except SQLAlchemyError as exc:
-        raise StoreError(
-            f"cannot read the schema revision of database {safe}: {exc}", hint=HINT
+        raise database_error(
+            safe, exc, f"cannot read the schema revision of database {safe}"
         ) from exc
     for revision in heads:
         if revision not in known:

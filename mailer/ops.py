@@ -26,6 +26,7 @@ from mailer.config import Config, SubscriberConfig
 from mailer.matching import Query, highlight_spans, match_paper
 from mailer.papers import Paper
 from mailer.pipeline import Pipeline
+from mailer.pipeline.ingest import UNREADABLE_DUMPS
 from mailer.schedule import Schedule
 from mailer.store import (
     LAST_PASS,
@@ -236,6 +237,7 @@ def status_report(
     outbox = store.outbox_counts() if store else {}
     states = store.subscriber_states() if store else {}
     last = store.get_state(LAST_PASS) if store else None
+    unreadable = store.get_state(UNREADABLE_DUMPS) if store else None
     configured = {address_key(s.email) for s in config.subscribers}
     subscribers = []
     for sub in config.subscribers:
@@ -275,6 +277,8 @@ def status_report(
                 }
                 for d in (store.refused_dumps() if store else [])
             ],
+            # As the last pass found them: files in the watch folder it could not read.
+            "unreadable": json.loads(unreadable.value) if unreadable else [],
         },
         "papers": store.count_papers() if store else 0,
         "subscribers": {

@@ -16,6 +16,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 
 from mailer import __version__
 from mailer.config import Config, load_config
@@ -155,5 +156,5 @@ def main() -> None:
     try:
         app()
     except MailerError as exc:
-        err.print(f"[red]error:[/red] {exc}", soft_wrap=True, markup=True)
+        err.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, markup=True)
         sys.exit(exc.exit_code)

@@ -19,6 +19,7 @@ from mailer import __version__
 from mailer.actions import check_rendering, compose_pool, preview_digest, trial_digest
 from mailer.addresses import address_key
 from mailer.cli.app import err, log, meta_line, open_existing, open_store, out, state_of
+from mailer.config import WatchConfig
 from mailer.daemon import Daemon
 from mailer.delivery import make_transport
 from mailer.dumps import paper_json, read_dump
@@ -140,19 +141,32 @@ def check_config(ctx: typer.Context) -> None:
 
 
 def parse(
+    ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(help="Dump files to parse.")],
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object per record (JSON Lines).")
     ] = False,
 ) -> None:
-    """Parse dumps and print their records; a summary per file goes to stderr."""
+    """Parse dumps and print their records; a summary per file goes to stderr.
+
+    Files are read as the daemon reads them, with [watch] max_dump_bytes and
+    max_line_bytes from the configuration (the defaults if it is invalid)."""
+    try:
+        watch = state_of(ctx).config().watch
+    except ConfigError:
+        watch = WatchConfig()
     today = date.today()
     refused = 0
     for path in files:
         try:
-            parsed = read_dump(path, today=today)
+            parsed = read_dump(
+                path,
+                today=today,
+                max_bytes=watch.max_dump_bytes,
+                max_line_bytes=watch.max_line_bytes,
+            )
         except MailerError as exc:
-            err.print(f"[red]error:[/red] {exc}", markup=True, soft_wrap=True)
+            err.print(f"[red]error:[/red] {escape(str(exc))}", markup=True, soft_wrap=True)
             refused += 1
             continue
         for warning in parsed.warnings:
@@ -255,6 +269,7 @@ def status(
             f"{d['refused']} refused",
         ),
         *(("  refused", f"{r['path']}: {r['reason']}") for r in d["refusals"]),
+        *(("  unreadable", f"{u['path']}: {u['reason']}") for u in d["unreadable"]),
         ("papers", f"{report['papers']} stored"),
         (
             "subscribers",

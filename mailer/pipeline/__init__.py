@@ -110,6 +110,7 @@ class Pipeline:
 
     async def run_pass(self) -> PassReport:
         report = PassReport()
+        await asyncio.to_thread(self.store.verify)
         await asyncio.to_thread(self.hold_lock)
         try:
             await asyncio.to_thread(self.sync)
@@ -145,7 +146,10 @@ class Pipeline:
 
     def ingest(self, report: PassReport) -> None:
         """Files -> dumps -> papers."""
-        Ingest(self.store, self.scanner, self.clock).run(report, self._stopped, self.on_dump)
+        watch = self.config.watch
+        Ingest(
+            self.store, self.scanner, self.clock, watch.max_dump_bytes, watch.max_line_bytes
+        ).run(report, self._stopped, self.on_dump)
 
     def match(self, report: PassReport) -> None:
         """Papers -> matches."""

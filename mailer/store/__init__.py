@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
+from pathlib import Path
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
@@ -24,7 +25,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from mailer.analysis import Stats
-from mailer.errors import StoreError
+from mailer.errors import DatabaseReplacedError, StoreError
 from mailer.papers import Paper
 from mailer.store.matches import Matches, NewMatch, PendingMatch
 from mailer.store.outbox import Outbox, Outgoing
@@ -80,6 +81,23 @@ __all__ = [
 LAST_PASS = "last_pass"  # noqa: S105 - a state key, not a password
 
 
+def _sqlite_file(database: str | None, backend: str) -> Path | None:
+    """The SQLite database's file, absolute (the process may change folder);
+    None for PostgreSQL and in-memory databases."""
+    if backend != "sqlite" or not database or database == ":memory:":
+        return None
+    return Path(database).absolute()
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """The file's device and inode, None when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
 class Store:
     """All reads and writes of mailer's state; the only package that speaks SQL.
     The methods below hand each call to the part that owns its tables."""
@@ -91,9 +109,30 @@ class Store:
         self.people = People(self.transaction)
         self.matches = Matches(self.transaction)
         self.outbox = Outbox(self.transaction)
+        self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
+        self._identity = _identity(self._file) if self._file else None
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def verify(self) -> None:
+        """Raise DatabaseReplacedError when the SQLite file is no longer the
+        one opened (deleted, or another file in its place): writing on would
+        go to a file no one can open, and a restart would find an empty
+        database and mail everything again. Only a stat: never creates it."""
+        if self._file is None:
+            return
+        now = _identity(self._file)
+        if now == self._identity:
+            return
+        what = "deleted" if now is None else "replaced by another file"
+        raise DatabaseReplacedError(
+            f"database file {self._file} was {what} while mailer was running; stopped, "
+            "so that nothing more is written to the old file",
+            hint="put the database back (or restore it from a backup) and start mailer "
+            "again; starting without it creates an empty database that ingests every "
+            "dump again and mails every paper again",
+        )
 
     @property
     def safe_url(self) -> str:

@@ -11,7 +11,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import Select, bindparam, func, insert, select, text, update
 from sqlalchemy.engine import Connection
@@ -39,6 +39,8 @@ class IngestOutcome:
     dump_id: int
     new_papers: int
     seen_papers: int
+    # Known papers whose stored abstract was cut short and is now complete.
+    completed_abstracts: int = 0
 
 
 class Papers:
@@ -89,6 +91,13 @@ class Papers:
 
         Per batch, one query finds the keys already known, one executemany
         inserts the rest and one updates the known papers that changed.
+
+        A known paper whose stored abstract is a strict prefix of the new one
+        was stored from a dump read while still being written: its abstract
+        is completed. If it was already matched, its counts in the corpus
+        statistics are restated here, in the same transaction, so they stay
+        those of the stored text; its matches stand (it is never matched or
+        mailed again).
         """
         unique: dict[str, Paper] = {}
         for paper in papers:
@@ -112,24 +121,18 @@ class Papers:
             ).inserted_primary_key
             assert inserted is not None
             dump_id: int = inserted[0]
-            new = seen = 0
+            new = seen = completed = 0
             for start in range(0, len(keys), batch):
                 chunk = keys[start : start + batch]
                 known: dict[str, _Known] = {
-                    key: (paper_id, authors, organization, published, upvotes)
-                    for paper_id, key, authors, organization, published, upvotes in conn.execute(
-                        select(
-                            PAPERS.c.id,
-                            PAPERS.c.key,
-                            PAPERS.c.authors,
-                            PAPERS.c.organization,
-                            PAPERS.c.published,
-                            PAPERS.c.upvotes,
-                        ).where(PAPERS.c.key.in_(chunk))
+                    row[0]: _Known(*row[1:])
+                    for row in conn.execute(
+                        select(PAPERS.c.key, *_KNOWN).where(PAPERS.c.key.in_(chunk))
                     )
                 }
                 rows: list[dict[str, Any]] = []
                 changes: list[dict[str, Any]] = []
+                restated = Stats()
                 for key in chunk:
                     paper = unique[key]
                     row = known.get(key)
@@ -137,16 +140,23 @@ class Papers:
                         rows.append(paper_values(key, paper, now, dump_id))
                     elif (change := _refreshed(row, paper)) is not None:
                         changes.append(change)
+                        if change["b_abstract"] != row.abstract:
+                            completed += 1
+                            if row.matched:
+                                _restate(restated, row, change["b_abstract"])
                 new += len(rows)
                 seen += len(chunk) - len(rows)
                 if rows:
                     conn.execute(insert(PAPERS), rows)
                 if changes:
                     conn.execute(_REFRESH, changes)
+                if restated.df or restated.abstract_length:
+                    restate_statistics(conn, restated)
+                    self._stats = None  # same paper count: the cache would not notice
             conn.execute(
                 update(DUMPS).where(DUMPS.c.id == dump_id).values(new_papers=new, seen_papers=seen)
             )
-            return IngestOutcome(dump_id, new, seen)
+            return IngestOutcome(dump_id, new, seen, completed)
 
     def unmatched_papers(self, limit: int = 5000) -> list[tuple[int, Paper]]:
         return self._papers(
@@ -266,14 +276,36 @@ def add_statistics(conn: Connection, added: Stats) -> None:
     )
 
 
-# What ingest reads of a known paper: id, authors, organization, published, upvotes.
-_Known = tuple[int, int | None, str | None, date | None, int]
-# A known paper's counters, set by id; bind names differ from the columns
-# because SQLAlchemy reserves those for the SET clause.
+class _Known(NamedTuple):
+    """What ingest reads of a known paper (``_KNOWN``, in order)."""
+
+    id: int
+    title: str
+    abstract: str
+    authors: int | None
+    organization: str | None
+    published: date | None
+    upvotes: int
+    matched: bool
+
+
+_KNOWN = (
+    PAPERS.c.id,
+    PAPERS.c.title,
+    PAPERS.c.abstract,
+    PAPERS.c.authors,
+    PAPERS.c.organization,
+    PAPERS.c.published,
+    PAPERS.c.upvotes,
+    PAPERS.c.matched,
+)
+# A known paper's abstract and counters, set by id; bind names differ from
+# the columns because SQLAlchemy reserves those for the SET clause.
 _REFRESH = (
     update(PAPERS)
     .where(PAPERS.c.id == bindparam("b_id"))
     .values(
+        abstract=bindparam("b_abstract"),
         upvotes=bindparam("b_upvotes"),
         authors=bindparam("b_authors"),
         organization=bindparam("b_organization"),
@@ -283,19 +315,57 @@ _REFRESH = (
 
 
 def _refreshed(row: _Known, paper: Paper) -> dict[str, Any] | None:
-    """A paper seen again keeps its identity; its counters move on. The new
-    values for `_REFRESH`, or None when nothing changed."""
-    paper_id, had_authors, had_organization, had_published, had_upvotes = row
-    upvotes = max(had_upvotes, paper.upvotes)
-    authors = had_authors if had_authors is not None else paper.authors
-    organization = had_organization or paper.organization
-    published = had_published or paper.published
-    if (authors, organization, published, upvotes) == row[1:]:
+    """A paper seen again keeps its identity; its counters move on, and an
+    abstract stored cut short (a strict prefix of this one) is completed.
+    The new values for `_REFRESH`, or None when nothing changed."""
+    abstract = row.abstract
+    if len(paper.abstract) > len(abstract) and paper.abstract.startswith(abstract):
+        abstract = paper.abstract
+    upvotes = max(row.upvotes, paper.upvotes)
+    authors = row.authors if row.authors is not None else paper.authors
+    organization = row.organization or paper.organization
+    published = row.published or paper.published
+    values = (abstract, authors, organization, published, upvotes)
+    if values == (row.abstract, row.authors, row.organization, row.published, row.upvotes):
         return None
     return {
-        "b_id": paper_id,
+        "b_id": row.id,
+        "b_abstract": abstract,
         "b_upvotes": upvotes,
         "b_authors": authors,
         "b_organization": organization,
         "b_published": published,
     }
+
+
+def _restate(into: Stats, row: _Known, abstract: str) -> None:
+    """Add to ``into`` how a counted paper's statistics change when its
+    abstract becomes ``abstract``: stems gained +1, stems lost -1 (a word
+    cut mid-way stems differently), and the change in abstract length."""
+    before, after = Stats(), Stats()
+    before.observe_paper(Paper(row.title, row.abstract))
+    after.observe_paper(Paper(row.title, abstract))
+    for term in after.df.keys() - before.df.keys():
+        into.df[term] += 1
+    for term in before.df.keys() - after.df.keys():
+        into.df[term] -= 1
+    into.abstract_length += after.abstract_length - before.abstract_length
+
+
+def restate_statistics(conn: Connection, change: Stats) -> None:
+    """Apply ``_restate``'s changes to the stored statistics, in the caller's
+    transaction; the number of papers counted stays the same."""
+    conn.execute(
+        update(CORPUS)
+        .where(CORPUS.c.id == 1)
+        .values(abstract_tokens=CORPUS.c.abstract_tokens + change.abstract_length)
+    )
+    deltas = [{"term": term, "df": df} for term, df in sorted(change.df.items()) if df]
+    if deltas:
+        conn.execute(
+            text(
+                "INSERT INTO terms (term, df) VALUES (:term, :df) "
+                "ON CONFLICT (term) DO UPDATE SET df = terms.df + excluded.df"
+            ),
+            deltas,
+        )

@@ -16,12 +16,12 @@ from typing import Any, TypeVar
 
 from sqlalchemy import JSON, Column, LargeBinary, Select, UniqueConstraint, event
 from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
-from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.schema import Table
 from sqlmodel import Field, Session, SQLModel, create_engine
 
 from mailer.errors import StoreError
-from mailer.migrate import upgrade
+from mailer.migrate import database_error, upgrade
 from mailer.papers import Paper
 
 
@@ -302,9 +302,12 @@ def _connect(url: str) -> Engine:
             hint="use sqlite:///path.db or postgresql+psycopg://user@host/db "
             "(pip install 'mailer[postgres]')",
         ) from exc
-    except (OperationalError, ModuleNotFoundError) as exc:
-        raise StoreError(
-            f"cannot open database {hide_password(url)!r}: {exc}",
+    except (DatabaseError, ModuleNotFoundError) as exc:
+        safe = hide_password(url)
+        raise database_error(
+            safe,
+            exc,
+            f"cannot open database {safe!r}",
             hint="check the [database] url, that the folder exists and the server is running",
         ) from exc
     return engine
