@@ -38,7 +38,10 @@ class Schedule:
             return None
         local = now.astimezone(zone)
         day = local.date()
-        for back in range(8):
+        # Back to the same weekday a week earlier and one day more: a day a
+        # zone skipped (Pacific/Apia, 30 December 2011) pushes that day's
+        # slot past now, and the one a week before it is then the latest.
+        for back in range(9):
             candidate = day - timedelta(days=back)
             if self.weekday is not None and candidate.weekday() != self.weekday:
                 continue

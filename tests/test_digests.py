@@ -6,11 +6,14 @@ Pure values in and out: papers, matches and recipients are built here directly.
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import UTC, date, datetime
 
 import pytest
 
-from mailer.digests import Digest, Entry, Matched, Recipient, Section, build_digest
+import mailer.digests as digests_module
+from mailer.analysis import Doc, Stats
+from mailer.digests import Digest, Entry, Matched, Ranking, Recipient, Section, build_digest
 from mailer.papers import Paper
 
 ADA = Recipient("ada@example.org", "Ada", ("Diffusion", "Agents", "Graphs"))
@@ -403,3 +406,109 @@ def test_matched_score_is_its_highest_score() -> None:
 
 def test_matched_score_without_scores_is_zero() -> None:
     assert Matched(paper("P"), ("A",), ()).score == 0.0
+
+
+# --- Ranking: recorded matches rescored against one set of statistics -----------
+
+# "agent" is in nine papers of ten, "diffusion" in none: against these
+# statistics a diffusion hit outweighs an agent hit, though alphabetically
+# (the tie-break when weights are equal) "agent" comes first.
+CORPUS = Stats(papers=10, df=Counter({"agent": 9}), title_length=30, abstract_length=300)
+BOTH = Paper("Diffusion Agents", "Nothing else here.")
+
+
+def test_ranking_weighs_terms_against_its_statistics() -> None:
+    m = Ranking(CORPUS).matched(BOTH, ["S"], [["agent", "diffusion"]])
+    assert m.terms == ("diffusion", "agent")
+
+
+def test_ranking_without_corpus_statistics_weighs_equal_hits_equally() -> None:
+    m = Ranking(Stats()).matched(BOTH, ["S"], [["diffusion", "agent"]])
+    (score,) = m.scores
+    assert m.terms == ("agent", "diffusion")
+    assert score == pytest.approx(2 * Ranking(Stats()).matched(BOTH, ["S"], [["agent"]]).score)
+
+
+def test_a_rare_term_scores_higher_than_a_common_one() -> None:
+    ranking = Ranking(CORPUS)
+    rare = ranking.matched(BOTH, ["S"], [["diffusion"]]).score
+    common = ranking.matched(BOTH, ["S"], [["agent"]]).score
+    assert rare > common > 0
+
+
+def test_a_title_hit_outweighs_an_abstract_hit() -> None:
+    p = Paper("Agents", "About diffusion.")
+    m = Ranking(Stats()).matched(p, ["S"], [["diffusion", "agent"]])
+    assert m.terms == ("agent", "diffusion")
+
+
+def test_each_subscription_is_scored_by_its_own_terms() -> None:
+    ranking = Ranking(CORPUS)
+    alone = [ranking.matched(BOTH, ["S"], [terms]).score for terms in (["diffusion"], ["agent"])]
+    m = ranking.matched(BOTH, ["Diffusion", "Agents"], [["diffusion"], ["agent"]])
+    assert m.scores == tuple(alone)
+    assert alone[0] != alone[1]
+
+
+def test_a_paper_of_several_subscriptions_has_all_their_terms_heaviest_first() -> None:
+    m = Ranking(CORPUS).matched(BOTH, ["Agents", "Diffusion"], [["agent"], ["diffusion"]])
+    assert m.terms == ("diffusion", "agent")
+
+
+def test_a_term_two_subscriptions_share_is_listed_once() -> None:
+    m = Ranking(CORPUS).matched(BOTH, ["A", "B"], [["agent", "diffusion"], ["diffusion"]])
+    assert m.terms == ("diffusion", "agent")
+
+
+def test_a_paper_of_one_subscription_has_its_terms_heaviest_first() -> None:
+    m = Ranking(CORPUS).matched(BOTH, ["S"], [["agent", "diffusion"]])
+    assert (m.subscriptions, m.terms) == (("S",), ("diffusion", "agent"))
+
+
+def test_ranking_makes_a_matched_paper_for_rendering() -> None:
+    m = Ranking(CORPUS).matched(BOTH, ["Diffusion", "Agents"], [["diffusion"], ["agent"]])
+    assert m.paper is BOTH
+    assert m.subscriptions == ("Diffusion", "Agents")
+    assert m.best == "Diffusion"
+
+
+def test_a_paper_is_analysed_once_for_every_subscriber_it_matched(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    analysed: list[Paper] = []
+
+    def counting_doc(paper: Paper, stats: Stats) -> Doc:
+        analysed.append(paper)
+        return Doc(paper, stats)
+
+    monkeypatch.setattr(digests_module, "Doc", counting_doc)
+    ranking = Ranking(CORPUS)
+    other = Paper("Other", "Agents.")
+    for _ in range(3):
+        ranking.matched(BOTH, ["S"], [["agent"]])
+        ranking.matched(other, ["S"], [["agent"]])
+    assert analysed == [BOTH, other]
+
+
+def test_the_analysed_papers_are_forgotten_past_the_cache_size(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    analysed: list[str] = []
+
+    def counting_doc(paper: Paper, stats: Stats) -> Doc:
+        analysed.append(paper.title)
+        return Doc(paper, stats)
+
+    monkeypatch.setattr(digests_module, "Doc", counting_doc)
+    monkeypatch.setattr(digests_module, "DOCS_CACHE", 2)
+    ranking = Ranking(CORPUS)
+    a, b, c = (Paper(t, "Agents.") for t in "ABC")
+    for p in (a, b, a, c, b, a):
+        ranking.matched(p, ["S"], [["agent"]])
+    # A and B fill the cache; C clears it and is kept alone, so B and A are analysed again.
+    assert analysed == ["A", "B", "C", "B", "A"]
+
+
+def test_a_paper_without_subscription_terms_scores_nothing() -> None:
+    m = Ranking(CORPUS).matched(BOTH, [], [])
+    assert (m.subscriptions, m.terms, m.scores, m.score) == ((), (), (), 0.0)

@@ -173,6 +173,16 @@ def test_a_wall_time_repeated_by_daylight_saving_takes_its_first_occurrence() ->
     assert slot == at(2026, 10, 25, 0, 30)
 
 
+def test_a_weekly_slot_on_a_day_the_zone_skipped_leaves_last_weeks_as_the_latest() -> None:
+    # Samoa skipped Friday 30 December 2011: that Friday's 10:00 became
+    # Saturday's, still ahead at 09:00 Saturday, so the latest is the 23rd's.
+    apia = ZoneInfo("Pacific/Apia")
+    now = datetime(2011, 12, 31, 9, 0, tzinfo=apia)
+    weekly = Schedule.parse("weekly fri 10:00")
+    assert weekly.latest_slot(now, apia) == datetime(2011, 12, 23, 10, 0, tzinfo=apia)
+    assert not weekly.is_due(last=at(2011, 12, 29), since=at(2011, 1, 1), now=now, zone=apia)
+
+
 def test_next_slot_of_a_slot_exactly_now_is_the_following_one() -> None:
     daily = Schedule.parse("daily 08:00")
     assert daily.next_slot(at(2026, 7, 1, 7), LONDON) == at(2026, 7, 2, 7)
