@@ -326,6 +326,7 @@ def test_the_systemd_unit_restarts_runs_unprivileged_and_reads_secrets() -> None
         "User=mailer",
         "EnvironmentFile=/etc/mailer/mailer.env",
         "ExecStart=/opt/mailer/bin/mailer run",
+        "LimitNOFILE=4096",
     ):
         assert f"\n{line}\n" in unit, line
 
