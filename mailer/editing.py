@@ -4,14 +4,19 @@ tomlkit keeps the operator's comments, key order and layout. Each edit is a
 pure function, TOML text in, TOML text out; ``apply_edit`` validates the whole
 result with ``parse_config`` before it replaces the file atomically (a
 temporary file renamed over it), so a failed edit leaves the file exactly as
-it was, byte for byte.
+it was, byte for byte. Edits hold an exclusive lock on ``<config>.lock`` from
+read to rename, so concurrent edits queue up instead of one overwriting the
+other.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 
@@ -210,9 +215,76 @@ def remove_query(text: str, email: str, name: str, *, source: str = "config") ->
 # --- the edge: read, validate, replace ------------------------------------------
 
 
+LOCK_WAIT_SECONDS = 30.0
+
+
+@contextmanager
+def edit_lock(target: Path, *, wait: float = LOCK_WAIT_SECONDS) -> Iterator[None]:
+    """Hold an exclusive lock on ``target`` for one read-validate-write edit.
+
+    The lock lives on a file next to ``target`` (``config.toml.lock``), not on
+    the config itself: the edit replaces the config by rename, so a lock on it
+    would guard an inode that is no longer the config. The holder deletes the
+    lock file when done; a waiter that then wins the lock on the deleted file
+    notices (the path no longer names its inode) and locks afresh."""
+    lock_path = target.with_name(target.name + ".lock")
+    deadline = time.monotonic() + wait
+    while True:
+        fd = _open_lock(lock_path, target)
+        try:
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise ConfigError(
+                            f"{target}: another edit has held {lock_path.name} for {wait:g}s; "
+                            "nothing was written",
+                            hint="wait for the other 'mailer subs' command, then run this again",
+                        ) from None
+                    time.sleep(0.01)
+            if _names(lock_path, fd):
+                try:
+                    yield
+                finally:
+                    lock_path.unlink(missing_ok=True)
+                return
+        finally:
+            os.close(fd)  # closing releases the lock
+
+
+def _open_lock(lock_path: Path, target: Path) -> int:
+    try:
+        return os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise ConfigError(
+            f"{lock_path}: cannot create the edit lock: {exc.strerror}",
+            hint=f"the folder {target.parent} must be writable to edit the configuration",
+        ) from exc
+
+
+def _names(path: Path, fd: int) -> bool:
+    """Whether ``path`` still names the file open as ``fd`` (not deleted by the
+    previous holder)."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return False
+    here = os.fstat(fd)
+    return (st.st_dev, st.st_ino) == (here.st_dev, here.st_ino)
+
+
 def apply_edit(path: Path, edit: Callable[[str], str]) -> Config:
-    """Edit the file at ``path``; it changes only if the whole result is valid."""
+    """Edit the file at ``path``; it changes only if the whole result is valid.
+    Read, validation and write happen under ``edit_lock``: an edit that reports
+    success is in the file."""
     target = path.resolve()
+    with edit_lock(target):
+        return _apply_locked(path, target, edit)
+
+
+def _apply_locked(path: Path, target: Path, edit: Callable[[str], str]) -> Config:
     try:
         before = target.read_bytes()
     except OSError as exc:

@@ -58,7 +58,7 @@ class PreviewFormat(enum.StrEnum):
 # --- logs -------------------------------------------------------------------------
 
 _FIELD = re.compile(r"(?<![^\s(])([a-z_]+)=(\S+)")
-_BASE_KEYS = frozenset({"time", "level", "logger", "message", "exception"})
+_BASE_KEYS = frozenset({"time", "level", "logger", "message", "exc", "stack"})
 
 
 def log_fields(message: str) -> dict[str, Any]:
@@ -77,7 +77,8 @@ def log_fields(message: str) -> dict[str, Any]:
 
 
 class JsonFormatter(logging.Formatter):
-    """One JSON object per line, for log shippers."""
+    """One JSON object per line, for log shippers; a traceback goes into the
+    ``exc`` field (escaped newlines), never onto lines of its own."""
 
     def format(self, record: logging.LogRecord) -> str:
         message = record.getMessage()
@@ -89,7 +90,9 @@ class JsonFormatter(logging.Formatter):
             **log_fields(message),
         }
         if record.exc_info:
-            body["exception"] = self.formatException(record.exc_info)
+            body["exc"] = self.formatException(record.exc_info)
+        if record.stack_info:
+            body["stack"] = self.formatStack(record.stack_info)
         return json.dumps(body, ensure_ascii=False, default=str)
 
 

@@ -143,6 +143,18 @@ def test_invalid_config_exits_2_naming_the_key(tmp_path: Path) -> None:
     assert "Traceback" not in result.stderr
 
 
+def test_error_messages_print_bracketed_text_literally_not_as_markup(tmp_path: Path) -> None:
+    folder = tmp_path / "[database]"
+    folder.mkdir()
+    config = folder / "config.toml"
+    config.write_text('[smtp]\nport = "lots"\n')
+    result = mailer("--config", "[database]/config.toml", "check-config", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "error: [database]/config.toml: invalid configuration" in result.stderr
+    missing = mailer("--config", "[bold]x[/bold].toml", "check-config", cwd=tmp_path)
+    assert "[bold]x[/bold].toml: cannot read" in missing.stderr
+
+
 def test_config_from_environment_variable(tmp_path: Path) -> None:
     config = write_config(tmp_path)
     env = {**ENV, "MAILER_CONFIG": str(config)}

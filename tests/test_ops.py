@@ -5,16 +5,20 @@ from __future__ import annotations
 import email
 import email.policy
 import json
+import logging
 import mailbox
 import shutil
 import signal
 import subprocess
 import sys
+import warnings
+from collections.abc import Iterator
 from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
 
+from mailer.cli.app import setup_logging
 from mailer.config import parse_config
 from mailer.ops import log_fields
 from tests.conftest import ROOT
@@ -157,6 +161,47 @@ def test_json_logs_are_one_object_per_line_with_fields(tmp_path: Path) -> None:
     assert all(e["reply"].startswith("stored as") for e in sent)
 
 
+@pytest.fixture
+def restored_logging() -> Iterator[None]:
+    """Put back the root logger, mailer's logger and the excepthook after a
+    test that sets up the CLI's logging in this process."""
+    root, own = logging.getLogger(), logging.getLogger("mailer")
+    saved = (root.handlers[:], root.level, own.handlers[:], own.level, own.propagate)
+    hook = sys.excepthook
+    yield
+    root.handlers[:], root.level = saved[0], saved[1]
+    own.handlers[:], own.level, own.propagate = saved[2], saved[3], saved[4]
+    sys.excepthook = hook
+    logging.captureWarnings(False)
+
+
+@pytest.mark.usefixtures("restored_logging")
+def test_json_logs_hold_third_party_lines_and_tracebacks_one_object_per_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    setup_logging(verbose=False, log_format="json")
+    logging.getLogger("apscheduler.scheduler").warning('Execution of job "pass" skipped')
+    logging.getLogger("aiohttp.server").info("below WARNING: not shown")
+    try:
+        raise ValueError("boom\nsecond line")
+    except ValueError:
+        logging.getLogger("alembic.runtime.migration").exception("upgrade failed")
+        sys.excepthook(*sys.exc_info())
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        warnings.warn("a library's warning", UserWarning, stacklevel=1)
+    lines = capsys.readouterr().err.splitlines()
+    events = [json.loads(line) for line in lines]
+    assert [e["logger"] for e in events] == [
+        "apscheduler.scheduler",
+        "alembic.runtime.migration",
+        "mailer",
+        "py.warnings",
+    ]
+    assert all("Traceback" in e["exc"] and "ValueError: boom" in e["exc"] for e in events[1:3])
+    assert events[2]["level"] == "critical"
+
+
 def test_log_fields_take_key_values_and_the_whole_reply() -> None:
     assert log_fields("sent subscriber=a@b.org papers=3 reply=250 2.0.0 Ok: queued") == {
         "subscriber": "a@b.org",
@@ -281,6 +326,7 @@ def test_the_systemd_unit_restarts_runs_unprivileged_and_reads_secrets() -> None
         "User=mailer",
         "EnvironmentFile=/etc/mailer/mailer.env",
         "ExecStart=/opt/mailer/bin/mailer run",
+        "LimitNOFILE=4096",
     ):
         assert f"\n{line}\n" in unit, line
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import mailbox
+import subprocess
+import sys
 import tomllib
 from datetime import date
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 from mailer import editing
 from mailer.errors import ConfigError
 from mailer.ops import highlighted
-from tests.test_cli import copy_seeds, mailer, write_config
+from tests.test_cli import ENV, copy_seeds, mailer, write_config
 
 COMMENTED = """\
 # Operator's notes: keep this header.
@@ -319,3 +321,32 @@ def test_removing_a_subscriber_stops_their_mail(tmp_path: Path) -> None:
     assert mailer("--config", str(config), "ingest", cwd=tmp_path).returncode == 0
     assert digests_for(tmp_path, "grace@example.org") == 0
     assert digests_for(tmp_path, "ada@example.org") == 1
+
+
+def test_concurrent_adds_are_all_saved_and_none_reports_a_lost_edit(tmp_path: Path) -> None:
+    config = commented_config(tmp_path)
+    emails = [f"user{i:02d}@example.org" for i in range(20)]
+    command = [sys.executable, "-m", "mailer", "--config", str(config), "subs", "add"]
+    processes = [
+        subprocess.Popen(
+            [*command, email],
+            cwd=tmp_path,
+            env=ENV,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for email in emails
+    ]
+    succeeded = []
+    for email, process in zip(emails, processes, strict=True):
+        out, errors = process.communicate(timeout=120)
+        if process.returncode == 0:
+            assert "saved" in out
+            succeeded.append(email)
+        else:
+            assert "Traceback" not in errors
+    saved = [s["email"] for s in tomllib.loads(config.read_text())["subscribers"]]
+    assert set(succeeded) <= set(saved)
+    assert sorted(saved) == sorted(["ada@example.org", *emails])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.toml", "dumps"]

@@ -4,6 +4,16 @@ server on a loopback port over a real database."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+import urllib.response
 from collections.abc import Awaitable, Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,7 +25,19 @@ from mailer.config import parse_config
 from mailer.errors import ConfigError, WebError
 from mailer.store import Store
 from mailer.tokens import make_token, read_token
-from mailer.web import WebServer, make_app, mask, start_web
+from mailer.web import (
+    BACKLOG,
+    HEADER_TIMEOUT,
+    MAX_CONNECTIONS,
+    MAX_REQUEST_BYTES,
+    WebServer,
+    make_app,
+    mask,
+    start_web,
+)
+from tests.conftest import free_port
+from tests.test_cli import ENV, write_config
+from tests.waiting import passes, wait_for, wait_for_fresh_passes
 
 SECRET = "s3cret-for-tests-only-0123456789"
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -253,3 +275,128 @@ def test_a_busy_port_is_an_error_naming_web_listen(store: Store) -> None:
             await first.stop()
 
     asyncio.run(main())
+
+
+# --- hostile clients against the running daemon ------------------------------------------
+
+SLOW_CLIENTS = 1100
+PARTIAL_HEAD = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: "
+
+
+@contextlib.contextmanager
+def descriptors(wanted: int) -> Iterator[None]:
+    """Raise this process's soft RLIMIT_NOFILE to ``wanted`` (within the hard
+    limit) for the test's client sockets, and put it back afterwards."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if limit < wanted:
+        pytest.skip(f"needs {wanted} file descriptors, the hard limit is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, limit), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def closed_by_server(sock: socket.socket) -> bool:
+    try:
+        return sock.recv(4096) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # reset
+
+
+def healthz(port: int) -> urllib.response.addinfourl:
+    response: urllib.response.addinfourl = urllib.request.urlopen(
+        f"http://127.0.0.1:{port}/healthz", timeout=5
+    )
+    return response
+
+
+@pytest.mark.slow
+def test_slow_header_clients_neither_stall_the_daemon_nor_flood_its_log(tmp_path: Path) -> None:
+    port = free_port()
+    config = write_config(tmp_path, interval=0.3)
+    with config.open("a") as f:
+        f.write(f'[web]\nlisten = "127.0.0.1:{port}"\nsecret = "{SECRET}"\n')
+    log_file = tmp_path / "daemon.log"
+    command = [sys.executable, "-m", "mailer", "--log-format", "json", "--config", str(config)]
+    with log_file.open("wb") as log_out:
+        proc = subprocess.Popen([*command, "run"], cwd=tmp_path, env=ENV, stderr=log_out)
+    clients: list[socket.socket] = []
+    try:
+        wait_for(lambda: passes(tmp_path) >= 1, what="the daemon's first pass")
+        with descriptors(SLOW_CLIENTS + 256):
+            started = time.monotonic()
+            for _ in range(SLOW_CLIENTS):
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                clients.append(sock)
+                with contextlib.suppress(OSError):  # may be closed for room already
+                    sock.sendall(PARTIAL_HEAD)
+            for sock in clients:
+                sock.setblocking(False)
+            # Held: the connection limit, plus at most one accept batch (the backlog)
+            # whose pushed-out and refused sockets close on the next loop turn.
+            daemon_fds = len(list(Path(f"/proc/{proc.pid}/fd").iterdir()))
+            assert daemon_fds < MAX_CONNECTIONS + BACKLOG + 64
+
+            with healthz(port) as response:
+                assert response.read() == b"ok"
+                assert response.headers["Server"] == "mailer"
+            wait_for_fresh_passes(tmp_path, 2)
+            wait_for(
+                lambda: all(closed_by_server(s) for s in clients),
+                timeout=HEADER_TIMEOUT + 10,
+                what="the server to close every slow-header connection",
+            )
+            assert time.monotonic() - started < HEADER_TIMEOUT + 10
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=15)
+    finally:
+        for sock in clients:
+            sock.close()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert log_file.stat().st_size < 20_000
+    events = [json.loads(line) for line in log_file.read_text().splitlines()]
+    web_lines = [e for e in events if e["logger"].startswith(("aiohttp", "asyncio", "mailer.web"))]
+    assert web_lines == []
+    summaries = [e for e in events if "web endpoint refused" in e["message"]]
+    assert len(summaries) == 1
+    assert summaries[0]["idle_closed_for_room"] >= SLOW_CLIENTS - MAX_CONNECTIONS
+
+
+def test_the_server_header_names_no_version(store: Store) -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        for path in ("/healthz", "/nowhere", f"/unsubscribe/{make_token('a@b.org', SECRET)}"):
+            async with session.get(base + path) as response:
+                assert response.headers["Server"] == "mailer"
+
+    serve(store, scenario)
+
+
+def test_a_malformed_request_gets_400_and_no_version(store: Store) -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        port = int(base.rsplit(":", 1)[1])
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n")
+        head = (await reader.read(4096)).decode("latin-1")
+        writer.close()
+        assert head.split("\r\n", 1)[0].endswith(" 400 Bad Request")
+        assert "\r\nServer: mailer\r\n" in head
+        assert "aiohttp" not in head
+
+    serve(store, scenario)
+
+
+def test_a_request_body_over_the_limit_is_refused(store: Store) -> None:
+    async def scenario(session: aiohttp.ClientSession, base: str) -> None:
+        body = b"x" * (MAX_REQUEST_BYTES + 1)
+        async with session.post(link(base), data=body) as response:
+            assert response.status == 413
+        assert store.subscriber_states()["ada@example.org"].unsubscribed_at is None
+
+    serve(store, scenario)

@@ -11,6 +11,7 @@ import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Annotated
 
 import typer
@@ -64,12 +65,17 @@ class State:
         return None if source == EMBEDDED else Path(source)
 
 
-def _setup_logging(verbose: bool, log_format: str = "text") -> None:
-    level = logging.DEBUG if verbose else logging.INFO
+def setup_logging(verbose: bool, log_format: str = "text") -> None:
+    """One handler on the root logger, so every line (mailer's, APScheduler's,
+    aiohttp's, Alembic's, Python warnings and uncaught tracebacks) comes out
+    in the chosen format; with ``json``, each line is one JSON object.
+    Third-party loggers speak from WARNING up; mailer's own from INFO (DEBUG
+    with ``-v``)."""
     handler: logging.Handler
     if log_format == "json":
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonFormatter())
+        sys.excepthook = _log_uncaught
     elif sys.stderr.isatty():
         handler = RichHandler(console=err, show_path=False, rich_tracebacks=False)
         handler.setFormatter(logging.Formatter("%(message)s", datefmt="[%X]"))
@@ -78,10 +84,21 @@ def _setup_logging(verbose: bool, log_format: str = "text") -> None:
         handler.setFormatter(
             logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S")
         )
-    root = logging.getLogger("mailer")
+    root = logging.getLogger()
     root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
+    root.setLevel(logging.WARNING)
+    log.handlers[:] = []
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = True
+    logging.captureWarnings(True)
+
+
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """An uncaught exception as a log record (a JSON line), not bare text."""
+    if issubclass(kind, KeyboardInterrupt):
+        sys.__excepthook__(kind, exc, tb)
+        return
+    log.critical("uncaught %s: %s", kind.__name__, exc, exc_info=(kind, exc, tb))
 
 
 def _version(value: bool) -> None:
@@ -113,7 +130,7 @@ def main_options(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    _setup_logging(verbose, log_format.value)
+    setup_logging(verbose, log_format.value)
     ctx.obj = State(config, log_format=log_format.value)
 
 

@@ -135,9 +135,11 @@ def check_config(ctx: typer.Context) -> None:
     if not config.subscribers:
         out.print("[yellow]no subscribers: nothing will be sent[/yellow]")
     for sub in config.subscribers:
-        out.print(f"subscriber {sub.name or '-'} <{sub.email}>: {sub.schedule}, {sub.timezone}")
+        out.print(
+            Text(f"subscriber {sub.name or '-'} <{sub.email}>: {sub.schedule}, {sub.timezone}")
+        )
         for q in sub.subscriptions:
-            out.print(f"  {q.name}: {q.query}")
+            out.print(Text(f"  {q.name}: {q.query}"), soft_wrap=True)
 
 
 def parse(
@@ -170,7 +172,7 @@ def parse(
             refused += 1
             continue
         for warning in parsed.warnings:
-            err.print(f"[yellow]warning:[/yellow] {warning}", soft_wrap=True)
+            err.print(f"[yellow]warning:[/yellow] {escape(str(warning))}", soft_wrap=True)
         for paper in parsed.papers:
             if as_json:
                 sys.stdout.write(json.dumps(paper_json(paper), ensure_ascii=False) + "\n")
@@ -179,7 +181,7 @@ def parse(
                 out.print(f"  {escape(meta_line(paper))}", soft_wrap=True)
         page = parsed.page_date.isoformat() if parsed.page_date else "none"
         err.print(
-            f"{path}: {len(parsed.papers)} records, page date {page}, "
+            f"{escape(str(path))}: {len(parsed.papers)} records, page date {page}, "
             f"{len(parsed.warnings)} warnings",
             soft_wrap=True,
         )
