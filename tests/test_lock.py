@@ -14,14 +14,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import create_engine, make_url, text
 
 from mailer.errors import AlreadyRunningError
 from mailer.lock import database_lock
 from mailer.pipeline.send import SEND_CHUNK
-from tests.conftest import Received, Sink, SmtpServer, free_port
+from tests.conftest import Received, SmtpServer, running_smtp_server
 from tests.process import Mailer
 from tests.proxy import TcpProxy
 from tests.test_cli import copy_seeds
@@ -46,14 +45,8 @@ def fresh_postgres(postgres_url: str) -> str:
 @pytest.fixture
 def second_smtp_server() -> Iterator[SmtpServer]:
     """Another server, so each daemon's messages are told apart by where they landed."""
-    sink = Sink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield SmtpServer("127.0.0.1", port, sink, controller)
-    finally:
-        controller.stop()
+    with running_smtp_server() as server:
+        yield server
 
 
 def daemon_config(folder: Path, smtp_port: int, database_url: str) -> Path:

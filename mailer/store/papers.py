@@ -289,16 +289,7 @@ class _Known(NamedTuple):
     matched: bool
 
 
-_KNOWN = (
-    PAPERS.c.id,
-    PAPERS.c.title,
-    PAPERS.c.abstract,
-    PAPERS.c.authors,
-    PAPERS.c.organization,
-    PAPERS.c.published,
-    PAPERS.c.upvotes,
-    PAPERS.c.matched,
-)
+_KNOWN = (PAPERS.c.id, *PAPER_COLUMNS, PAPERS.c.matched)
 # A known paper's abstract and counters, set by id; bind names differ from
 # the columns because SQLAlchemy reserves those for the SET clause.
 _REFRESH = (
