@@ -12,7 +12,7 @@ from itertools import pairwise
 from pathlib import Path
 
 from mailer.analysis import stem, tokens
-from mailer.dumps import read_dump
+from mailer.dumpfiles import read_dump
 from mailer.papers import Paper
 
 SEEDS = Path(__file__).resolve().parent.parent / "seeds"

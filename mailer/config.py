@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mailer.addresses import address_key, normalise_address
-from mailer.dumps import DEFAULT_MAX_DUMP_BYTES, DEFAULT_MAX_LINE_BYTES
+from mailer.dumpfiles import DEFAULT_MAX_DUMP_BYTES, DEFAULT_MAX_LINE_BYTES
 from mailer.errors import ConfigError, QueryError
 from mailer.matching import parse_query
 from mailer.render import check_paper_url

@@ -5,41 +5,20 @@ date, then records of title, abstract and an optional three-line meta block.
 Parsing is pure and never raises for one bad record: problems come back as
 `DumpWarning` values so the caller decides whether to log, count or fail.
 Only a file that is not a dump at all is refused with `DumpError`.
-
-`load_dump` is the one way a dump file is read (the pipeline and `mailer
-parse` alike): it never blocks on a FIFO or device, and never holds more
-than the configured cap, whatever lands in the watch folder.
+Reading a file from disk safely is `mailer.dumpfiles`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import os
 import re
-import stat
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 
 from mailer.errors import DumpError
 from mailer.papers import Paper, paper_key
 
-__all__ = [
-    "DEFAULT_MAX_DUMP_BYTES",
-    "DEFAULT_MAX_LINE_BYTES",
-    "DumpFile",
-    "DumpWarning",
-    "NotAFileError",
-    "OversizeDumpError",
-    "ParsedDump",
-    "UnreadableDumpError",
-    "format_dump",
-    "load_dump",
-    "paper_json",
-    "parse_dump",
-    "read_dump",
-]
+__all__ = ["DumpWarning", "ParsedDump", "format_dump", "paper_json", "parse_dump"]
 
 HEADER_LINES = (
     "new",
@@ -69,9 +48,6 @@ _UTF8_BOM = b"\xef\xbb\xbf"
 _NOT_A_DUMP_HINT = "pass the text of a Hugging Face Daily Papers page, saved as a .txt file"
 # A day's page is a few hundred kilobytes; these caps only stop a stray file
 # (a log, a disk image) from taking the daemon's memory.
-DEFAULT_MAX_DUMP_BYTES = 64 * 1024 * 1024
-DEFAULT_MAX_LINE_BYTES = 1024 * 1024
-_CHUNK_BYTES = 1024 * 1024
 # Titles on the site are a line or two; abstracts are paragraphs. Only used to
 # word a warning, never to decide what a well-formed record contains.
 _TITLE_MAX_CHARS = 400
@@ -143,157 +119,6 @@ def parse_dump(data: bytes | str, *, source: str, today: date) -> ParsedDump:
         )
     warnings.sort(key=lambda warning: warning.line or 0)
     return ParsedDump(source, page_date, tuple(papers), tuple(warnings))
-
-
-class UnreadableDumpError(DumpError):
-    """The file cannot be opened or read (permissions, vanished); it may be
-    readable later, so it is tried again."""
-
-
-class NotAFileError(DumpError):
-    """Not a regular file (a FIFO, socket or device): never read, since
-    reading could block for ever or never end."""
-
-    def __init__(self, message: str, *, size: int, mtime_ns: int) -> None:
-        super().__init__(message, hint="only regular files are read as dumps")
-        self.size = size
-        self.mtime_ns = mtime_ns
-
-
-class OversizeDumpError(DumpError):
-    """Over ``[watch] max_dump_bytes`` or ``max_line_bytes``: refused whole,
-    like a file that is not a dump. Carries what a refusal records."""
-
-    def __init__(self, message: str, *, hint: str, sha256: str, size: int, mtime_ns: int) -> None:
-        super().__init__(message, hint=hint)
-        self.sha256 = sha256
-        self.size = size
-        self.mtime_ns = mtime_ns
-
-
-@dataclass(frozen=True, slots=True)
-class DumpFile:
-    """A dump file's bytes and what identifies this version of it: the hash
-    over what was read, the size read and the mtime when it was opened."""
-
-    path: Path
-    data: bytes
-    sha256: str
-    size: int
-    mtime_ns: int
-
-
-def load_dump(
-    path: Path,
-    *,
-    max_bytes: int = DEFAULT_MAX_DUMP_BYTES,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-) -> DumpFile:
-    """Read a dump file, or raise a `DumpError` naming it.
-
-    Opened with O_NONBLOCK and checked with fstat, so a FIFO put in its
-    place never blocks the caller (`NotAFileError`). Read in chunks: a file
-    over either cap is hashed to its end (a refusal is recorded by hash) but
-    its bytes are not kept (`OversizeDumpError`).
-    """
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotAFileError(
-                f"{path}: not a regular file ({_file_kind(st.st_mode)})",
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-            )
-        digest = hashlib.sha256()
-        kept: list[bytes] | None = []
-        size = carry = lines = 0
-        problem: tuple[str, str] | None = None
-        while chunk := os.read(fd, _CHUNK_BYTES):
-            digest.update(chunk)
-            size += len(chunk)
-            if problem is not None:
-                continue
-            too_long, carry = _long_line(chunk, carry, lines, max_line_bytes)
-            lines += chunk.count(b"\n")
-            if too_long is not None:
-                problem = (
-                    f"{path}:{too_long}: line longer than {max_line_bytes} bytes "
-                    "([watch] max_line_bytes); not a Daily Papers dump",
-                    "a dump's lines are titles and abstracts; raise [watch] max_line_bytes "
-                    "if this really is one",
-                )
-            elif size > max_bytes:
-                problem = (
-                    f"{path}: larger than {max_bytes} bytes ([watch] max_dump_bytes); not read",
-                    "a day's dump is well under a megabyte; raise [watch] max_dump_bytes "
-                    "if this really is one",
-                )
-            if problem is not None:
-                kept = None
-            elif kept is not None:
-                kept.append(chunk)
-    except OSError as exc:
-        raise _unreadable(path, exc) from exc
-    finally:
-        os.close(fd)
-    if problem is not None:
-        message, hint = problem
-        raise OversizeDumpError(
-            message, hint=hint, sha256=digest.hexdigest(), size=size, mtime_ns=st.st_mtime_ns
-        )
-    assert kept is not None
-    return DumpFile(path, b"".join(kept), digest.hexdigest(), size, st.st_mtime_ns)
-
-
-def read_dump(
-    path: Path,
-    *,
-    today: date,
-    max_bytes: int = DEFAULT_MAX_DUMP_BYTES,
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
-) -> ParsedDump:
-    """Read (`load_dump`) and parse a dump file."""
-    loaded = load_dump(path, max_bytes=max_bytes, max_line_bytes=max_line_bytes)
-    return parse_dump(loaded.data, source=str(path), today=today)
-
-
-def _unreadable(path: Path, exc: OSError) -> UnreadableDumpError:
-    return UnreadableDumpError(
-        f"{path}: cannot read dump: {exc.strerror or exc}",
-        hint="check that the file exists and is readable",
-    )
-
-
-def _file_kind(mode: int) -> str:
-    kinds = (
-        (stat.S_ISFIFO, "a FIFO"),
-        (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a character device"),
-        (stat.S_ISBLK, "a block device"),
-        (stat.S_ISDIR, "a directory"),
-    )
-    return next((name for test, name in kinds if test(mode)), "not a regular file")
-
-
-def _long_line(chunk: bytes, carry: int, lines: int, limit: int) -> tuple[int | None, int]:
-    """The number of the first line over ``limit`` bytes that this chunk
-    ends or extends, and the length of the line it leaves open. ``carry`` is
-    the length of the line the previous chunks left open, ``lines`` the
-    newlines before this chunk."""
-    parts = chunk.split(b"\n")
-    if len(parts) == 1:
-        carry += len(chunk)
-        return (lines + 1 if carry > limit else None), carry
-    if carry + len(parts[0]) > limit:
-        return lines + 1, 0
-    for index, part in enumerate(parts[1:], 1):
-        if len(part) > limit:
-            return lines + 1 + index, 0
-    return None, len(parts[-1])
 
 
 def paper_json(paper: Paper) -> dict[str, object]:

@@ -10,13 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from mailer.dumpfiles import read_dump
 from mailer.dumps import (
     DumpWarning,
     ParsedDump,
     format_dump,
     paper_json,
     parse_dump,
-    read_dump,
 )
 from mailer.errors import DumpError
 from mailer.papers import Paper, paper_key

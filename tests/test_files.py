@@ -25,7 +25,8 @@ from sqlalchemy import create_engine, text
 from mailer.analysis import Stats
 from mailer.config import Config, parse_config
 from mailer.delivery import make_transport
-from mailer.dumps import OversizeDumpError, format_dump, load_dump
+from mailer.dumpfiles import OversizeDumpError, load_dump
+from mailer.dumps import format_dump
 from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline
 from mailer.store import Store

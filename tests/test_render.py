@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.digests import Digest, Entry, Recipient, Section
-from mailer.dumps import read_dump
+from mailer.dumpfiles import read_dump
 from mailer.errors import ConfigError, TemplateError
 from mailer.mime import Rendered, compose_bytes, compose_message
 from mailer.papers import Paper

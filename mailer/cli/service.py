@@ -22,7 +22,8 @@ from mailer.cli.app import err, log, meta_line, open_existing, open_store, out, 
 from mailer.config import WatchConfig
 from mailer.daemon import Daemon
 from mailer.delivery import make_transport
-from mailer.dumps import paper_json, read_dump
+from mailer.dumpfiles import read_dump
+from mailer.dumps import paper_json
 from mailer.errors import ConfigError, DeliveryError, MailerError
 from mailer.lock import database_lock
 from mailer.matching import Stats

@@ -22,15 +22,15 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from mailer.dumps import (
+from mailer.dumpfiles import (
     DEFAULT_MAX_DUMP_BYTES,
     DEFAULT_MAX_LINE_BYTES,
     NotAFileError,
     OversizeDumpError,
     UnreadableDumpError,
     load_dump,
-    parse_dump,
 )
+from mailer.dumps import parse_dump
 from mailer.errors import DumpError
 from mailer.pipeline.report import Clock, PassReport, Stopping
 from mailer.store import Store
