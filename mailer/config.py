@@ -64,6 +64,11 @@ def _address(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_no_control)]
+# A host name of letters, digits and hyphens (IDNA form), or an address literal.
+_HOSTNAME = re.compile(
+    r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*\.?|\[[0-9A-Fa-f:.]+\]"
+)
 Address = Annotated[str, AfterValidator(_address)]
 
 
@@ -111,6 +116,28 @@ class SmtpConfig(_Section):
     timeout_seconds: float = Field(default=30.0, ge=1, le=600, allow_inf_nan=False)
     max_connections: int = Field(default=4, ge=1, le=100)
     rate_per_minute: float = Field(default=0.0, ge=0, le=100000, allow_inf_nan=False)  # 0: no limit
+    # The name given in EHLO/HELO; empty: this machine's FQDN (socket.getfqdn()).
+    local_hostname: Text = ""
+    # The envelope sender (where bounces go); empty: the From address. When
+    # set, each message's is return_path's local part + a token naming the
+    # delivery (VERP, mailer.verp), unless verp is false.
+    return_path: Text = ""
+    verp: bool = True
+
+    @field_validator("local_hostname")
+    @classmethod
+    def _hostname(cls, value: str) -> str:
+        if value and not _HOSTNAME.fullmatch(value):
+            raise ValueError(
+                f"{value!r} is not a host name like mail.example.org "
+                "(or an address literal like [192.0.2.1])"
+            )
+        return value
+
+    @field_validator("return_path")
+    @classmethod
+    def _return_path(cls, value: str) -> str:
+        return _address(value) if value else value
 
     @field_validator("sender")
     @classmethod

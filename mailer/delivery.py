@@ -5,12 +5,19 @@ connection for a batch, over SMTPUTF8 when an address has a non-ASCII local
 part (a server without it fails that message alone); ``maildir`` writes them
 to a local Maildir folder, so mailer works with no mail server at all. Both
 raise DeliveryError, marked permanent when retrying cannot help.
+
+A refusal of the session itself (connect, EHLO/HELO, STARTTLS, AUTH, MAIL
+FROM, or a RCPT reply that blames the client, its HELO name or the sender
+rather than the recipient) is TransportUnavailableError: every message would
+get it, so sending pauses and the messages stay queued. Only what a RCPT or
+DATA reply says about one message fails that message.
 """
 
 from __future__ import annotations
 
 import asyncio
 import mailbox
+import re
 import ssl
 from pathlib import Path
 from types import TracebackType
@@ -25,6 +32,14 @@ from mailer.errors import DeliveryError
 
 class TransportUnavailableError(DeliveryError):
     """The transport itself is down (connection, TLS, login): the whole batch waits."""
+
+
+# RCPT replies that refuse the session, not the recipient: Postfix delays its
+# client, HELO and sender restrictions to RCPT TO (smtpd_delay_reject), so
+# "504 5.5.2 <host>: Helo command rejected" arrives as a reply to RCPT.
+_SESSION_REFUSAL = re.compile(
+    r"helo command rejected|client host rejected|sender address rejected", re.IGNORECASE
+)
 
 
 class Transport(Protocol):
@@ -66,8 +81,11 @@ class MaildirTransport:
         return None
 
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        """Stores ``message`` with a Return-Path line for ``sender``, as a
+        local delivery agent writes the envelope sender."""
+        stored = b"Return-Path: <" + sender.encode("utf-8") + b">\n" + message
         try:
-            key = await asyncio.to_thread(self._box.add, message)
+            key = await asyncio.to_thread(self._box.add, stored)
         except OSError as exc:
             raise DeliveryError(f"cannot write to Maildir {self.path}: {exc.strerror}") from exc
         return f"stored as {self.path / 'new' / key}"
@@ -105,6 +123,7 @@ class SmtpTransport:
             use_tls=cfg.security == "tls",
             start_tls=cfg.security == "starttls",
             timeout=cfg.timeout_seconds,
+            local_hostname=cfg.local_hostname or None,
             tls_context=ssl.create_default_context() if cfg.security != "none" else None,
         )
         try:
@@ -116,6 +135,14 @@ class SmtpTransport:
                     await client.helo()
             if cfg.username:
                 await client.login(cfg.username, cfg.password.get_secret_value())
+        except aiosmtplib.SMTPHeloError as exc:
+            client.close()
+            raise TransportUnavailableError(
+                f"SMTP server {self.where} refused the greeting EHLO/HELO "
+                f"{client.local_hostname}: {exc.code} {exc.message}",
+                hint="set [smtp] local_hostname to this machine's public name "
+                "(one whose DNS A/AAAA record exists); mailer retries on the next pass",
+            ) from exc
         except aiosmtplib.SMTPAuthenticationError as exc:
             client.close()
             raise TransportUnavailableError(
@@ -158,10 +185,15 @@ class SmtpTransport:
             ) from exc
         except aiosmtplib.SMTPRecipientsRefused as exc:
             first = exc.recipients[0]
+            if _SESSION_REFUSAL.search(first.message):
+                raise self._refused_session("RCPT TO", first.code, first.message) from exc
             raise DeliveryError(
                 f"{self.where} refused {recipient}: {first.code} {first.message}",
                 permanent=500 <= first.code < 600,
             ) from exc
+        except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPHeloError) as exc:
+            step = "MAIL FROM" if isinstance(exc, aiosmtplib.SMTPSenderRefused) else "EHLO/HELO"
+            raise self._refused_session(step, exc.code, exc.message) from exc
         except aiosmtplib.SMTPResponseException as exc:
             raise DeliveryError(
                 f"{self.where} answered {exc.code} {exc.message} for {recipient}",
@@ -174,10 +206,28 @@ class SmtpTransport:
             ) from exc
         if recipient in refused:
             code, text = refused[recipient]
+            if _SESSION_REFUSAL.search(text):
+                raise self._refused_session("RCPT TO", code, text)
             raise DeliveryError(
                 f"{self.where} refused {recipient}: {code} {text}", permanent=500 <= code < 600
             )
         return reply
+
+    def _refused_session(self, step: str, code: int, text: str) -> TransportUnavailableError:
+        """The server refused this client or its sender, not one message: the
+        connection is dropped and the whole batch waits, every message queued."""
+        cfg = self.config
+        client, self._client = self._client, None
+        name = cfg.local_hostname
+        if client is not None:
+            name = client.local_hostname or name
+            client.close()
+        return TransportUnavailableError(
+            f"{self.where} refused the session at {step}: {code} {text}",
+            hint=f"check that the server accepts EHLO {name} ([smtp] local_hostname) and the "
+            f"sender {cfg.return_path or cfg.sender_address} ([smtp] return_path, sender); "
+            "mailer retries on the next pass",
+        )
 
 
 def make_transport(config: Config) -> Transport:

@@ -672,6 +672,11 @@ def test_header_injection_through_name_and_title_is_stripped(renderer: Renderer)
         "message-id",
         "list-unsubscribe",
         "list-unsubscribe-post",
+        "list-id",
+        "list-help",
+        "auto-submitted",
+        "precedence",
+        "feedback-id",
         "mime-version",
         "content-type",
     }

@@ -31,6 +31,7 @@ from mailer.mime import message_part
 from mailer.ops import PreviewFormat, dump_progress, next_due, status_report
 from mailer.pipeline import PassReport, Pipeline, utc_now
 from mailer.store import hide_password
+from mailer.verp import envelope_sender
 
 
 def run(ctx: typer.Context) -> None:
@@ -104,7 +105,9 @@ def send_test(
 
     async def send() -> str:
         async with make_transport(config) as transport:
-            return await transport.send(config.smtp.sender_address, to, composed.data)
+            # No outbox row, so no VERP token: the plain return_path (or From).
+            sender = envelope_sender(config.smtp, None, composed.message_id)
+            return await transport.send(sender, to, composed.data)
 
     try:
         reply = asyncio.run(send())

@@ -14,7 +14,6 @@ from collections.abc import Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from datetime import datetime
-from email.utils import make_msgid
 from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
@@ -22,7 +21,7 @@ from zoneinfo import ZoneInfo
 from mailer.config import Config, SubscriberConfig
 from mailer.digests import Digest, Ranking, Recipient, build_digest
 from mailer.errors import MessageError
-from mailer.mime import compose_bytes
+from mailer.mime import compose_bytes, new_message_id
 from mailer.pipeline.report import Clock, PassReport, Stopping
 from mailer.render import Renderer
 from mailer.schedule import Schedule
@@ -118,8 +117,7 @@ def build_message(
 ) -> tuple[str, bytes, str]:
     """(Message-ID, bytes, subject) of a digest. The Message-ID is made here,
     once: the outbox keeps these bytes, so any resend carries the same one."""
-    domain = sender_address.rpartition("@")[2] or "localhost"
-    message_id = make_msgid(idstring="digest", domain=domain)
+    message_id = new_message_id(sender_address, now)
     mailto = f"mailto:{quote(sender_address, safe='@')}?subject=" + quote(
         f"unsubscribe {digest.recipient.email}"
     )
@@ -218,7 +216,7 @@ class ComposeChunk:
                 # This digest alone: it goes in the outbox as failed, with
                 # the reason, and claims its matches so it is not retried
                 # (and failed again) every pass.
-                messages.append(_not_composed(order, match_ids, self.sender_address, exc))
+                messages.append(_not_composed(order, match_ids, self.sender_address, self.now, exc))
                 continue
             messages.append(
                 Outgoing(
@@ -236,13 +234,12 @@ class ComposeChunk:
 
 
 def _not_composed(
-    order: DigestOrder, match_ids: list[int], sender_address: str, exc: MessageError
+    order: DigestOrder, match_ids: list[int], sender_address: str, now: datetime, exc: MessageError
 ) -> Outgoing:
-    domain = sender_address.rpartition("@")[2] or "localhost"
     return Outgoing(
         order.subscriber_id,
         order.recipient.email,
-        make_msgid(idstring="digest", domain=domain),
+        new_message_id(sender_address, now),
         "",
         b"",
         match_ids,

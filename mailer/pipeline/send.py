@@ -28,6 +28,7 @@ from mailer.errors import DeliveryError
 from mailer.lock import DatabaseLock, lock_lost
 from mailer.pipeline.report import Clock, PassReport, Stopping
 from mailer.store import DeliveryRow, Store
+from mailer.verp import envelope_sender
 
 log = logging.getLogger("mailer")
 T = TypeVar("T")
@@ -98,7 +99,6 @@ class Send:
             ids = await asyncio.to_thread(lambda: [r.id for r in self.store.due_deliveries(now)])
             report.deferred_ids.update(i for i in ids if i is not None)
             return
-        sender = self.config.smtp.sender_address
         unavailable: list[TransportUnavailableError] = []
         lost: list[bool] = []
         while not stopping() and not unavailable and not lost:
@@ -112,7 +112,7 @@ class Send:
             try:
                 await asyncio.gather(
                     *(
-                        self._drain(queue, sender, unavailable, lost, report, stopping)
+                        self._drain(queue, unavailable, lost, report, stopping)
                         for _ in range(workers)
                     )
                 )
@@ -136,7 +136,6 @@ class Send:
     async def _drain(
         self,
         queue: deque[DeliveryRow],
-        sender: str,
         unavailable: list[TransportUnavailableError],
         lost: list[bool],
         report: PassReport,
@@ -178,7 +177,11 @@ class Send:
                             queue.extendleft(reversed(chunk[n:]))
                             break
                         sending = asyncio.ensure_future(
-                            transport.send(sender, row.recipient, row.message)
+                            transport.send(
+                                envelope_sender(self.config.smtp, row.id, row.message_id),
+                                row.recipient,
+                                row.message,
+                            )
                         )
                         try:
                             reply = await completed(sending)
