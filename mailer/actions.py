@@ -18,6 +18,7 @@ from datetime import datetime, timedelta
 
 from mailer.config import Config, SubscriberConfig
 from mailer.digests import Ranking, Recipient
+from mailer.dkim import load_signer
 from mailer.matching import Stats
 from mailer.papers import Paper
 from mailer.pipeline import (
@@ -77,6 +78,7 @@ def _compose(
         sender=config.smtp.sender,
         sender_address=config.smtp.sender_address,
         test=test,
+        dkim=load_signer(config.dkim),
     )
 
 

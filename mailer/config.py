@@ -211,6 +211,38 @@ class WebConfig(_Section):
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
 
+_DNS_LABELS = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9_-]{1,63}(?<!-))*$")
+
+
+def dns_name(value: str) -> str:
+    """A DNS name in ASCII (a DKIM domain or selector), lower-cased."""
+    if value and not _DNS_LABELS.match(value):
+        raise ValueError(f"{value!r} is not a DNS name like example.org (IDNA form for non-ASCII)")
+    return value.lower()
+
+
+class DkimConfig(_Section):
+    """DKIM signing of every message; off while ``domain`` is empty."""
+
+    domain: Annotated[str, AfterValidator(dns_name)] = ""
+    selector: Annotated[str, AfterValidator(dns_name)] = ""
+    private_key_file: Path | None = None  # relative to the config file
+    private_key: SecretStr = SecretStr("")  # the PEM itself, from MAILER_DKIM__PRIVATE_KEY
+
+    @model_validator(mode="after")
+    def _complete(self) -> DkimConfig:
+        if not self.domain:
+            return self
+        if not self.selector:
+            raise ValueError('dkim.selector is needed when dkim.domain is set, like "digest"')
+        if not self.private_key_file and not self.private_key.get_secret_value():
+            raise ValueError(
+                "dkim.domain is set but there is no key: set dkim.private_key_file "
+                "or MAILER_DKIM__PRIVATE_KEY ('mailer dkim keygen' makes one)"
+            )
+        return self
+
+
 class DaemonConfig(_Section):
     # Rewritten after every completed pass, so a supervisor can tell a hung daemon.
     heartbeat: Path = Path("mailer.heartbeat")
@@ -290,6 +322,7 @@ class Config(BaseSettings):
     smtp: SmtpConfig = SmtpConfig()
     render: RenderConfig = RenderConfig()
     web: WebConfig = WebConfig()
+    dkim: DkimConfig = DkimConfig()
     daemon: DaemonConfig = DaemonConfig()
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
 
@@ -375,6 +408,7 @@ def _resolve(config: Config, base: Path) -> Config:
     if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
         url = prefix + str(at(Path(url.removeprefix(prefix))))
     templates = config.render.templates
+    key_file = config.dkim.private_key_file
     return config.model_copy(
         update={
             "watch": config.watch.model_copy(update={"dir": at(config.watch.dir)}),
@@ -383,6 +417,9 @@ def _resolve(config: Config, base: Path) -> Config:
             "daemon": config.daemon.model_copy(update={"heartbeat": at(config.daemon.heartbeat)}),
             "render": config.render.model_copy(
                 update={"templates": at(templates) if templates else None}
+            ),
+            "dkim": config.dkim.model_copy(
+                update={"private_key_file": at(key_file) if key_file else None}
             ),
         }
     )

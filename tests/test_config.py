@@ -182,6 +182,7 @@ PER_INSTALL_SECTIONS = {"subscribers"}
 # as a commented-out line ("# key = ...").
 NOT_SHOWN_AS_VALUE = {
     ("render", "templates"),  # default None (built-in templates): TOML has no null
+    ("dkim", "private_key_file"),  # default None (no signing): TOML has no null
 }
 
 SETTINGS_SECTIONS: dict[str, type[BaseModel]] = {

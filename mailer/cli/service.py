@@ -19,9 +19,10 @@ from mailer import __version__
 from mailer.actions import check_rendering, compose_pool, preview_digest, trial_digest
 from mailer.addresses import address_key
 from mailer.cli.app import err, log, meta_line, open_existing, open_store, out, state_of
-from mailer.config import WatchConfig
+from mailer.config import Config, WatchConfig
 from mailer.daemon import Daemon
 from mailer.delivery import make_transport
+from mailer.dkim import DkimSigner, load_signer
 from mailer.dumpfiles import read_dump
 from mailer.dumps import paper_json
 from mailer.errors import ConfigError, DeliveryError, MailerError
@@ -124,6 +125,9 @@ def check_config(ctx: typer.Context) -> None:
     state = state_of(ctx)
     config = state.config()
     check_rendering(config)
+    signer = load_signer(config.dkim)
+    if signer is not None:
+        signer.check()
     out.print(f"[green]configuration OK[/green] ({state.config_source})")
     out.print(f"watch   {config.watch.dir} every {config.watch.interval_seconds:g}s")
     out.print(f"store   {hide_password(config.database.url)}")
@@ -136,6 +140,7 @@ def check_config(ctx: typer.Context) -> None:
     if config.web.listen or config.web.base_url:
         links = config.web.base_url or "none (web.base_url is not set)"
         out.print(f"web     endpoint on {config.web.listen or '-'}; unsubscribe links {links}")
+    _describe_dkim(config, signer)
     if not config.subscribers:
         out.print("[yellow]no subscribers: nothing will be sent[/yellow]")
     for sub in config.subscribers:
@@ -144,6 +149,23 @@ def check_config(ctx: typer.Context) -> None:
         )
         for q in sub.subscriptions:
             out.print(Text(f"  {q.name}: {q.query}"), soft_wrap=True)
+
+
+def _describe_dkim(config: Config, signer: DkimSigner | None) -> None:
+    """Whom messages are signed as, and which DNS record that needs."""
+    if signer is None:
+        out.print("dkim    off: messages are not signed ([dkim] domain is empty)")
+        return
+    out.print(f"dkim    sign as d={signer.domain} s={signer.selector} (rsa-sha256)")
+    out.print(
+        Text(f"        expects TXT {signer.record_name}: {signer.record_value}"), soft_wrap=True
+    )
+    sender_domain = config.smtp.sender_address.rpartition("@")[2].lower()
+    if sender_domain != signer.domain and not sender_domain.endswith("." + signer.domain):
+        out.print(
+            f"[yellow]dkim.domain {signer.domain} is not the sender's domain {sender_domain}: "
+            "DMARC needs them aligned[/yellow]"
+        )
 
 
 def parse(

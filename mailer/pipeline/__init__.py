@@ -17,6 +17,7 @@ from concurrent.futures import Executor
 
 from mailer.config import Config
 from mailer.delivery import Transport
+from mailer.dkim import load_signer
 from mailer.errors import LockLostError
 from mailer.lock import DatabaseLock, lock_lost
 from mailer.matching import Stats
@@ -90,7 +91,9 @@ class Pipeline:
         """Adopt a (re)loaded configuration: the in-process renderer now, the
         workers' with their next chunk (see RenderSettings), the store's
         subscribers at the start of the next pass."""
+        dkim = load_signer(config.dkim)  # first: a bad key leaves the last configuration
         self.config = config
+        self.dkim = dkim
         self.limiter = RateLimiter(config.smtp.rate_per_minute)
         self.engine = build_engine(compile_queries(config), Stats())
         self.generation += 1
@@ -165,6 +168,7 @@ class Pipeline:
             self.renderer,
             self.render_settings,
             self.compose_pool,
+            self.dkim,
         ).run(report, self._stopped)
 
     async def deliver(self, report: PassReport) -> None:

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 from mailer.config import Config, SubscriberConfig
 from mailer.digests import Digest, Ranking, Recipient, build_digest
+from mailer.dkim import DkimSigner
 from mailer.errors import MessageError
 from mailer.mime import compose_bytes, new_message_id
 from mailer.pipeline.report import Clock, PassReport, Stopping
@@ -114,9 +115,11 @@ def build_message(
     sender: str,
     sender_address: str,
     unsubscribe_url: str | None = None,
+    dkim: DkimSigner | None = None,
 ) -> tuple[str, bytes, str]:
-    """(Message-ID, bytes, subject) of a digest. The Message-ID is made here,
-    once: the outbox keeps these bytes, so any resend carries the same one."""
+    """(Message-ID, bytes, subject) of a digest. The Message-ID and the DKIM
+    signature are made here, once: the outbox keeps these bytes, so any resend
+    carries the same ones."""
     message_id = new_message_id(sender_address, now)
     mailto = f"mailto:{quote(sender_address, safe='@')}?subject=" + quote(
         f"unsubscribe {digest.recipient.email}"
@@ -132,6 +135,8 @@ def build_message(
         list_unsubscribe=links,
         one_click=unsubscribe_url is not None,
     )
+    if dkim is not None:
+        message = dkim.sign(message)
     return message_id, message, rendered.subject
 
 
@@ -155,6 +160,7 @@ def compose(
     sender: str,
     sender_address: str,
     test: bool = False,
+    dkim: DkimSigner | None = None,
 ) -> Composed:
     """Matches -> digest -> message: the one path for the outbox, ``preview``
     and ``send-test``, so each shows exactly what the others would."""
@@ -166,6 +172,7 @@ def compose(
         sender=sender,
         sender_address=sender_address,
         unsubscribe_url=order.unsubscribe_url,
+        dkim=dkim,
     )
     return Composed(digest, message_id, data, subject)
 
@@ -192,6 +199,7 @@ class ComposeChunk:
     now: datetime
     sender: str
     sender_address: str
+    dkim: DkimSigner | None = None  # the key travels with the chunk to a worker
 
     def run(self, store: Store, renderer: Renderer) -> list[Queued]:
         pending = store.pending_matches_for([o.subscriber_id for o in self.orders])
@@ -211,6 +219,7 @@ class ComposeChunk:
                     self.now,
                     sender=self.sender,
                     sender_address=self.sender_address,
+                    dkim=self.dkim,
                 )
             except MessageError as exc:
                 # This digest alone: it goes in the outbox as failed, with
@@ -273,6 +282,7 @@ class Compose:
     renderer: Renderer
     settings: RenderSettings
     pool: Executor | None = None
+    dkim: DkimSigner | None = None
 
     def run(self, report: PassReport, stopping: Stopping) -> None:
         now = self.clock()
@@ -291,6 +301,7 @@ class Compose:
                 now,
                 smtp.sender,
                 smtp.sender_address,
+                self.dkim,
             )
             if pool is None:
                 _queued(chunk.run(self.store, self.renderer), report)
