@@ -16,7 +16,7 @@ import traceback
 import unicodedata
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +43,10 @@ TEXT_WIDTH = 72
 EXCERPT_CHARS = 350
 EXCERPT_SENTENCES = 3
 TOP_TERMS = 3  # matched terms named under each paper, most relevant first
+# Gmail clips an HTML part past about 102 KB behind "[Message clipped]",
+# hiding the rest of the list and the footer's unsubscribe link; a digest's
+# HTML is kept under this many bytes by showing fewer papers.
+HTML_MAX_BYTES = 100_000
 
 # Inline because marks are made per message, after the template was inlined;
 # the class lets the dark-mode media query override the colours.
@@ -84,6 +88,12 @@ _INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Zs", "Co", "Cs", "Cn"})
 HTML_LINE = 900
 _TAG_NAME_SPACE = re.compile(r"<[A-Za-z][A-Za-z0-9-]* ")
 _RAW_TEXT = re.compile(r"<(style|script)\b.*?</\1", re.DOTALL | re.IGNORECASE)
+# The inliner writes the at-rules' <style> first in <head>, ahead of <meta
+# charset>, which must come within a document's first 1,024 bytes.
+_HEAD_STYLES = re.compile(
+    r"(<head\b[^>]*>)((?:\s*<style\b[^>]*>.*?</style>)+)(.*?)(</head>)",
+    re.DOTALL | re.IGNORECASE,
+)
 
 
 # Per-renderer memory of entry views and wrapped paragraphs: one paper recurs
@@ -464,6 +474,7 @@ class _InliningLoader(jinja2.FileSystemLoader):
             return token if m.group().startswith("{{") else f"<!--{token}-->"
 
         inlined: str = self._inliner.inline(_JINJA.sub(hide, source))
+        inlined = _HEAD_STYLES.sub(r"\1\3\2\4", inlined, count=1)
         out: list[str] = []
         tags: list[tuple[int, int, int]] = []
         line, pos = 1, 0
@@ -480,6 +491,35 @@ class _InliningLoader(jinja2.FileSystemLoader):
         return "".join(out)
 
 
+def shortened(digest: Digest, keep: int) -> Digest:
+    """``digest`` showing only ``keep`` papers, the rest added to ``more``:
+    each subscription's first papers are kept before any one's later ones,
+    so a long section does not push a short one out."""
+    kept = [0] * len(digest.sections)
+    left = keep
+    for rank in range(max((len(s.entries) for s in digest.sections), default=0)):
+        for i, section in enumerate(digest.sections):
+            if left and rank < len(section.entries):
+                kept[i] += 1
+                left -= 1
+    sections = tuple(
+        Section(s.subscription, s.entries[:k])
+        for s, k in zip(digest.sections, kept, strict=True)
+        if k
+    )
+    shown = sum(kept)
+    return replace(digest, sections=sections, more=digest.more + digest.count - shown)
+
+
+def _is_mailto(url: str) -> bool:
+    """A mailto: link safe to write into an attribute and a line of text."""
+    return (
+        url.startswith("mailto:")
+        and "@" in url
+        and not any(c in _URL_BREAKERS or unicodedata.category(c) in _INVISIBLE for c in url)
+    )
+
+
 def _template_line(exc: BaseException, filename: str | None) -> int | None:
     """The template's line in the innermost of its frames in the traceback
     (Jinja maps its frames to template lines)."""
@@ -491,6 +531,7 @@ def _template_line(exc: BaseException, filename: str | None) -> int | None:
 
 
 _SAMPLE_MANAGE = "Reply to this message to change your subscriptions."
+_SAMPLE_MAILTO = "mailto:digest@example.org?subject=unsubscribe%20ada%40example.org"
 
 
 def sample_digests() -> list[tuple[Digest, str | None]]:
@@ -584,7 +625,12 @@ class Renderer:
         fail, loop or refer to what is not there are refused at load, not at
         the first pass."""
         for digest, unsubscribe in sample_digests():
-            self.render(digest, unsubscribe_url=unsubscribe, manage_hint=_SAMPLE_MANAGE)
+            self.render(
+                digest,
+                unsubscribe_url=unsubscribe,
+                unsubscribe_mailto=_SAMPLE_MAILTO,
+                manage_hint=_SAMPLE_MANAGE,
+            )
 
     def _load(self, env: jinja2.Environment, name: str) -> jinja2.Template:
         path = self.templates_dir / name
@@ -601,9 +647,68 @@ class Renderer:
                 hint="fix the Jinja2 syntax there",
             ) from None
 
-    def render(self, digest: Digest, *, unsubscribe_url: str | None, manage_hint: str) -> Rendered:
+    def render(
+        self,
+        digest: Digest,
+        *,
+        unsubscribe_url: str | None,
+        manage_hint: str,
+        unsubscribe_mailto: str | None = None,
+    ) -> Rendered:
+        """Both parts of ``digest``. When its HTML would pass HTML_MAX_BYTES
+        (where Gmail clips it), fewer papers are shown, in both parts, and the
+        rest are counted with the papers ``max_papers`` left out."""
         if unsubscribe_url is not None and not is_web_url(unsubscribe_url):
             raise ValueError(f"unsubscribe URL {unsubscribe_url!r} is not an http(s) URL")
+        if unsubscribe_mailto is not None and not _is_mailto(unsubscribe_mailto):
+            raise ValueError(f"unsubscribe address {unsubscribe_mailto!r} is not a mailto: URL")
+        links = {
+            "unsubscribe_url": unsubscribe_url,
+            "unsubscribe_mailto": unsubscribe_mailto,
+            "manage_hint": " ".join(manage_hint.split()),
+        }
+        context = self._context(digest, links)
+        html = self._render_html(context)
+        if len(html.encode()) > HTML_MAX_BYTES and digest.count > 1:
+            digest, html = self._fit(digest, links, len(html.encode()))
+            context = self._context(digest, links)
+        text = self._run(self._text, context)
+        return Rendered(
+            subject=str(context["subject"]),
+            html=html,
+            text=text,
+            preheader=str(context["preheader"]),
+        )
+
+    def _fit(self, digest: Digest, links: Mapping[str, object], size: int) -> tuple[Digest, str]:
+        """The most papers whose HTML fits, with its HTML: a first guess in
+        proportion to the size, then halving. One paper is shown whatever its
+        size (an excerpt is short)."""
+        fits, too_big = 1, digest.count
+        found: dict[int, tuple[Digest, str]] = {}
+        guess = digest.count * HTML_MAX_BYTES // size
+        while too_big - fits > 1:
+            n = guess if fits < guess < too_big else (fits + too_big) // 2
+            guess = 0
+            shorter = shortened(digest, n)
+            html = self._render_html(self._context(shorter, links))
+            found[n] = (shorter, html)
+            if len(html.encode()) <= HTML_MAX_BYTES:
+                fits = n
+            else:
+                too_big = n
+        if fits not in found:
+            shorter = shortened(digest, fits)
+            found[fits] = (shorter, self._render_html(self._context(shorter, links)))
+        return found[fits]
+
+    def _render_html(self, context: Mapping[str, object]) -> str:
+        return seven_bit_html(
+            self._run(self._html, {**context, "preheader_pad": _PREHEADER_PAD_HTML})
+        )
+
+    def _context(self, digest: Digest, links: Mapping[str, object]) -> dict[str, object]:
+        """What the templates are given for ``digest``."""
         sections = tuple(
             SectionView(s.subscription, tuple(self._entry(e) for e in s.entries))
             for s in digest.sections
@@ -612,7 +717,6 @@ class Renderer:
         entries = [e for s in sections for e in s.entries]
         matched = [s.name for s in sections]
         since = format_since(digest.since) if digest.since else None
-        subject = self._subject(digest, matched)
         if entries:
             total = len(entries) + digest.more
             summary = f"{plural(total, 'paper')} matched {join_names(matched)}"
@@ -626,9 +730,9 @@ class Renderer:
             summary = "No new papers matched your subscriptions"
             summary += f" since {since}." if since else "."
             preheader = summary
-        context = {
+        return {
             "product": self.product_name,
-            "subject": subject,
+            "subject": self._subject(digest, matched),
             "preheader": preheader,
             "preheader_pad": PREHEADER_PAD,
             "summary": summary,
@@ -639,12 +743,8 @@ class Renderer:
             "test": digest.test,
             "recipient": digest.recipient,
             "subscriptions": digest.recipient.subscriptions,
-            "unsubscribe_url": unsubscribe_url,
-            "manage_hint": " ".join(manage_hint.split()),
+            **links,
         }
-        html = self._run(self._html, {**context, "preheader_pad": _PREHEADER_PAD_HTML})
-        text = self._run(self._text, context)
-        return Rendered(subject=subject, html=seven_bit_html(html), text=text, preheader=preheader)
 
     def _run(self, template: jinja2.Template, context: Mapping[str, object]) -> str:
         """One template rendered within the budget; any failure is a

@@ -17,19 +17,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mailer.digests import Digest, Entry, Recipient, Section
+from mailer.digests import Digest, Entry, Matched, Recipient, Section, build_digest
 from mailer.dumpfiles import read_dump
 from mailer.errors import ConfigError, TemplateError
 from mailer.mime import Rendered, compose_bytes, compose_message
 from mailer.papers import Paper
+from mailer.pipeline.compose import build_message
 from mailer.render import (
     DEFAULT_PAPER_URL,
     EXCERPT_CHARS,
+    HTML_MAX_BYTES,
     Renderer,
     check_paper_url,
     default_templates_dir,
     excerpt,
     seven_bit_html,
+    shortened,
     term_label,
 )
 
@@ -38,6 +41,7 @@ SEEDS = ROOT / "seeds"
 GOLDEN = Path(__file__).parent / "golden" / "digest.txt"
 UNSUBSCRIBE = "https://digest.example.org/unsubscribe?token=abc123"
 MANAGE = "Reply to this message to change your subscriptions."
+MAILTO = "mailto:digest@example.org?subject=unsubscribe%20ada%40example.org"
 SINCE = datetime(2024, 11, 16, 7, 0, tzinfo=UTC)
 
 
@@ -430,13 +434,13 @@ def test_text_part_keeps_links_whole_on_their_own_lines(renderer: Renderer) -> N
 def test_links_are_only_http_or_https(renderer: Renderer) -> None:
     out = render(renderer, realistic_digest())
     hrefs = Page(out.html).hrefs
-    assert len(hrefs) == 6
+    assert len(hrefs) == 7
     assert all(h.startswith(("https://", "http://")) for h in hrefs)
 
 
 def test_paper_link_encodes_the_title(renderer: Renderer) -> None:
     out = render(renderer, digest_of(entry(paper("A&B? #1 / ünï"), "Diffusion")))
-    href = Page(out.html).hrefs[0]
+    href = Page(out.html).hrefs[1]
     assert (
         href
         == "https://arxiv.org/search/?query=A%26B%3F%20%231%20%2F%20%C3%BCn%C3%AF&searchtype=title"
@@ -503,6 +507,143 @@ def test_styles_are_inlined_and_style_block_holds_only_at_rules(renderer: Render
     assert "prefers-color-scheme: dark" in blocks[0]
     assert re.sub(r"@media[^{]*\{(?:[^{}]*\{[^{}]*\})*\s*\}", "", blocks[0]).strip() == ""
     assert re.search(r'<table[^>]*class="card"[^>]*style="[^"]*max-width:600px', html)
+
+
+def test_meta_charset_comes_first_within_1024_bytes_before_any_style(
+    renderer: Renderer,
+) -> None:
+    html = render(renderer, realistic_digest()).html
+    head = html[html.index("<head>") + len("<head>") :]
+    assert head.lstrip().startswith('<meta charset="utf-8">')
+    assert html.index('<meta charset="utf-8">') + len('<meta charset="utf-8">') <= 1024
+    assert html.index('<meta charset="utf-8">') < html.index("<style")
+
+
+def test_every_meta_name_has_content(renderer: Renderer) -> None:
+    html = render(renderer, realistic_digest()).html
+    metas = re.findall(r"<meta\b[^>]*\bname=[^>]*>", html)
+    assert all(re.search(r'\bcontent="', m) for m in metas)
+    assert (
+        '<meta name="format-detection" content="telephone=no, date=no, address=no, email=no">'
+        in html
+    )
+
+
+def test_sent_html_holds_the_card_in_a_600px_table_for_outlook(renderer: Renderer) -> None:
+    d = realistic_digest()
+    part = roundtrip(compose(d, render(renderer, d))).get_body(("html",))
+    assert part is not None
+    html = part.get_content()
+    opening = re.search(
+        r'<!--\[if mso\]><table role="presentation" width="600"[^>]*><tr><td><!\[endif\]-->', html
+    )
+    closing = html.rfind("<!--[if mso]></td></tr></table><![endif]-->")
+    assert opening is not None
+    card = html.index('class="card"')
+    assert opening.end() < card < closing
+    assert html.rfind("</table>", 0, closing) > html.rfind("Unsubscribe", 0, closing)
+
+
+@pytest.mark.parametrize("web", [True, False], ids=["one-click", "mailto"])
+def test_unsubscribe_link_is_under_the_header_and_in_the_footer(
+    renderer: Renderer, web: bool
+) -> None:
+    link = UNSUBSCRIBE if web else MAILTO
+    out = renderer.render(
+        realistic_digest(),
+        unsubscribe_url=UNSUBSCRIBE if web else None,
+        unsubscribe_mailto=MAILTO,
+        manage_hint=MANAGE,
+    )
+    hrefs = Page(out.html).hrefs
+    assert hrefs[0] == link
+    assert hrefs[-1] == link
+    assert out.html.index(f'href="{link}"') < out.html.index('class="summary"')
+
+
+def long_paper(n: int) -> Paper:
+    words = " ".join(f"word{n}x{i}" for i in range(12))
+    return Paper(
+        title=f"Paper {n}: a long title about diffusion models and {words}",
+        abstract=" ".join(
+            f"Sentence {i} of paper {n} studies diffusion models at length, {words}."
+            for i in range(20)
+        ),
+        authors=9,
+        organization="Some Research Lab",
+        published=date(2024, 6, 4),
+        upvotes=n,
+    )
+
+
+def test_html_stays_under_100_kb_at_200_papers_with_the_rest_counted(renderer: Renderer) -> None:
+    subs = ("Diffusion", "Theory")
+    matched = [
+        Matched(long_paper(n), (subs[n % 2],), ("diffusion", "models"), (1.0,)) for n in range(230)
+    ]
+    d = build_digest(Recipient("ada@example.org", "Ada", subs), matched, max_papers=200)
+    assert d.count == 200
+    assert d.more == 30
+    out = render(renderer, d)
+    assert len(out.html.encode()) < HTML_MAX_BYTES
+    html_titles = re.findall(r'class="title-link"[^>]*>(Paper \d+):', out.html)
+    text_titles = re.findall(r"^(Paper \d+):", out.text, flags=re.MULTILINE)
+    assert 20 < len(html_titles) < 200
+    assert html_titles == text_titles
+    rest = 230 - len(html_titles)
+    assert f"…and {rest} more papers matched your subscriptions." in Page(out.html).plain
+    assert f"…and {rest} more papers matched your subscriptions." in out.text
+    assert "Unsubscribe" in Page(out.html).plain[-400:]
+
+
+def test_papers_left_out_for_size_are_the_last_of_each_section() -> None:
+    d = digest_of(
+        *(entry(paper(f"A{i}"), "A") for i in range(5)),
+        *(entry(paper(f"B{i}"), "B") for i in range(2)),
+        more=1,
+    )
+    short = shortened(d, 5)
+    assert [[e.paper.title for e in s.entries] for s in short.sections] == [
+        ["A0", "A1", "A2"],
+        ["B0", "B1"],
+    ]
+    assert short.more == 3
+
+
+def test_without_web_both_parts_offer_a_mailto_unsubscribe(renderer: Renderer) -> None:
+    d = realistic_digest()
+    _, data, _ = build_message(
+        renderer, d, SINCE, sender="digest@example.org", sender_address="digest@example.org"
+    )
+    parsed = email.message_from_bytes(data, policy=email.policy.default)
+    assert isinstance(parsed, email.message.EmailMessage)
+    html, text = parsed.get_body(("html",)), parsed.get_body(("plain",))
+    assert html is not None
+    assert text is not None
+    assert MAILTO in Page(html.get_content()).hrefs
+    assert MAILTO in text.get_content().splitlines()
+    assert MAILTO.startswith("mailto:digest@example.org?subject=unsubscribe")
+
+
+def test_unsubscribe_mailto_must_be_a_mailto_url(renderer: Renderer) -> None:
+    with pytest.raises(ValueError, match="mailto"):
+        renderer.render(
+            realistic_digest(),
+            unsubscribe_url=None,
+            unsubscribe_mailto='mailto:a@example.org" onclick="x',
+            manage_hint=MANAGE,
+        )
+
+
+def test_hidden_preheader_has_no_text_colour_matching_a_background(renderer: Renderer) -> None:
+    html = render(renderer, realistic_digest()).html
+    style = re.search(r'<div class="preheader"[^>]*style="([^"]*)"', html)
+    assert style is not None
+    declarations = dict(d.split(":", 1) for d in style.group(1).split(";") if d)
+    assert declarations["display"] == "none"
+    backgrounds = set(re.findall(r"background(?:-color)?:\s*(#[0-9a-fA-F]+)", html))
+    assert backgrounds
+    assert declarations.get("color") not in backgrounds | {"transparent"}
 
 
 def test_html_of_fifty_long_papers_is_under_100_kb(renderer: Renderer) -> None:

@@ -124,7 +124,12 @@ def build_message(
     mailto = f"mailto:{quote(sender_address, safe='@')}?subject=" + quote(
         f"unsubscribe {digest.recipient.email}"
     )
-    rendered = renderer.render(digest, unsubscribe_url=unsubscribe_url, manage_hint=MANAGE_HINT)
+    rendered = renderer.render(
+        digest,
+        unsubscribe_url=unsubscribe_url,
+        unsubscribe_mailto=mailto,
+        manage_hint=MANAGE_HINT,
+    )
     links = [unsubscribe_url, mailto] if unsubscribe_url else [mailto]
     message = compose_bytes(
         digest,
