@@ -10,50 +10,48 @@ from __future__ import annotations
 import bisect
 import re
 import sys
-import textwrap
-import time
 import traceback
 import unicodedata
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextvars import ContextVar
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import css_inline
 import jinja2
 import jinja2.nodes
 import jinja2.runtime
-from jinja2.sandbox import SandboxedEnvironment
-from markupsafe import Markup, escape
+from markupsafe import Markup
 
-from mailer.digests import Digest, Entry, Recipient, Section, Span
+from mailer.digests import Digest, Entry, Recipient, Section
 from mailer.errors import ConfigError, TemplateError
 from mailer.mime import Rendered, header_text, is_web_url
 from mailer.papers import Paper
+from mailer.sandbox import RenderBudgetError, Sandbox, budget
+from mailer.textfmt import (
+    excerpt,
+    format_date,
+    format_since,
+    highlight_html,
+    highlight_text,
+    join_names,
+    plural,
+    seven_bit_html,
+    wrap,
+)
 
 DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
 
 HTML_TEMPLATE = "digest.html"
 TEXT_TEMPLATE = "digest.txt"
-TEXT_WIDTH = 72
-EXCERPT_CHARS = 350
-EXCERPT_SENTENCES = 3
 TOP_TERMS = 3  # matched terms named under each paper, most relevant first
 # Gmail clips an HTML part past about 102 KB behind "[Message clipped]",
 # hiding the rest of the list and the footer's unsubscribe link; a digest's
 # HTML is kept under this many bytes by showing fewer papers.
 HTML_MAX_BYTES = 100_000
 
-# Inline because marks are made per message, after the template was inlined;
-# the class lets the dark-mode media query override the colours.
-MARK_STYLE = "background:#fde68a;color:#1f2328"
-# Made once: Markup.format per mark was a sixth of rendering an uncached entry.
-_MARK_OPEN = Markup('<mark class="hl" style="{}">').format(MARK_STYLE)
-_MARK_CLOSE = Markup("</mark>")
 
 # Invisible filler after the preheader, so clients don't pad the preview with
 # the first lines of the body.
@@ -66,17 +64,8 @@ _PREHEADER_PAD_HTML = Markup("\n").join(
     for i in range(0, len(PREHEADER_PAD), 30)
 )
 
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 _JINJA = re.compile(r"\{%.*?%\}|\{#.*?#\}|\{\{.*?\}\}", re.DOTALL)
 _PLACEHOLDER = re.compile(r"(?:<!--)?@@J(\d+)@@(?:-->)?")
-# A sentence ends at . ! or ? (maybe closed by a quote or bracket) before
-# whitespace and a capital, digit or opening bracket.
-_SENTENCE_END = re.compile(r"""[.!?]['"\u201d\u2019)\]]*(?=\s+['"\u201c\u2018(\[]?[A-Z0-9])""")
-_ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", "resp", "approx"})
-# Only ASCII whitespace is collapsed and wrapped at, as textwrap does: a
-# no-break space keeps its meaning.
-_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
 _SAMPLE_TITLE = "Attention Is All You Need & more?"
 # What may stay as it is in a paper URL; the rest is percent-encoded.
 _URL_SAFE = "%:/?#[]@!$&()*+,;=~-._"
@@ -84,10 +73,6 @@ _URL_BREAKERS = frozenset("\"'<>\\` ")
 # Control, format (zero-width, bidi), line and paragraph separators, spaces,
 # private-use, surrogate and unassigned characters.
 _INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp", "Zs", "Co", "Cs", "Cn"})
-# HTML lines are kept this short, well inside SMTP's 998 octets.
-HTML_LINE = 900
-_TAG_NAME_SPACE = re.compile(r"<[A-Za-z][A-Za-z0-9-]* ")
-_RAW_TEXT = re.compile(r"<(style|script)\b.*?</\1", re.DOTALL | re.IGNORECASE)
 # The inliner writes the at-rules' <style> first in <head>, ahead of <meta
 # charset>, which must come within a document's first 1,024 bytes.
 _HEAD_STYLES = re.compile(
@@ -138,148 +123,6 @@ def _fill(template: str, title: str) -> str:
     )
 
 
-# --- text helpers ---------------------------------------------------------
-
-
-def plural(n: int, word: str, words: str | None = None) -> str:
-    return f"{n} {word if n == 1 else (words or word + 's')}"
-
-
-def join_names(names: Sequence[str]) -> str:
-    """'A', 'A and B', 'A, B and C': reads as a sentence in the summary line."""
-    if len(names) <= 1:
-        return "".join(names)
-    return f"{', '.join(names[:-1])} and {names[-1]}"
-
-
-def format_date(d: date) -> str:
-    return f"{_MONTHS[d.month - 1]} {d.day}, {d.year}"
-
-
-def format_since(d: datetime) -> str:
-    # Built by hand: strftime names follow the process locale.
-    return f"{_DAYS[d.weekday()]} {d.day} {_MONTHS[d.month - 1]}"
-
-
-def excerpt(text: str, marks: Sequence[Span] = ()) -> tuple[str, tuple[Span, ...]]:
-    """The first sentences of ``text`` up to EXCERPT_CHARS, cut at a sentence or
-    word boundary, with highlight spans clipped to what is kept."""
-    # Whitespace is left alone so the spans stay valid; both parts collapse it.
-    text = text.rstrip()
-    if len(text) <= EXCERPT_CHARS:
-        return text, _clip(marks, len(text))
-    cut = 0
-    for count, m in enumerate(_sentence_ends(text), start=1):
-        if m > EXCERPT_CHARS:
-            break
-        cut = m
-        if count == EXCERPT_SENTENCES:
-            break
-    if cut:
-        # No-break space: the ellipsis must not wrap onto a line of its own.
-        return text[:cut] + "\u00a0…", _clip(marks, cut)
-    space = text.rfind(" ", 0, EXCERPT_CHARS + 1)
-    cut = space if space > 0 else EXCERPT_CHARS
-    while cut > 0 and text[cut - 1] in ",;:-\u2013\u2014(":
-        cut -= 1
-    kept = text[:cut].rstrip()
-    return kept + "…", _clip(marks, len(kept))
-
-
-def _sentence_ends(text: str) -> Iterable[int]:
-    for m in _SENTENCE_END.finditer(text):
-        word = text[: m.start()].rsplit(None, 1)[-1].casefold() if m.start() else ""
-        if word.rstrip(".") in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
-            continue
-        yield m.end()
-
-
-def _clip(marks: Sequence[Span], limit: int) -> tuple[Span, ...]:
-    """Spans in order, inside ``limit``, never overlapping: data from elsewhere
-    is not trusted to be tidy."""
-    kept: list[Span] = []
-    for start, end in sorted(marks):
-        start, end = max(start, kept[-1][1] if kept else 0), min(end, limit)
-        if start < end:
-            kept.append((start, end))
-    return tuple(kept)
-
-
-def _joined(text: str, marks: Sequence[Span]) -> list[Span]:
-    """Spans clipped to ``text``, neighbours separated only by spaces joined,
-    so a matched phrase reads as one highlight."""
-    joined: list[Span] = []
-    for start, end in _clip(marks, len(text)):
-        if joined and not text[joined[-1][1] : start].strip():
-            joined[-1] = (joined[-1][0], end)
-        else:
-            joined.append((start, end))
-    return joined
-
-
-def highlight_html(text: str, marks: Sequence[Span]) -> Markup:
-    """Escape each piece between the spans; only the <mark> tags are markup."""
-    out: list[str] = []
-    pos = 0
-    for start, end in _joined(text, marks):
-        out += [escape(text[pos:start]), _MARK_OPEN, escape(text[start:end]), _MARK_CLOSE]
-        pos = end
-    out.append(escape(text[pos:]))
-    return Markup("").join(out)
-
-
-def highlight_text(text: str, marks: Sequence[Span]) -> str:
-    out: list[str] = []
-    pos = 0
-    for start, end in _joined(text, marks):
-        out += [text[pos:start], "*", text[start:end], "*"]
-        pos = end
-    out.append(text[pos:])
-    return "".join(out)
-
-
-def seven_bit_html(html: str) -> str:
-    """The same document in ASCII with lines of at most HTML_LINE characters,
-    so the HTML part can travel unencoded (7bit) instead of quoted-printable,
-    which takes three times the lines, and lines are what a receiving SMTP
-    server spends its time on. Characters beyond ASCII become numeric
-    character references; long lines are broken only at the space after a
-    tag's name, where a line break means the same to HTML. Left as it is
-    when style or script text (where references are not decoded) is not
-    ASCII; a line with no place to break just stays long, and the message
-    then falls back to quoted-printable."""
-    if not all(m.group().isascii() for m in _RAW_TEXT.finditer(html)):
-        return html
-    html = html.encode("ascii", "xmlcharrefreplace").decode("ascii")
-    if all(len(line) <= HTML_LINE for line in html.split("\n")):
-        return html
-    lines: list[str] = []
-    for line in html.split("\n"):
-        while len(line) > HTML_LINE:
-            cut = 0
-            for m in _TAG_NAME_SPACE.finditer(line, 0, HTML_LINE + 1):
-                cut = m.end() - 1
-            if not cut:
-                break
-            lines.append(line[:cut])
-            line = line[cut + 1 :]
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def wrap(text: str, indent: str = "", width: int = TEXT_WIDTH) -> str:
-    """Wrap prose; words are never split, so a long token may overrun rather
-    than be broken."""
-    return textwrap.fill(
-        _ASCII_SPACE.sub(" ", text).strip(),
-        width=width,
-        initial_indent=indent,
-        subsequent_indent=indent,
-        break_long_words=False,
-        break_on_hyphens=False,
-    )
-
-
 # --- view model -----------------------------------------------------------
 
 
@@ -325,104 +168,6 @@ def _meta(entry: Entry) -> str:
     if paper.upvotes:
         parts.append(plural(paper.upvotes, "upvote"))
     return " · ".join(parts)
-
-
-# --- the sandbox ----------------------------------------------------------
-
-# Templates come from the operator's folder and are run in Jinja2's sandbox
-# (no attributes starting with _, no unsafe methods) with a budget per
-# render: every loop iteration, call and arithmetic operation is a step, and a
-# render is stopped past RENDER_STEPS steps or RENDER_SECONDS seconds. The
-# budget is counted by the template's own code, not by a signal or a
-# watchdog thread, so it works the same in the daemon's threads and the
-# compose worker processes. What it cannot stop is one built-in operation
-# that is slow by itself; the big ones (huge powers, repetitions and
-# formatting widths) are refused before they start.
-RENDER_SECONDS = 5.0
-RENDER_STEPS = 2_000_000
-MAX_BUILT = 1_000_000  # items or characters an operator may make in a template
-_WIDE_FORMAT = re.compile(r"%[-+ #0]*\d{7}|%[-+ #0]*\d*\.\d{7}")
-
-
-class RenderBudgetError(jinja2.exceptions.SecurityError):
-    """A template took more steps or time than one render may."""
-
-
-@dataclass
-class _Budget:
-    deadline: float
-    steps: int = 0
-
-
-_BUDGET: ContextVar[_Budget | None] = ContextVar("render_budget", default=None)
-
-
-def _step() -> None:
-    budget = _BUDGET.get()
-    if budget is None:
-        return
-    budget.steps += 1
-    if budget.steps > RENDER_STEPS:
-        raise RenderBudgetError(f"more than {RENDER_STEPS} steps (loop iterations and calls)")
-    if time.monotonic() > budget.deadline:
-        raise RenderBudgetError(f"took more than {RENDER_SECONDS:g} seconds")
-
-
-def _budgeted(items: Iterable[object]) -> Iterator[object]:
-    """Every loop's iterable goes through this, so each iteration is a step."""
-    for item in items:
-        _step()
-        yield item
-
-
-class _Sandbox(SandboxedEnvironment):
-    intercepted_binops = frozenset({"*", "**", "%"})
-
-    def _parse(self, source: str, name: str | None, filename: str | None) -> jinja2.nodes.Template:
-        tree = super()._parse(source, name, filename)
-        for loop in tree.find_all(jinja2.nodes.For):
-            loop.iter = jinja2.nodes.Filter(
-                loop.iter, "_budgeted", [], [], None, None, lineno=loop.lineno
-            )
-        return tree
-
-    def call(
-        __self,  # noqa: N805 -- Jinja's positional-only convention
-        __context: jinja2.runtime.Context,
-        __obj: Any,
-        *args: Any,
-        **kwargs: Any,
-    ) -> Any:
-        _step()
-        return super().call(__context, __obj, *args, **kwargs)
-
-    def getattr(self, obj: Any, attribute: str) -> Any:
-        # The view objects hold plain values: reading their public fields
-        # needs none of the sandbox's checks, which were half of rendering.
-        if type(obj) in _VIEWS and not attribute.startswith("_"):
-            try:
-                return getattr(obj, attribute)
-            except AttributeError:
-                pass
-        return super().getattr(obj, attribute)
-
-    def call_binop(
-        self, context: jinja2.runtime.Context, operator: str, left: Any, right: Any
-    ) -> Any:
-        _step()
-        if operator == "**" and isinstance(right, int | float) and abs(right) > 1000:
-            raise RenderBudgetError(f"power with an exponent of {right} is too big")
-        if operator == "*":
-            for seq, n in ((left, right), (right, left)):
-                if (
-                    isinstance(seq, str | list | tuple)
-                    and isinstance(n, int)
-                    and len(seq) * n > MAX_BUILT
-                ):
-                    raise RenderBudgetError(f"repeating {len(seq)} items {n} times is too big")
-        if operator == "%" and isinstance(left, str) and _WIDE_FORMAT.search(left):
-            raise RenderBudgetError("a formatting width of a million or more is too big")
-        return super().call_binop(context, operator, left, right)
 
 
 # --- the renderer ---------------------------------------------------------
@@ -602,7 +347,8 @@ class Renderer:
                 hint="point templates_dir at a folder holding digest.html and digest.txt",
             )
         self._loader = _InliningLoader(self.templates_dir)
-        env = _Sandbox(
+        env = Sandbox(
+            plain=_VIEWS,
             loader=self._loader,
             autoescape=jinja2.select_autoescape(enabled_extensions=("html",), default=False),
             undefined=jinja2.StrictUndefined,
@@ -611,7 +357,6 @@ class Renderer:
             keep_trailing_newline=True,
             auto_reload=False,
         )
-        env.filters["_budgeted"] = _budgeted
         env.filters["wrap"] = lru_cache(maxsize=WRAP_CACHE)(wrap)
         env.filters["plural"] = plural
         env.filters["join_names"] = join_names
@@ -749,9 +494,9 @@ class Renderer:
     def _run(self, template: jinja2.Template, context: Mapping[str, object]) -> str:
         """One template rendered within the budget; any failure is a
         TemplateError naming the file and line where it happened."""
-        token = _BUDGET.set(_Budget(time.monotonic() + RENDER_SECONDS))
         try:
-            return template.render(context)
+            with budget():
+                return template.render(context)
         except Exception as e:  # a template can raise anything
             where = self._where(template.filename, _template_line(e, template.filename))
             if isinstance(e, RenderBudgetError):
@@ -767,8 +512,6 @@ class Renderer:
             else:
                 what, hint = f"failed to render: {type(e).__name__}: {e}", "fix the template there"
             raise TemplateError(f"template {where}: {what}", hint=hint) from e
-        finally:
-            _BUDGET.reset(token)
 
     def _where(self, filename: str | None, line: int | None) -> str:
         """'path, line N' of the template file (not its inlined source)."""

@@ -40,8 +40,9 @@ from mailer.pipeline.compose import (
     unsubscribe_url,
 )
 from mailer.pipeline.report import PassReport
-from mailer.render import Renderer, format_since
+from mailer.render import Renderer
 from mailer.store import NewMatch, Outgoing, PendingMatch, Store
+from mailer.textfmt import format_since
 from mailer.tokens import read_token
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)

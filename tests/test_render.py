@@ -25,16 +25,14 @@ from mailer.papers import Paper
 from mailer.pipeline.compose import build_message
 from mailer.render import (
     DEFAULT_PAPER_URL,
-    EXCERPT_CHARS,
     HTML_MAX_BYTES,
     Renderer,
     check_paper_url,
     default_templates_dir,
-    excerpt,
-    seven_bit_html,
     shortened,
     term_label,
 )
+from mailer.textfmt import EXCERPT_CHARS, excerpt, seven_bit_html
 
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"

@@ -1,0 +1,180 @@
+"""Text for digests: counts and dates in words, excerpts around matches,
+highlighting, wrapping, and HTML kept to 7-bit lines. Pure functions the
+renderer and its templates share."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from collections.abc import Iterable, Sequence
+from datetime import date, datetime
+
+from markupsafe import Markup, escape
+
+from mailer.digests import Span
+
+TEXT_WIDTH = 72
+EXCERPT_CHARS = 350
+EXCERPT_SENTENCES = 3
+
+# Inline because marks are made per message, after the template was inlined;
+# the class lets the dark-mode media query override the colours.
+MARK_STYLE = "background:#fde68a;color:#1f2328"
+# Made once: Markup.format per mark was a sixth of rendering an uncached entry.
+_MARK_OPEN = Markup('<mark class="hl" style="{}">').format(MARK_STYLE)
+_MARK_CLOSE = Markup("</mark>")
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+
+# A sentence ends at . ! or ? (maybe closed by a quote or bracket) before
+# whitespace and a capital, digit or opening bracket.
+_SENTENCE_END = re.compile(r"""[.!?]['"\u201d\u2019)\]]*(?=\s+['"\u201c\u2018(\[]?[A-Z0-9])""")
+_ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", "resp", "approx"})
+# Only ASCII whitespace is collapsed and wrapped at, as textwrap does: a
+# no-break space keeps its meaning.
+_ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
+
+# HTML lines are kept this short, well inside SMTP's 998 octets.
+HTML_LINE = 900
+_TAG_NAME_SPACE = re.compile(r"<[A-Za-z][A-Za-z0-9-]* ")
+_RAW_TEXT = re.compile(r"<(style|script)\b.*?</\1", re.DOTALL | re.IGNORECASE)
+
+
+def plural(n: int, word: str, words: str | None = None) -> str:
+    return f"{n} {word if n == 1 else (words or word + 's')}"
+
+
+def join_names(names: Sequence[str]) -> str:
+    """'A', 'A and B', 'A, B and C': reads as a sentence in the summary line."""
+    if len(names) <= 1:
+        return "".join(names)
+    return f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def format_date(d: date) -> str:
+    return f"{_MONTHS[d.month - 1]} {d.day}, {d.year}"
+
+
+def format_since(d: datetime) -> str:
+    # Built by hand: strftime names follow the process locale.
+    return f"{_DAYS[d.weekday()]} {d.day} {_MONTHS[d.month - 1]}"
+
+
+def excerpt(text: str, marks: Sequence[Span] = ()) -> tuple[str, tuple[Span, ...]]:
+    """The first sentences of ``text`` up to EXCERPT_CHARS, cut at a sentence or
+    word boundary, with highlight spans clipped to what is kept."""
+    # Whitespace is left alone so the spans stay valid; both parts collapse it.
+    text = text.rstrip()
+    if len(text) <= EXCERPT_CHARS:
+        return text, _clip(marks, len(text))
+    cut = 0
+    for count, m in enumerate(_sentence_ends(text), start=1):
+        if m > EXCERPT_CHARS:
+            break
+        cut = m
+        if count == EXCERPT_SENTENCES:
+            break
+    if cut:
+        # No-break space: the ellipsis must not wrap onto a line of its own.
+        return text[:cut] + "\u00a0…", _clip(marks, cut)
+    space = text.rfind(" ", 0, EXCERPT_CHARS + 1)
+    cut = space if space > 0 else EXCERPT_CHARS
+    while cut > 0 and text[cut - 1] in ",;:-\u2013\u2014(":
+        cut -= 1
+    kept = text[:cut].rstrip()
+    return kept + "…", _clip(marks, len(kept))
+
+
+def _sentence_ends(text: str) -> Iterable[int]:
+    for m in _SENTENCE_END.finditer(text):
+        word = text[: m.start()].rsplit(None, 1)[-1].casefold() if m.start() else ""
+        if word.rstrip(".") in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
+            continue
+        yield m.end()
+
+
+def _clip(marks: Sequence[Span], limit: int) -> tuple[Span, ...]:
+    """Spans in order, inside ``limit``, never overlapping: data from elsewhere
+    is not trusted to be tidy."""
+    kept: list[Span] = []
+    for start, end in sorted(marks):
+        start, end = max(start, kept[-1][1] if kept else 0), min(end, limit)
+        if start < end:
+            kept.append((start, end))
+    return tuple(kept)
+
+
+def _joined(text: str, marks: Sequence[Span]) -> list[Span]:
+    """Spans clipped to ``text``, neighbours separated only by spaces joined,
+    so a matched phrase reads as one highlight."""
+    joined: list[Span] = []
+    for start, end in _clip(marks, len(text)):
+        if joined and not text[joined[-1][1] : start].strip():
+            joined[-1] = (joined[-1][0], end)
+        else:
+            joined.append((start, end))
+    return joined
+
+
+def highlight_html(text: str, marks: Sequence[Span]) -> Markup:
+    """Escape each piece between the spans; only the <mark> tags are markup."""
+    out: list[str] = []
+    pos = 0
+    for start, end in _joined(text, marks):
+        out += [escape(text[pos:start]), _MARK_OPEN, escape(text[start:end]), _MARK_CLOSE]
+        pos = end
+    out.append(escape(text[pos:]))
+    return Markup("").join(out)
+
+
+def highlight_text(text: str, marks: Sequence[Span]) -> str:
+    out: list[str] = []
+    pos = 0
+    for start, end in _joined(text, marks):
+        out += [text[pos:start], "*", text[start:end], "*"]
+        pos = end
+    out.append(text[pos:])
+    return "".join(out)
+
+
+def seven_bit_html(html: str) -> str:
+    """The same document in ASCII with lines of at most HTML_LINE characters,
+    so the HTML part can travel unencoded (7bit) instead of quoted-printable,
+    which takes three times the lines, and lines are what a receiving SMTP
+    server spends its time on. Characters beyond ASCII become numeric
+    character references; long lines are broken only at the space after a
+    tag's name, where a line break means the same to HTML. Left as it is
+    when style or script text (where references are not decoded) is not
+    ASCII; a line with no place to break just stays long, and the message
+    then falls back to quoted-printable."""
+    if not all(m.group().isascii() for m in _RAW_TEXT.finditer(html)):
+        return html
+    html = html.encode("ascii", "xmlcharrefreplace").decode("ascii")
+    if all(len(line) <= HTML_LINE for line in html.split("\n")):
+        return html
+    lines: list[str] = []
+    for line in html.split("\n"):
+        while len(line) > HTML_LINE:
+            cut = 0
+            for m in _TAG_NAME_SPACE.finditer(line, 0, HTML_LINE + 1):
+                cut = m.end() - 1
+            if not cut:
+                break
+            lines.append(line[:cut])
+            line = line[cut + 1 :]
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def wrap(text: str, indent: str = "", width: int = TEXT_WIDTH) -> str:
+    """Wrap prose; words are never split, so a long token may overrun rather
+    than be broken."""
+    return textwrap.fill(
+        _ASCII_SPACE.sub(" ", text).strip(),
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
