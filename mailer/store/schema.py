@@ -8,6 +8,8 @@ are the row objects some reads return to callers.
 from __future__ import annotations
 
 import re
+import sqlite3
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from datetime import UTC, date, datetime
@@ -281,11 +283,28 @@ def hide_password(url: str) -> str:
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=10000")
+    _wal(cursor)
     cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
     cursor.close()
+
+
+def _wal(cursor: Any) -> None:
+    """Switch the file to WAL, once per database (the mode is kept in the
+    file). Switching takes the file's lock without waiting on the busy
+    timeout, so a mailer opening a new database while another one creates
+    its tables tries again for a while instead of failing."""
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if cursor.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _connect(url: str) -> Engine:
