@@ -82,13 +82,8 @@ def without_root_privileges() -> tuple[str, ...]:
 
 
 @pytest.mark.slow
-def test_a_fifo_in_the_watch_folder_is_skipped_with_one_warning_and_passes_go_on(
-    tmp_path: Path,
-) -> None:
-    config = write_config(tmp_path, interval=0.2)
-    fifo = tmp_path / "dumps" / "pipe.txt"
-    os.mkfifo(fifo)
-    proc = start(config)
+def after_three_passes(proc: subprocess.Popen[str], tmp_path: Path) -> str:
+    """The daemon's log once it has made three more passes and stopped cleanly."""
     try:
         wait_for_fresh_passes(tmp_path, 3)
         code, stderr = stop(proc)
@@ -96,6 +91,16 @@ def test_a_fifo_in_the_watch_folder_is_skipped_with_one_warning_and_passes_go_on
         if proc.poll() is None:
             proc.kill()
     assert code == 0, stderr
+    return stderr
+
+
+def test_a_fifo_in_the_watch_folder_is_skipped_with_one_warning_and_passes_go_on(
+    tmp_path: Path,
+) -> None:
+    config = write_config(tmp_path, interval=0.2)
+    fifo = tmp_path / "dumps" / "pipe.txt"
+    os.mkfifo(fifo)
+    stderr = after_three_passes(start(config), tmp_path)
     warnings = [line for line in stderr.splitlines() if "pipe.txt" in line]
     assert len(warnings) == 1, stderr
     assert "not a regular file (a FIFO)" in warnings[0]
@@ -292,14 +297,7 @@ def test_an_unreadable_dump_is_warned_once_and_shown_by_status(tmp_path: Path) -
     locked = tmp_path / "dumps" / "locked.txt"
     locked.write_bytes(SEED.read_bytes())
     locked.chmod(0)
-    proc = start(config, *prefix)
-    try:
-        wait_for_fresh_passes(tmp_path, 3)
-        code, stderr = stop(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert code == 0, stderr
+    stderr = after_three_passes(start(config, *prefix), tmp_path)
     warnings = [line for line in stderr.splitlines() if "locked.txt" in line]
     assert len(warnings) == 1, stderr
     assert "Permission denied" in warnings[0]
