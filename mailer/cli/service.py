@@ -305,7 +305,12 @@ def status(
             f"{s['removed']} removed",
         ),
         ("matches", f"{report['matches_waiting']} waiting for a digest"),
-        ("outbox", f"{o['pending']} pending, {o['sent']} sent, {o['failed']} failed"),
+        (
+            "outbox",
+            f"{o['pending']} pending, {o['sent']} sent, {o['failed']} failed, "
+            f"{o['bounced']} bounced",
+        ),
+        ("suppressed", f"{report['suppressed']} addresses ('mailer suppressions list')"),
     ]
     last = report["last_pass"]
     lines.append(("last pass", f"{last['at']}: {last['summary']}" if last else "none yet"))

@@ -1,0 +1,496 @@
+"""The bounce mailbox end to end: digests out over real SMTP (aiosmtpd),
+bounces and replies dropped into a real Maildir as a mail server would
+deliver them, read by the next pass, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import mailbox
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from itertools import count
+from pathlib import Path
+
+import pytest
+
+from mailer.config import Config, parse_config
+from mailer.delivery import make_transport
+from mailer.dumps import format_dump
+from mailer.papers import Paper
+from mailer.pipeline import PassReport, Pipeline
+from mailer.store import DeliveryStatus, Store
+from mailer.store.schema import BOUNCES
+from mailer.verp import parse_bounce_address
+from tests.bounce_mail import drop, dsn, out_of_office, qmail_bounce, reply
+from tests.conftest import Received, SmtpServer, free_port
+
+NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+TODAY = NOW.date()
+RETURN_PATH = "bounces@example.org"
+
+
+def config_text(database_url: str, port: int, *, bounces: str = "", smtp: str = "") -> str:
+    return f"""
+[watch]
+dir = "dumps"
+settle_seconds = 0
+[database]
+url = "{database_url}"
+[delivery]
+transport = "smtp"
+[smtp]
+host = "127.0.0.1"
+port = {port}
+security = "none"
+timeout_seconds = 5
+sender = "Paper Digest <digest@example.org>"
+return_path = "{RETURN_PATH}"
+{smtp}
+[bounces]
+maildir = "bounces"
+{bounces}
+[[subscribers]]
+email = "ada@example.org"
+name = "Ada"
+[[subscribers.subscriptions]]
+name = "Diffusion"
+query = '"diffusion model"'
+[[subscribers]]
+email = "grace@example.org"
+name = "Grace"
+[[subscribers.subscriptions]]
+name = "Diffusion"
+query = '"diffusion model"'
+"""
+
+
+class Harness:
+    """A pipeline on a real database and a real SMTP server, with a clock the
+    test moves and a bounce Maildir it drops messages into."""
+
+    def __init__(self, tmp_path: Path, server: SmtpServer, database_url: str, **extra: str) -> None:
+        self.tmp_path = tmp_path
+        self.server = server
+        self.dumps = tmp_path / "dumps"
+        self.dumps.mkdir(exist_ok=True)
+        self.bounces = tmp_path / "bounces"
+        mailbox.Maildir(self.bounces, create=True)  # as the mail server keeps one
+        self.now = NOW
+        self.config = parse_config(
+            config_text(database_url, server.port, **extra), source="t.toml", base_dir=tmp_path
+        )
+        self.store = Store(self.config.database.url)
+        self.pipeline = Pipeline(
+            self.config, self.store, lambda: make_transport(self.pipeline.config), clock=self.clock
+        )
+        self._papers = count(1)
+
+    def clock(self) -> datetime:
+        return self.now
+
+    def run(self) -> PassReport:
+        return asyncio.run(self.pipeline.run_pass())
+
+    def new_papers(self) -> None:
+        """A dump with a new paper both subscribers' query matches."""
+        n = next(self._papers)
+        paper = Paper(
+            f"A Diffusion Model for Task {n}",
+            f"We train a diffusion model for task {n}.",
+            authors=2,
+            published=TODAY,
+            upvotes=n,
+        )
+        path = self.dumps / f"day-{n}.txt"
+        path.write_text(format_dump(TODAY, [paper]), encoding="utf-8")
+
+    def digest(self) -> PassReport:
+        """New papers, and a pass that mails them."""
+        self.new_papers()
+        return self.run()
+
+    def received(self, email: str) -> list[Received]:
+        return [m for m in self.server.messages if m.recipients == [email]]
+
+    def bounce(self, message: Received, **kwargs: str) -> str:
+        """The DSN a receiving server sends back for ``message``, to its
+        envelope sender, delivered into the bounce Maildir."""
+        return drop(
+            self.bounces,
+            dsn(
+                bounce_to=message.sender,
+                recipient=message.recipients[0],
+                original=message.data,
+                **kwargs,
+            ),
+        )
+
+    def maildir_flags(self) -> list[str]:
+        """The flags of every message in the bounce Maildir ('' for new/)."""
+        flags = [""] * len(list((self.bounces / "new").iterdir()))
+        flags += [p.name.partition(":2,")[2] for p in (self.bounces / "cur").iterdir()]
+        return sorted(flags)
+
+    def status_of(self, message: Received) -> tuple[str, str | None]:
+        message_id = message.message["Message-ID"]
+        [row] = [d for d in self.store.deliveries() if d.message_id == message_id]
+        return row.status, row.last_reply
+
+
+@pytest.fixture
+def harness(tmp_path: Path, smtp_server: SmtpServer, database_url: str) -> Iterator[Harness]:
+    h = Harness(tmp_path, smtp_server, database_url)
+    yield h
+    h.store.close()
+
+
+def suppressed(harness: Harness) -> list[str]:
+    return [s.address for s in harness.store.suppressed()]
+
+
+# --- bounces ---------------------------------------------------------------------------
+
+
+def test_digests_go_out_with_a_verp_return_path_naming_their_message(harness: Harness) -> None:
+    harness.digest()
+    [message] = harness.received("ada@example.org")
+    token = parse_bounce_address(message.sender, RETURN_PATH)
+    assert token is not None
+    assert token.names(message.message["Message-ID"])
+
+
+def test_a_hard_bounce_suppresses_the_address_and_no_digest_follows(harness: Harness) -> None:
+    harness.digest()
+    [first] = harness.received("ada@example.org")
+    harness.bounce(first, status="5.1.1")
+    report = harness.digest()
+    assert suppressed(harness) == ["ada@example.org"]
+    assert len(harness.received("ada@example.org")) == 1
+    assert len(harness.received("grace@example.org")) == 2
+    assert report.sent == 1
+
+
+def test_a_bounce_is_recorded_on_its_message_with_the_reason(harness: Harness) -> None:
+    harness.digest()
+    [first] = harness.received("ada@example.org")
+    harness.bounce(first, status="5.1.1")
+    harness.run()
+    status, reason = harness.status_of(first)
+    assert status == DeliveryStatus.BOUNCED
+    assert reason is not None
+    assert "5.1.1" in reason
+    assert "User unknown" in reason
+    assert "hard" in reason
+
+
+def test_a_bounce_is_acted_on_once_and_marked_seen(harness: Harness) -> None:
+    harness.digest()
+    [first] = harness.received("ada@example.org")
+    harness.bounce(first, status="5.2.2")
+    harness.run()
+    harness.run()
+    assert harness.maildir_flags() == ["S"]
+    with harness.store.transaction() as conn:
+        assert len(conn.execute(BOUNCES.select()).all()) == 1
+
+
+def test_a_full_mailbox_is_a_soft_bounce_and_does_not_suppress_at_once(harness: Harness) -> None:
+    harness.digest()
+    [first] = harness.received("ada@example.org")
+    harness.bounce(first, status="5.2.2")
+    harness.digest()
+    assert suppressed(harness) == []
+    assert len(harness.received("ada@example.org")) == 2
+    status, reason = harness.status_of(first)
+    assert status == DeliveryStatus.BOUNCED
+    assert reason is not None
+    assert "soft" in reason
+
+
+def test_a_delay_warning_changes_nothing(harness: Harness) -> None:
+    harness.digest()
+    [first] = harness.received("ada@example.org")
+    harness.bounce(first, status="4.4.1", action="delayed")
+    harness.run()
+    assert harness.status_of(first)[0] == DeliveryStatus.SENT
+    assert harness.maildir_flags() == ["S"]
+
+
+def test_soft_bounces_suppress_when_enough_fall_within_the_window(harness: Harness) -> None:
+    """soft_limit 3 within 14 days: one 20 days old does not count; the
+    third within the window suppresses."""
+    days = iter([0, 1, 20, 21, 22])
+    harness.now = NOW + timedelta(days=next(days))
+    harness.digest()
+    for sent in range(1, 4):
+        harness.bounce(harness.received("ada@example.org")[-1], status="4.2.2")
+        harness.now = NOW + timedelta(days=next(days))
+        harness.digest()
+        assert suppressed(harness) == [], f"after {sent} soft bounces"
+        assert len(harness.received("ada@example.org")) == sent + 1
+    harness.bounce(harness.received("ada@example.org")[-1], status="4.2.2")
+    harness.now = NOW + timedelta(days=next(days))
+    harness.digest()
+    assert suppressed(harness) == ["ada@example.org"]
+    assert len(harness.received("ada@example.org")) == 4
+    assert len(harness.received("grace@example.org")) == 5
+
+
+def test_two_reports_about_one_message_count_once(harness: Harness) -> None:
+    harness.digest()
+    [first] = harness.received("ada@example.org")
+    for _ in range(3):
+        harness.bounce(first, status="4.2.2")
+    harness.digest()
+    assert suppressed(harness) == []
+
+
+def test_a_bounce_without_verp_is_matched_by_the_original_message_id(
+    tmp_path: Path, smtp_server: SmtpServer, database_url: str
+) -> None:
+    h = Harness(tmp_path, smtp_server, database_url, smtp="verp = false")
+    try:
+        h.digest()
+        [first] = h.received("ada@example.org")
+        assert first.sender == RETURN_PATH
+        h.bounce(first, status="5.1.1")
+        h.digest()
+        assert suppressed(h) == ["ada@example.org"]
+        assert h.status_of(first)[0] == DeliveryStatus.BOUNCED
+    finally:
+        h.store.close()
+
+
+def test_a_qmail_bounce_is_understood_too(harness: Harness) -> None:
+    harness.digest()
+    [first] = harness.received("ada@example.org")
+    drop(
+        harness.bounces,
+        qmail_bounce(bounce_to=first.sender, recipient="ada@example.org", original=first.data),
+    )
+    harness.digest()
+    assert suppressed(harness) == ["ada@example.org"]
+    status, reason = harness.status_of(first)
+    assert status == DeliveryStatus.BOUNCED
+    assert "no mailbox here by that name" in (reason or "")
+
+
+def test_a_forged_verp_address_names_no_message_and_is_kept(harness: Harness) -> None:
+    harness.digest()
+    [first] = harness.received("ada@example.org")
+    token = parse_bounce_address(first.sender, RETURN_PATH)
+    assert token is not None
+    forged = f"bounces+{token.delivery_id}.0000000000@example.org"
+    drop(
+        harness.bounces,
+        dsn(bounce_to=forged, recipient="ada@example.org", original=b"Subject: x\n\n"),
+    )
+    harness.digest()
+    assert suppressed(harness) == []
+    assert harness.status_of(first)[0] == DeliveryStatus.SENT
+    assert harness.maildir_flags() == ["F"]
+
+
+def test_garbage_in_the_bounce_mailbox_is_kept_and_the_pass_goes_on(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    harness.digest()
+    [first] = harness.received("ada@example.org")
+    drop(harness.bounces, b"\x00\xff\xfe not a message at all \x00")
+    drop(harness.bounces, b"Content-Type: multipart/report; boundary=\n\n--\n\x00")
+    harness.bounce(first, status="5.1.1")
+    with caplog.at_level(logging.INFO, logger="mailer"):
+        report = harness.digest()
+    assert report.sent == 1
+    assert suppressed(harness) == ["ada@example.org"]
+    assert harness.maildir_flags() == ["F", "F", "S"]
+    assert "kept" in caplog.text
+
+
+def test_a_missing_bounce_maildir_is_logged_and_mail_still_goes_out(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    for sub in ("new", "cur", "tmp"):
+        (harness.bounces / sub).rmdir()
+    with caplog.at_level(logging.ERROR, logger="mailer"):
+        report = harness.digest()
+    assert report.sent == 2
+    assert "bounce mailbox not read" in caplog.text
+    assert str(harness.bounces) in caplog.text
+
+
+# --- replies ---------------------------------------------------------------------------
+
+
+def test_an_unsubscribe_reply_unsubscribes_its_sender_and_no_digest_follows(
+    harness: Harness,
+) -> None:
+    harness.digest()
+    drop(
+        harness.bounces, reply(sender="ada@example.org", subject="Re: unsubscribe ada@example.org")
+    )
+    harness.digest()
+    assert harness.store.unsubscribed_at("ada@example.org") == NOW
+    assert len(harness.received("ada@example.org")) == 1
+    assert len(harness.received("grace@example.org")) == 2
+    assert harness.maildir_flags() == ["S"]
+
+
+@pytest.mark.parametrize(
+    ("subject", "body"),
+    [
+        ("unsubscribe", ""),
+        ("  RE:  Unsubscribe  ", ""),
+        ("Re: Fwd: UNSUBSCRIBE ADA@example.org", ""),
+        ("Re: your digest", "\n  unsubscribe\n\nOn Monday, Paper Digest wrote:\n> ..."),
+    ],
+)
+def test_unsubscribe_is_read_from_the_subject_or_the_first_line(
+    harness: Harness, subject: str, body: str
+) -> None:
+    harness.run()
+    drop(harness.bounces, reply(sender="ADA@example.org", subject=subject, body=body))
+    harness.run()
+    assert harness.store.unsubscribed_at("ada@example.org") is not None
+
+
+def test_an_automatic_reply_never_unsubscribes(harness: Harness) -> None:
+    harness.run()
+    drop(harness.bounces, out_of_office(sender="ada@example.org", to="digest@example.org"))
+    harness.run()
+    assert harness.store.unsubscribed_at("ada@example.org") is None
+    assert harness.maildir_flags() == ["S"]
+
+
+def test_a_reply_from_the_null_sender_never_unsubscribes(harness: Harness) -> None:
+    harness.run()
+    message = reply(sender="ada@example.org").replace(
+        b"Return-Path: <ada@example.org>", b"Return-Path: <>"
+    )
+    drop(harness.bounces, message)
+    harness.run()
+    assert harness.store.unsubscribed_at("ada@example.org") is None
+    assert harness.maildir_flags() == ["F"]
+
+
+def test_an_unsubscribe_from_a_stranger_is_kept_for_a_person(harness: Harness) -> None:
+    harness.run()
+    drop(
+        harness.bounces, reply(sender="mallory@example.net", subject="unsubscribe ada@example.org")
+    )
+    harness.run()
+    assert harness.store.unsubscribed_at("ada@example.org") is None
+    assert harness.maildir_flags() == ["F"]
+
+
+def test_a_message_for_a_person_is_kept_unread(harness: Harness) -> None:
+    harness.run()
+    drop(harness.bounces, reply(sender="ada@example.org", subject="Thanks!", body="Great digest."))
+    harness.run()
+    assert harness.maildir_flags() == ["F"]
+
+
+# --- refusals at RCPT ---------------------------------------------------------------------
+
+
+def test_a_5_1_1_at_rcpt_suppresses_the_address(harness: Harness) -> None:
+    harness.server.sink.refuse["ada@example.org"] = (
+        "550 5.1.1 <ada@example.org>: Recipient address rejected: User unknown"
+    )
+    report = harness.digest()
+    assert (report.sent, report.failed) == (1, 1)
+    [entry] = harness.store.suppressed()
+    assert (entry.address, entry.source) == ("ada@example.org", "smtp")
+    assert "550 5.1.1" in entry.reason
+    del harness.server.sink.refuse["ada@example.org"]
+    harness.digest()
+    assert harness.received("ada@example.org") == []
+
+
+@pytest.mark.parametrize(
+    "refusal",
+    ["450 4.1.1 <ada@example.org>: Recipient address rejected: try later", "550 5.7.1 blocked"],
+)
+def test_a_temporary_or_policy_refusal_at_rcpt_suppresses_nothing(
+    harness: Harness, refusal: str
+) -> None:
+    harness.server.sink.refuse["ada@example.org"] = refusal
+    harness.digest()
+    assert suppressed(harness) == []
+
+
+def test_a_refused_connection_suppresses_nothing(
+    tmp_path: Path, smtp_server: SmtpServer, database_url: str
+) -> None:
+    h = Harness(tmp_path, smtp_server, database_url)
+    try:
+        h.pipeline.transport = lambda: make_transport(
+            h.config.model_copy(
+                update={"smtp": h.config.smtp.model_copy(update={"port": free_port()})}
+            )
+        )
+        report = h.digest()
+        assert report.deferred == 2
+        assert suppressed(h) == []
+    finally:
+        h.store.close()
+
+
+# --- suppressed addresses get nothing ---------------------------------------------------
+
+
+def test_a_digest_queued_before_the_suppression_is_cancelled_with_the_reason(
+    harness: Harness,
+) -> None:
+    harness.new_papers()
+    report = PassReport()
+    harness.pipeline.sync()
+    harness.pipeline.ingest(report)
+    harness.pipeline.match(report)
+    harness.pipeline.compose(report)
+    assert report.digests == 2
+    harness.store.suppress("ADA@example.org", reason="test", source="smtp", now=NOW)
+    asyncio.run(harness.pipeline.deliver(report))
+    assert harness.received("ada@example.org") == []
+    [ada] = [d for d in harness.store.deliveries() if d.recipient == "ada@example.org"]
+    assert ada.status == DeliveryStatus.CANCELLED
+    assert "suppressed" in (ada.last_reply or "")
+
+
+def test_a_lifted_suppression_gets_digests_again(harness: Harness) -> None:
+    harness.store.suppress("ada@example.org", reason="test", source="smtp", now=NOW)
+    harness.digest()
+    assert harness.received("ada@example.org") == []
+    assert harness.store.lift_suppression("Ada@Example.org", NOW)
+    assert not harness.store.lift_suppression("ada@example.org", NOW)
+    harness.digest()
+    assert len(harness.received("ada@example.org")) == 1
+
+
+def test_bounces_before_a_lift_do_not_count_again(harness: Harness) -> None:
+    harness.digest()
+    harness.bounce(harness.received("ada@example.org")[-1], status="5.1.1")
+    harness.run()
+    harness.now += timedelta(minutes=1)
+    assert harness.store.lift_suppression("ada@example.org", harness.now)
+    harness.now += timedelta(minutes=1)
+    harness.digest()
+    assert suppressed(harness) == []
+    assert len(harness.received("ada@example.org")) == 2
+
+
+def test_no_bounce_mailbox_configured_reads_nothing(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    url = f"sqlite:///{tmp_path / 'm.db'}"
+    text = config_text(url, smtp_server.port).replace('maildir = "bounces"', "")
+    config: Config = parse_config(text, source="t.toml", base_dir=tmp_path)
+    assert config.bounces.maildir is None
+    store = Store(url)
+    try:
+        pipeline = Pipeline(config, store, lambda: make_transport(config), clock=lambda: NOW)
+        assert asyncio.run(pipeline.run_pass()).errors == []
+    finally:
+        store.close()
+    assert not (tmp_path / "bounces").exists()
