@@ -5,8 +5,12 @@ deliver them, read by the next pass, on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import mailbox
+import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from itertools import count
@@ -24,13 +28,16 @@ from mailer.store.schema import BOUNCES
 from mailer.verp import parse_bounce_address
 from tests.bounce_mail import drop, dsn, out_of_office, qmail_bounce, reply
 from tests.conftest import Received, SmtpServer, free_port
+from tests.test_cli import ENV
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 TODAY = NOW.date()
 RETURN_PATH = "bounces@example.org"
 
 
-def config_text(database_url: str, port: int, *, bounces: str = "", smtp: str = "") -> str:
+def config_text(
+    database_url: str, port: int, *, bounces: str = 'maildir = "bounces"', smtp: str = ""
+) -> str:
     return f"""
 [watch]
 dir = "dumps"
@@ -48,7 +55,6 @@ sender = "Paper Digest <digest@example.org>"
 return_path = "{RETURN_PATH}"
 {smtp}
 [bounces]
-maildir = "bounces"
 {bounces}
 [[subscribers]]
 email = "ada@example.org"
@@ -63,6 +69,18 @@ name = "Grace"
 name = "Diffusion"
 query = '"diffusion model"'
 """
+
+
+def new_dump(folder: Path, n: int) -> None:
+    """Dump ``n``: a new paper both subscribers' query matches."""
+    paper = Paper(
+        f"A Diffusion Model for Task {n}",
+        f"We train a diffusion model for task {n}.",
+        authors=2,
+        published=TODAY,
+        upvotes=n,
+    )
+    (folder / f"day-{n}.txt").write_text(format_dump(TODAY, [paper]), encoding="utf-8")
 
 
 class Harness:
@@ -93,17 +111,7 @@ class Harness:
         return asyncio.run(self.pipeline.run_pass())
 
     def new_papers(self) -> None:
-        """A dump with a new paper both subscribers' query matches."""
-        n = next(self._papers)
-        paper = Paper(
-            f"A Diffusion Model for Task {n}",
-            f"We train a diffusion model for task {n}.",
-            authors=2,
-            published=TODAY,
-            upvotes=n,
-        )
-        path = self.dumps / f"day-{n}.txt"
-        path.write_text(format_dump(TODAY, [paper]), encoding="utf-8")
+        new_dump(self.dumps, next(self._papers))
 
     def digest(self) -> PassReport:
         """New papers, and a pass that mails them."""
@@ -484,7 +492,7 @@ def test_no_bounce_mailbox_configured_reads_nothing(
     tmp_path: Path, smtp_server: SmtpServer
 ) -> None:
     url = f"sqlite:///{tmp_path / 'm.db'}"
-    text = config_text(url, smtp_server.port).replace('maildir = "bounces"', "")
+    text = config_text(url, smtp_server.port, bounces="")
     config: Config = parse_config(text, source="t.toml", base_dir=tmp_path)
     assert config.bounces.maildir is None
     store = Store(url)
@@ -494,3 +502,124 @@ def test_no_bounce_mailbox_configured_reads_nothing(
     finally:
         store.close()
     assert not (tmp_path / "bounces").exists()
+
+
+# --- the command line, as an operator runs it ------------------------------------------
+
+
+class Cli:
+    """``mailer`` run as a process on a config file, a real database and the
+    aiosmtpd server, with a bounce Maildir next to the config."""
+
+    def __init__(self, tmp_path: Path, server: SmtpServer, database_url: str, **extra: str) -> None:
+        self.tmp_path = tmp_path
+        self.server = server
+        self.config = tmp_path / "config.toml"
+        self.config.write_text(config_text(database_url, server.port, **extra), encoding="utf-8")
+        (tmp_path / "dumps").mkdir()
+        self.bounces = tmp_path / "bounces"
+        mailbox.Maildir(self.bounces, create=True)
+        self.env: dict[str, str] = {}
+        self._papers = count(1)
+
+    def __call__(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "mailer", "--config", str(self.config), *args],
+            cwd=self.tmp_path,
+            env={**ENV, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def ingest_new_papers(self) -> None:
+        new_dump(self.tmp_path / "dumps", next(self._papers))
+        result = self("ingest")
+        assert result.returncode == 0, result.stderr
+
+    def received(self, email: str) -> list[Received]:
+        return [m for m in self.server.messages if m.recipients == [email]]
+
+
+@pytest.fixture
+def cli(tmp_path: Path, smtp_server: SmtpServer, database_url: str) -> Cli:
+    return Cli(tmp_path, smtp_server, database_url)
+
+
+def test_mailer_ingest_reads_a_dsn_suppresses_and_sends_that_address_nothing_more(
+    cli: Cli,
+) -> None:
+    cli.ingest_new_papers()
+    [first] = cli.received("ada@example.org")
+    drop(
+        cli.bounces,
+        dsn(bounce_to=first.sender, recipient="ada@example.org", original=first.data),
+    )
+    cli.ingest_new_papers()
+    cli.ingest_new_papers()
+    assert len(cli.received("ada@example.org")) == 1
+    assert len(cli.received("grace@example.org")) == 3
+    listed = json.loads(cli("suppressions", "list", "--json").stdout)
+    assert [(s["address"], s["source"]) for s in listed] == [("ada@example.org", "bounce")]
+    assert "5.1.1" in listed[0]["reason"]
+    bounced = json.loads(cli("outbox", "--json", "--status", "bounced").stdout)
+    assert [(m["recipient"], m["message_id"]) for m in bounced] == [
+        ("ada@example.org", first.message["Message-ID"])
+    ]
+    assert "5.1.1" in bounced[0]["last_reply"]
+
+
+def test_mailer_ingest_acts_on_an_unsubscribe_reply_and_sends_that_address_nothing_more(
+    cli: Cli,
+) -> None:
+    cli.ingest_new_papers()
+    drop(cli.bounces, reply(sender="ada@example.org", subject="Re: unsubscribe ada@example.org"))
+    cli.ingest_new_papers()
+    cli.ingest_new_papers()
+    assert len(cli.received("ada@example.org")) == 1
+    assert len(cli.received("grace@example.org")) == 3
+    subscribers = json.loads(cli("subs", "list", "--json").stdout)
+    assert {s["email"]: s["unsubscribed"] for s in subscribers} == {
+        "ada@example.org": True,
+        "grace@example.org": False,
+    }
+
+
+def test_suppressions_list_and_remove(cli: Cli) -> None:
+    cli.server.sink.refuse["ada@example.org"] = "550 5.1.1 <ada@example.org>: User unknown"
+    cli.ingest_new_papers()
+    listed = cli("suppressions", "list")
+    assert listed.returncode == 0
+    assert "ada@example.org" in listed.stdout
+    assert "550 5.1.1" in listed.stdout
+    removed = cli("suppressions", "remove", "ADA@example.org")
+    assert removed.returncode == 0, removed.stderr
+    assert "lifted" in removed.stdout
+    assert cli("suppressions", "list").stdout.strip() == "no address is suppressed"
+    del cli.server.sink.refuse["ada@example.org"]
+    cli.ingest_new_papers()
+    assert len(cli.received("ada@example.org")) == 1
+
+
+def test_suppressions_remove_of_an_address_not_suppressed_says_so(cli: Cli) -> None:
+    result = cli("suppressions", "remove", "grace@example.org")
+    assert result.returncode == 2
+    assert "'grace@example.org' is not suppressed" in result.stderr
+    assert "mailer suppressions list" in result.stderr
+
+
+def test_status_counts_bounced_messages_and_suppressed_addresses(cli: Cli) -> None:
+    cli.ingest_new_papers()
+    [first] = cli.received("ada@example.org")
+    drop(
+        cli.bounces,
+        dsn(bounce_to=first.sender, recipient="ada@example.org", original=first.data),
+    )
+    cli.ingest_new_papers()
+    report = json.loads(cli("status", "--json").stdout)
+    assert report["outbox"]["bounced"] == 1
+    assert report["suppressed"] == 1
+    text = cli("status").stdout
+    assert "1 bounced" in text
+    assert re.search(r"^suppressed\s+1 address", text, re.MULTILINE)
