@@ -18,9 +18,12 @@ from pathlib import Path
 
 import pytest
 
+import mailer.bounces.mailbox as mailbox_module
+from mailer.bounces.mailbox import ImapBox
 from mailer.config import Config, parse_config
 from mailer.delivery import make_transport
 from mailer.dumps import format_dump
+from mailer.errors import ConfigError
 from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline
 from mailer.store import DeliveryStatus, Store
@@ -623,3 +626,81 @@ def test_status_counts_bounced_messages_and_suppressed_addresses(cli: Cli) -> No
     text = cli("status").stdout
     assert "1 bounced" in text
     assert re.search(r"^suppressed\s+1 address", text, re.MULTILINE)
+
+
+# --- the mailbox itself -----------------------------------------------------------------
+
+
+def test_a_message_a_mail_client_moved_to_cur_unread_is_still_read(harness: Harness) -> None:
+    harness.run()
+    key = drop(harness.bounces, reply(sender="ada@example.org"))
+    (harness.bounces / "new" / key).rename(harness.bounces / "cur" / f"{key}:2,")
+    harness.run()
+    assert harness.store.unsubscribed_at("ada@example.org") is not None
+    assert harness.maildir_flags() == ["S"]
+
+
+def test_a_message_someone_read_or_flagged_is_left_alone(harness: Harness) -> None:
+    harness.run()
+    for flags in ("S", "FS"):
+        key = drop(harness.bounces, reply(sender="ada@example.org"))
+        (harness.bounces / "new" / key).rename(harness.bounces / "cur" / f"{key}:2,{flags}")
+    harness.run()
+    assert harness.store.unsubscribed_at("ada@example.org") is None
+
+
+def test_a_message_larger_than_a_bounce_is_kept_unread(
+    harness: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(mailbox_module, "MAX_MESSAGE_BYTES", 100)
+    harness.run()
+    drop(harness.bounces, reply(sender="ada@example.org", body="x" * 200))
+    harness.run()
+    assert harness.store.unsubscribed_at("ada@example.org") is None
+    assert harness.maildir_flags() == ["F"]
+
+
+# --- configuration ------------------------------------------------------------------------
+
+
+def test_the_bounce_maildir_and_ca_file_are_relative_to_the_config_file(tmp_path: Path) -> None:
+    config = parse_config('[bounces]\nmaildir = "b"\n', source="c.toml", base_dir=tmp_path).bounces
+    assert config.maildir == tmp_path / "b"
+    imap = parse_config(
+        '[bounces]\nimap_url = "imaps://d@mail.example.org/INBOX"\nca_file = "ca.pem"\n',
+        source="c.toml",
+        base_dir=tmp_path,
+    ).bounces
+    assert imap.ca_file == tmp_path / "ca.pem"
+
+
+@pytest.mark.parametrize(
+    ("settings", "said"),
+    [
+        ('imap_url = "imap://d@mail.example.org"', "not an IMAP-over-TLS URL"),
+        ('imap_url = "imaps://mail.example.org/INBOX"', "not an IMAP-over-TLS URL"),
+        ('imap_url = "imaps://d@mail.example.org:99999"', "not an IMAP-over-TLS URL"),
+        ('imap_url = "imaps://d:pw@mail.example.org"', "MAILER_BOUNCES__PASSWORD"),
+        ('maildir = "b"\nimap_url = "imaps://d@mail.example.org"', "not both"),
+        ("soft_limit = 0", "bounces.soft_limit"),
+        ("soft_window_days = 0", "bounces.soft_window_days"),
+    ],
+)
+def test_bad_bounce_settings_are_refused_naming_the_key(settings: str, said: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(f"[bounces]\n{settings}\n", source="c.toml")
+    assert said in str(info.value)
+    assert ":pw@" not in str(info.value)  # a password in the URL is never echoed
+
+
+def test_the_imap_password_comes_from_the_environment_and_is_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAILER_BOUNCES__PASSWORD", "hunter2-imap")
+    config = parse_config(
+        '[bounces]\nimap_url = "imaps://d@mail.example.org"\n', source="c.toml"
+    ).bounces
+    assert config.password.get_secret_value() == "hunter2-imap"
+    assert "hunter2" not in repr(config)
+    box = ImapBox(config)
+    assert box.where == "IMAP d@mail.example.org:993/INBOX"

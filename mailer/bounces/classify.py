@@ -111,7 +111,10 @@ def classify(data: bytes) -> Classified:
     message = email.message_from_bytes(data, policy=email.policy.compat32)
     if message.defects and not message.keys():
         return NotUnderstood("not an email message (no headers)")
-    temporary, permanent = all_failures(message)
+    try:
+        temporary, permanent = all_failures(message)
+    except Exception:  # a detector tripping on odd input; flufl.bounce logs it
+        temporary = permanent = frozenset()
     blocks = list(_status_blocks(message))
     reported = any(_is_report(part) for part in message.walk())
     if temporary or permanent or reported:
@@ -194,7 +197,7 @@ def _bounce(message: Message, blocks: list[_Block], permanent: frozenset[bytes])
         if recipient.lower() in failures:
             continue
         line = _line_about(text, recipient)
-        status = status_code(line) or status_code(text) or UNKNOWN_PERMANENT
+        status = status_code(line) or UNKNOWN_PERMANENT
         failures[recipient.lower()] = Failure(recipient, status, line or status)
     return Bounce(tuple(failures.values()), _addressed_to(message), _original_ids(message))
 
