@@ -704,3 +704,10 @@ def test_the_imap_password_comes_from_the_environment_and_is_never_shown(
     assert "hunter2" not in repr(config)
     box = ImapBox(config)
     assert box.where == "IMAP d@mail.example.org:993/INBOX"
+
+
+def test_check_config_says_where_bounces_are_read_and_when_they_suppress(cli: Cli) -> None:
+    result = cli("check-config")
+    assert result.returncode == 0, result.stderr
+    assert f"bounces read Maildir {cli.bounces} every pass" in result.stdout
+    assert "suppress after 1 hard bounce(s), or 3 soft within 14 days" in result.stdout
