@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
-from mailer.cli.app import open_existing, open_store, out, state_of
+from mailer.cli.app import open_existing, out, state_of
 from mailer.errors import ConfigError
 from mailer.ops import suppression_entry
 from mailer.pipeline import utc_now
@@ -54,11 +54,12 @@ def suppressions_remove(
     """Lift the suppression of ADDRESS: it gets digests again, and only bounces
     from now on count towards suppressing it again."""
     config = state_of(ctx).config()
-    store = open_store(config)
+    store = open_existing(config)
     try:
-        lifted = store.lift_suppression(address, utc_now())
+        lifted = store.lift_suppression(address, utc_now()) if store else False
     finally:
-        store.close()
+        if store:
+            store.close()
     if not lifted:
         raise ConfigError(
             f"{address!r} is not suppressed",
