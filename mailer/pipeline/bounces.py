@@ -84,7 +84,7 @@ class ReadBounces:
                     if stopping():
                         break
                     done.read += 1
-                    if self.act(letter, box.where, done):
+                    if self.act(letter, done):
                         box.done(letter.key)
                     else:
                         done.kept += 1
@@ -97,7 +97,7 @@ class ReadBounces:
             log.info("bounce mailbox %s %s", box.where, done.summary())
         return done
 
-    def act(self, letter: Letter, where: str, done: MailboxReport) -> bool:
+    def act(self, letter: Letter, done: MailboxReport) -> bool:
         """Act on one message; False when it is to be left for a person."""
         if letter.data is None:
             log.warning("bounce mailbox: kept %s for a person: larger than a bounce", letter.name)
