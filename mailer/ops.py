@@ -36,6 +36,7 @@ from mailer.store import (
     OutboxState,
     Store,
     SubscriberState,
+    Suppression,
     utc,
 )
 
@@ -292,8 +293,14 @@ def status_report(
         "matches_waiting": sum(s.pending for k, s in states.items() if k in configured),
         "outbox": {
             str(k): outbox.get(k, 0)
-            for k in (DeliveryStatus.PENDING, DeliveryStatus.SENT, DeliveryStatus.FAILED)
+            for k in (
+                DeliveryStatus.PENDING,
+                DeliveryStatus.SENT,
+                DeliveryStatus.FAILED,
+                DeliveryStatus.BOUNCED,
+            )
         },
+        "suppressed": len(store.suppressed_keys()) if store else 0,
         "last_pass": (
             {"at": _iso(last.updated_at), "summary": last.value} if last is not None else None
         ),
@@ -334,6 +341,16 @@ def outbox_entry(row: DeliveryRow) -> dict[str, object]:
         ),
         "sent_at": iso(row.sent_at),
         "last_reply": row.last_reply,
+    }
+
+
+def suppression_entry(suppression: Suppression) -> dict[str, object]:
+    """One suppressed address as ``mailer suppressions list`` shows it."""
+    return {
+        "address": suppression.address,
+        "since": _iso(suppression.since),
+        "source": suppression.source,
+        "reason": suppression.reason,
     }
 
 

@@ -3,8 +3,8 @@
 Each stage reads what the previous one committed to the store, so a pass cut
 short anywhere is finished by the next one: nothing is dropped, and the
 outbox keeps a message's bytes and Message-ID until the transport accepts it.
-The stages live in ingest, match, compose and send; ``Pipeline`` only holds
-what they share and runs them in order.
+The stages live in bounces, ingest, match, compose and send; ``Pipeline``
+only holds what they share and runs them in order.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from mailer.dkim import load_signer
 from mailer.errors import LockLostError
 from mailer.lock import DatabaseLock, lock_lost
 from mailer.matching import Stats
+from mailer.pipeline.bounces import ReadBounces
 from mailer.pipeline.compose import Compose, RenderSettings, digest_order, unsubscribe_url
 from mailer.pipeline.ingest import Ingest, OnDump, Scanner
 from mailer.pipeline.match import (
@@ -117,6 +118,7 @@ class Pipeline:
         await asyncio.to_thread(self.hold_lock)
         try:
             await asyncio.to_thread(self.sync)
+            await asyncio.to_thread(self.read_bounces, report)
             await asyncio.to_thread(self.ingest, report)
             await asyncio.to_thread(self.match, report)
             await self.compose_and_deliver(report)
@@ -146,6 +148,11 @@ class Pipeline:
         """Raise LockLostError unless this process still holds the database's lock."""
         if not self.lock.held():
             raise lock_lost(self.lock)
+
+    def read_bounces(self, report: PassReport) -> None:
+        """The bounce mailbox -> bounced messages, suppressions, unsubscribes;
+        before anything is composed or sent."""
+        ReadBounces(self.store, self.config, self.clock).run(report, self._stopped)
 
     def ingest(self, report: PassReport) -> None:
         """Files -> dumps -> papers."""

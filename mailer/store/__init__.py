@@ -51,9 +51,12 @@ from mailer.store.schema import (
     row_objects,
     utc,
 )
+from mailer.store.suppressions import BounceLimits, BounceRecord, Suppression, Suppressions
 
 __all__ = [
     "LAST_PASS",
+    "BounceLimits",
+    "BounceRecord",
     "CorpusRow",
     "DeliveryRow",
     "DeliveryStatus",
@@ -71,6 +74,7 @@ __all__ = [
     "SubscriberRow",
     "SubscriberState",
     "SubscriptionRow",
+    "Suppression",
     "TermRow",
     "add_statistics",
     "hide_password",
@@ -109,6 +113,7 @@ class Store:
         self.people = People(self.transaction)
         self.matches = Matches(self.transaction)
         self.outbox = Outbox(self.transaction)
+        self.suppressions = Suppressions(self.transaction)
         self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
         self._identity = _identity(self._file) if self._file else None
 
@@ -341,3 +346,37 @@ class Store:
 
     def outbox_counts(self) -> dict[str, int]:
         return self.outbox.outbox_counts()
+
+    def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        return self.outbox.delivery(delivery_id)
+
+    def delivery_by_message_id(self, message_id: str) -> DeliveryRow | None:
+        return self.outbox.delivery_by_message_id(message_id)
+
+    # --- bounces and suppressions: ``Suppressions`` -------------------------
+
+    def record_bounce(
+        self,
+        delivery_id: int,
+        *,
+        hard: bool,
+        status: str,
+        reason: str,
+        now: datetime,
+        limits: BounceLimits,
+    ) -> BounceRecord | None:
+        return self.suppressions.record_bounce(
+            delivery_id, hard=hard, status=status, reason=reason, now=now, limits=limits
+        )
+
+    def suppress(self, address: str, *, reason: str, source: str, now: datetime) -> bool:
+        return self.suppressions.suppress(address, reason=reason, source=source, now=now)
+
+    def lift_suppression(self, address: str, now: datetime) -> bool:
+        return self.suppressions.lift(address, now)
+
+    def suppressed(self) -> list[Suppression]:
+        return self.suppressions.suppressed()
+
+    def suppressed_keys(self) -> set[str]:
+        return self.suppressions.suppressed_keys()

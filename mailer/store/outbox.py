@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import Select, and_, bindparam, func, insert, literal, or_, select, update
 from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import NoResultFound
 
@@ -17,6 +17,7 @@ from mailer.store.schema import (
     DELIVERIES,
     MATCHES,
     SUBSCRIBERS,
+    SUPPRESSIONS,
     DeliveryRow,
     DeliveryStatus,
     Transaction,
@@ -102,6 +103,16 @@ class Outbox:
         """Every message, oldest first, as row objects (``row_objects``)."""
         return self._rows(select(DeliveryRow).order_by(DELIVERIES.c.id))
 
+    def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        found = self._rows(select(DeliveryRow).where(DELIVERIES.c.id == delivery_id))
+        return found[0] if found else None
+
+    def delivery_by_message_id(self, message_id: str) -> DeliveryRow | None:
+        """The message with this Message-ID (with or without its <>)."""
+        wanted = f"<{message_id.strip().strip('<>')}>"
+        found = self._rows(select(DeliveryRow).where(DELIVERIES.c.message_id == wanted))
+        return found[0] if found else None
+
     def _rows(self, query: Select[DeliveryRow]) -> list[DeliveryRow]:
         with self._transaction() as conn:
             return row_objects(conn, query)
@@ -149,26 +160,42 @@ class Outbox:
 
     def cancel_unwanted(self, delivery_ids: Sequence[int]) -> dict[int, str]:
         """Cancel those pending messages among ``delivery_ids`` whose recipient
-        has unsubscribed or been removed from the config since they were
-        composed; returns them with the reason. One query when, as usual,
-        nobody has."""
+        has unsubscribed, been removed from the config or been suppressed
+        (mailer.store.suppressions) since they were composed; returns them
+        with the reason. One query when, as usual, nobody has."""
         if not delivery_ids:
             return {}
+        suppressed = SUPPRESSIONS.c
         with self._transaction() as conn:
             found = conn.execute(
-                select(DELIVERIES.c.id, SUBSCRIBERS.c.unsubscribed_at)
+                select(
+                    DELIVERIES.c.id,
+                    SUBSCRIBERS.c.unsubscribed_at,
+                    SUBSCRIBERS.c.active,
+                    suppressed.since,
+                    suppressed.reason,
+                )
                 .join(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
+                .outerjoin(
+                    SUPPRESSIONS,
+                    and_(
+                        suppressed.address_key == SUBSCRIBERS.c.email_key,
+                        suppressed.lifted_at.is_(None),
+                    ),
+                )
                 .where(
                     DELIVERIES.c.id.in_(list(delivery_ids)),
                     DELIVERIES.c.status == DeliveryStatus.PENDING,
                     or_(
-                        SUBSCRIBERS.c.unsubscribed_at.is_not(None), SUBSCRIBERS.c.active.is_(False)
+                        SUBSCRIBERS.c.unsubscribed_at.is_not(None),
+                        SUBSCRIBERS.c.active.is_(False),
+                        suppressed.id.is_not(None),
                     ),
                 )
             )
             cancelled = {
-                i: f"unsubscribed at {at}" if at is not None else "removed from the config"
-                for i, at in found
+                i: _unwanted(unsubscribed_at, active, since, reason)
+                for i, unsubscribed_at, active, since, reason in found
             }
             if cancelled:
                 conn.execute(
@@ -240,6 +267,17 @@ class Outbox:
                 select(DELIVERIES.c.status, func.count()).group_by(DELIVERIES.c.status)
             )
             return dict(rows.all())
+
+
+def _unwanted(
+    unsubscribed_at: datetime | None, active: bool, since: datetime | None, reason: str | None
+) -> str:
+    """Why a composed message must not go to its recipient."""
+    if unsubscribed_at is not None:
+        return f"unsubscribed at {unsubscribed_at}"
+    if not active:
+        return "removed from the config"
+    return f"suppressed since {since} ({reason})"
 
 
 def _one(result: CursorResult[Any], delivery_id: int) -> None:

@@ -16,6 +16,7 @@ from mailer.store.schema import (
     MATCHES,
     SUBSCRIBERS,
     SUBSCRIPTIONS,
+    SUPPRESSIONS,
     Transaction,
     utc,
 )
@@ -94,10 +95,15 @@ class People:
             return since
 
     def active_subscriber_ids(self) -> dict[str, int]:
+        """The subscribers papers are matched and digests composed for: not
+        removed, unsubscribed or suppressed (mailer.store.suppressions)."""
+        suppressed = select(SUPPRESSIONS.c.address_key).where(SUPPRESSIONS.c.lifted_at.is_(None))
         with self._transaction() as conn:
             rows = conn.execute(
                 select(SUBSCRIBERS.c.email, SUBSCRIBERS.c.id).where(
-                    SUBSCRIBERS.c.active.is_(True), SUBSCRIBERS.c.unsubscribed_at.is_(None)
+                    SUBSCRIBERS.c.active.is_(True),
+                    SUBSCRIBERS.c.unsubscribed_at.is_(None),
+                    SUBSCRIBERS.c.email_key.not_in(suppressed),
                 )
             )
             return dict(rows.all())

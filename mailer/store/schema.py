@@ -16,7 +16,16 @@ from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Column, LargeBinary, Select, UniqueConstraint, event
+from sqlalchemy import (
+    JSON,
+    Column,
+    ForeignKey,
+    Integer,
+    LargeBinary,
+    Select,
+    UniqueConstraint,
+    event,
+)
 from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.schema import Table
@@ -42,7 +51,8 @@ class DeliveryStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
-    CANCELLED = "cancelled"  # recipient unsubscribed or removed before sending
+    CANCELLED = "cancelled"  # recipient unsubscribed, removed or suppressed before sending
+    BOUNCED = "bounced"  # accepted, then a bounce came back (mailer.bounces); the reason kept
 
 
 class OutboxState(StrEnum):
@@ -54,6 +64,7 @@ class OutboxState(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    BOUNCED = "bounced"
 
     @classmethod
     def of(cls, status: str, attempts: int) -> OutboxState:
@@ -185,6 +196,43 @@ class TermRow(SQLModel, table=True):
     df: int = 0
 
 
+class BounceRow(SQLModel, table=True):
+    """A bounce that named one of our messages, hard or soft: suppression
+    counts these per address (``address_key``)."""
+
+    __tablename__ = "bounces"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer, ForeignKey("deliveries.id", name="fk_bounces_delivery_id"), index=True
+        ),
+    )
+    address_key: str = Field(index=True)
+    hard: bool
+    status: str = Field(max_length=16)  # the RFC 3463 status, e.g. 5.1.1
+    reason: str
+    received_at: datetime
+
+
+class SuppressionRow(SQLModel, table=True):
+    """An address that gets nothing (hard bounces, soft ones piling up, or a
+    5.1.x at RCPT) until lifted; a lifted row is kept, with ``lifted_at``, so
+    only bounces after the lift count again."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("address_key", name="uq_suppressions_address_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    address: str
+    address_key: str  # mailer.addresses.address_key
+    reason: str
+    source: str = Field(max_length=16)  # bounce | smtp
+    since: datetime
+    lifted_at: datetime | None = None
+
+
 class StateRow(SQLModel, table=True):
     """Small facts about the running service, such as the last pass."""
 
@@ -210,6 +258,8 @@ MATCHES = _table(MatchRow)
 CORPUS = _table(CorpusRow)
 TERMS = _table(TermRow)
 STATE = _table(StateRow)
+BOUNCES = _table(BounceRow)
+SUPPRESSIONS = _table(SuppressionRow)
 
 # A transaction on the store's engine: committed on success, rolled back on
 # any error, database errors raised as StoreError (``Store.transaction``).
