@@ -23,7 +23,7 @@ from rich.text import Text
 
 from mailer.addresses import address_key
 from mailer.config import Config, SubscriberConfig
-from mailer.matching import Query, highlight_spans, match_paper
+from mailer.matching import Doc, Query, highlight_spans, match_paper
 from mailer.papers import Paper
 from mailer.pipeline import Pipeline
 from mailer.pipeline.ingest import UNREADABLE_DUMPS
@@ -146,11 +146,14 @@ class Tried:
     abstract_marks: tuple[tuple[int, int], ...]
 
 
-def try_query(query: Query, papers: Sequence[Paper]) -> list[Tried]:
-    """The papers ``query`` matches, with where its terms occur."""
+def try_query(query: Query, papers: Sequence[Paper | Doc]) -> list[Tried]:
+    """The papers ``query`` matches, with where its terms occur: ``subs try``
+    and the web pages' previews. Papers given analysed (``Doc``, as the
+    pages keep the last 30 days') are not analysed again."""
     found = []
-    for paper in papers:
-        for hit in match_paper(paper, {"q": query}):
+    for item in papers:
+        paper = item.paper if isinstance(item, Doc) else item
+        for hit in match_paper(item, {"q": query}):
             found.append(
                 Tried(
                     paper,

@@ -34,11 +34,13 @@ from mailer.store.people import People, SubscriberState
 from mailer.store.schema import (
     STATE,
     CorpusRow,
+    DeliveryKind,
     DeliveryRow,
     DeliveryStatus,
     DumpRow,
     DumpStatus,
     MatchRow,
+    Origin,
     OutboxState,
     PaperRow,
     StateRow,
@@ -51,10 +53,12 @@ from mailer.store.schema import (
     row_objects,
     utc,
 )
+from mailer.store.selfservice import Profile, SentDigest, SignUp, WebSubscriber, WebSubscribers
 
 __all__ = [
     "LAST_PASS",
     "CorpusRow",
+    "DeliveryKind",
     "DeliveryRow",
     "DeliveryStatus",
     "DumpRow",
@@ -62,16 +66,22 @@ __all__ = [
     "IngestOutcome",
     "MatchRow",
     "NewMatch",
+    "Origin",
     "OutboxState",
     "Outgoing",
     "PaperRow",
     "PendingMatch",
+    "Profile",
+    "SentDigest",
+    "SignUp",
     "StateRow",
     "Store",
     "SubscriberRow",
     "SubscriberState",
     "SubscriptionRow",
     "TermRow",
+    "WebSubscriber",
+    "WebSubscribers",
     "add_statistics",
     "hide_password",
     "paper_from_row",
@@ -109,6 +119,7 @@ class Store:
         self.people = People(self.transaction)
         self.matches = Matches(self.transaction)
         self.outbox = Outbox(self.transaction)
+        self.web = WebSubscribers(self.transaction)  # sign-ups on the web pages
         self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
         self._identity = _identity(self._file) if self._file else None
 

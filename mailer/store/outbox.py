@@ -17,6 +17,7 @@ from mailer.store.schema import (
     DELIVERIES,
     MATCHES,
     SUBSCRIBERS,
+    DeliveryKind,
     DeliveryRow,
     DeliveryStatus,
     Transaction,
@@ -35,6 +36,7 @@ class Outgoing:
     message: bytes
     match_ids: Sequence[int]
     failed: str | None = None  # no message could be built: queued as failed, with why
+    kind: str = DeliveryKind.DIGEST
 
 
 class Outbox:
@@ -65,6 +67,7 @@ class Outbox:
                             "next_attempt_at": None if m.failed else now,
                             "status": DeliveryStatus.FAILED if m.failed else DeliveryStatus.PENDING,
                             "last_reply": m.failed,
+                            "kind": m.kind,
                         }
                         for m in messages
                     ],
@@ -161,6 +164,7 @@ class Outbox:
                 .where(
                     DELIVERIES.c.id.in_(list(delivery_ids)),
                     DELIVERIES.c.status == DeliveryStatus.PENDING,
+                    DELIVERIES.c.kind == DeliveryKind.DIGEST,
                     or_(
                         SUBSCRIBERS.c.unsubscribed_at.is_not(None), SUBSCRIBERS.c.active.is_(False)
                     ),
@@ -204,7 +208,8 @@ class Outbox:
         with self._transaction() as conn:
             last: datetime | None = conn.execute(
                 select(func.max(DELIVERIES.c.created_at)).where(
-                    DELIVERIES.c.subscriber_id == subscriber_id
+                    DELIVERIES.c.subscriber_id == subscriber_id,
+                    DELIVERIES.c.kind == DeliveryKind.DIGEST,
                 )
             ).scalar()
             return last
@@ -221,7 +226,10 @@ class Outbox:
                 last: dict[int, datetime] = dict(
                     conn.execute(
                         select(DELIVERIES.c.subscriber_id, func.max(DELIVERIES.c.created_at))
-                        .where(DELIVERIES.c.subscriber_id.in_(chunk))
+                        .where(
+                            DELIVERIES.c.subscriber_id.in_(chunk),
+                            DELIVERIES.c.kind == DeliveryKind.DIGEST,
+                        )
                         .group_by(DELIVERIES.c.subscriber_id)
                     ).all()
                 )
