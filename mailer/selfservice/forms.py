@@ -123,7 +123,7 @@ def subscription_name(row: Row) -> str:
 
 def read_form(data: Mapping[str, str], *, email: str | None = None) -> SubscriptionForm:
     """The posted fields; ``email`` given (a manage page) overrides any posted."""
-    time = data.get("time", "").strip()
+    time = data.get("time", "").strip() or "08:00"
     if m := _TIME.match(time):
         time = m.group(1)  # some browsers add seconds
     form = SubscriptionForm(

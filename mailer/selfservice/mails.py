@@ -54,7 +54,8 @@ def notice(
     message_id = new_message_id(sender_address, now)
     message["Message-ID"] = message_id
     message["Auto-Submitted"] = "auto-generated"
-    message.set_content(text)
+    # 7bit keeps the link whole on its line for any reader; QP otherwise.
+    message.set_content(text, cte="7bit" if text.isascii() else "quoted-printable")
     data = message.as_bytes()
     if dkim is not None:
         data = dkim.sign(data)

@@ -15,7 +15,8 @@ from zoneinfo import available_timezones
 import jinja2
 
 from mailer.render import default_templates_dir
-from mailer.selfservice.forms import DAYS
+from mailer.selfservice.forms import DAYS, schedule_parts
+from mailer.selfservice.preview import WINDOW_DAYS
 
 PRODUCT = "Paper Digest"
 
@@ -28,6 +29,16 @@ def web_templates_dir() -> Path:
 def time_zones() -> tuple[str, ...]:
     """The IANA names offered in the time zone field's list."""
     return tuple(sorted(z for z in available_timezones() if "/" in z or z == "UTC"))
+
+
+def schedule_words(schedule: str, timezone: str) -> str:
+    """A schedule as a sentence says it: "daily at 08:00 (Europe/London)"."""
+    kind, at, day = schedule_parts(schedule)
+    if kind == "instant":
+        return "as soon as papers match"
+    if kind == "daily":
+        return f"daily at {at} ({timezone})"
+    return f"weekly on {dict(DAYS)[day]} at {at} ({timezone})"
 
 
 class Pages:
@@ -43,7 +54,10 @@ class Pages:
             lstrip_blocks=True,
             auto_reload=False,
         )
-        self.env.globals.update(product=PRODUCT, days=DAYS, zones=time_zones())
+        self.env.globals.update(
+            product=PRODUCT, weekdays=DAYS, zones=time_zones(), window_days=WINDOW_DAYS
+        )
+        self.env.filters["schedule_words"] = schedule_words
 
     def render(self, name: str, **context: Any) -> str:
         return self.env.get_template(name).render(**context)
