@@ -33,9 +33,11 @@ from mailer.store import (
     DeliveryRow,
     DeliveryStatus,
     DumpStatus,
+    Origin,
     OutboxState,
     Store,
     SubscriberState,
+    WebSubscriber,
     utc,
 )
 
@@ -290,9 +292,17 @@ def status_report(
         "subscribers": {
             "configured": len(config.subscribers),
             "unsubscribed": sum(1 for s in states.values() if s.unsubscribed_at is not None),
-            "removed": sum(1 for k, s in states.items() if k not in configured and not s.active),
+            "removed": sum(
+                1
+                for k, s in states.items()
+                if k not in configured and not s.active and s.origin == Origin.CONFIG
+            ),
+            # Signed up on the web pages, by state: active, paused, pending, unsubscribed, removed.
+            "web": store.web.counts() if store else {},
         },
-        "matches_waiting": sum(s.pending for k, s in states.items() if k in configured),
+        "matches_waiting": sum(
+            s.pending for k, s in states.items() if k in configured or s.origin == Origin.WEB
+        ),
         "outbox": {
             str(k): outbox.get(k, 0)
             for k in (DeliveryStatus.PENDING, DeliveryStatus.SENT, DeliveryStatus.FAILED)
@@ -341,10 +351,12 @@ def outbox_entry(row: DeliveryRow) -> dict[str, object]:
 
 
 def subscriber_rows(
-    config: Config, states: Mapping[str, SubscriberState]
+    config: Config, states: Mapping[str, SubscriberState], web: Sequence[WebSubscriber] = ()
 ) -> list[dict[str, object]]:
-    """The configured subscribers as ``mailer subs list`` shows them, with
-    whether the database has them unsubscribed."""
+    """Every subscriber as ``mailer subs list`` shows them: config.toml's,
+    with whether the database has them unsubscribed, then those who signed
+    up on the web pages (``origin``: config or web; ``status``: active,
+    unsubscribed, and for web ones pending, paused or removed)."""
     rows: list[dict[str, object]] = []
     for sub in config.subscribers:
         state = states.get(address_key(sub.email))
@@ -359,6 +371,27 @@ def subscriber_rows(
                 "unsubscribed_at": state.unsubscribed_at.isoformat()
                 if state and state.unsubscribed_at
                 else None,
+                "origin": "config",
+                "status": "unsubscribed" if state and state.unsubscribed_at else "active",
+            }
+        )
+    configured = {address_key(s.email) for s in config.subscribers}
+    for w in web:
+        if w.email_key in configured:
+            continue  # config.toml owns the address now
+        rows.append(
+            {
+                "email": w.email,
+                "name": w.name,
+                "schedule": w.schedule,
+                "timezone": w.timezone,
+                "subscriptions": [{"name": n, "query": q} for n, q in w.subscriptions],
+                "unsubscribed": w.unsubscribed_at is not None,
+                "unsubscribed_at": w.unsubscribed_at.isoformat() if w.unsubscribed_at else None,
+                "origin": "web",
+                "status": w.status,
+                "paused_until": w.paused_until.isoformat() if w.paused_until else None,
+                "max_papers": w.max_papers,
             }
         )
     return rows

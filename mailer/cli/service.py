@@ -304,6 +304,10 @@ def status(
             f"{s['configured']} configured, {s['unsubscribed']} unsubscribed, "
             f"{s['removed']} removed",
         ),
+        (
+            "  on the web",
+            ", ".join(f"{n} {state}" for state, n in s["web"].items()) or "none",
+        ),
         ("matches", f"{report['matches_waiting']} waiting for a digest"),
         ("outbox", f"{o['pending']} pending, {o['sent']} sent, {o['failed']} failed"),
     ]
