@@ -122,27 +122,28 @@ class SelfService:
 
     def install(self, app: web.Application) -> None:
         """Add the pages to ``app``; the sign-up worker runs while it does."""
-        add = app.router
-        for route in (
-            add.add_get("/subscribe", self._on(self.subscribe_page)),
-            add.add_post("/subscribe", self._on(self.subscribe)),
-            add.add_post("/check", self._on(self.check)),
-            add.add_get("/confirm/{token}", self._on(self.confirm_page)),
-            add.add_post("/confirm/{token}", self._on(self.confirm)),
-            add.add_get("/manage/{token}", self._on(self.manage_page)),
-            add.add_post("/manage/{token}", self._on(self.manage)),
-            add.add_get("/static/{name}", self._on(self.static)),
-        ):
-            self.routes.add(route)
+        pages: dict[str, dict[str, Handler]] = {
+            "/subscribe": {"GET": self.subscribe_page, "POST": self.subscribe},
+            "/check": {"POST": self.check},
+            "/confirm/{token}": {"GET": self.confirm_page, "POST": self.confirm},
+            "/manage/{token}": {"GET": self.manage_page, "POST": self.manage},
+            "/static/{name}": {"GET": self.static},
+        }
+        for path, methods in pages.items():
+            self.routes.add(app.router.add_route("*", path, self._on(methods)))
         app.on_startup.append(self._start)
         app.on_cleanup.append(self._stop)
 
-    def _on(self, handler: Handler) -> Handler:
-        """``handler`` when the pages are on; otherwise 404, as for any unknown path."""
+    def _on(self, methods: Mapping[str, Handler]) -> Handler:
+        """The handler for the request's method when the pages are on;
+        otherwise 404 for any method, as for a path that does not exist."""
 
         async def guarded(request: web.Request) -> web.StreamResponse:
             if not self.config().web.self_service:
                 raise web.HTTPNotFound
+            handler = methods.get("GET" if request.method == "HEAD" else request.method)
+            if handler is None:
+                raise web.HTTPMethodNotAllowed(request.method, list(methods))
             return await handler(request)
 
         return guarded
@@ -161,6 +162,11 @@ class SelfService:
         if self._worker is not None:
             self._worker.cancel()
             await asyncio.gather(self._worker, return_exceptions=True)
+
+    async def drained(self) -> None:
+        """Return once the sign-ups answered so far are stored and mailed."""
+        if self._jobs is not None:
+            await self._jobs.join()
 
     async def _work(self, jobs: asyncio.Queue[Profile]) -> None:
         while True:

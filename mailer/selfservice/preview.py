@@ -78,7 +78,7 @@ def marked(text: str, marks: Sequence[tuple[int, int]]) -> tuple[tuple[str, bool
     return tuple(pieces)
 
 
-def check_query(query: str, docs: Sequence[Doc]) -> Check:
+def check_query(query: str, docs: Sequence[Paper | Doc]) -> Check:
     """``query`` tried on ``docs`` (oldest first); the newest matches are shown."""
     try:
         parsed = parse_query(query)
