@@ -923,7 +923,7 @@ def test_the_pages_forbid_framing_scripts_from_elsewhere_and_caching(pages_store
     async def scenario(session: aiohttp.ClientSession, base: str, site: SelfService) -> None:
         async with session.get(base + "/subscribe") as r:
             assert r.headers["Cache-Control"] == "no-store"
-            assert r.headers["Referrer-Policy"] == "no-referrer"
+            assert r.headers["Referrer-Policy"] == "same-origin"
             assert "script-src 'self'" in r.headers["Content-Security-Policy"]
             assert "frame-ancestors 'none'" in r.headers["Content-Security-Policy"]
             cookie = r.headers["Set-Cookie"]

@@ -69,7 +69,9 @@ _COOKIE_VALUE = re.compile(r"^[A-Za-z0-9_-]{16,64}$")
 
 _HEADERS = {
     "Cache-Control": "no-store",
-    "Referrer-Policy": "no-referrer",  # a manage link's token must not leak to other sites
+    # A manage link's token must not leak to other sites; same-origin (not
+    # no-referrer) so that the browser still sends the Origin of a form's POST.
+    "Referrer-Policy": "same-origin",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Content-Security-Policy": (
