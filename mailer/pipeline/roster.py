@@ -51,6 +51,8 @@ class Roster:
         self._key: tuple[object, ...] | None = None
         self._config: Config | None = None
         self._current: Config | None = None
+        # Each web subscriber as a config entry, kept while it does not change.
+        self._entries: dict[WebSubscriber, SubscriberConfig] = {}
 
     def current(self, store: Store, config: Config, now: datetime) -> Config:
         """``config`` with the web subscribers who get digests now added;
@@ -59,6 +61,8 @@ class Roster:
         if version != self._version:
             self._web = store.web.roster() if version else []
             self._version = version
+            known = self._entries
+            self._entries = {w: known.get(w) or subscriber_config(w) for w in self._web}
         configured = {address_key(s.email) for s in config.subscribers}
         live = [w for w in self._web if w.email_key not in configured and not paused(w, now)]
         key = (version, tuple(w.id for w in live))
@@ -69,7 +73,7 @@ class Roster:
                     update={
                         "subscribers": [
                             *config.subscribers,
-                            *(subscriber_config(w) for w in live),
+                            *(self._entries[w] for w in live),
                         ]
                     }
                 )
