@@ -347,6 +347,14 @@ def test_signing_up_again_while_pending_replaces_the_sign_up_and_its_link(store:
     assert store.web.roster()[0].subscriptions == (("RL", "reinforcement"),)
 
 
+def test_removing_a_pending_sign_up_voids_its_link(store: Store) -> None:
+    made = store.web.sign_up(BOB, NOW, "nonce-1")
+    assert store.web.remove(made.subscriber_id, NOW)
+    assert store.web.confirm(made.subscriber_id, "nonce-1", NOW) == "unknown"
+    assert [w.status for w in store.web.listing()] == ["removed"]
+    assert store.web.sign_up(BOB, NOW, "nonce-2").kind == "confirm"  # may sign up again
+
+
 def test_the_config_sync_leaves_web_subscribers_alone(store: Store) -> None:
     bob = sign_up_confirmed(store)
     store.sync_subscribers([], NOW)  # every config subscriber removed

@@ -140,6 +140,11 @@ def check_config(ctx: typer.Context) -> None:
     if config.web.listen or config.web.base_url:
         links = config.web.base_url or "none (web.base_url is not set)"
         out.print(f"web     endpoint on {config.web.listen or '-'}; unsubscribe links {links}")
+        if config.web.self_service:
+            out.print(
+                f"        readers' pages on: {config.web.base_url}/subscribe, and a manage "
+                f"link in every digest (config subscribers: {config.web.config_subscriber_pages})"
+            )
     _describe_dkim(config, signer)
     if not config.subscribers:
         out.print("[yellow]no subscribers: nothing will be sent[/yellow]")

@@ -153,6 +153,9 @@ class SelfService:
     async def _start(self, app: web.Application) -> None:
         self._jobs = asyncio.Queue(QUEUED_SIGN_UPS)
         self._worker = asyncio.create_task(self._work(self._jobs))
+        web_config = self.config().web
+        if web_config.self_service:
+            log.info("readers' pages on %s/subscribe", web_config.base_url)
 
     async def _stop(self, app: web.Application) -> None:
         """Store and mail the sign-ups already answered, then stop the worker."""

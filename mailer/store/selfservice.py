@@ -73,6 +73,7 @@ class WebSubscriber:
     paused_until: date | None = None
     confirmed_at: datetime | None = None
     signed_up_at: datetime | None = None
+    awaiting: bool = False  # a confirmation link is outstanding
 
     @property
     def web(self) -> bool:
@@ -87,7 +88,7 @@ class WebSubscriber:
     def status(self) -> str:
         """pending, active, paused (as of the last saved pause), unsubscribed or removed."""
         if self.web and self.confirmed_at is None:
-            return "pending"
+            return "pending" if self.awaiting else "removed"
         if not self.active:
             return "removed"
         if self.unsubscribed_at is not None:
@@ -272,6 +273,7 @@ class WebSubscribers:
                 select(
                     SUBSCRIBERS.c.active,
                     WEB_SUBSCRIBERS.c.confirmed_at.is_not(None),
+                    WEB_SUBSCRIBERS.c.confirm_nonce.is_not(None),
                     SUBSCRIBERS.c.unsubscribed_at.is_not(None),
                     WEB_SUBSCRIBERS.c.paused_until.is_not(None),
                     func.count(),
@@ -282,14 +284,15 @@ class WebSubscribers:
                 .group_by(
                     SUBSCRIBERS.c.active,
                     WEB_SUBSCRIBERS.c.confirmed_at.is_not(None),
+                    WEB_SUBSCRIBERS.c.confirm_nonce.is_not(None),
                     SUBSCRIBERS.c.unsubscribed_at.is_not(None),
                     WEB_SUBSCRIBERS.c.paused_until.is_not(None),
                 )
             ).all()
         counts = dict.fromkeys(("active", "paused", "pending", "unsubscribed", "removed"), 0)
-        for active, confirmed, unsubscribed, paused, n in rows:
+        for active, confirmed, awaiting, unsubscribed, paused, n in rows:
             if not confirmed:
-                state = "pending"
+                state = "pending" if awaiting else "removed"
             elif not active:
                 state = "removed"
             elif unsubscribed:
@@ -330,8 +333,9 @@ class WebSubscribers:
         return self._set(subscriber_id, now, paused_until=until)
 
     def remove(self, subscriber_id: int, now: datetime) -> bool:
-        """Stop a web subscriber for good (the operator's ``subs remove``);
-        history stays, and the address may sign up again."""
+        """Stop a web subscriber for good (the operator's ``subs remove``), or
+        void a pending sign-up's link; history stays, and the address may
+        sign up again."""
         with self._transaction() as conn:
             changed = conn.execute(
                 update(SUBSCRIBERS)
@@ -339,6 +343,11 @@ class WebSubscribers:
                 .values(active=False)
             ).rowcount
             if changed:
+                conn.execute(
+                    update(WEB_SUBSCRIBERS)
+                    .where(WEB_SUBSCRIBERS.c.subscriber_id == subscriber_id)
+                    .values(confirm_nonce=None, updated_at=now)
+                )
                 _bump(conn, now)
             return bool(changed)
 
@@ -402,6 +411,7 @@ class WebSubscribers:
                 WEB_SUBSCRIBERS.c.paused_until,
                 WEB_SUBSCRIBERS.c.confirmed_at,
                 WEB_SUBSCRIBERS.c.signed_up_at,
+                WEB_SUBSCRIBERS.c.confirm_nonce.is_not(None).label("awaiting"),
             )
             .select_from(SUBSCRIBERS)
             .outerjoin(WEB_SUBSCRIBERS, WEB_SUBSCRIBERS.c.subscriber_id == SUBSCRIBERS.c.id)
@@ -450,6 +460,7 @@ def _subscriber(row: Any, subscriptions: Iterable[tuple[str, str]]) -> WebSubscr
         paused_until=row.paused_until,
         confirmed_at=utc(row.confirmed_at) if row.confirmed_at else None,
         signed_up_at=utc(row.signed_up_at) if row.signed_up_at else None,
+        awaiting=bool(row.awaiting),
     )
 
 
