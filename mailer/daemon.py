@@ -50,6 +50,7 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._hangup = False  # SIGHUP received: reload at the next pass even if unchanged
         self._woken = False  # mail queued by the web pages: another pass right after this one
+        self._ticking = False  # the scheduler's job is running (a pass, maybe another after it)
         self._scheduler: AsyncIOScheduler | None = None
         self._stop: asyncio.Event | None = None
         # What stopped the daemon from inside (another mailer took the lock, the
@@ -58,30 +59,35 @@ class Daemon:
 
     async def tick(self) -> PassReport | None:
         """One pass in a task of its own: stopping the scheduler cancels the job
-        that waits for it, never the pass, which the stop path lets finish."""
-        self._running = asyncio.ensure_future(self._tick())
+        that waits for it, never the pass, which the stop path lets finish.
+        Woken during the pass (``wake``), it runs another right after."""
+        self._ticking = True
         try:
-            return await asyncio.shield(self._running)
-        except asyncio.CancelledError:
-            return None  # the scheduler stopped; run()'s stop path sees the pass through
+            while True:
+                self._woken = False
+                self._running = asyncio.ensure_future(self._tick())
+                try:
+                    report = await asyncio.shield(self._running)
+                except asyncio.CancelledError:
+                    return None  # the scheduler stopped; run()'s stop path sees the pass through
+                if not self._woken or self.pipeline.stopping:
+                    return report
+        finally:
+            self._ticking = False
 
     async def _tick(self) -> PassReport | None:
-        self._woken = False
         try:
             return await self._pass()
         finally:
             # A SIGHUP that came during the pass is applied now, not a whole interval later.
             if self._hangup and not self.pipeline.stopping:
                 await asyncio.to_thread(self.reload_if_changed)
-            if self._woken:
-                self.wake()
 
     def wake(self) -> None:
         """Run a pass now, or right after the one in flight: a confirmation
         mail the web pages queued goes out in seconds, not an interval later."""
         self._woken = True
-        running = self._running is not None and not self._running.done()
-        if self._scheduler is not None and not running and not self.pipeline.stopping:
+        if self._scheduler is not None and not self._ticking and not self.pipeline.stopping:
             self._scheduler.modify_job("pass", next_run_time=datetime.now().astimezone())
 
     async def _pass(self) -> PassReport | None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import signal
 import statistics
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -48,9 +49,11 @@ from mailer.selfservice.profile import check_profile
 from mailer.store import DeliveryKind, Outgoing, Profile, Store
 from mailer.tokens import make_token
 from mailer.web import WebServer, make_app
-from tests.conftest import SmtpServer
+from tests.conftest import SmtpServer, free_port
+from tests.process import Mailer
 from tests.test_cli import mailer
 from tests.test_pipeline import config_for
+from tests.waiting import passes, wait_for
 
 SECRET = "s3cret-for-tests-only-0123456789"
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -1108,3 +1111,43 @@ def test_admin_refuses_to_edit_a_web_subscriber_into_an_invalid_state(tmp_path: 
         assert admin.web_subscriber(store, config_with(), "ada@example.org") is None
     finally:
         store.close()
+
+
+# --- the daemon --------------------------------------------------------------------------
+
+
+def test_the_daemon_mails_a_confirmation_at_once_not_an_interval_later(
+    tmp_path: Path, smtp_server: SmtpServer
+) -> None:
+    port = free_port()
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f'[watch]\ndir = "dumps"\ninterval_seconds = 3600\n[delivery]\ntransport = "smtp"\n'
+        f'[smtp]\nhost = "127.0.0.1"\nport = {smtp_server.port}\nsecurity = "none"\n'
+        + PAGES.replace("127.0.0.1:0", f"127.0.0.1:{port}").replace(
+            BASE, f"http://127.0.0.1:{port}"
+        )
+    )
+    (tmp_path / "dumps").mkdir()
+    daemon = Mailer(config, "run")
+    try:
+        daemon.wait_logged("readers' pages on")
+        wait_for(lambda: passes(tmp_path) >= 1, what="the first pass")
+
+        async def sign_up() -> int:
+            base = f"http://127.0.0.1:{port}"
+            jar = aiohttp.CookieJar(unsafe=True)
+            async with aiohttp.ClientSession(cookie_jar=jar) as session:
+                token = await csrf(session, base + "/subscribe")
+                return (await post(session, base + "/subscribe", sign_up_fields(token)))[0]
+
+        assert asyncio.run(sign_up()) == 200
+        wait_for(
+            lambda: any(m.recipients == ["bob@example.org"] for m in smtp_server.messages),
+            what="the confirmation mail, long before the hour's pass",
+        )
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert daemon.finish() == 0
+    finally:
+        daemon.kill()
+    assert "web sign-up subscriber=bob@example.org mailed=confirm" in daemon.log
