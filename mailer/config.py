@@ -164,7 +164,8 @@ class RenderConfig(_Section):
 
 
 class WebConfig(_Section):
-    """The unsubscribe endpoint; off unless ``listen`` is set."""
+    """The unsubscribe endpoint, and the readers' own pages with
+    ``self_service``; off unless ``listen`` is set."""
 
     listen: Text = ""
     base_url: Text = ""
@@ -206,6 +207,22 @@ class WebConfig(_Section):
                 "it signs the unsubscribe links (better: set MAILER_WEB__SECRET)"
             )
         return value
+
+    # The readers' own pages (mailer.selfservice, README "Self-service pages").
+    self_service: bool = False
+    config_subscriber_pages: Literal["read-only", "minimal"] = "read-only"
+    signups_per_ip_per_hour: int = Field(default=10, ge=1, le=10000)
+    signups_per_address_per_hour: int = Field(default=3, ge=1, le=100)
+    client_ip_header: Text = Field(default="", pattern=r"^[A-Za-z0-9-]*$")
+
+    @model_validator(mode="after")
+    def _self_service_served(self) -> WebConfig:
+        if self.self_service and not (self.listen and self.base_url):
+            raise ValueError(
+                "web.self_service needs web.listen (where the pages are served) and "
+                "web.base_url (the links in mails point there)"
+            )
+        return self
 
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")

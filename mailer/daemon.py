@@ -28,6 +28,7 @@ from mailer.editing import write_atomic
 from mailer.errors import AlreadyRunningError, DatabaseReplacedError, MailerError
 from mailer.pipeline import PassReport, Pipeline
 from mailer.render import Renderer
+from mailer.selfservice.app import SelfService
 from mailer.web import start_web
 
 log = logging.getLogger("mailer")
@@ -48,6 +49,9 @@ class Daemon:
         self._config_text = self._read_config()
         self._reload_lock = threading.Lock()
         self._hangup = False  # SIGHUP received: reload at the next pass even if unchanged
+        self._woken = False  # mail queued by the web pages: another pass right after this one
+        self._ticking = False  # the scheduler's job is running (a pass, maybe another after it)
+        self._scheduler: AsyncIOScheduler | None = None
         self._stop: asyncio.Event | None = None
         # What stopped the daemon from inside (another mailer took the lock, the
         # database file was deleted or replaced); ``run`` raises it once stopped.
@@ -55,12 +59,21 @@ class Daemon:
 
     async def tick(self) -> PassReport | None:
         """One pass in a task of its own: stopping the scheduler cancels the job
-        that waits for it, never the pass, which the stop path lets finish."""
-        self._running = asyncio.ensure_future(self._tick())
+        that waits for it, never the pass, which the stop path lets finish.
+        Woken during the pass (``wake``), it runs another right after."""
+        self._ticking = True
         try:
-            return await asyncio.shield(self._running)
-        except asyncio.CancelledError:
-            return None  # the scheduler stopped; run()'s stop path sees the pass through
+            while True:
+                self._woken = False
+                self._running = asyncio.ensure_future(self._tick())
+                try:
+                    report = await asyncio.shield(self._running)
+                except asyncio.CancelledError:
+                    return None  # the scheduler stopped; run()'s stop path sees the pass through
+                if not self._woken or self.pipeline.stopping:
+                    return report
+        finally:
+            self._ticking = False
 
     async def _tick(self) -> PassReport | None:
         try:
@@ -69,6 +82,13 @@ class Daemon:
             # A SIGHUP that came during the pass is applied now, not a whole interval later.
             if self._hangup and not self.pipeline.stopping:
                 await asyncio.to_thread(self.reload_if_changed)
+
+    def wake(self) -> None:
+        """Run a pass now, or right after the one in flight: a confirmation
+        mail the web pages queued goes out in seconds, not an interval later."""
+        self._woken = True
+        if self._scheduler is not None and not self._ticking and not self.pipeline.stopping:
+            self._scheduler.modify_job("pass", next_run_time=datetime.now().astimezone())
 
     async def _pass(self) -> PassReport | None:
         """One pass; any failure is logged and the next pass tries again."""
@@ -99,12 +119,21 @@ class Daemon:
         stop = self._stop = stop or asyncio.Event()
         # Subscribers known before the first pass, so their links work at once.
         await asyncio.to_thread(self.pipeline.sync)
-        # The unsubscribe endpoint, when [web] listen is set; it stops with the scheduler.
+        # The unsubscribe endpoint, when [web] listen is set, and the readers'
+        # pages when [web] self_service is also on; it stops with the scheduler.
+        pages = SelfService(
+            self.pipeline.store,
+            config=lambda: self.pipeline.config,
+            clock=self.pipeline.clock,
+            dkim=lambda: self.pipeline.dkim,
+            wake=self.wake,
+        )
         web = await start_web(
             self.pipeline.config.web.listen,
             self.pipeline.store,
             secret=lambda: self.pipeline.config.web.secret.get_secret_value(),
             clock=self.pipeline.clock,
+            self_service=pages,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
@@ -121,6 +150,7 @@ class Daemon:
             misfire_grace_time=None,
         )
         scheduler.start()
+        self._scheduler = scheduler
         loop.add_signal_handler(signal.SIGHUP, lambda: self.hangup(scheduler))
         log.info(
             "watching %s every %gs; press Ctrl-C to stop",

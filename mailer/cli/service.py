@@ -140,6 +140,11 @@ def check_config(ctx: typer.Context) -> None:
     if config.web.listen or config.web.base_url:
         links = config.web.base_url or "none (web.base_url is not set)"
         out.print(f"web     endpoint on {config.web.listen or '-'}; unsubscribe links {links}")
+        if config.web.self_service:
+            out.print(
+                f"        readers' pages on: {config.web.base_url}/subscribe, and a manage "
+                f"link in every digest (config subscribers: {config.web.config_subscriber_pages})"
+            )
     _describe_dkim(config, signer)
     _describe_bounces(config)
     if not config.subscribers:
@@ -325,6 +330,10 @@ def status(
             "subscribers",
             f"{s['configured']} configured, {s['unsubscribed']} unsubscribed, "
             f"{s['removed']} removed",
+        ),
+        (
+            "  on the web",
+            ", ".join(f"{n} {state}" for state, n in s["web"].items()) or "none",
         ),
         ("matches", f"{report['matches_waiting']} waiting for a digest"),
         (

@@ -34,6 +34,7 @@ from mailer.pipeline.match import (
     sync_subscribers,
 )
 from mailer.pipeline.report import Clock, PassReport, utc_now
+from mailer.pipeline.roster import Roster
 from mailer.pipeline.send import RateLimiter, Send, TransportPause
 from mailer.store import Store
 
@@ -86,6 +87,7 @@ class Pipeline:
         # Called after each dump of a pass as (done, total, path), to show progress.
         self.on_dump: OnDump | None = None
         self.generation = 0
+        self.roster = Roster()
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -96,6 +98,8 @@ class Pipeline:
         self.config = config
         self.dkim = dkim
         self.limiter = RateLimiter(config.smtp.rate_per_minute)
+        # config.toml's subscribers and, from the next sync on, the web ones (roster).
+        self.subscribers = config
         self.engine = build_engine(compile_queries(config), Stats())
         self.generation += 1
         self.render_settings = RenderSettings(
@@ -107,10 +111,15 @@ class Pipeline:
         self._synced: Config | None = None
 
     def sync(self) -> None:
-        """Write the configured subscribers to the store, once per configuration."""
+        """Write the configured subscribers to the store, once per configuration;
+        add the web subscribers who get digests now, with their queries."""
         if self._synced is not self.config:
             sync_subscribers(self.store, self.config, self.clock())
             self._synced = self.config
+        subscribers = self.roster.current(self.store, self.config, self.clock())
+        if subscribers is not self.subscribers:
+            self.subscribers = subscribers
+            self.engine = build_engine(compile_queries(subscribers), Stats())
 
     async def run_pass(self) -> PassReport:
         report = PassReport()
@@ -170,7 +179,7 @@ class Pipeline:
         self.fence()
         Compose(
             self.store,
-            self.config,
+            self.subscribers,
             self.clock,
             self.renderer,
             self.render_settings,

@@ -34,11 +34,13 @@ from mailer.store.people import People, SubscriberState
 from mailer.store.schema import (
     STATE,
     CorpusRow,
+    DeliveryKind,
     DeliveryRow,
     DeliveryStatus,
     DumpRow,
     DumpStatus,
     MatchRow,
+    Origin,
     OutboxState,
     PaperRow,
     StateRow,
@@ -51,6 +53,7 @@ from mailer.store.schema import (
     row_objects,
     utc,
 )
+from mailer.store.selfservice import Profile, SentDigest, SignUp, WebSubscriber, WebSubscribers
 from mailer.store.suppressions import BounceLimits, BounceRecord, Suppression, Suppressions
 
 __all__ = [
@@ -58,6 +61,7 @@ __all__ = [
     "BounceLimits",
     "BounceRecord",
     "CorpusRow",
+    "DeliveryKind",
     "DeliveryRow",
     "DeliveryStatus",
     "DumpRow",
@@ -65,10 +69,14 @@ __all__ = [
     "IngestOutcome",
     "MatchRow",
     "NewMatch",
+    "Origin",
     "OutboxState",
     "Outgoing",
     "PaperRow",
     "PendingMatch",
+    "Profile",
+    "SentDigest",
+    "SignUp",
     "StateRow",
     "Store",
     "SubscriberRow",
@@ -76,6 +84,8 @@ __all__ = [
     "SubscriptionRow",
     "Suppression",
     "TermRow",
+    "WebSubscriber",
+    "WebSubscribers",
     "add_statistics",
     "hide_password",
     "paper_from_row",
@@ -114,6 +124,7 @@ class Store:
         self.matches = Matches(self.transaction)
         self.outbox = Outbox(self.transaction)
         self.suppressions = Suppressions(self.transaction)
+        self.web = WebSubscribers(self.transaction)  # sign-ups on the web pages
         self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
         self._identity = _identity(self._file) if self._file else None
 

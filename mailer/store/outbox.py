@@ -18,6 +18,7 @@ from mailer.store.schema import (
     MATCHES,
     SUBSCRIBERS,
     SUPPRESSIONS,
+    DeliveryKind,
     DeliveryRow,
     DeliveryStatus,
     Transaction,
@@ -36,6 +37,7 @@ class Outgoing:
     message: bytes
     match_ids: Sequence[int]
     failed: str | None = None  # no message could be built: queued as failed, with why
+    kind: str = DeliveryKind.DIGEST
 
 
 class Outbox:
@@ -66,6 +68,7 @@ class Outbox:
                             "next_attempt_at": None if m.failed else now,
                             "status": DeliveryStatus.FAILED if m.failed else DeliveryStatus.PENDING,
                             "last_reply": m.failed,
+                            "kind": m.kind,
                         }
                         for m in messages
                     ],
@@ -161,8 +164,10 @@ class Outbox:
     def cancel_unwanted(self, delivery_ids: Sequence[int]) -> dict[int, str]:
         """Cancel those pending messages among ``delivery_ids`` whose recipient
         has unsubscribed, been removed from the config or been suppressed
-        (mailer.store.suppressions) since they were composed; returns them
-        with the reason. One query when, as usual, nobody has."""
+        (mailer.store.suppressions) since they were composed; a notice goes
+        to an unsubscribed reader (it may be how they resubscribe) but not to
+        a suppressed address. Returns them with the reason. One query when, as
+        usual, nobody has."""
         if not delivery_ids:
             return {}
         suppressed = SUPPRESSIONS.c
@@ -170,6 +175,7 @@ class Outbox:
             found = conn.execute(
                 select(
                     DELIVERIES.c.id,
+                    DELIVERIES.c.kind,
                     SUBSCRIBERS.c.unsubscribed_at,
                     SUBSCRIBERS.c.active,
                     suppressed.since,
@@ -187,15 +193,20 @@ class Outbox:
                     DELIVERIES.c.id.in_(list(delivery_ids)),
                     DELIVERIES.c.status == DeliveryStatus.PENDING,
                     or_(
-                        SUBSCRIBERS.c.unsubscribed_at.is_not(None),
-                        SUBSCRIBERS.c.active.is_(False),
+                        and_(
+                            DELIVERIES.c.kind == DeliveryKind.DIGEST,
+                            or_(
+                                SUBSCRIBERS.c.unsubscribed_at.is_not(None),
+                                SUBSCRIBERS.c.active.is_(False),
+                            ),
+                        ),
                         suppressed.id.is_not(None),
                     ),
                 )
             )
             cancelled = {
-                i: _unwanted(unsubscribed_at, active, since, reason)
-                for i, unsubscribed_at, active, since, reason in found
+                i: _unwanted(kind, unsubscribed_at, active, since, reason)
+                for i, kind, unsubscribed_at, active, since, reason in found
             }
             if cancelled:
                 conn.execute(
@@ -231,7 +242,8 @@ class Outbox:
         with self._transaction() as conn:
             last: datetime | None = conn.execute(
                 select(func.max(DELIVERIES.c.created_at)).where(
-                    DELIVERIES.c.subscriber_id == subscriber_id
+                    DELIVERIES.c.subscriber_id == subscriber_id,
+                    DELIVERIES.c.kind == DeliveryKind.DIGEST,
                 )
             ).scalar()
             return last
@@ -248,7 +260,10 @@ class Outbox:
                 last: dict[int, datetime] = dict(
                     conn.execute(
                         select(DELIVERIES.c.subscriber_id, func.max(DELIVERIES.c.created_at))
-                        .where(DELIVERIES.c.subscriber_id.in_(chunk))
+                        .where(
+                            DELIVERIES.c.subscriber_id.in_(chunk),
+                            DELIVERIES.c.kind == DeliveryKind.DIGEST,
+                        )
                         .group_by(DELIVERIES.c.subscriber_id)
                     ).all()
                 )
@@ -270,9 +285,17 @@ class Outbox:
 
 
 def _unwanted(
-    unsubscribed_at: datetime | None, active: bool, since: datetime | None, reason: str | None
+    kind: str,
+    unsubscribed_at: datetime | None,
+    active: bool,
+    since: datetime | None,
+    reason: str | None,
 ) -> str:
-    """Why a composed message must not go to its recipient."""
+    """Why a composed message must not go to its recipient. A notice (a
+    sign-up confirmation, a manage link) is wanted whatever the subscriber's
+    state, but not by an address that bounces."""
+    if since is not None and (kind != DeliveryKind.DIGEST or unsubscribed_at is None):
+        return f"suppressed since {since} ({reason})"
     if unsubscribed_at is not None:
         return f"unsubscribed at {unsubscribed_at}"
     if not active:

@@ -55,6 +55,23 @@ class DeliveryStatus(StrEnum):
     BOUNCED = "bounced"  # accepted, then a bounce came back (mailer.bounces); the reason kept
 
 
+class Origin(StrEnum):
+    """Who owns a subscriber: the operator's config.toml, or the reader's own
+    web pages (mailer.selfservice). The config sync never touches web ones."""
+
+    CONFIG = "config"
+    WEB = "web"
+
+
+class DeliveryKind(StrEnum):
+    """A digest, or a notice the web pages send (a confirmation, a manage
+    link): notices are never cancelled by an unsubscribe and never count as
+    a subscriber's last digest."""
+
+    DIGEST = "digest"
+    NOTICE = "notice"
+
+
 class OutboxState(StrEnum):
     """What an operator calls a message (``mailer outbox``): a pending one
     is queued until its first failed attempt, then deferred."""
@@ -118,6 +135,26 @@ class SubscriberRow(SQLModel, table=True):
     active: bool = True  # false once removed from the config
     created_at: datetime
     unsubscribed_at: datetime | None = None
+    origin: str = Field(
+        default=Origin.CONFIG, max_length=16, sa_column_kwargs={"server_default": Origin.CONFIG}
+    )
+
+
+class WebSubscriberRow(SQLModel, table=True):
+    """What a subscriber who signed up on the web pages chose, besides the
+    subscriptions (in ``subscriptions``, as for config subscribers)."""
+
+    __tablename__ = "web_subscribers"
+
+    subscriber_id: int = Field(foreign_key="subscribers.id", primary_key=True)
+    schedule: str = Field(max_length=64)
+    timezone: str = Field(max_length=64)
+    max_papers: int | None = None
+    paused_until: date | None = None  # no digests before this day (the subscriber's zone)
+    confirmed_at: datetime | None = None  # None: the sign-up waits for its confirmation
+    confirm_nonce: str | None = Field(default=None, max_length=64)  # None once used
+    signed_up_at: datetime
+    updated_at: datetime
 
 
 class SubscriptionRow(SQLModel, table=True):
@@ -150,6 +187,11 @@ class DeliveryRow(SQLModel, table=True):
     sent_at: datetime | None = None
     last_reply: str | None = None
     deferred_since: datetime | None = None  # first temporary failure; give-up counts from here
+    kind: str = Field(
+        default=DeliveryKind.DIGEST,
+        max_length=16,
+        sa_column_kwargs={"server_default": DeliveryKind.DIGEST},
+    )
 
 
 class MatchRow(SQLModel, table=True):
@@ -253,6 +295,7 @@ DUMPS = _table(DumpRow)
 PAPERS = _table(PaperRow)
 SUBSCRIBERS = _table(SubscriberRow)
 SUBSCRIPTIONS = _table(SubscriptionRow)
+WEB_SUBSCRIBERS = _table(WebSubscriberRow)
 DELIVERIES = _table(DeliveryRow)
 MATCHES = _table(MatchRow)
 CORPUS = _table(CorpusRow)
