@@ -126,12 +126,14 @@ class Pipeline:
         await asyncio.to_thread(self.store.verify)
         await asyncio.to_thread(self.hold_lock)
         try:
-            await asyncio.to_thread(self.sync)
+            with report.timed("sync"):
+                await asyncio.to_thread(self.sync)
             await asyncio.to_thread(self.read_bounces, report)
             await asyncio.to_thread(self.ingest, report)
             await asyncio.to_thread(self.match, report)
             await self.compose_and_deliver(report)
             await asyncio.to_thread(self.store.record_pass, report.summary(), self.clock())
+            log.debug("pass stages %s", report.timings())
         except Exception as exc:
             # A pass that fails because the database went away has lost the lock
             # too (on PostgreSQL): say so, whichever step noticed first.
@@ -177,15 +179,16 @@ class Pipeline:
     def compose(self, report: PassReport) -> None:
         """Matches -> digests -> messages in the outbox."""
         self.fence()
-        Compose(
-            self.store,
-            self.subscribers,
-            self.clock,
-            self.renderer,
-            self.render_settings,
-            self.compose_pool,
-            self.dkim,
-        ).run(report, self._stopped)
+        with report.timed("compose"):
+            Compose(
+                self.store,
+                self.subscribers,
+                self.clock,
+                self.renderer,
+                self.render_settings,
+                self.compose_pool,
+                self.dkim,
+            ).run(report, self._stopped)
 
     async def deliver(self, report: PassReport) -> None:
         """Messages -> deliveries."""
@@ -198,7 +201,8 @@ class Pipeline:
             self.pause,
             self.lock,
         )
-        await send.deliver(report, self._stopped)
+        with report.timed("write"):
+            await send.deliver(report, self._stopped)
 
     async def compose_and_deliver(self, report: PassReport) -> None:
         """Compose in a thread (and its worker pool) while the sender drains

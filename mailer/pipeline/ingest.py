@@ -151,7 +151,8 @@ class Ingest:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
     def run(self, report: PassReport, stopping: Stopping, on_dump: OnDump | None = None) -> None:
-        paths = self.scanner.ready()
+        with report.timed("scan_parse"):
+            paths = self.scanner.ready()
         for done, path in enumerate(paths, 1):
             if stopping():
                 return
@@ -166,9 +167,10 @@ class Ingest:
     def file(self, path: Path, report: PassReport) -> None:
         """One file: read, hashed, parsed, stored, and remembered as handled."""
         try:
-            loaded = load_dump(
-                path, max_bytes=self.max_dump_bytes, max_line_bytes=self.max_line_bytes
-            )
+            with report.timed("scan_parse"):
+                loaded = load_dump(
+                    path, max_bytes=self.max_dump_bytes, max_line_bytes=self.max_line_bytes
+                )
         except (UnreadableDumpError, NotAFileError) as exc:
             retry = isinstance(exc, UnreadableDumpError)
             reason = exc.message.removeprefix(f"{path}: ")
@@ -185,21 +187,23 @@ class Ingest:
             return
         now = self.clock()
         try:
-            parsed = parse_dump(loaded.data, source=str(path), today=now.date())
+            with report.timed("scan_parse"):
+                parsed = parse_dump(loaded.data, source=str(path), today=now.date())
         except DumpError as exc:
             self._refuse(path, digest, size, loaded.mtime_ns, exc, report)
             return
         for warning in parsed.warnings:
             log.warning("%s", warning)
-        outcome = self.store.ingest(
-            path=str(path),
-            sha256=digest,
-            size=size,
-            page_date=parsed.page_date,
-            papers=parsed.papers,
-            warnings=len(parsed.warnings),
-            now=now,
-        )
+        with report.timed("store"):
+            outcome = self.store.ingest(
+                path=str(path),
+                sha256=digest,
+                size=size,
+                page_date=parsed.page_date,
+                papers=parsed.papers,
+                warnings=len(parsed.warnings),
+                now=now,
+            )
         self.scanner.handled(path, size, loaded.mtime_ns)
         report.dumps += 1
         report.papers_new += outcome.new_papers

@@ -95,14 +95,20 @@ def match_new_papers(store: Store, engine: Engine, clock: Clock, report: PassRep
     Scores recorded here are provisional: digests weigh every match again
     against the stored statistics when they are composed."""
     active = store.active_subscriber_ids()
-    while batch := store.unmatched_papers():
-        engine.stats = store.stats()
-        docs = analysed(batch, engine.stats)
-        added = Stats()
-        for _, doc in docs:
-            added.observe(doc)
-        rows = match_rows(engine, docs, active)
-        report.matches += store.record_matches([pid for pid, _ in batch], rows, clock(), added)
+    while True:
+        with report.timed("statistics"):
+            batch = store.unmatched_papers()
+            if not batch:
+                break
+            engine.stats = store.stats()
+            docs = analysed(batch, engine.stats)
+            added = Stats()
+            for _, doc in docs:
+                added.observe(doc)
+        with report.timed("match"):
+            rows = match_rows(engine, docs, active)
+        with report.timed("record_matches"):
+            report.matches += store.record_matches([pid for pid, _ in batch], rows, clock(), added)
 
 
 def sync_subscribers(store: Store, config: Config, now: datetime) -> dict[str, int]:
