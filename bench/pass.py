@@ -248,8 +248,9 @@ def main() -> None:
         print("|---|---:|---:|---:|")
         for python in pythons:
             base = [python, "-m", "mailer", "-c", str(configs[2000])]
-            cells = [best_of([*base, "--version"]), best_of([*base, "--help"])]
-            cells.append(best_of([*base, "subs", "list"]))
+            cells = [
+                best_of([*base, *cmd]) for cmd in (["--version"], ["--help"], ["subs", "list"])
+            ]
             print(f"| {label(python)} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
 
 

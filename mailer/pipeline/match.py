@@ -9,23 +9,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
-from functools import lru_cache
 from typing import cast
 
 from mailer.config import Config, SubscriberConfig
 from mailer.matching import Doc, Engine, Hit, Query, Stats, parse_query, rescore
 from mailer.papers import Paper
 from mailer.pipeline.report import Clock, PassReport
+from mailer.query import parsed_query as parsed
 from mailer.store import NewMatch, Store
 
 log = logging.getLogger("mailer")
-
-
-@lru_cache(maxsize=65536)
-def parsed(text: str, stemming: bool) -> Query:
-    """``parse_query``, remembered: when the web subscribers change, a pass
-    parses only the queries it has not seen (queries are immutable)."""
-    return parse_query(text, stemming=stemming)
 
 
 def compile_queries(config: Config) -> dict[str, dict[str, Query]]:
