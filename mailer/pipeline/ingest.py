@@ -182,16 +182,17 @@ class Ingest:
             if not self._known(path, exc.sha256, exc.size, exc.mtime_ns, report):
                 self._refuse(path, exc.sha256, exc.size, exc.mtime_ns, exc, report)
             return
-        digest, size = loaded.sha256, loaded.size
-        if self._known(path, digest, size, loaded.mtime_ns, report):
+        digest, size, mtime_ns = loaded.sha256, loaded.size, loaded.mtime_ns
+        if self._known(path, digest, size, mtime_ns, report):
             return
         now = self.clock()
         try:
             with report.timed("scan_parse"):
                 parsed = parse_dump(loaded.data, source=str(path), today=now.date())
         except DumpError as exc:
-            self._refuse(path, digest, size, loaded.mtime_ns, exc, report)
+            self._refuse(path, digest, size, mtime_ns, exc, report)
             return
+        del loaded  # the file's bytes: the store needs only its records
         for warning in parsed.warnings:
             log.warning("%s", warning)
         with report.timed("store"):
@@ -204,7 +205,7 @@ class Ingest:
                 warnings=len(parsed.warnings),
                 now=now,
             )
-        self.scanner.handled(path, size, loaded.mtime_ns)
+        self.scanner.handled(path, size, mtime_ns)
         report.dumps += 1
         report.papers_new += outcome.new_papers
         report.papers_seen += outcome.seen_papers
