@@ -104,20 +104,21 @@ def parse_dump(data: bytes | bytearray | str, *, source: str, today: date) -> Pa
     Lines are decoded and read one at a time (``_lines``): a large dump is
     held once as bytes and once as its records, never as a whole text and a
     list of its lines besides."""
-    warnings: list[DumpWarning] = []
-    lines = _lines(data, source, warnings)
+    decoding: list[DumpWarning] = []  # invalid UTF-8, found as lines are read
+    lines = _lines(data, source, decoding)
     blank = 0
     for first in lines:
         if first.strip():
             break
         blank += 1
     else:
-        warnings.append(DumpWarning(source, None, "file is empty; no records"))
+        warnings = [*decoding, DumpWarning(source, None, "file is empty; no records")]
         return ParsedDump(source, None, (), tuple(warnings))
     lines = chain(repeat("", blank), (first,), lines)
     start, page_date = _read_header(lines, source, today)
-    paragraphs = _paragraphs(lines, start)
-    papers = _read_records(paragraphs, source, page_date, warnings)
+    records: list[DumpWarning] = []
+    papers = _read_records(_paragraphs(lines, start), source, page_date, records)
+    warnings = decoding + records
     if not papers:
         detail = f" ({warnings[-1].message})" if warnings else ""
         raise DumpError(
@@ -261,21 +262,22 @@ def _page_date(match: re.Match[str], source: str, line: int, today: date) -> dat
     )
 
 
-def _paragraphs(lines: Iterable[str], start: int) -> list[_Paragraph]:
+def _paragraphs(lines: Iterable[str], start: int) -> Iterator[_Paragraph]:
     """The paragraphs of the lines left after the header (``start`` of them
-    were read), numbered as in the file."""
-    paragraphs: list[_Paragraph] = []
-    current: list[str] | None = None
+    were read), numbered as in the file, each as soon as it ends."""
+    current: _Paragraph | None = None
     for number, raw in enumerate(lines, start + 1):
         line = raw.strip()
         if not line:
+            if current is not None:
+                yield current
             current = None
         elif current is None:
-            current = [line]
-            paragraphs.append(_Paragraph(number, current))
+            current = _Paragraph(number, [line])
         else:
-            current.append(line)
-    return paragraphs
+            current.lines.append(line)
+    if current is not None:
+        yield current
 
 
 def _is_meta_like(line: str) -> bool:
@@ -292,7 +294,7 @@ def _is_meta_like(line: str) -> bool:
 
 
 def _read_records(
-    paragraphs: Sequence[_Paragraph],
+    paragraphs: Iterable[_Paragraph],
     source: str,
     page_date: date,
     warnings: list[DumpWarning],
