@@ -32,7 +32,7 @@ from mailer.dumpfiles import (
 )
 from mailer.dumps import parse_dump
 from mailer.errors import DumpError
-from mailer.pipeline.report import Clock, PassReport, Stopping
+from mailer.pipeline.report import Clock, PassReport, Stopping, gc_paused
 from mailer.store import Store
 
 log = logging.getLogger("mailer")
@@ -156,7 +156,8 @@ class Ingest:
         for done, path in enumerate(paths, 1):
             if stopping():
                 return
-            self.file(path, report)
+            with gc_paused():
+                self.file(path, report)
             if on_dump is not None:
                 on_dump(done, len(paths), path)
         unreadable = self.scanner.unreadable_files()

@@ -14,7 +14,7 @@ from typing import cast
 from mailer.config import Config, SubscriberConfig
 from mailer.matching import Doc, Engine, Hit, Query, Stats, parse_query, rescore
 from mailer.papers import Paper
-from mailer.pipeline.report import Clock, PassReport
+from mailer.pipeline.report import Clock, PassReport, gc_paused
 from mailer.query import parsed_query as parsed
 from mailer.store import NewMatch, Store
 
@@ -93,19 +93,21 @@ def match_new_papers(store: Store, engine: Engine, clock: Clock, report: PassRep
     against the stored statistics when they are composed."""
     active = store.active_subscriber_ids()
     while True:
-        with report.timed("statistics"):
-            batch = store.unmatched_papers(MATCH_BATCH)
-            if not batch:
-                break
-            engine.stats = store.stats()
-            docs = analysed(batch, engine.stats)
-            added = Stats()
-            for _, doc in docs:
-                added.observe(doc)
-        with report.timed("match"):
-            rows = match_rows(engine, docs, active)
-        with report.timed("record_matches"):
-            report.matches += store.record_matches([pid for pid, _ in batch], rows, clock(), added)
+        with gc_paused():
+            with report.timed("statistics"):
+                batch = store.unmatched_papers(MATCH_BATCH)
+                if not batch:
+                    break
+                engine.stats = store.stats()
+                docs = analysed(batch, engine.stats)
+                added = Stats()
+                for _, doc in docs:
+                    added.observe(doc)
+            with report.timed("match"):
+                rows = match_rows(engine, docs, active)
+            with report.timed("record_matches"):
+                pids = [pid for pid, _ in batch]
+                report.matches += store.record_matches(pids, rows, clock(), added)
 
 
 def sync_subscribers(store: Store, config: Config, now: datetime) -> dict[str, int]:
