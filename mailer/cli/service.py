@@ -19,6 +19,7 @@ from mailer import __version__
 from mailer.actions import check_rendering, compose_pool, preview_digest, trial_digest
 from mailer.addresses import address_key
 from mailer.cli.app import err, log, meta_line, open_existing, open_store, out, state_of
+from mailer.cluster import joined
 from mailer.config import Config, WatchConfig
 from mailer.daemon import Daemon
 from mailer.delivery import make_transport
@@ -26,7 +27,6 @@ from mailer.dkim import DkimSigner, load_signer
 from mailer.dumpfiles import read_dump
 from mailer.dumps import paper_json
 from mailer.errors import ConfigError, DeliveryError, MailerError
-from mailer.lock import database_lock
 from mailer.matching import Stats
 from mailer.mime import message_part
 from mailer.ops import PreviewFormat, dump_progress, next_due, status_report
@@ -41,39 +41,39 @@ def run(ctx: typer.Context) -> None:
     config = state.config()
     log.info("mailer %s with configuration from %s", __version__, state.config_source)
     check_rendering(config)
-    with database_lock(config.database.url) as lock, compose_pool(config) as pool:
-        store = open_store(config)
-        try:
+    store = open_store(config)
+    try:
+        with joined(config, store) as node, compose_pool(config) as pool:
             pipeline = Pipeline(
                 config,
                 store,
                 lambda: make_transport(pipeline.config),
                 compose_pool=pool,
-                lock=lock,
+                node=node,
             )
             daemon = Daemon(
                 pipeline, config.watch.interval_seconds, config_path=state.config_file()
             )
             asyncio.run(daemon.run())
-        finally:
-            store.close()
+    finally:
+        store.close()
 
 
 def ingest(ctx: typer.Context) -> None:
     """Run one pass (ingest new dumps, match, send what is due), then exit."""
     state = state_of(ctx)
     config = state.config()
-    with database_lock(config.database.url) as lock, compose_pool(config) as pool:
-        store = open_store(config)
-        try:
+    store = open_store(config)
+    try:
+        with joined(config, store) as node, compose_pool(config) as pool:
             pipeline = Pipeline(
-                config, store, lambda: make_transport(config), compose_pool=pool, lock=lock
+                config, store, lambda: make_transport(config), compose_pool=pool, node=node
             )
             fancy = state.log_format == "text" and err.is_terminal
             with dump_progress(pipeline, fancy=fancy, console=err):
                 report: PassReport = asyncio.run(pipeline.run_pass())
-        finally:
-            store.close()
+    finally:
+        store.close()
     out.print(f"pass done: {report.summary()}")
     if report.deferred:
         raise typer.Exit(3)

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy import Select, and_, bindparam, func, insert, literal, or_, select, update
 from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import NoResultFound
 
@@ -171,19 +171,21 @@ class Outbox:
 
     def release_claims(self, node: str | None, ids: Collection[int] | None = None) -> int:
         """Give back the claims on pending messages held by ``node`` (by any
-        node when None), only on ``ids`` when given; returns how many."""
+        node when None), only on ``ids`` when given; returns how many. Looks
+        before it writes: usually there are none, and a write would wait for
+        SQLite's write lock."""
+        if ids is not None and not ids:
+            return 0
         c = DELIVERIES.c
-        query = update(DELIVERIES).where(
-            c.status == DeliveryStatus.PENDING, c.claimed_until.is_not(None)
-        )
+        held = and_(c.status == DeliveryStatus.PENDING, c.claimed_until.is_not(None))
         if node is not None:
-            query = query.where(c.claimed_by == node)
+            held = and_(held, c.claimed_by == node)
         if ids is not None:
-            if not ids:
-                return 0
-            query = query.where(c.id.in_(list(ids)))
+            held = and_(held, c.id.in_(list(ids)))
         with self._transaction() as conn:
-            return conn.execute(query.values(claimed_until=None)).rowcount
+            if conn.execute(select(c.id).where(held).limit(1)).first() is None:
+                return 0
+            return conn.execute(update(DELIVERIES).where(held).values(claimed_until=None)).rowcount
 
     def sent_by_node(self, since: datetime) -> dict[str, int]:
         """Messages sent since ``since``, by the node that sent them."""
