@@ -318,6 +318,20 @@ def status(
     )
     for label, value in lines:
         out.print(Text(f"{label:<14} {value}"), soft_wrap=True)
+    if report["nodes"]:
+        nodes = Table(title="nodes", title_justify="left")
+        for column in ("node", "role", "last heartbeat", "sent in the last hour"):
+            nodes.add_column(column)
+        for node in report["nodes"]:
+            age = f"{node['heartbeat_age_seconds']:.0f}s ago"
+            role = node["role"] if node["alive"] or node["role"] == "stopped" else "gone"
+            nodes.add_row(
+                Text(node["id"]),
+                role,
+                f"{node['last_heartbeat']} ({age})",
+                str(node["sent_last_hour"]),
+            )
+        out.print(nodes)
     table = Table(title="next digests", title_justify="left")
     for column in ("subscriber", "schedule", "waiting", "last digest", "next due"):
         table.add_column(column)
