@@ -1,15 +1,36 @@
 """Several daemons on one database (mailer.cluster): the claims on outbox
-rows and the node heartbeats in the store, on SQLite and PostgreSQL."""
+rows and the node heartbeats in the store, on SQLite and PostgreSQL; then
+three real daemons on one PostgreSQL database, one of them killed or cut
+off mid-send, and every digest delivered with no message sent by two live
+nodes."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 import threading
+import time
+from collections import defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email import message_from_bytes, policy
+from pathlib import Path
 
 import pytest
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from sqlalchemy import create_engine, make_url, text
 
+from mailer.pipeline.send import SEND_CHUNK
 from mailer.store import NodeBeat, Outgoing, Store
+from tests.conftest import free_port
+from tests.process import Mailer
+from tests.proxy import TcpProxy
+from tests.test_cli import copy_seeds, mailer
+from tests.test_faults import config_text
+from tests.waiting import wait_for
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 LEASE = 60.0
@@ -138,3 +159,249 @@ def test_send_slots_are_spaced_by_the_interval_whoever_takes_them(store: Store) 
     assert waits[0] == pytest.approx(0.0, abs=1.0)
     assert waits[1] == pytest.approx(10.0, abs=1.0)
     assert waits[2] == pytest.approx(20.0, abs=1.0)
+
+
+# --- three daemons on one PostgreSQL database ------------------------------------------
+
+SUBSCRIBERS = 300
+CONNECTIONS = 3  # [smtp] max_connections, for the whole cluster
+CLUSTER_LEASE = 5.0  # [daemon] lease_seconds
+SINK_DELAY = 0.05  # the server takes this long over each message, so a kill lands mid-send
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """One message the server accepted, from the node named by its EHLO."""
+
+    message_id: str
+    recipient: str
+    node: str
+    at: float  # time.monotonic() when its DATA began
+
+
+class RecordingSink:
+    """An SMTP server's handler that records which node delivered what, and when."""
+
+    def __init__(self) -> None:
+        self.deliveries: list[Delivery] = []
+
+    async def handle_DATA(  # noqa: N802 - aiosmtpd's hook name
+        self, server: SMTP, session: Session, envelope: Envelope
+    ) -> str:
+        at = time.monotonic()
+        await asyncio.sleep(SINK_DELAY)
+        parsed = message_from_bytes(envelope.original_content or b"", policy=policy.default)
+        self.deliveries.append(
+            Delivery(str(parsed["Message-ID"]), envelope.rcpt_tos[0], session.host_name or "", at)
+        )
+        return "250 Message accepted for delivery"
+
+    def by(self, node: str) -> list[Delivery]:
+        return [d for d in self.deliveries if d.node == node]
+
+
+@pytest.fixture
+def sink() -> Iterator[tuple[RecordingSink, int]]:
+    handler, port = RecordingSink(), free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+class Cluster:
+    """Daemons (``mailer run`` processes) on one database and one watch folder,
+    each with a folder of its own and its node id as its EHLO name."""
+
+    def __init__(self, tmp_path: Path, smtp_port: int, database_url: str) -> None:
+        self.tmp_path = tmp_path
+        self.smtp_port = smtp_port
+        self.database_url = database_url
+        self.dumps = tmp_path / "dumps"
+        self.dumps.mkdir()
+        self.nodes: dict[str, Mailer] = {}
+        self.subscribers = [
+            (f"reader{i:03d}@example.org", "instant", "UTC") for i in range(SUBSCRIBERS)
+        ]
+
+    def start(self, node: str, database_url: str | None = None) -> Mailer:
+        folder = self.tmp_path / node
+        folder.mkdir()
+        (folder / "dumps").symlink_to(self.dumps)
+        extra = (
+            f'local_hostname = "{node}"\n'
+            f'[daemon]\nnode_id = "{node}"\nlease_seconds = {CLUSTER_LEASE}\n'
+        )
+        body = config_text(folder, self.smtp_port, subscribers=self.subscribers, interval=0.5)
+        body = body.replace(
+            f'url = "sqlite:///{folder / "mailer.db"}"',
+            f'url = "{database_url or self.database_url}"',
+        )
+        body = body.replace("max_connections = 2", f"max_connections = {CONNECTIONS}")
+        body = body.replace(
+            'sender = "Paper Digest <digest@example.org>"\n',
+            'sender = "Paper Digest <digest@example.org>"\n' + extra,
+        )
+        config = folder / "config.toml"
+        config.write_text(body, encoding="utf-8")
+        daemon = self.nodes[node] = Mailer(config, "run")
+        return daemon
+
+    def stop_all(self) -> dict[str, int]:
+        """SIGTERM every daemon still running; their exit statuses."""
+        running = {n: m for n, m in self.nodes.items() if m.proc.poll() is None}
+        for daemon in running.values():
+            daemon.proc.send_signal(signal.SIGTERM)
+        return {n: m.finish() for n, m in running.items()}
+
+    def kill_all(self) -> None:
+        for daemon in self.nodes.values():
+            daemon.kill()
+
+    def outbox(self) -> dict[str, tuple[str, str | None]]:
+        """Message-ID -> (status, the node that claimed it last), from the database."""
+        engine = create_engine(self.database_url)
+        try:
+            with engine.connect() as conn:
+                rows = conn.execute(
+                    text("SELECT message_id, status, claimed_by FROM deliveries")
+                ).all()
+        finally:
+            engine.dispose()
+        return {mid: (status, node) for mid, status, node in rows}
+
+
+def wait_for_sends(sink: RecordingSink, node: str, count: int, after: int = 0) -> None:
+    """Wait until ``node`` has delivered ``count`` messages beyond the first ``after``."""
+    wait_for(
+        lambda: len(sink.by(node)) >= after + count,
+        timeout=120,
+        what=f"{count} more messages from {node}",
+    )
+
+
+def check_deliveries(cluster: Cluster, sink: RecordingSink, gone: set[str]) -> None:
+    """What three daemons must guarantee together, whatever happened to the ``gone`` ones."""
+    outbox = cluster.outbox()
+    assert len(outbox) == SUBSCRIBERS, "one digest per subscriber, composed once"
+    assert {status for status, _ in outbox.values()} == {"sent"}
+    delivered: dict[str, list[Delivery]] = defaultdict(list)
+    for d in sink.deliveries:
+        delivered[d.message_id].append(d)
+    assert delivered.keys() == outbox.keys(), "every digest delivered"
+    assert {d.recipient for d in sink.deliveries} == {e for e, _, _ in cluster.subscribers}
+    repeated = {mid: ds for mid, ds in delivered.items() if len(ds) > 1}
+    for ds in repeated.values():
+        # A repeat comes only from a node that died (or was cut off) with the
+        # message sent but not yet recorded: the same Message-ID, sent again
+        # after its claim ran out. Two live claims never send one message.
+        assert [d.node for d in ds[:-1]] == [d.node for d in ds[:-1] if d.node in gone], ds
+        assert ds[-1].node not in gone or len({d.node for d in ds}) == 1, ds
+    # The window: what each gone node had on the wire or sent unrecorded.
+    assert len(repeated) <= SEND_CHUNK * CONNECTIONS * len(gone)
+    for mid, (_, node) in outbox.items():
+        assert node == delivered[mid][-1].node, "recorded under the claim that sent it last"
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_three_daemons_deliver_every_digest_when_the_leader_and_then_a_sender_are_killed(
+    tmp_path: Path, fresh_postgres: str, sink: tuple[RecordingSink, int]
+) -> None:
+    server, port = sink
+    cluster = Cluster(tmp_path, port, fresh_postgres)
+    try:
+        first = cluster.start("node-a")
+        first.wait_logged("node=node-a is now the leader")
+        for name in ("node-b", "node-c"):
+            cluster.start(name).wait_logged(f"node={name} follows the leader")
+        copy_seeds(cluster.dumps)
+
+        wait_for_sends(server, "node-a", 20)
+        first.proc.send_signal(signal.SIGKILL)
+        killed_at = time.monotonic()
+        others = {n: cluster.nodes[n] for n in ("node-b", "node-c")}
+        wait_for(
+            lambda: any(m.logged("is now the leader") for m in others.values()),
+            timeout=CLUSTER_LEASE,
+            what="a new leader within lease_seconds",
+        )
+        assert time.monotonic() - killed_at <= CLUSTER_LEASE
+        leader = next(n for n, m in others.items() if m.logged("is now the leader"))
+        sender = next(n for n in others if n != leader)
+        wait_for_sends(server, sender, 10, after=len(server.by(sender)))
+        cluster.nodes[sender].proc.send_signal(signal.SIGKILL)
+
+        wait_for(
+            lambda: (
+                {d.message_id for d in server.deliveries} >= cluster.outbox().keys()
+                and len(cluster.outbox()) == SUBSCRIBERS
+            ),
+            timeout=180,
+            what="every digest delivered by the survivor",
+        )
+        status = mailer(
+            "--config", str(tmp_path / leader / "config.toml"), "status", "--json", cwd=tmp_path
+        )
+        codes = cluster.stop_all()
+    finally:
+        cluster.kill_all()
+    assert codes == {leader: 0}, cluster.nodes[leader].log
+    check_deliveries(cluster, server, gone={"node-a", sender})
+    assert status.returncode == 0, status.stderr
+    nodes = {n["id"]: n for n in json.loads(status.stdout)["nodes"]}
+    assert nodes.keys() == {"node-a", "node-b", "node-c"}
+    assert (nodes[leader]["role"], nodes[leader]["alive"]) == ("leader", True)
+    assert sum(n["sent_last_hour"] for n in nodes.values()) == SUBSCRIBERS
+
+
+@pytest.mark.postgres
+@pytest.mark.slow
+def test_a_leader_cut_off_from_postgresql_stops_sending_and_rejoins_when_the_network_returns(
+    tmp_path: Path, fresh_postgres: str, sink: tuple[RecordingSink, int]
+) -> None:
+    server, port = sink
+    url = make_url(fresh_postgres)
+    cluster = Cluster(tmp_path, port, fresh_postgres)
+    with TcpProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+        via_proxy = url.set(host="127.0.0.1", port=proxy.port)
+        try:
+            first = cluster.start("node-a", via_proxy.render_as_string(hide_password=False))
+            first.wait_logged("node=node-a is now the leader")
+            for name in ("node-b", "node-c"):
+                cluster.start(name).wait_logged(f"node={name} follows the leader")
+            copy_seeds(cluster.dumps)
+
+            wait_for_sends(server, "node-a", 20)
+            proxy.cut()
+            cut_at = time.monotonic()
+            others = [cluster.nodes[n] for n in ("node-b", "node-c")]
+            wait_for(
+                lambda: any(m.logged("is now the leader") for m in others),
+                timeout=CLUSTER_LEASE,
+                what="a new leader within lease_seconds",
+            )
+            first.wait_logged("node node-a lost its hold on database")
+            wait_for(
+                lambda: (
+                    {d.message_id for d in server.deliveries} >= cluster.outbox().keys()
+                    and len(cluster.outbox()) == SUBSCRIBERS
+                ),
+                timeout=180,
+                what="every digest delivered by the other two",
+            )
+            proxy.restore()
+            wait_for(
+                lambda: sum("node=node-a follows the leader" in line for line in first.lines) == 1,
+                timeout=60,
+                what="the cut-off node to rejoin as a follower",
+            )
+            codes = cluster.stop_all()
+        finally:
+            cluster.kill_all()
+    assert codes == {"node-a": 0, "node-b": 0, "node-c": 0}, first.log
+    after_cut = [d for d in server.by("node-a") if d.at > cut_at]
+    assert len(after_cut) <= CONNECTIONS, "at most the sends already on the wire at the cut"
+    check_deliveries(cluster, server, gone={"node-a"})

@@ -33,7 +33,7 @@ from mailer.pipeline.match import (
     subscription_engine,
     sync_subscribers,
 )
-from mailer.pipeline.report import Clock, PassReport, utc_now
+from mailer.pipeline.report import Clock, PassReport, Stopping, utc_now
 from mailer.pipeline.send import RateLimiter, Send, SharedRateLimiter, TransportPause
 from mailer.store import Store
 
@@ -128,7 +128,8 @@ class Pipeline:
                 await self.compose_and_deliver(report)
                 await asyncio.to_thread(self.store.record_pass, report.summary(), self.clock())
             else:
-                await self.deliver(report)
+                # Becoming the leader ends a follower's pass, so leader work starts now.
+                await self.deliver(report, lambda: self.stopping or self.node.leading)
         except Exception as exc:
             # A pass that fails because the database went away has lost the
             # lock too (on PostgreSQL): say so, whichever step noticed first.
@@ -178,7 +179,7 @@ class Pipeline:
         if not self.node.leading:
             raise self.node.lost_error()
 
-    async def deliver(self, report: PassReport) -> None:
+    async def deliver(self, report: PassReport, stopping: Stopping | None = None) -> None:
         """Messages -> deliveries."""
         send = Send(
             self.store,
@@ -189,7 +190,7 @@ class Pipeline:
             self.pause,
             self.node,
         )
-        await send.deliver(report, self._stopped)
+        await send.deliver(report, stopping or self._stopped)
 
     async def compose_and_deliver(self, report: PassReport) -> None:
         """Compose in a thread (and its worker pool) while the sender drains
