@@ -23,6 +23,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import create_engine, make_url, text
 
+from mailer.cluster import ClusterNode
+from mailer.errors import LockLostError
 from mailer.pipeline.send import SEND_CHUNK
 from mailer.store import NodeBeat, Outgoing, Store
 from tests.conftest import free_port
@@ -159,6 +161,65 @@ def test_send_slots_are_spaced_by_the_interval_whoever_takes_them(store: Store) 
     assert waits[0] == pytest.approx(0.0, abs=1.0)
     assert waits[1] == pytest.approx(10.0, abs=1.0)
     assert waits[2] == pytest.approx(20.0, abs=1.0)
+
+
+# --- nodes on one PostgreSQL database, in-process -------------------------------------
+
+
+@pytest.fixture
+def pg_store(fresh_postgres: str) -> Iterator[Store]:
+    s = Store(fresh_postgres)
+    yield s
+    s.close()
+
+
+@pytest.mark.postgres
+def test_one_node_leads_and_another_takes_over_when_its_session_is_cut(
+    pg_store: Store, fresh_postgres: str
+) -> None:
+    url = make_url(fresh_postgres)
+    with TcpProxy((url.host or "127.0.0.1", url.port or 5432)) as proxy:
+        via_proxy = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+        first = ClusterNode(pg_store, via_proxy, node="first", lease=LEASE)
+        second = ClusterNode(pg_store, fresh_postgres, node="second", lease=LEASE)
+        try:
+            assert first.join() is True
+            assert second.join() is False
+            assert second.beat() is False, "a follower with nothing to send has no pass to run"
+            first.fence()
+            proxy.cut()
+            with pytest.raises(LockLostError, match="node first lost its hold on database"):
+                first.fence()
+            assert not first.leading
+            assert second.beat() is True, "the new leader runs a pass at once"
+            assert second.leading
+            proxy.restore()
+            assert first.join() is False, "back as a follower"
+        finally:
+            first.leave()
+            second.leave()
+
+
+@pytest.mark.postgres
+def test_nodes_share_the_connections_and_never_open_more_than_allowed(
+    pg_store: Store, fresh_postgres: str
+) -> None:
+    nodes = [ClusterNode(pg_store, fresh_postgres, node=f"n{i}", lease=LEASE) for i in range(3)]
+    try:
+        for node in nodes:
+            node.join()
+            node.beat()
+        for node in nodes:
+            node.beat()  # each now counts three nodes alive
+        taken = [node.take_connections(4, 4) for node in nodes]
+        assert taken == [2, 2, 0], "at most a share each, and 4 in all"
+        nodes[0].give_connections()
+        assert nodes[2].take_connections(4, 4) == 2
+        assert all(node.alive() for node in nodes)
+    finally:
+        for node in nodes:
+            node.give_connections()
+            node.leave()
 
 
 # --- three daemons on one PostgreSQL database ------------------------------------------
