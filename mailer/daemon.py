@@ -65,13 +65,13 @@ class Daemon:
         self.fatal: MailerError | None = None
 
     async def tick(self) -> PassReport | None:
-        """One pass in a task of its own: stopping the scheduler cancels the job
+        """One pass in a task of its own: stopping cancels the loop of passes
         that waits for it, never the pass, which the stop path lets finish."""
         self._running = asyncio.ensure_future(self._tick())
         try:
             return await asyncio.shield(self._running)
         except asyncio.CancelledError:
-            return None  # the scheduler stopped; run()'s stop path sees the pass through
+            return None  # stopping; run()'s stop path sees the pass through
 
     async def _tick(self) -> PassReport | None:
         try:

@@ -6,12 +6,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import and_, delete, insert, or_, select, update
 
 from mailer.store.schema import NODES, SEND_RATE, NodeRow, Transaction, db_time, row_objects
 
-# Rows of nodes not heard from for this long are forgotten (``mailer status``
-# lists the others, the dead ones too, until then).
+# ``mailer status`` lists a node until it has been stopped this long (every
+# ``mailer ingest`` is a node for its pass), or silent this long (it died).
+FORGET_STOPPED = timedelta(minutes=10)
 FORGET_AFTER = timedelta(days=1)
 
 
@@ -61,7 +62,13 @@ class Nodes:
                 )
             conn.execute(
                 delete(NODES).where(
-                    NODES.c.heartbeat_at < db_time(conn, -FORGET_AFTER.total_seconds())
+                    or_(
+                        NODES.c.heartbeat_at < db_time(conn, -FORGET_AFTER.total_seconds()),
+                        and_(
+                            NODES.c.role == "stopped",
+                            NODES.c.heartbeat_at < db_time(conn, -FORGET_STOPPED.total_seconds()),
+                        ),
+                    )
                 )
             )
             alive = select(NODES.c.id).where(
@@ -79,8 +86,8 @@ class Nodes:
             )
 
     def nodes(self) -> tuple[list[NodeRow], datetime]:
-        """Every node heard from in the last day, oldest first, with the
-        database's time now (heartbeats are by its clock)."""
+        """The nodes not yet forgotten, oldest first, with the database's time
+        now (heartbeats are by its clock)."""
         with self._transaction() as conn:
             now: datetime = conn.execute(select(db_time(conn))).scalar_one()
             rows = row_objects(conn, select(NodeRow).order_by(NODES.c.started_at, NODES.c.id))
