@@ -185,8 +185,12 @@ class Node:
     def _beat_loop(self) -> None:
         period = self.lease / 3
         while True:
-            if self.beat() and self.on_wake is not None:
-                self.on_wake()
+            try:
+                if self.beat() and self.on_wake is not None:
+                    self.on_wake()
+            except Exception:
+                # A bug must not end the heartbeat: its claims would run out.
+                log.exception("node=%s heartbeat failed unexpectedly", self.id)
             if self._stop.wait(period):
                 return
 
