@@ -33,6 +33,7 @@ from mailer.editing import write_atomic
 from mailer.errors import AlreadyRunningError, DatabaseReplacedError, MailerError
 from mailer.pipeline import PassReport, Pipeline
 from mailer.render import Renderer
+from mailer.selfservice.app import SelfService
 from mailer.watch import watch_folder
 from mailer.web import start_web
 
@@ -83,7 +84,9 @@ class Daemon:
             self._check_watch()
 
     def wake(self) -> None:
-        """Run a pass now, or right after the one in flight."""
+        """Run a pass now, or right after the one in flight: a dump that
+        arrived, or a confirmation mail the web pages queued, goes out in
+        seconds, not an interval later."""
         if self._wake is not None:
             self._wake.set()
 
@@ -160,12 +163,21 @@ class Daemon:
         self._wake = asyncio.Event()
         # Subscribers known before the first pass, so their links work at once.
         await asyncio.to_thread(self.pipeline.sync)
-        # The unsubscribe endpoint, when [web] listen is set; it stops with the scheduler.
+        # The unsubscribe endpoint, when [web] listen is set, and the readers'
+        # pages when [web] self_service is also on; it stops with the scheduler.
+        pages = SelfService(
+            self.pipeline.store,
+            config=lambda: self.pipeline.config,
+            clock=self.pipeline.clock,
+            dkim=lambda: self.pipeline.dkim,
+            wake=self.wake,
+        )
         web = await start_web(
             self.pipeline.config.web.listen,
             self.pipeline.store,
             secret=lambda: self.pipeline.config.web.secret.get_secret_value(),
             clock=self.pipeline.clock,
+            self_service=pages,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

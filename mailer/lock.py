@@ -37,6 +37,7 @@ _HOLDER = text(
     "SELECT a.application_name, a.pid FROM pg_locks l "
     "JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.granted "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND ((l.classid::bigint << 32) | l.objid::bigint) = :k"
 )
 _HELD = text(

@@ -140,7 +140,13 @@ def check_config(ctx: typer.Context) -> None:
     if config.web.listen or config.web.base_url:
         links = config.web.base_url or "none (web.base_url is not set)"
         out.print(f"web     endpoint on {config.web.listen or '-'}; unsubscribe links {links}")
+        if config.web.self_service:
+            out.print(
+                f"        readers' pages on: {config.web.base_url}/subscribe, and a manage "
+                f"link in every digest (config subscribers: {config.web.config_subscriber_pages})"
+            )
     _describe_dkim(config, signer)
+    _describe_bounces(config)
     if not config.subscribers:
         out.print("[yellow]no subscribers: nothing will be sent[/yellow]")
     for sub in config.subscribers:
@@ -165,6 +171,27 @@ def _describe_dkim(config: Config, signer: DkimSigner | None) -> None:
         out.print(
             f"[yellow]dkim.domain {signer.domain} is not the sender's domain {sender_domain}: "
             "DMARC needs them aligned[/yellow]"
+        )
+
+
+def _describe_bounces(config: Config) -> None:
+    """Where bounces are read, and when they suppress an address."""
+    b = config.bounces
+    if b.maildir is None and not b.imap_url:
+        out.print("bounces off: no bounce mailbox is read ([bounces] maildir or imap_url)")
+        return
+    where = f"Maildir {b.maildir}" if b.maildir else f"IMAP over TLS {b.imap_url}"
+    if b.ca_file:
+        where += f", trusting the CA in {b.ca_file}"
+    out.print(Text(f"bounces read {where} every pass"), soft_wrap=True)
+    out.print(
+        f"        suppress after {b.hard_limit} hard bounce(s), or {b.soft_limit} soft "
+        f"within {b.soft_window_days} days"
+    )
+    if not config.smtp.return_path:
+        out.print(
+            "[yellow]smtp.return_path is empty: bounces go to the sender address; point "
+            "it at the bounce mailbox so each bounce names its message (VERP)[/yellow]"
         )
 
 
@@ -304,8 +331,17 @@ def status(
             f"{s['configured']} configured, {s['unsubscribed']} unsubscribed, "
             f"{s['removed']} removed",
         ),
+        (
+            "  on the web",
+            ", ".join(f"{n} {state}" for state, n in s["web"].items()) or "none",
+        ),
         ("matches", f"{report['matches_waiting']} waiting for a digest"),
-        ("outbox", f"{o['pending']} pending, {o['sent']} sent, {o['failed']} failed"),
+        (
+            "outbox",
+            f"{o['pending']} pending, {o['sent']} sent, {o['failed']} failed, "
+            f"{o['bounced']} bounced",
+        ),
+        ("suppressed", f"{report['suppressed']} addresses ('mailer suppressions list')"),
     ]
     last = report["last_pass"]
     lines.append(("last pass", f"{last['at']}: {last['summary']}" if last else "none yet"))

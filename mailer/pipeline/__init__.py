@@ -3,9 +3,10 @@
 Each stage reads what the previous one committed to the store, so a pass cut
 short anywhere is finished by the next one: nothing is dropped, and the
 outbox keeps a message's bytes and Message-ID until the transport accepts it.
-The stages live in ingest, match, compose and send; ``Pipeline`` only holds
-what they share and runs them in order. On a database that several daemons
-share (mailer.cluster), the leader runs them all and the others only send.
+The stages live in bounces, ingest, match, compose and send; ``Pipeline``
+only holds what they share and runs them in order. On a database that
+several daemons share (mailer.cluster), the leader runs them all and the
+others only send.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from mailer.delivery import Transport
 from mailer.dkim import load_signer
 from mailer.errors import LockLostError
 from mailer.matching import Stats
+from mailer.pipeline.bounces import ReadBounces
 from mailer.pipeline.compose import Compose, RenderSettings, digest_order, unsubscribe_url
 from mailer.pipeline.ingest import Ingest, OnDump, Scanner
 from mailer.pipeline.match import (
@@ -34,6 +36,7 @@ from mailer.pipeline.match import (
     sync_subscribers,
 )
 from mailer.pipeline.report import Clock, PassReport, Stopping, utc_now
+from mailer.pipeline.roster import Roster
 from mailer.pipeline.send import RateLimiter, Send, SharedRateLimiter, TransportPause
 from mailer.store import Store
 
@@ -86,6 +89,7 @@ class Pipeline:
         # Called after each dump of a pass as (done, total, path), to show progress.
         self.on_dump: OnDump | None = None
         self.generation = 0
+        self.roster = Roster()
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -99,6 +103,8 @@ class Pipeline:
         self.limiter = (
             SharedRateLimiter(self.store, rate) if self.node.shared else RateLimiter(rate)
         )
+        # config.toml's subscribers and, from the next sync on, the web ones (roster).
+        self.subscribers = config
         self.engine = build_engine(compile_queries(config), Stats())
         self.generation += 1
         self.render_settings = RenderSettings(
@@ -110,11 +116,19 @@ class Pipeline:
         self._synced: Config | None = None
 
     def sync(self) -> None:
-        """Write the configured subscribers to the store, once per configuration
-        (the leader's job, as every daemon has the same configuration)."""
-        if self._synced is not self.config and self.node.leading:
+        """Write the configured subscribers to the store, once per configuration;
+        add the web subscribers who get digests now, with their queries (the
+        leader's job: every daemon has the same configuration, and only the
+        leader matches and composes)."""
+        if not self.node.leading:
+            return
+        if self._synced is not self.config:
             sync_subscribers(self.store, self.config, self.clock())
             self._synced = self.config
+        subscribers = self.roster.current(self.store, self.config, self.clock())
+        if subscribers is not self.subscribers:
+            self.subscribers = subscribers
+            self.engine = build_engine(compile_queries(subscribers), Stats())
 
     async def run_pass(self) -> PassReport:
         report = PassReport()
@@ -123,6 +137,7 @@ class Pipeline:
         try:
             if leading:
                 await asyncio.to_thread(self.lead, self.sync)
+                await asyncio.to_thread(self.lead, self.read_bounces, report)
                 await asyncio.to_thread(self.lead, self.ingest, report)
                 await asyncio.to_thread(self.lead, self.match, report)
                 await self.compose_and_deliver(report)
@@ -153,6 +168,11 @@ class Pipeline:
         if not self.node.leading:
             raise self.node.lost_error()
 
+    def read_bounces(self, report: PassReport) -> None:
+        """The bounce mailbox -> bounced messages, suppressions, unsubscribes;
+        before anything is composed or sent."""
+        ReadBounces(self.store, self.config, self.clock).run(report, self._not_leading)
+
     def ingest(self, report: PassReport) -> None:
         """Files -> dumps -> papers."""
         watch = self.config.watch
@@ -169,7 +189,7 @@ class Pipeline:
         self.node.fence()
         Compose(
             self.store,
-            self.config,
+            self.subscribers,
             self.clock,
             self.renderer,
             self.render_settings,

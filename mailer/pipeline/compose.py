@@ -26,6 +26,7 @@ from mailer.mime import compose_bytes, new_message_id
 from mailer.pipeline.report import Clock, PassReport, Stopping
 from mailer.render import Renderer
 from mailer.schedule import Schedule
+from mailer.selfservice.links import manage_url as signed_manage_url
 from mailer.store import Outgoing, PendingMatch, Store
 from mailer.tokens import unsubscribe_url as signed_unsubscribe_url
 
@@ -54,6 +55,14 @@ def unsubscribe_url(config: Config, email: str) -> str | None:
     return signed_unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
 
 
+def manage_url(config: Config, email: str) -> str | None:
+    """The signed link to ``email``'s own page, when the pages are on."""
+    web = config.web
+    if not (web.self_service and web.base_url):
+        return None
+    return signed_manage_url(web.base_url, email, web.secret.get_secret_value())
+
+
 @dataclass(frozen=True, slots=True)
 class DigestOrder:
     """One due subscriber's digest, before its matches are read."""
@@ -63,6 +72,7 @@ class DigestOrder:
     since: datetime | None
     max_papers: int
     unsubscribe_url: str | None = None
+    manage_url: str | None = None
 
 
 def digest_order(
@@ -75,6 +85,7 @@ def digest_order(
         since,
         sub.max_papers or config.render.max_papers,
         unsubscribe_url(config, sub.email),
+        manage_url(config, sub.email),
     )
 
 
@@ -116,6 +127,7 @@ def build_message(
     sender_address: str,
     unsubscribe_url: str | None = None,
     dkim: DkimSigner | None = None,
+    manage_url: str | None = None,
 ) -> tuple[str, bytes, str]:
     """(Message-ID, bytes, subject) of a digest. The Message-ID and the DKIM
     signature are made here, once: the outbox keeps these bytes, so any resend
@@ -129,6 +141,7 @@ def build_message(
         unsubscribe_url=unsubscribe_url,
         unsubscribe_mailto=mailto,
         manage_hint=MANAGE_HINT,
+        manage_url=manage_url,
     )
     links = [unsubscribe_url, mailto] if unsubscribe_url else [mailto]
     message = compose_bytes(
@@ -178,6 +191,7 @@ def compose(
         sender_address=sender_address,
         unsubscribe_url=order.unsubscribe_url,
         dkim=dkim,
+        manage_url=order.manage_url,
     )
     return Composed(digest, message_id, data, subject)
 

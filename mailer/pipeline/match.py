@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping
 from datetime import datetime
+from functools import lru_cache
 from typing import cast
 
 from mailer.config import Config, SubscriberConfig
@@ -20,10 +21,17 @@ from mailer.store import NewMatch, Store
 log = logging.getLogger("mailer")
 
 
+@lru_cache(maxsize=65536)
+def parsed(text: str, stemming: bool) -> Query:
+    """``parse_query``, remembered: when the web subscribers change, a pass
+    parses only the queries it has not seen (queries are immutable)."""
+    return parse_query(text, stemming=stemming)
+
+
 def compile_queries(config: Config) -> dict[str, dict[str, Query]]:
     """Every subscriber's parsed queries, by email then subscription name."""
     return {
-        s.email: {q.name: parse_query(q.query, stemming=q.stemming) for q in s.subscriptions}
+        s.email: {q.name: parsed(q.query, q.stemming) for q in s.subscriptions}
         for s in config.subscribers
     }
 

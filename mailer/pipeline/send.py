@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from mailer.bounces.classify import status_code
 from mailer.cluster import Claim, Node
 from mailer.config import Config
-from mailer.delivery import Transport, TransportUnavailableError
+from mailer.delivery import RecipientRefusedError, Transport, TransportUnavailableError
 from mailer.errors import DeliveryError
 from mailer.pipeline.report import Clock, PassReport, Stopping
 from mailer.store import DeliveryRow, Store
@@ -303,6 +304,7 @@ class Send:
                 row.message_id,
                 reply,
             )
+            self._suppress_unknown(row, exc)
         else:
             report.deferred_ids.add(row.id)
             log.warning(
@@ -312,6 +314,23 @@ class Send:
                 row.attempts + 1,
                 retry_at.isoformat(timespec="seconds"),
                 reply,
+            )
+
+    def _suppress_unknown(self, row: DeliveryRow, exc: DeliveryError) -> None:
+        """A 5.1.x reply to RCPT TO (no such user, bad address) suppresses the
+        address, as a hard bounce would; any other refusal does not."""
+        if not isinstance(exc, RecipientRefusedError) or not exc.permanent:
+            return
+        status = status_code(exc.reply)
+        if status is None or not status.startswith("5.1."):
+            return
+        reason = f"refused at RCPT TO: {exc.code} {' '.join(exc.reply.split())}"
+        if self.store.suppress(row.recipient, reason=reason, source="smtp", now=self.clock()):
+            log.warning(
+                "suppressed subscriber=%s: no more mail until 'mailer suppressions remove'; "
+                "reason=%s",
+                row.recipient,
+                reason,
             )
 
 

@@ -36,12 +36,14 @@ from mailer.store.people import People, SubscriberState
 from mailer.store.schema import (
     STATE,
     CorpusRow,
+    DeliveryKind,
     DeliveryRow,
     DeliveryStatus,
     DumpRow,
     DumpStatus,
     MatchRow,
     NodeRow,
+    Origin,
     OutboxState,
     PaperRow,
     StateRow,
@@ -54,10 +56,15 @@ from mailer.store.schema import (
     row_objects,
     utc,
 )
+from mailer.store.selfservice import Profile, SentDigest, SignUp, WebSubscriber, WebSubscribers
+from mailer.store.suppressions import BounceLimits, BounceRecord, Suppression, Suppressions
 
 __all__ = [
     "LAST_PASS",
+    "BounceLimits",
+    "BounceRecord",
     "CorpusRow",
+    "DeliveryKind",
     "DeliveryRow",
     "DeliveryStatus",
     "DumpRow",
@@ -67,16 +74,23 @@ __all__ = [
     "NewMatch",
     "NodeBeat",
     "NodeRow",
+    "Origin",
     "OutboxState",
     "Outgoing",
     "PaperRow",
     "PendingMatch",
+    "Profile",
+    "SentDigest",
+    "SignUp",
     "StateRow",
     "Store",
     "SubscriberRow",
     "SubscriberState",
     "SubscriptionRow",
+    "Suppression",
     "TermRow",
+    "WebSubscriber",
+    "WebSubscribers",
     "add_statistics",
     "hide_password",
     "paper_from_row",
@@ -115,6 +129,8 @@ class Store:
         self.matches = Matches(self.transaction)
         self.outbox = Outbox(self.transaction)
         self.nodes = Nodes(self.transaction)
+        self.suppressions = Suppressions(self.transaction)
+        self.web = WebSubscribers(self.transaction)  # sign-ups on the web pages
         self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
         self._identity = _identity(self._file) if self._file else None
 
@@ -384,3 +400,37 @@ class Store:
 
     def take_send_slot(self, interval: float) -> float:
         return self.nodes.take_send_slot(interval)
+
+    def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        return self.outbox.delivery(delivery_id)
+
+    def delivery_by_message_id(self, message_id: str) -> DeliveryRow | None:
+        return self.outbox.delivery_by_message_id(message_id)
+
+    # --- bounces and suppressions: ``Suppressions`` -------------------------
+
+    def record_bounce(
+        self,
+        delivery_id: int,
+        *,
+        hard: bool,
+        status: str,
+        reason: str,
+        now: datetime,
+        limits: BounceLimits,
+    ) -> BounceRecord | None:
+        return self.suppressions.record_bounce(
+            delivery_id, hard=hard, status=status, reason=reason, now=now, limits=limits
+        )
+
+    def suppress(self, address: str, *, reason: str, source: str, now: datetime) -> bool:
+        return self.suppressions.suppress(address, reason=reason, source=source, now=now)
+
+    def lift_suppression(self, address: str, now: datetime) -> bool:
+        return self.suppressions.lift(address, now)
+
+    def suppressed(self) -> list[Suppression]:
+        return self.suppressions.suppressed()
+
+    def suppressed_keys(self) -> set[str]:
+        return self.suppressions.suppressed_keys()

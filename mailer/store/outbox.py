@@ -22,6 +22,8 @@ from mailer.store.schema import (
     DELIVERIES,
     MATCHES,
     SUBSCRIBERS,
+    SUPPRESSIONS,
+    DeliveryKind,
     DeliveryRow,
     DeliveryStatus,
     Transaction,
@@ -41,6 +43,7 @@ class Outgoing:
     message: bytes
     match_ids: Sequence[int]
     failed: str | None = None  # no message could be built: queued as failed, with why
+    kind: str = DeliveryKind.DIGEST
 
 
 class Outbox:
@@ -71,6 +74,7 @@ class Outbox:
                             "next_attempt_at": None if m.failed else now,
                             "status": DeliveryStatus.FAILED if m.failed else DeliveryStatus.PENDING,
                             "last_reply": m.failed,
+                            "kind": m.kind,
                         }
                         for m in messages
                     ],
@@ -202,6 +206,16 @@ class Outbox:
         """Every message, oldest first, as row objects (``row_objects``)."""
         return self._rows(select(DeliveryRow).order_by(DELIVERIES.c.id))
 
+    def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        found = self._rows(select(DeliveryRow).where(DELIVERIES.c.id == delivery_id))
+        return found[0] if found else None
+
+    def delivery_by_message_id(self, message_id: str) -> DeliveryRow | None:
+        """The message with this Message-ID (with or without its <>)."""
+        wanted = f"<{message_id.strip().strip('<>')}>"
+        found = self._rows(select(DeliveryRow).where(DELIVERIES.c.message_id == wanted))
+        return found[0] if found else None
+
     def _rows(self, query: Select[DeliveryRow]) -> list[DeliveryRow]:
         with self._transaction() as conn:
             return row_objects(conn, query)
@@ -253,26 +267,50 @@ class Outbox:
 
     def cancel_unwanted(self, delivery_ids: Sequence[int]) -> dict[int, str]:
         """Cancel those pending messages among ``delivery_ids`` whose recipient
-        has unsubscribed or been removed from the config since they were
-        composed; returns them with the reason. One query when, as usual,
-        nobody has."""
+        has unsubscribed, been removed from the config or been suppressed
+        (mailer.store.suppressions) since they were composed; a notice goes
+        to an unsubscribed reader (it may be how they resubscribe) but not to
+        a suppressed address. Returns them with the reason. One query when, as
+        usual, nobody has."""
         if not delivery_ids:
             return {}
+        suppressed = SUPPRESSIONS.c
         with self._transaction() as conn:
             found = conn.execute(
-                select(DELIVERIES.c.id, SUBSCRIBERS.c.unsubscribed_at)
+                select(
+                    DELIVERIES.c.id,
+                    DELIVERIES.c.kind,
+                    SUBSCRIBERS.c.unsubscribed_at,
+                    SUBSCRIBERS.c.active,
+                    suppressed.since,
+                    suppressed.reason,
+                )
                 .join(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
+                .outerjoin(
+                    SUPPRESSIONS,
+                    and_(
+                        suppressed.address_key == SUBSCRIBERS.c.email_key,
+                        suppressed.lifted_at.is_(None),
+                    ),
+                )
                 .where(
                     DELIVERIES.c.id.in_(list(delivery_ids)),
                     DELIVERIES.c.status == DeliveryStatus.PENDING,
                     or_(
-                        SUBSCRIBERS.c.unsubscribed_at.is_not(None), SUBSCRIBERS.c.active.is_(False)
+                        and_(
+                            DELIVERIES.c.kind == DeliveryKind.DIGEST,
+                            or_(
+                                SUBSCRIBERS.c.unsubscribed_at.is_not(None),
+                                SUBSCRIBERS.c.active.is_(False),
+                            ),
+                        ),
+                        suppressed.id.is_not(None),
                     ),
                 )
             )
             cancelled = {
-                i: f"unsubscribed at {at}" if at is not None else "removed from the config"
-                for i, at in found
+                i: _unwanted(kind, unsubscribed_at, active, since, reason)
+                for i, kind, unsubscribed_at, active, since, reason in found
             }
             if cancelled:
                 conn.execute(
@@ -308,7 +346,8 @@ class Outbox:
         with self._transaction() as conn:
             last: datetime | None = conn.execute(
                 select(func.max(DELIVERIES.c.created_at)).where(
-                    DELIVERIES.c.subscriber_id == subscriber_id
+                    DELIVERIES.c.subscriber_id == subscriber_id,
+                    DELIVERIES.c.kind == DeliveryKind.DIGEST,
                 )
             ).scalar()
             return last
@@ -325,7 +364,10 @@ class Outbox:
                 last: dict[int, datetime] = dict(
                     conn.execute(
                         select(DELIVERIES.c.subscriber_id, func.max(DELIVERIES.c.created_at))
-                        .where(DELIVERIES.c.subscriber_id.in_(chunk))
+                        .where(
+                            DELIVERIES.c.subscriber_id.in_(chunk),
+                            DELIVERIES.c.kind == DeliveryKind.DIGEST,
+                        )
                         .group_by(DELIVERIES.c.subscriber_id)
                     ).all()
                 )
@@ -355,6 +397,25 @@ def _claimable(conn: Connection, now: datetime, exclude: Collection[int]) -> Sel
         or_(c.claimed_until.is_(None), c.claimed_until < db_time(conn)),
     )
     return free.where(c.id.not_in(list(exclude))) if exclude else free
+
+
+def _unwanted(
+    kind: str,
+    unsubscribed_at: datetime | None,
+    active: bool,
+    since: datetime | None,
+    reason: str | None,
+) -> str:
+    """Why a composed message must not go to its recipient. A notice (a
+    sign-up confirmation, a manage link) is wanted whatever the subscriber's
+    state, but not by an address that bounces."""
+    if since is not None and (kind != DeliveryKind.DIGEST or unsubscribed_at is None):
+        return f"suppressed since {since} ({reason})"
+    if unsubscribed_at is not None:
+        return f"unsubscribed at {unsubscribed_at}"
+    if not active:
+        return "removed from the config"
+    return f"suppressed since {since} ({reason})"
 
 
 def _one(result: CursorResult[Any], delivery_id: int) -> None:

@@ -20,6 +20,8 @@ from sqlalchemy import (
     JSON,
     Column,
     ColumnElement,
+    ForeignKey,
+    Integer,
     Interval,
     LargeBinary,
     Select,
@@ -55,7 +57,25 @@ class DeliveryStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
-    CANCELLED = "cancelled"  # recipient unsubscribed or removed before sending
+    CANCELLED = "cancelled"  # recipient unsubscribed, removed or suppressed before sending
+    BOUNCED = "bounced"  # accepted, then a bounce came back (mailer.bounces); the reason kept
+
+
+class Origin(StrEnum):
+    """Who owns a subscriber: the operator's config.toml, or the reader's own
+    web pages (mailer.selfservice). The config sync never touches web ones."""
+
+    CONFIG = "config"
+    WEB = "web"
+
+
+class DeliveryKind(StrEnum):
+    """A digest, or a notice the web pages send (a confirmation, a manage
+    link): notices are never cancelled by an unsubscribe and never count as
+    a subscriber's last digest."""
+
+    DIGEST = "digest"
+    NOTICE = "notice"
 
 
 class OutboxState(StrEnum):
@@ -67,6 +87,7 @@ class OutboxState(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    BOUNCED = "bounced"
 
     @classmethod
     def of(cls, status: str, attempts: int) -> OutboxState:
@@ -120,6 +141,26 @@ class SubscriberRow(SQLModel, table=True):
     active: bool = True  # false once removed from the config
     created_at: datetime
     unsubscribed_at: datetime | None = None
+    origin: str = Field(
+        default=Origin.CONFIG, max_length=16, sa_column_kwargs={"server_default": Origin.CONFIG}
+    )
+
+
+class WebSubscriberRow(SQLModel, table=True):
+    """What a subscriber who signed up on the web pages chose, besides the
+    subscriptions (in ``subscriptions``, as for config subscribers)."""
+
+    __tablename__ = "web_subscribers"
+
+    subscriber_id: int = Field(foreign_key="subscribers.id", primary_key=True)
+    schedule: str = Field(max_length=64)
+    timezone: str = Field(max_length=64)
+    max_papers: int | None = None
+    paused_until: date | None = None  # no digests before this day (the subscriber's zone)
+    confirmed_at: datetime | None = None  # None: the sign-up waits for its confirmation
+    confirm_nonce: str | None = Field(default=None, max_length=64)  # None once used
+    signed_up_at: datetime
+    updated_at: datetime
 
 
 class SubscriptionRow(SQLModel, table=True):
@@ -156,6 +197,11 @@ class DeliveryRow(SQLModel, table=True):
     # until when by the database's clock; another node takes it after that.
     claimed_by: str | None = None
     claimed_until: datetime | None = None
+    kind: str = Field(
+        default=DeliveryKind.DIGEST,
+        max_length=16,
+        sa_column_kwargs={"server_default": DeliveryKind.DIGEST},
+    )
 
 
 class MatchRow(SQLModel, table=True):
@@ -202,6 +248,43 @@ class TermRow(SQLModel, table=True):
     df: int = 0
 
 
+class BounceRow(SQLModel, table=True):
+    """A bounce that named one of our messages, hard or soft: suppression
+    counts these per address (``address_key``)."""
+
+    __tablename__ = "bounces"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer, ForeignKey("deliveries.id", name="fk_bounces_delivery_id"), index=True
+        ),
+    )
+    address_key: str = Field(index=True)
+    hard: bool
+    status: str = Field(max_length=16)  # the RFC 3463 status, e.g. 5.1.1
+    reason: str
+    received_at: datetime
+
+
+class SuppressionRow(SQLModel, table=True):
+    """An address that gets nothing (hard bounces, soft ones piling up, or a
+    5.1.x at RCPT) until lifted; a lifted row is kept, with ``lifted_at``, so
+    only bounces after the lift count again."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("address_key", name="uq_suppressions_address_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    address: str
+    address_key: str  # mailer.addresses.address_key
+    reason: str
+    source: str = Field(max_length=16)  # bounce | smtp
+    since: datetime
+    lifted_at: datetime | None = None
+
+
 class StateRow(SQLModel, table=True):
     """Small facts about the running service, such as the last pass."""
 
@@ -246,6 +329,7 @@ DUMPS = _table(DumpRow)
 PAPERS = _table(PaperRow)
 SUBSCRIBERS = _table(SubscriberRow)
 SUBSCRIPTIONS = _table(SubscriptionRow)
+WEB_SUBSCRIBERS = _table(WebSubscriberRow)
 DELIVERIES = _table(DeliveryRow)
 MATCHES = _table(MatchRow)
 CORPUS = _table(CorpusRow)
@@ -253,6 +337,8 @@ TERMS = _table(TermRow)
 STATE = _table(StateRow)
 NODES = _table(NodeRow)
 SEND_RATE = _table(SendRateRow)
+BOUNCES = _table(BounceRow)
+SUPPRESSIONS = _table(SuppressionRow)
 
 # A transaction on the store's engine: committed on success, rolled back on
 # any error, database errors raised as StoreError (``Store.transaction``).

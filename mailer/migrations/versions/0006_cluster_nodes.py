@@ -8,7 +8,7 @@ the moment the next message may go, so ``[smtp] rate_per_minute`` holds for
 all nodes together. Its one row is made here.
 
 Revision ID: 0006_cluster_nodes
-Revises: 0003_subscriber_email_key
+Revises: 0005_self_service
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0006_cluster_nodes"
-down_revision: str | None = "0003_subscriber_email_key"
+down_revision: str | None = "0005_self_service"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
