@@ -83,6 +83,9 @@ class WatchConfig(_Section):
     # Larger files, or files with a longer line, are refused unread.
     max_dump_bytes: int = Field(default=DEFAULT_MAX_DUMP_BYTES, ge=1, le=2**30)
     max_line_bytes: int = Field(default=DEFAULT_MAX_LINE_BYTES, ge=1, le=2**26)
+    # File events (inotify) wake the daemon at once; the rescan every
+    # interval_seconds stays, for filesystems that send none (NFS, SMB).
+    events: bool = True
 
 
 class DatabaseConfig(_Section):
@@ -302,6 +305,10 @@ class BouncesConfig(_Section):
 class DaemonConfig(_Section):
     # Rewritten after every completed pass, so a supervisor can tell a hung daemon.
     heartbeat: Path = Path("mailer.heartbeat")
+    # Several daemons on one PostgreSQL database (mailer.cluster): this one's
+    # name (empty: host:pid), and how long a dead node's leadership and claims last.
+    node_id: Annotated[Text, Field(max_length=200)] = ""
+    lease_seconds: float = Field(default=30.0, ge=1, le=HOUR, allow_inf_nan=False)
 
 
 class SubscriptionConfig(_Section):

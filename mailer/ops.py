@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -321,8 +321,35 @@ def status_report(
             {"at": _iso(last.updated_at), "summary": last.value} if last is not None else None
         ),
         "heartbeat": beat,
+        "nodes": node_report(store, config.daemon.lease_seconds, now) if store else [],
         "next_digests": subscribers,
     }
+
+
+def node_report(store: Store, lease: float, now: datetime) -> list[dict[str, Any]]:
+    """The daemons on this database (mailer.cluster), as ``mailer status``
+    lists them: a node is alive while its heartbeat is younger than ``lease``."""
+    from mailer.store import utc
+
+    rows, db_now = store.node_rows()
+    sent = store.sent_by_node(now - timedelta(hours=1))
+    nodes = []
+    for row in rows:
+        age = (db_now - utc(row.heartbeat_at)).total_seconds()
+        nodes.append(
+            {
+                "id": row.id,
+                "host": row.host,
+                "pid": row.pid,
+                "role": row.role,
+                "alive": row.role != "stopped" and age < lease,
+                "started_at": _iso(row.started_at),
+                "last_heartbeat": _iso(row.heartbeat_at),
+                "heartbeat_age_seconds": round(age, 1),
+                "sent_last_hour": sent.get(row.id, 0),
+            }
+        )
+    return nodes
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -30,31 +30,31 @@ def run(ctx: typer.Context) -> None:
     import asyncio
 
     from mailer.actions import check_rendering, compose_pool
+    from mailer.cluster import joined
     from mailer.daemon import Daemon
     from mailer.delivery import make_transport
-    from mailer.lock import database_lock
     from mailer.pipeline import Pipeline
 
     state = state_of(ctx)
     config = state.config()
     log.info("mailer %s with configuration from %s", __version__, state.config_source)
     check_rendering(config)
-    with database_lock(config.database.url) as lock, compose_pool(config) as pool:
-        store = open_store(config)
-        try:
+    store = open_store(config)
+    try:
+        with joined(config, store) as node, compose_pool(config) as pool:
             pipeline = Pipeline(
                 config,
                 store,
                 lambda: make_transport(pipeline.config),
                 compose_pool=pool,
-                lock=lock,
+                node=node,
             )
             daemon = Daemon(
                 pipeline, config.watch.interval_seconds, config_path=state.config_file()
             )
             asyncio.run(daemon.run())
-        finally:
-            store.close()
+    finally:
+        store.close()
 
 
 def ingest(ctx: typer.Context) -> None:
@@ -62,23 +62,23 @@ def ingest(ctx: typer.Context) -> None:
     import asyncio
 
     from mailer.actions import compose_pool
+    from mailer.cluster import joined
     from mailer.delivery import make_transport
-    from mailer.lock import database_lock
     from mailer.pipeline import Pipeline
 
     state = state_of(ctx)
     config = state.config()
-    with database_lock(config.database.url) as lock, compose_pool(config) as pool:
-        store = open_store(config)
-        try:
+    store = open_store(config)
+    try:
+        with joined(config, store) as node, compose_pool(config) as pool:
             pipeline = Pipeline(
-                config, store, lambda: make_transport(config), compose_pool=pool, lock=lock
+                config, store, lambda: make_transport(config), compose_pool=pool, node=node
             )
             fancy = state.log_format == "text" and err.is_terminal
             with dump_progress(pipeline, fancy=fancy, console=err):
                 report: PassReport = asyncio.run(pipeline.run_pass())
-        finally:
-            store.close()
+    finally:
+        store.close()
     out.print(f"pass done: {report.summary()}")
     if report.deferred:
         raise typer.Exit(3)
@@ -384,6 +384,20 @@ def status(
     )
     for label, value in lines:
         out.print(Text(f"{label:<14} {value}"), soft_wrap=True)
+    if report["nodes"]:
+        nodes = Table(title="nodes", title_justify="left")
+        for column in ("node", "role", "last heartbeat", "sent in the last hour"):
+            nodes.add_column(column)
+        for node in report["nodes"]:
+            age = f"{node['heartbeat_age_seconds']:.0f}s ago"
+            role = node["role"] if node["alive"] or node["role"] == "stopped" else "gone"
+            nodes.add_row(
+                Text(node["id"]),
+                role,
+                f"{node['last_heartbeat']} ({age})",
+                str(node["sent_last_hour"]),
+            )
+        out.print(nodes)
     table = Table(title="next digests", title_justify="left")
     for column in ("subscriber", "schedule", "waiting", "last digest", "next due"):
         table.add_column(column)

@@ -8,13 +8,14 @@ default; the same code runs on PostgreSQL.
 ``Store`` is the one object callers hold: it opens the engine and hands a
 transaction helper to the parts, each owning some tables (``schema`` defines
 them all): ``papers`` (dumps, papers, corpus statistics), ``people``
-(subscribers, subscriptions), ``matches`` and ``outbox`` (deliveries). All of
-them speak SQLAlchemy Core on the tables' columns.
+(subscribers, subscriptions), ``matches``, ``outbox`` (deliveries and their
+claims) and ``nodes`` (the daemons sharing the database). All of them speak
+SQLAlchemy Core on the tables' columns.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
@@ -28,6 +29,7 @@ from mailer.analysis import Stats
 from mailer.errors import DatabaseReplacedError, StoreError
 from mailer.papers import Paper
 from mailer.store.matches import Matches, NewMatch, PendingMatch
+from mailer.store.nodes import NodeBeat, Nodes
 from mailer.store.outbox import Outbox, Outgoing
 from mailer.store.papers import IngestOutcome, Papers, add_statistics
 from mailer.store.people import People, SubscriberState
@@ -40,6 +42,7 @@ from mailer.store.schema import (
     DumpRow,
     DumpStatus,
     MatchRow,
+    NodeRow,
     Origin,
     OutboxState,
     PaperRow,
@@ -69,6 +72,8 @@ __all__ = [
     "IngestOutcome",
     "MatchRow",
     "NewMatch",
+    "NodeBeat",
+    "NodeRow",
     "Origin",
     "OutboxState",
     "Outgoing",
@@ -123,6 +128,7 @@ class Store:
         self.people = People(self.transaction)
         self.matches = Matches(self.transaction)
         self.outbox = Outbox(self.transaction)
+        self.nodes = Nodes(self.transaction)
         self.suppressions = Suppressions(self.transaction)
         self.web = WebSubscribers(self.transaction)  # sign-ups on the web pages
         self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
@@ -357,6 +363,43 @@ class Store:
 
     def outbox_counts(self) -> dict[str, int]:
         return self.outbox.outbox_counts()
+
+    # --- claims and nodes: ``Outbox``, ``Nodes`` -------------------------------
+
+    def claim_due(
+        self,
+        node: str,
+        now: datetime,
+        *,
+        lease: float,
+        limit: int,
+        exclude: Collection[int] = (),
+    ) -> list[DeliveryRow]:
+        return self.outbox.claim_due(node, now, lease=lease, limit=limit, exclude=exclude)
+
+    def claimable(self, now: datetime, *, limit: int, exclude: Collection[int] = ()) -> int:
+        return self.outbox.claimable(now, limit=limit, exclude=exclude)
+
+    def renew_claims(self, node: str, ids: Collection[int], *, lease: float) -> set[int]:
+        return self.outbox.renew_claims(node, ids, lease=lease)
+
+    def release_claims(self, node: str | None, ids: Collection[int] | None = None) -> int:
+        return self.outbox.release_claims(node, ids)
+
+    def sent_by_node(self, since: datetime) -> dict[str, int]:
+        return self.outbox.sent_by_node(since)
+
+    def node_beat(self, node: NodeBeat, *, lease: float) -> int:
+        return self.nodes.beat(node, lease=lease)
+
+    def node_stopped(self, node_id: str) -> None:
+        self.nodes.stopped(node_id)
+
+    def node_rows(self) -> tuple[list[NodeRow], datetime]:
+        return self.nodes.nodes()
+
+    def take_send_slot(self, interval: float) -> float:
+        return self.nodes.take_send_slot(interval)
 
     def delivery(self, delivery_id: int) -> DeliveryRow | None:
         return self.outbox.delivery(delivery_id)

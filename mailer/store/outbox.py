@@ -1,15 +1,20 @@
 """The outbox: composed messages, each claiming its matches, and what
-became of every attempt to send them."""
+became of every attempt to send them.
+
+A node sends only the messages it has claimed (``claim_due``): a claim names
+the node and runs out ``lease`` seconds later by the database's clock unless
+renewed, and another node may take a message only once its claim has run
+out, so two live nodes never send one message at once."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, and_, bindparam, func, insert, literal, or_, select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import NoResultFound
 
 from mailer.errors import StoreError
@@ -22,6 +27,7 @@ from mailer.store.schema import (
     DeliveryRow,
     DeliveryStatus,
     Transaction,
+    db_time,
     row_objects,
 )
 
@@ -102,6 +108,100 @@ class Outbox:
         )
         return self._rows(query.limit(limit) if limit else query)
 
+    def claim_due(
+        self,
+        node: str,
+        now: datetime,
+        *,
+        lease: float,
+        limit: int,
+        exclude: Collection[int] = (),
+    ) -> list[DeliveryRow]:
+        """Claim for ``node``, for ``lease`` seconds, up to ``limit`` pending
+        messages due by ``now`` (oldest first, none of ``exclude``): those
+        unclaimed and those whose claim ran out. Rows another node is claiming
+        at this moment are skipped, not waited for (FOR UPDATE SKIP LOCKED on
+        PostgreSQL; SQLite has one writer at a time and one node)."""
+        c = DELIVERIES.c
+        with self._transaction() as conn:
+            free = (
+                _claimable(conn, now, exclude)
+                .order_by(c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            claimed = list(
+                conn.execute(
+                    update(DELIVERIES)
+                    .where(c.id.in_(free))
+                    .values(claimed_by=node, claimed_until=db_time(conn, lease))
+                    .returning(c.id)
+                ).scalars()
+            )
+            if not claimed:
+                return []
+            return row_objects(conn, select(DeliveryRow).where(c.id.in_(claimed)).order_by(c.id))
+
+    def claimable(self, now: datetime, *, limit: int, exclude: Collection[int] = ()) -> int:
+        """How many messages ``claim_due`` would find now, counting up to ``limit``."""
+        with self._transaction() as conn:
+            free = _claimable(conn, now, exclude)
+            found: int = conn.execute(
+                select(func.count()).select_from(free.limit(limit).subquery())
+            ).scalar_one()
+            return found
+
+    def renew_claims(self, node: str, ids: Collection[int], *, lease: float) -> set[int]:
+        """Extend ``node``'s claims among ``ids`` that have not run out, to
+        ``lease`` seconds from now; returns those extended. A claim that ran
+        out stays out: another node may have the message by now."""
+        if not ids:
+            return set()
+        c = DELIVERIES.c
+        with self._transaction() as conn:
+            return set(
+                conn.execute(
+                    update(DELIVERIES)
+                    .where(
+                        c.id.in_(list(ids)),
+                        c.claimed_by == node,
+                        c.status == DeliveryStatus.PENDING,
+                        c.claimed_until > db_time(conn),
+                    )
+                    .values(claimed_until=db_time(conn, lease))
+                    .returning(c.id)
+                ).scalars()
+            )
+
+    def release_claims(self, node: str | None, ids: Collection[int] | None = None) -> int:
+        """Give back the claims on pending messages held by ``node`` (by any
+        node when None), only on ``ids`` when given; returns how many. Looks
+        before it writes: usually there are none, and a write would wait for
+        SQLite's write lock."""
+        if ids is not None and not ids:
+            return 0
+        c = DELIVERIES.c
+        held = and_(c.status == DeliveryStatus.PENDING, c.claimed_until.is_not(None))
+        if node is not None:
+            held = and_(held, c.claimed_by == node)
+        if ids is not None:
+            held = and_(held, c.id.in_(list(ids)))
+        with self._transaction() as conn:
+            if conn.execute(select(c.id).where(held).limit(1)).first() is None:
+                return 0
+            return conn.execute(update(DELIVERIES).where(held).values(claimed_until=None)).rowcount
+
+    def sent_by_node(self, since: datetime) -> dict[str, int]:
+        """Messages sent since ``since``, by the node that sent them."""
+        c = DELIVERIES.c
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(c.claimed_by, func.count())
+                .where(c.status == DeliveryStatus.SENT, c.sent_at >= since)
+                .group_by(c.claimed_by)
+            )
+            return {node: count for node, count in rows if node is not None}
+
     def deliveries(self) -> list[DeliveryRow]:
         """Every message, oldest first, as row objects (``row_objects``)."""
         return self._rows(select(DeliveryRow).order_by(DELIVERIES.c.id))
@@ -147,7 +247,11 @@ class Outbox:
         """Count a failed attempt: a permanent failure ends the message; a
         temporary one defers it to ``retry_at``, keeping the first deferral."""
         c = DELIVERIES.c
-        values: dict[str, Any] = {"attempts": c.attempts + 1, "last_reply": reply}
+        values: dict[str, Any] = {
+            "attempts": c.attempts + 1,
+            "last_reply": reply,
+            "claimed_until": None,
+        }
         if permanent:
             values["status"] = DeliveryStatus.FAILED
         else:
@@ -284,6 +388,17 @@ class Outbox:
             return dict(rows.all())
 
 
+def _claimable(conn: Connection, now: datetime, exclude: Collection[int]) -> Select[tuple[int]]:
+    """Pending messages due by ``now`` that no live claim holds."""
+    c = DELIVERIES.c
+    free = select(c.id).where(
+        c.status == DeliveryStatus.PENDING,
+        c.next_attempt_at <= now,
+        or_(c.claimed_until.is_(None), c.claimed_until < db_time(conn)),
+    )
+    return free.where(c.id.not_in(list(exclude))) if exclude else free
+
+
 def _unwanted(
     kind: str,
     unsubscribed_at: datetime | None,
@@ -325,10 +440,16 @@ _SENT = (
         sent_at=bindparam("b_now"),
         last_reply=bindparam("b_reply"),
         attempts=DELIVERIES.c.attempts + 1,
+        claimed_until=None,
     )
 )
 _CANCEL = (
     update(DELIVERIES)
     .where(DELIVERIES.c.id == bindparam("b_id"))
-    .values(status=DeliveryStatus.CANCELLED, last_reply=bindparam("b_reply"), next_attempt_at=None)
+    .values(
+        status=DeliveryStatus.CANCELLED,
+        last_reply=bindparam("b_reply"),
+        next_attempt_at=None,
+        claimed_until=None,
+    )
 )

@@ -12,24 +12,30 @@ import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
 from sqlalchemy import (
     JSON,
     Column,
+    ColumnElement,
     ForeignKey,
     Integer,
+    Interval,
     LargeBinary,
     Select,
     UniqueConstraint,
     event,
+    func,
+    literal,
+    type_coerce,
 )
 from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.schema import Table
 from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlmodel.sql.sqltypes import UTCDateTime
 
 from mailer.errors import StoreError
 from mailer.migrate import database_error, upgrade
@@ -160,6 +166,10 @@ class DeliveryRow(SQLModel, table=True):
     sent_at: datetime | None = None
     last_reply: str | None = None
     deferred_since: datetime | None = None  # first temporary failure; give-up counts from here
+    # The node that claimed it for sending (kept once sent: who sent it), and
+    # until when by the database's clock; another node takes it after that.
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
     kind: str = Field(
         default=DeliveryKind.DIGEST,
         max_length=16,
@@ -258,6 +268,30 @@ class StateRow(SQLModel, table=True):
     updated_at: datetime
 
 
+class NodeRow(SQLModel, table=True):
+    """A daemon sharing the database (mailer.cluster), with its last heartbeat
+    by the database's clock."""
+
+    __tablename__ = "nodes"
+
+    id: str = Field(primary_key=True, max_length=200)
+    host: str
+    pid: int
+    role: str = Field(max_length=16)  # leader, follower, stopped
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+class SendRateRow(SQLModel, table=True):
+    """One row: when the next message may go, so ``[smtp] rate_per_minute``
+    holds for all the nodes together."""
+
+    __tablename__ = "send_rate"
+
+    id: int = Field(primary_key=True)
+    next_at: datetime
+
+
 def _table(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
@@ -274,6 +308,8 @@ MATCHES = _table(MatchRow)
 CORPUS = _table(CorpusRow)
 TERMS = _table(TermRow)
 STATE = _table(StateRow)
+NODES = _table(NodeRow)
+SEND_RATE = _table(SendRateRow)
 BOUNCES = _table(BounceRow)
 SUPPRESSIONS = _table(SuppressionRow)
 
@@ -337,6 +373,16 @@ def utc(value: datetime) -> datetime:
     """Times come back naive from SQLite and PostgreSQL timestamp columns;
     they were stored as UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def db_time(conn: Connection, seconds: float = 0.0) -> ColumnElement[datetime]:
+    """Now plus ``seconds``. On PostgreSQL by the server's clock, so nodes on
+    hosts whose clocks differ agree on when a lease ends; SQLite has one
+    node, and this host's clock. The one place where the dialects differ."""
+    if conn.dialect.name == "postgresql":
+        now: ColumnElement[datetime] = type_coerce(func.statement_timestamp(), UTCDateTime())
+        return now + literal(timedelta(seconds=seconds), Interval()) if seconds else now
+    return literal(datetime.now(UTC) + timedelta(seconds=seconds), UTCDateTime())
 
 
 def hide_password(url: str) -> str:
