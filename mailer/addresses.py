@@ -10,11 +10,16 @@ way in Python, since SQLite's ``lower()`` folds ASCII only.
 
 from __future__ import annotations
 
-import email_validator
+from functools import lru_cache
 
 
+@lru_cache(maxsize=65536)
 def normalise_address(value: str) -> str:
-    """``value`` as a valid address with an ASCII domain; ValueError saying why not."""
+    """``value`` as a valid address with an ASCII domain; ValueError saying why not.
+    Remembered: a pass, a reload and every listing check the same addresses,
+    and validating one costs about a tenth of a millisecond."""
+    import email_validator  # on first use: the CLI's quick commands need none
+
     try:
         found = email_validator.validate_email(
             value, check_deliverability=False, allow_smtputf8=True
@@ -24,6 +29,7 @@ def normalise_address(value: str) -> str:
     return f"{found.local_part}@{found.ascii_domain}"
 
 
+@lru_cache(maxsize=65536)
 def address_key(value: str) -> str:
     """What two spellings of one address share: the local part casefolded, the
     domain in lower-case IDNA form. A string that is not a valid address

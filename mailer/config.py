@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from collections import Counter
 from datetime import UTC, date, datetime
 from email.utils import parseaddr
 from importlib import resources
@@ -33,8 +34,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from mailer.addresses import address_key, normalise_address
 from mailer.dumpfiles import DEFAULT_MAX_DUMP_BYTES, DEFAULT_MAX_LINE_BYTES
 from mailer.errors import ConfigError, QueryError
-from mailer.matching import parse_query
-from mailer.render import check_paper_url
+from mailer.query import parsed_query
 
 DEFAULT_CONFIG = Path("config.toml")
 DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
@@ -163,6 +163,8 @@ class RenderConfig(_Section):
     @field_validator("paper_url")
     @classmethod
     def _http_url(cls, value: str) -> str:
+        from mailer.render import check_paper_url  # Jinja2 only when a config is loaded
+
         return check_paper_url(value)
 
 
@@ -318,7 +320,7 @@ class SubscriptionConfig(_Section):
     @classmethod
     def _parses(cls, value: str, info: ValidationInfo) -> str:
         try:
-            parse_query(value, stemming=bool(info.data.get("stemming", True)))
+            parsed_query(value, bool(info.data.get("stemming", True)))
         except QueryError as exc:
             raise ValueError(exc.message) from exc
         return value
@@ -390,8 +392,8 @@ class Config(BaseSettings):
 
     @model_validator(mode="after")
     def _unique_subscribers(self) -> Config:
-        emails = [address_key(s.email) for s in self.subscribers]
-        dupes = sorted({e for e in emails if emails.count(e) > 1})
+        emails = Counter(address_key(s.email) for s in self.subscribers)
+        dupes = sorted(e for e, n in emails.items() if n > 1)
         if dupes:
             raise ValueError(f"subscriber emails must be unique; repeated: {', '.join(dupes)}")
         return self

@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import dkim as dkimpy
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
-
 from mailer.errors import ConfigError
 
 if TYPE_CHECKING:
     from mailer.config import DkimConfig
+
+# dkimpy and cryptography are imported where used: the CLI imports this
+# module (for MIN_BITS) to build ``mailer dkim keygen``, and its quick
+# commands should not pay for them.
 
 # The headers a digest has that a receiver shows or acts on; only those
 # present in a message are signed.
@@ -55,6 +55,8 @@ class DkimSigner:
     def sign(self, message: bytes) -> bytes:
         """``message`` with a DKIM-Signature header (relaxed/relaxed,
         rsa-sha256) prepended, over those of SIGNED_HEADERS it has."""
+        import dkim as dkimpy
+
         head = _HEAD_END.split(message, 1)[0]
         present = {m.lower() for m in _HEADER_NAME.findall(head)}
         headers = [h.lower().encode() for h in SIGNED_HEADERS if h.lower().encode() in present]
@@ -87,6 +89,8 @@ class DkimSigner:
     def check(self) -> None:
         """Sign a message and verify it against the record this key asks for,
         so a key dkimpy cannot use is found before any digest is sent."""
+        import dkim as dkimpy
+
         test = b"From: check@" + self.domain.encode() + b"\nSubject: check\n\ncheck\n"
         record = self.record_value.encode()
 
@@ -106,6 +110,9 @@ class DkimSigner:
 
 def generate_key(bits: int = 2048) -> bytes:
     """A new RSA private key, as PKCS#1 PEM (what OpenDKIM and dkimpy read)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     if bits < MIN_BITS:
         raise ConfigError(
             f"--bits {bits} is too small", hint=f"use at least {MIN_BITS}; 2048 is usual"
@@ -120,6 +127,8 @@ def generate_key(bits: int = 2048) -> bytes:
 
 def public_key_value(private_pem: bytes) -> str:
     """The base64 SubjectPublicKeyInfo of a private key: the record's ``p=``."""
+    from cryptography.hazmat.primitives import serialization
+
     key = serialization.load_pem_private_key(private_pem, password=None)
     der = key.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -138,6 +147,9 @@ def dns_record(selector: str, domain: str, private_pem: bytes) -> str:
 def parse_key(pem: bytes, *, setting: str) -> bytes:
     """A PEM RSA private key, checked and converted to PKCS#1; a ConfigError
     naming ``setting`` when it is not one."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
     hint = (
         "make one with 'mailer dkim keygen --selector S --domain D', "
         "or give an unencrypted RSA key in PEM"

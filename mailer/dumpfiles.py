@@ -54,7 +54,7 @@ class DumpFile:
     over what was read, the size read and the mtime when it was opened."""
 
     path: Path
-    data: bytes
+    data: bytearray  # not joined into bytes: that would hold a large dump twice
     sha256: str
     size: int
     mtime_ns: int
@@ -86,7 +86,7 @@ def load_dump(
                 mtime_ns=st.st_mtime_ns,
             )
         digest = hashlib.sha256()
-        kept: list[bytes] | None = []
+        kept: bytearray | None = bytearray()
         size = carry = lines = 0
         problem: tuple[str, str] | None = None
         while chunk := os.read(fd, _CHUNK_BYTES):
@@ -112,7 +112,7 @@ def load_dump(
             if problem is not None:
                 kept = None
             elif kept is not None:
-                kept.append(chunk)
+                kept += chunk
     except OSError as exc:
         raise _unreadable(path, exc) from exc
     finally:
@@ -123,7 +123,7 @@ def load_dump(
             message, hint=hint, sha256=digest.hexdigest(), size=size, mtime_ns=st.st_mtime_ns
         )
     assert kept is not None
-    return DumpFile(path, b"".join(kept), digest.hexdigest(), size, st.st_mtime_ns)
+    return DumpFile(path, kept, digest.hexdigest(), size, st.st_mtime_ns)
 
 
 def read_dump(

@@ -11,9 +11,10 @@ Reading a file from disk safely is `mailer.dumpfiles`.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
+from itertools import chain, repeat
 
 from mailer.errors import DumpError
 from mailer.papers import Paper, paper_key
@@ -97,20 +98,27 @@ class _BadMetaError(Exception):
     """A meta block that cannot be read; the record it belongs to is skipped."""
 
 
-def parse_dump(data: bytes | str, *, source: str, today: date) -> ParsedDump:
-    """Parse one dump; `today` is the day it was ingested, which fixes the page's year."""
-    warnings: list[DumpWarning] = []
-    text = _decode(data, source, warnings)
-    if "\r" in text:  # replace() copies the whole text even when there is no CR
-        text = text.replace("\r\n", "\n")
-    lines = text.split("\n")
-    if not text.strip():
-        warnings.append(DumpWarning(source, None, "file is empty; no records"))
-        return ParsedDump(source, None, (), tuple(warnings))
+def parse_dump(data: bytes | bytearray | str, *, source: str, today: date) -> ParsedDump:
+    """Parse one dump; `today` is the day it was ingested, which fixes the page's year.
 
+    Lines are decoded and read one at a time (``_lines``): a large dump is
+    held once as bytes and once as its records, never as a whole text and a
+    list of its lines besides."""
+    decoding: list[DumpWarning] = []  # invalid UTF-8, found as lines are read
+    lines = _lines(data, source, decoding)
+    blank = 0
+    for first in lines:
+        if first.strip():
+            break
+        blank += 1
+    else:
+        warnings = [*decoding, DumpWarning(source, None, "file is empty; no records")]
+        return ParsedDump(source, None, (), tuple(warnings))
+    lines = chain(repeat("", blank), (first,), lines)
     start, page_date = _read_header(lines, source, today)
-    paragraphs = _paragraphs(lines, start)
-    papers = _read_records(paragraphs, source, page_date, warnings)
+    records: list[DumpWarning] = []
+    papers = _read_records(_paragraphs(lines, start), source, page_date, records)
+    warnings = decoding + records
     if not papers:
         detail = f" ({warnings[-1].message})" if warnings else ""
         raise DumpError(
@@ -152,26 +160,51 @@ def format_dump(page_date: date, papers: Iterable[Paper]) -> str:
     return "\n\n".join(parts)
 
 
-def _decode(data: bytes | str, source: str, warnings: list[DumpWarning]) -> str:
+def _lines(
+    data: bytes | bytearray | str, source: str, warnings: list[DumpWarning]
+) -> Iterator[str]:
+    """The text's lines (split at LF, a CRLF's CR dropped), decoded one at a
+    time; invalid UTF-8 is replaced with U+FFFD and warned about once, at its
+    first occurrence. NUL bytes refuse the file before any line is read."""
     if isinstance(data, str):
         if "\x00" in data:
             raise _binary(source)
-        return data.removeprefix(_BOM)
+        text = data.removeprefix(_BOM)
+        return (line.removesuffix("\r") for line in text.replace("\r\n", "\n").split("\n"))
     if b"\x00" in data:
         raise _binary(source)
-    data = data.removeprefix(_UTF8_BOM)
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        warnings.append(
-            DumpWarning(
-                source,
-                line,
-                f"invalid UTF-8 (first at byte {exc.start}); bad bytes replaced with U+FFFD",
-            )
-        )
-        return data.decode("utf-8", errors="replace")
+    return _decoded_lines(data, source, warnings)
+
+
+def _decoded_lines(
+    data: bytes | bytearray, source: str, warnings: list[DumpWarning]
+) -> Iterator[str]:
+    pos = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
+    offset = pos
+    number = 0
+    warned = False
+    while pos <= len(data):
+        end = data.find(b"\n", pos)
+        if end < 0:
+            end = len(data)
+        raw = data[pos:end]
+        number += 1
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            if not warned:
+                warnings.append(
+                    DumpWarning(
+                        source,
+                        number,
+                        f"invalid UTF-8 (first at byte {pos - offset + exc.start}); "
+                        "bad bytes replaced with U+FFFD",
+                    )
+                )
+                warned = True
+            line = raw.decode("utf-8", errors="replace")
+        yield line.removesuffix("\r")
+        pos = end + 1
 
 
 def _binary(source: str) -> DumpError:
@@ -181,7 +214,7 @@ def _binary(source: str) -> DumpError:
     )
 
 
-def _read_header(lines: Sequence[str], source: str, today: date) -> tuple[int, date]:
+def _read_header(lines: Iterable[str], source: str, today: date) -> tuple[int, date]:
     """Index of the first line after the page date, and the page date itself."""
     seen: set[str] = set()
     for index, raw in enumerate(lines):
@@ -229,19 +262,22 @@ def _page_date(match: re.Match[str], source: str, line: int, today: date) -> dat
     )
 
 
-def _paragraphs(lines: Sequence[str], start: int) -> list[_Paragraph]:
-    paragraphs: list[_Paragraph] = []
-    current: list[str] | None = None
-    for number, raw in enumerate(lines[start:], start + 1):
+def _paragraphs(lines: Iterable[str], start: int) -> Iterator[_Paragraph]:
+    """The paragraphs of the lines left after the header (``start`` of them
+    were read), numbered as in the file, each as soon as it ends."""
+    current: _Paragraph | None = None
+    for number, raw in enumerate(lines, start + 1):
         line = raw.strip()
         if not line:
+            if current is not None:
+                yield current
             current = None
         elif current is None:
-            current = [line]
-            paragraphs.append(_Paragraph(number, current))
+            current = _Paragraph(number, [line])
         else:
-            current.append(line)
-    return paragraphs
+            current.lines.append(line)
+    if current is not None:
+        yield current
 
 
 def _is_meta_like(line: str) -> bool:
@@ -258,7 +294,7 @@ def _is_meta_like(line: str) -> bool:
 
 
 def _read_records(
-    paragraphs: Sequence[_Paragraph],
+    paragraphs: Iterable[_Paragraph],
     source: str,
     page_date: date,
     warnings: list[DumpWarning],

@@ -14,33 +14,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
-from zoneinfo import ZoneInfo
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 from mailer.addresses import address_key
-from mailer.config import Config, SubscriberConfig
-from mailer.matching import Doc, Query, highlight_spans, match_paper
-from mailer.papers import Paper
-from mailer.pipeline import Pipeline
-from mailer.pipeline.ingest import UNREADABLE_DUMPS
-from mailer.schedule import Schedule
-from mailer.store import (
-    LAST_PASS,
-    DeliveryRow,
-    DeliveryStatus,
-    DumpStatus,
-    Origin,
-    OutboxState,
-    Store,
-    SubscriberState,
-    Suppression,
-    WebSubscriber,
-    utc,
-)
+
+if TYPE_CHECKING:
+    # Hints only: the CLI imports this module to build its commands, so what
+    # it needs of the store, pipeline and matching is imported where used.
+    from rich.progress import Progress
+
+    from mailer.config import Config, SubscriberConfig
+    from mailer.matching import Doc, Query
+    from mailer.papers import Paper
+    from mailer.pipeline import Pipeline
+    from mailer.store import DeliveryRow, Store, SubscriberState, Suppression, WebSubscriber
 
 log = logging.getLogger("mailer")
 
@@ -107,6 +97,8 @@ def dump_progress(
     pipeline: Pipeline, *, fancy: bool, console: Console | None = None
 ) -> Iterator[None]:
     """Show ingest progress: a rich bar on a terminal, else a log line per dump."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     progress: Progress | None = None
     task = None
 
@@ -153,6 +145,8 @@ def try_query(query: Query, papers: Sequence[Paper | Doc]) -> list[Tried]:
     """The papers ``query`` matches, with where its terms occur: ``subs try``
     and the web pages' previews. Papers given analysed (``Doc``, as the
     pages keep the last 30 days') are not analysed again."""
+    from mailer.matching import Doc, highlight_spans, match_paper
+
     found = []
     for item in papers:
         paper = item.paper if isinstance(item, Doc) else item
@@ -220,6 +214,10 @@ def next_due(
         return None, "not yet in the database (the next pass adds them)"
     if state.unsubscribed_at is not None or not state.active:
         return None, "never (unsubscribed)" if state.unsubscribed_at else "never (removed)"
+    from zoneinfo import ZoneInfo
+
+    from mailer.schedule import Schedule
+
     schedule = Schedule.parse(sub.schedule)
     zone = ZoneInfo(sub.timezone)
     last = _aware(state.last_digest_at)
@@ -235,6 +233,8 @@ def next_due(
 
 
 def _aware(value: datetime | None) -> datetime | None:
+    from mailer.store import utc
+
     return None if value is None else utc(value)
 
 
@@ -242,6 +242,9 @@ def status_report(
     config: Config, store: Store | None, source: str, now: datetime
 ) -> dict[str, Any]:
     """Everything ``mailer status`` shows, as plain JSON-able values."""
+    from mailer.pipeline.ingest import UNREADABLE_DUMPS
+    from mailer.store import LAST_PASS, DeliveryStatus, DumpStatus, Origin
+
     dumps = store.dump_counts() if store else {}
     outbox = store.outbox_counts() if store else {}
     states = store.subscriber_states() if store else {}
@@ -326,6 +329,8 @@ def status_report(
 def node_report(store: Store, lease: float, now: datetime) -> list[dict[str, Any]]:
     """The daemons on this database (mailer.cluster), as ``mailer status``
     lists them: a node is alive while its heartbeat is younger than ``lease``."""
+    from mailer.store import utc
+
     rows, db_now = store.node_rows()
     sent = store.sent_by_node(now - timedelta(hours=1))
     nodes = []
@@ -361,6 +366,8 @@ def outbox_entry(row: DeliveryRow) -> dict[str, object]:
 
     def iso(d: datetime | None) -> str | None:
         return d.isoformat(timespec="seconds") if d else None
+
+    from mailer.store import OutboxState
 
     state = OutboxState.of(row.status, row.attempts)
     return {

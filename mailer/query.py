@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 
 from luqum import tree as lt
 from luqum.exceptions import IllegalCharacterError, ParseError
@@ -153,6 +154,14 @@ def parse_query(text: str, *, stemming: bool = True) -> Query:
             hint=HINT,
         ) from exc
     return Query(text, _Converter(text, exact_at, stemming).expression(tree), stemming)
+
+
+@lru_cache(maxsize=65536)
+def parsed_query(text: str, stemming: bool = True) -> Query:
+    """``parse_query``, remembered (queries are immutable): loading the
+    configuration validates every query, and the pass then compiles the same
+    ones; a reload or a change of web subscribers parses only new ones."""
+    return parse_query(text, stemming=stemming)
 
 
 def shown(text: str, limit: int = 60) -> str:

@@ -12,7 +12,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -20,11 +20,15 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from mailer import __version__
-from mailer.config import Config, load_config
 from mailer.errors import MailerError
 from mailer.ops import EMBEDDED, JsonFormatter, LogFormat
-from mailer.papers import Paper
-from mailer.store import Store
+
+if TYPE_CHECKING:
+    # Only for hints: the commands import what they use when they run, so
+    # ``mailer --version`` or ``--help`` loads no database or template code.
+    from mailer.config import Config
+    from mailer.papers import Paper
+    from mailer.store import Store
 
 app = typer.Typer(
     name="mailer",
@@ -49,6 +53,8 @@ class State:
 
     def config(self) -> Config:
         if self._loaded is None:
+            from mailer.config import load_config
+
             self._loaded = load_config(self.config_path)
             log.debug("configuration from %s", self._loaded[1])
         return self._loaded[0]
@@ -142,6 +148,8 @@ def state_of(ctx: typer.Context) -> State:
 
 
 def open_store(config: Config) -> Store:
+    from mailer.store import Store
+
     return Store(config.database.url)
 
 

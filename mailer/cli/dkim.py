@@ -8,8 +8,7 @@ from typing import Annotated
 import typer
 
 from mailer.cli.app import out
-from mailer.config import dns_name
-from mailer.dkim import MIN_BITS, dns_record, generate_key, write_key
+from mailer.dkim import MIN_BITS
 from mailer.errors import ConfigError
 
 dkim_app = typer.Typer(
@@ -20,6 +19,8 @@ dkim_app = typer.Typer(
 
 
 def _name(value: str, option: str) -> str:
+    from mailer.config import dns_name
+
     try:
         return dns_name(value)
     except ValueError as exc:
@@ -42,6 +43,8 @@ def keygen(
 ) -> None:
     """Write a new RSA private key (mode 0600, never over an existing file)
     and print the DNS TXT record to publish for it."""
+    from mailer.dkim import dns_record, generate_key, write_key
+
     selector = _name(selector, "--selector")
     domain = _name(domain, "--domain")
     if not selector or not domain:

@@ -6,17 +6,20 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
 from mailer.cli.app import open_store, out, state_of
-from mailer.config import Config
 from mailer.errors import ConfigError
 from mailer.ops import outbox_entry
-from mailer.pipeline import sync_subscribers, utc_now
-from mailer.store import DeliveryStatus, OutboxState, Store
+from mailer.outbox_states import OutboxState
+
+if TYPE_CHECKING:
+    from mailer.config import Config
+    from mailer.store import Store
+
 
 outbox_app = typer.Typer(
     help="List the outbox: queued, deferred, sent and failed messages.",
@@ -35,6 +38,8 @@ def outbox_list(
     ] = None,
 ) -> None:
     """List the outbox: queued, deferred, sent and failed messages."""
+    from mailer.store import DeliveryStatus
+
     if ctx.invoked_subcommand is not None:
         return
     config = state_of(ctx).config()
@@ -71,6 +76,8 @@ def outbox_retry(
     all_: Annotated[bool, typer.Option("--all", help="Every deferred and failed message.")] = False,
 ) -> None:
     """Make deferred or failed messages due now; the next pass sends them."""
+    from mailer.pipeline import utc_now
+
     if not ids and not all_:
         raise ConfigError("say which messages to retry", hint="pass message ids, or --all")
     config = state_of(ctx).config()
@@ -84,6 +91,8 @@ def outbox_retry(
 
 def _subscriber_store(ctx: typer.Context) -> tuple[Config, Store]:
     """The store with the configured subscribers recorded, as the daemon sees them."""
+    from mailer.pipeline import sync_subscribers, utc_now
+
     config = state_of(ctx).config()
     store = open_store(config)
     try:
@@ -111,6 +120,8 @@ def unsubscribe(
     ctx: typer.Context, email: Annotated[str, typer.Argument(help="The address to stop mailing.")]
 ) -> None:
     """Stop all digests to EMAIL (e.g. after an unsubscribe reply); 'resubscribe' undoes it."""
+    from mailer.pipeline import utc_now
+
     _change_subscription(ctx, email, lambda store: store.unsubscribe(email, utc_now()))
     out.print(f"unsubscribed {email}: no further digests until 'mailer resubscribe {email}'")
 

@@ -3,12 +3,11 @@ ingest, send-test, check-config, parse, preview and status."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 from datetime import date, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
@@ -16,27 +15,26 @@ from rich.table import Table
 from rich.text import Text
 
 from mailer import __version__
-from mailer.actions import check_rendering, compose_pool, preview_digest, trial_digest
-from mailer.addresses import address_key
 from mailer.cli.app import err, log, meta_line, open_existing, open_store, out, state_of
-from mailer.cluster import joined
-from mailer.config import Config, WatchConfig
-from mailer.daemon import Daemon
-from mailer.delivery import make_transport
-from mailer.dkim import DkimSigner, load_signer
-from mailer.dumpfiles import read_dump
-from mailer.dumps import paper_json
 from mailer.errors import ConfigError, DeliveryError, MailerError
-from mailer.matching import Stats
-from mailer.mime import message_part
 from mailer.ops import PreviewFormat, dump_progress, next_due, status_report
-from mailer.pipeline import PassReport, Pipeline, utc_now
-from mailer.store import hide_password
-from mailer.verp import envelope_sender
+
+if TYPE_CHECKING:
+    from mailer.config import Config
+    from mailer.dkim import DkimSigner
+    from mailer.pipeline import PassReport
 
 
 def run(ctx: typer.Context) -> None:
     """Run the daemon: watch the dumps folder, ingest, match and send digests."""
+    import asyncio
+
+    from mailer.actions import check_rendering, compose_pool
+    from mailer.cluster import joined
+    from mailer.daemon import Daemon
+    from mailer.delivery import make_transport
+    from mailer.pipeline import Pipeline
+
     state = state_of(ctx)
     config = state.config()
     log.info("mailer %s with configuration from %s", __version__, state.config_source)
@@ -61,6 +59,13 @@ def run(ctx: typer.Context) -> None:
 
 def ingest(ctx: typer.Context) -> None:
     """Run one pass (ingest new dumps, match, send what is due), then exit."""
+    import asyncio
+
+    from mailer.actions import compose_pool
+    from mailer.cluster import joined
+    from mailer.delivery import make_transport
+    from mailer.pipeline import Pipeline
+
     state = state_of(ctx)
     config = state.config()
     store = open_store(config)
@@ -89,6 +94,14 @@ def send_test(
     days: Annotated[int, typer.Option(min=1, help="Papers first seen in the last N days.")] = 7,
 ) -> None:
     """Send one test digest now, recording nothing: the real digest is unaffected."""
+    import asyncio
+
+    from mailer.actions import trial_digest
+    from mailer.delivery import make_transport
+    from mailer.matching import Stats
+    from mailer.pipeline import utc_now
+    from mailer.verp import envelope_sender
+
     config = state_of(ctx).config()
     if not config.subscribers:
         raise ConfigError("no [[subscribers]] are configured", hint="add one to the config file")
@@ -122,6 +135,10 @@ def send_test(
 
 def check_config(ctx: typer.Context) -> None:
     """Validate the configuration and explain what it will do."""
+    from mailer.actions import check_rendering
+    from mailer.dkim import load_signer
+    from mailer.store import hide_password
+
     state = state_of(ctx)
     config = state.config()
     check_rendering(config)
@@ -206,6 +223,10 @@ def parse(
 
     Files are read as the daemon reads them, with [watch] max_dump_bytes and
     max_line_bytes from the configuration (the defaults if it is invalid)."""
+    from mailer.config import WatchConfig
+    from mailer.dumpfiles import read_dump
+    from mailer.dumps import paper_json
+
     try:
         watch = state_of(ctx).config().watch
     except ConfigError:
@@ -254,6 +275,12 @@ def preview(
     ] = None,
 ) -> None:
     """Render the digest a subscriber would get now, without sending or recording anything."""
+    from mailer.actions import preview_digest
+    from mailer.addresses import address_key
+    from mailer.matching import Stats
+    from mailer.mime import message_part
+    from mailer.pipeline import utc_now
+
     config = state_of(ctx).config()
     sub = config.subscriber(subscriber)
     store = open_existing(config)
@@ -300,6 +327,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """What the service has done and will do: dumps, papers, subscribers, outbox, schedule."""
+    from mailer.pipeline import utc_now
+    from mailer.store import hide_password
+
     state = state_of(ctx)
     config = state.config()
     store = open_existing(config)

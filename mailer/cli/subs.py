@@ -8,24 +8,21 @@ import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from mailer import actions, editing
 from mailer.cli.app import meta_line, open_existing, open_store, out, state_of
-from mailer.config import DEFAULT_CONFIG, Config
-from mailer.editing import apply_edit
 from mailer.errors import ConfigError, QueryError
-from mailer.matching import parse_query
 from mailer.ops import highlighted, snippet, subscriber_rows, tried_rows, try_query
-from mailer.pipeline import utc_now
-from mailer.pipeline.roster import subscriber_config
-from mailer.selfservice import admin
-from mailer.store import Store, WebSubscriber
+
+if TYPE_CHECKING:
+    from mailer.config import Config
+    from mailer.store import Store, WebSubscriber
+
 
 subs_app = typer.Typer(
     name="subs",
@@ -47,6 +44,8 @@ BackfillOpt = Annotated[
 
 
 def _config_to_edit(ctx: typer.Context) -> Path:
+    from mailer.config import DEFAULT_CONFIG
+
     path = state_of(ctx).config_path or DEFAULT_CONFIG
     if not path.exists():
         raise ConfigError(
@@ -71,6 +70,11 @@ def _web_edit(
 ) -> bool:
     """Apply ``edit`` in the database when ``email`` signed up on the web
     pages (config.toml does not have them); False for anyone else."""
+    from mailer import actions
+    from mailer.pipeline import utc_now
+    from mailer.pipeline.roster import subscriber_config
+    from mailer.selfservice import admin
+
     config = state_of(ctx).config()
     store = open_existing(config)
     if store is None:
@@ -98,6 +102,9 @@ def _web_edit(
 
 def _backfill(config: Config, email: str, days: int) -> None:
     """Give a subscriber the already matched papers of the last ``days`` days."""
+    from mailer import actions
+    from mailer.pipeline import utc_now
+
     sub = config.subscriber(email)
     if not sub.subscriptions:
         out.print(f"nothing to backfill: {escape(sub.email)} has no subscriptions yet")
@@ -179,6 +186,10 @@ def subs_add(
     backfill: BackfillOpt = None,
 ) -> None:
     """Add a subscriber; they get papers that arrive from now on (or --backfill DAYS)."""
+    from mailer import editing
+    from mailer.editing import apply_edit
+    from mailer.selfservice import admin
+
     path = _config_to_edit(ctx)
     store = open_existing(state_of(ctx).config())
     try:
@@ -214,6 +225,11 @@ def subs_add(
 @subs_app.command("remove")
 def subs_remove(ctx: typer.Context, email: EmailArg) -> None:
     """Remove a subscriber; their mail stops (history stays in the database)."""
+    from mailer import editing
+    from mailer.editing import apply_edit
+    from mailer.pipeline import utc_now
+    from mailer.selfservice import admin
+
     if _web_edit(ctx, email, lambda store, sub: admin.remove(store, sub, utc_now())):
         return
     path = _config_to_edit(ctx)
@@ -234,6 +250,11 @@ def subs_set(
     ],
 ) -> None:
     """Change one of a subscriber's keys ('resubscribed now' lifts an unsubscribe)."""
+    from mailer import editing
+    from mailer.editing import apply_edit
+    from mailer.pipeline import utc_now
+    from mailer.selfservice import admin
+
     if key == "resubscribed" and value == "now":
         value = utc_now().isoformat()  # full precision: lifts exactly what came before
     if _web_edit(ctx, email, lambda store, sub: admin.set_key(store, sub, key, value, utc_now())):
@@ -255,6 +276,11 @@ def subs_add_query(
     backfill: BackfillOpt = None,
 ) -> None:
     """Add a subscription query to a subscriber (try it first with 'subs try')."""
+    from mailer import editing
+    from mailer.editing import apply_edit
+    from mailer.pipeline import utc_now
+    from mailer.selfservice import admin
+
     if _web_edit(
         ctx,
         email,
@@ -281,6 +307,11 @@ def subs_remove_query(
     name: Annotated[str, typer.Argument(help="The subscription's name.")],
 ) -> None:
     """Remove one of a subscriber's subscription queries."""
+    from mailer import editing
+    from mailer.editing import apply_edit
+    from mailer.pipeline import utc_now
+    from mailer.selfservice import admin
+
     if _web_edit(ctx, email, lambda store, sub: admin.remove_query(store, sub, name, utc_now())):
         return
     path = _config_to_edit(ctx)
@@ -314,6 +345,9 @@ def subs_try(
     ] = False,
 ) -> None:
     """Show which stored papers a query would match, with the matched terms highlighted."""
+    from mailer.matching import parse_query
+    from mailer.pipeline import utc_now
+
     try:
         parsed = parse_query(query)
     except QueryError as exc:

@@ -13,7 +13,6 @@ from rich.text import Text
 from mailer.cli.app import open_existing, out, state_of
 from mailer.errors import ConfigError
 from mailer.ops import suppression_entry
-from mailer.pipeline import utc_now
 
 suppressions_app = typer.Typer(
     name="suppressions",
@@ -53,6 +52,8 @@ def suppressions_remove(
 ) -> None:
     """Lift the suppression of ADDRESS: it gets digests again, and only bounces
     from now on count towards suppressing it again."""
+    from mailer.pipeline import utc_now
+
     config = state_of(ctx).config()
     store = open_existing(config)
     try:

@@ -136,12 +136,14 @@ class Pipeline:
         leading = await asyncio.to_thread(self.node.join)
         try:
             if leading:
-                await asyncio.to_thread(self.lead, self.sync)
+                with report.timed("sync"):
+                    await asyncio.to_thread(self.lead, self.sync)
                 await asyncio.to_thread(self.lead, self.read_bounces, report)
                 await asyncio.to_thread(self.lead, self.ingest, report)
                 await asyncio.to_thread(self.lead, self.match, report)
                 await self.compose_and_deliver(report)
                 await asyncio.to_thread(self.store.record_pass, report.summary(), self.clock())
+                log.debug("pass stages %s", report.timings())
             else:
                 # Becoming the leader ends a follower's pass, so leader work starts now.
                 await self.deliver(report, lambda: self.stopping or self.node.leading)
@@ -187,15 +189,16 @@ class Pipeline:
     def compose(self, report: PassReport) -> None:
         """Matches -> digests -> messages in the outbox (the leader's step)."""
         self.node.fence()
-        Compose(
-            self.store,
-            self.subscribers,
-            self.clock,
-            self.renderer,
-            self.render_settings,
-            self.compose_pool,
-            self.dkim,
-        ).run(report, self._not_leading)
+        with report.timed("compose"):
+            Compose(
+                self.store,
+                self.subscribers,
+                self.clock,
+                self.renderer,
+                self.render_settings,
+                self.compose_pool,
+                self.dkim,
+            ).run(report, self._not_leading)
         if not self.node.leading:
             raise self.node.lost_error()
 
@@ -210,7 +213,8 @@ class Pipeline:
             self.pause,
             self.node,
         )
-        await send.deliver(report, stopping or self._stopped)
+        with report.timed("write"):
+            await send.deliver(report, stopping or self._stopped)
 
     async def compose_and_deliver(self, report: PassReport) -> None:
         """Compose in a thread (and its worker pool) while the sender drains

@@ -23,7 +23,7 @@ from mailer.digests import Digest, Ranking, Recipient, build_digest
 from mailer.dkim import DkimSigner
 from mailer.errors import MessageError
 from mailer.mime import compose_bytes, new_message_id
-from mailer.pipeline.report import Clock, PassReport, Stopping
+from mailer.pipeline.report import Clock, PassReport, Stopping, gc_paused
 from mailer.render import Renderer
 from mailer.schedule import Schedule
 from mailer.selfservice.links import manage_url as signed_manage_url
@@ -221,6 +221,10 @@ class ComposeChunk:
     dkim: DkimSigner | None = None  # the key travels with the chunk to a worker
 
     def run(self, store: Store, renderer: Renderer) -> list[Queued]:
+        with gc_paused():
+            return self._run(store, renderer)
+
+    def _run(self, store: Store, renderer: Renderer) -> list[Queued]:
         pending = store.pending_matches_for([o.subscriber_id for o in self.orders])
         ranking = Ranking(store.stats())
         messages: list[Outgoing] = []

@@ -33,7 +33,7 @@ from mailer.dumpfiles import (
 )
 from mailer.dumps import parse_dump
 from mailer.errors import DumpError
-from mailer.pipeline.report import Clock, PassReport, Stopping
+from mailer.pipeline.report import Clock, PassReport, Stopping, gc_paused
 from mailer.store import Store
 
 log = logging.getLogger("mailer")
@@ -171,11 +171,13 @@ class Ingest:
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
     def run(self, report: PassReport, stopping: Stopping, on_dump: OnDump | None = None) -> None:
-        paths = self.scanner.ready()
+        with report.timed("scan_parse"):
+            paths = self.scanner.ready()
         for done, path in enumerate(paths, 1):
             if stopping():
                 return
-            self.file(path, report)
+            with gc_paused():
+                self.file(path, report)
             if on_dump is not None:
                 on_dump(done, len(paths), path)
         unreadable = self.scanner.unreadable_files()
@@ -186,9 +188,10 @@ class Ingest:
     def file(self, path: Path, report: PassReport) -> None:
         """One file: read, hashed, parsed, stored, and remembered as handled."""
         try:
-            loaded = load_dump(
-                path, max_bytes=self.max_dump_bytes, max_line_bytes=self.max_line_bytes
-            )
+            with report.timed("scan_parse"):
+                loaded = load_dump(
+                    path, max_bytes=self.max_dump_bytes, max_line_bytes=self.max_line_bytes
+                )
         except (UnreadableDumpError, NotAFileError) as exc:
             retry = isinstance(exc, UnreadableDumpError)
             reason = exc.message.removeprefix(f"{path}: ")
@@ -200,27 +203,30 @@ class Ingest:
             if not self._known(path, exc.sha256, exc.size, exc.mtime_ns, report):
                 self._refuse(path, exc.sha256, exc.size, exc.mtime_ns, exc, report)
             return
-        digest, size = loaded.sha256, loaded.size
-        if self._known(path, digest, size, loaded.mtime_ns, report):
+        digest, size, mtime_ns = loaded.sha256, loaded.size, loaded.mtime_ns
+        if self._known(path, digest, size, mtime_ns, report):
             return
         now = self.clock()
         try:
-            parsed = parse_dump(loaded.data, source=str(path), today=now.date())
+            with report.timed("scan_parse"):
+                parsed = parse_dump(loaded.data, source=str(path), today=now.date())
         except DumpError as exc:
-            self._refuse(path, digest, size, loaded.mtime_ns, exc, report)
+            self._refuse(path, digest, size, mtime_ns, exc, report)
             return
+        del loaded  # the file's bytes: the store needs only its records
         for warning in parsed.warnings:
             log.warning("%s", warning)
-        outcome = self.store.ingest(
-            path=str(path),
-            sha256=digest,
-            size=size,
-            page_date=parsed.page_date,
-            papers=parsed.papers,
-            warnings=len(parsed.warnings),
-            now=now,
-        )
-        self.scanner.handled(path, size, loaded.mtime_ns)
+        with report.timed("store"):
+            outcome = self.store.ingest(
+                path=str(path),
+                sha256=digest,
+                size=size,
+                page_date=parsed.page_date,
+                papers=parsed.papers,
+                warnings=len(parsed.warnings),
+                now=now,
+            )
+        self.scanner.handled(path, size, mtime_ns)
         report.dumps += 1
         report.papers_new += outcome.new_papers
         report.papers_seen += outcome.seen_papers

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -71,17 +71,10 @@ class People:
                 for key, r in rows.items()
                 if key not in wanted and r.active and r.origin == Origin.CONFIG
             ]
+            ids.update(_insert_subscribers(conn, wanted, rows.keys(), now))
             for key, (email, name, _) in wanted.items():
                 found = rows.get(key)
-                if found is None:
-                    inserted = conn.execute(
-                        insert(SUBSCRIBERS).values(
-                            email=email, email_key=key, name=name, created_at=now
-                        )
-                    ).inserted_primary_key
-                    assert inserted is not None
-                    ids[email] = inserted[0]
-                else:
+                if found is not None:
                     ids[email] = found.id
                     # The configured spelling is the one mail goes to.
                     now_as = (found.active, found.name, found.email, found.origin)
@@ -254,3 +247,29 @@ _SET_SUBSCRIPTION = (
     .where(SUBSCRIPTIONS.c.id == bindparam("b_id"))
     .values(active=bindparam("b_active"), query=bindparam("b_query"))
 )
+
+
+def _insert_subscribers(
+    conn: Connection,
+    wanted: Mapping[str, tuple[str, str, Sequence[tuple[str, str]]]],
+    stored: Collection[str],
+    now: datetime,
+) -> dict[str, int]:
+    """Add the wanted subscribers not ``stored`` in one statement (not one
+    per subscriber); their ids by email."""
+    new = [(key, email, name) for key, (email, name, _) in wanted.items() if key not in stored]
+    if not new:
+        return {}
+    conn.execute(
+        insert(SUBSCRIBERS),
+        [{"email": e, "email_key": k, "name": n, "created_at": now} for k, e, n in new],
+    )
+    ids: dict[str, int] = {}
+    keys = [k for k, _, _ in new]
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        for row in conn.execute(
+            select(SUBSCRIBERS.c.id, SUBSCRIBERS.c.email).where(SUBSCRIBERS.c.email_key.in_(chunk))
+        ):
+            ids[row.email] = row.id
+    return ids

@@ -39,6 +39,8 @@ from sqlmodel.sql.sqltypes import UTCDateTime
 
 from mailer.errors import StoreError
 from mailer.migrate import database_error, upgrade
+from mailer.outbox_states import DeliveryStatus as DeliveryStatus  # re-exported
+from mailer.outbox_states import OutboxState as OutboxState  # re-exported by mailer.store
 from mailer.papers import Paper
 
 
@@ -48,17 +50,6 @@ class DumpStatus(StrEnum):
     INGESTED = "ingested"
     EMPTY = "empty"  # a dump with no records
     REFUSED = "refused"  # not a dump; the reason is kept
-
-
-class DeliveryStatus(StrEnum):
-    """Where a message in the outbox stands. A pending message with attempts
-    is what an operator calls deferred (see ``OutboxState``)."""
-
-    PENDING = "pending"
-    SENT = "sent"
-    FAILED = "failed"
-    CANCELLED = "cancelled"  # recipient unsubscribed, removed or suppressed before sending
-    BOUNCED = "bounced"  # accepted, then a bounce came back (mailer.bounces); the reason kept
 
 
 class Origin(StrEnum):
@@ -76,24 +67,6 @@ class DeliveryKind(StrEnum):
 
     DIGEST = "digest"
     NOTICE = "notice"
-
-
-class OutboxState(StrEnum):
-    """What an operator calls a message (``mailer outbox``): a pending one
-    is queued until its first failed attempt, then deferred."""
-
-    QUEUED = "queued"
-    DEFERRED = "deferred"
-    SENT = "sent"
-    FAILED = "failed"
-    CANCELLED = "cancelled"
-    BOUNCED = "bounced"
-
-    @classmethod
-    def of(cls, status: str, attempts: int) -> OutboxState:
-        if status == DeliveryStatus.PENDING:
-            return cls.DEFERRED if attempts else cls.QUEUED
-        return cls(status)
 
 
 class DumpRow(SQLModel, table=True):

@@ -1,0 +1,258 @@
+# ruff: noqa: N999  (named for what it times; run with python -m bench.pass)
+"""The whole pass and what a person waits for: ``mailer ingest`` of a backlog,
+start-up with many subscribers, and the CLI's quick commands.
+
+    PYTHONPATH=. python -m bench.pass [--papers 10000] [--dumps 100]
+        [--subscribers 100 2000 10000] [--python OTHER/bin/python ...]
+
+Writes the synthetic backlog (bench.corpus papers in ``--dumps`` dumps) and,
+for each subscriber count, a config of keyword subscribers (bench.corpus
+subscriptions, two each, instant schedule, Maildir transport, SQLite); then,
+for each ``--python`` (default: this one; give another virtualenv's to time
+another checkout in the same run), runs ``mailer -v ingest`` as a fresh
+process on a fresh database and prints its wall time, CPU time (with its
+compose workers) and peak resident memory (the largest process), and the
+per-stage figures of the pass's ``pass stages`` debug line where the code has
+it (wall s / CPU s of the main process / peak RSS MB at the stage's end;
+compose and write overlap, and compose's CPU in worker processes is not in
+its figure). Then times start-up (config load and validation, store open,
+subscriber sync) in-process, and ``mailer --version``, ``--help`` and
+``subs list`` on the 2,000-subscriber config (best of three).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from bench.corpus import TODAY, papers, subscriptions, vocabulary
+from mailer.dumps import format_dump
+
+STAGES = (
+    "sync",
+    "scan_parse",
+    "store",
+    "statistics",
+    "match",
+    "record_matches",
+    "compose",
+    "write",
+)
+STARTUP = """
+import sys, time
+from pathlib import Path
+t0 = time.perf_counter()
+from mailer.config import load_config
+from mailer.pipeline import sync_subscribers, utc_now
+from mailer.store import Store
+t1 = time.perf_counter()
+config, _ = load_config(Path(sys.argv[1]))
+t2 = time.perf_counter()
+store = Store(config.database.url)
+t3 = time.perf_counter()
+sync_subscribers(store, config, utc_now())
+t4 = time.perf_counter()
+sync_subscribers(store, config, utc_now())
+t5 = time.perf_counter()
+print(f"{t1 - t0:.3f} {t2 - t1:.3f} {t3 - t2:.3f} {t4 - t3:.3f} {t5 - t4:.3f}")
+"""
+
+
+@dataclass
+class PassRun:
+    wall: float
+    cpu: float
+    peak_mb: float
+    summary: str
+    stages: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+
+
+def load() -> float:
+    return os.getloadavg()[0]
+
+
+def write_dumps(folder: Path, count: int, files: int) -> None:
+    vocab = vocabulary()
+    per_file = -(-count // files)
+    for n, start in enumerate(range(0, count, per_file)):
+        batch = papers(vocab, min(per_file, count - start), seed=start)
+        # Titles carry the paper's number, so papers of different dumps differ.
+        batch = [replace(p, title=f"{p.title}-{start}") for p in batch]
+        text = format_dump(TODAY - timedelta(days=n % 30), batch)
+        (folder / f"{n:05d}.txt").write_text(text, encoding="utf-8")
+
+
+def write_config(path: Path, dumps: Path, subscribers: int) -> None:
+    queries = subscriptions(vocabulary(), subscribers * 2)
+    subs = "".join(
+        f"""
+[[subscribers]]
+email = "reader{i}@example.org"
+name = "Reader {i}"
+[[subscribers.subscriptions]]
+name = "First"
+query = '{queries[2 * i]}'
+[[subscribers.subscriptions]]
+name = "Second"
+query = '{queries[2 * i + 1]}'
+"""
+        for i in range(subscribers)
+    )
+    path.write_text(
+        f"""
+[watch]
+dir = "{dumps}"
+settle_seconds = 0
+[database]
+url = "sqlite:///{path.parent / "mailer.db"}"
+[delivery]
+transport = "maildir"
+maildir = "{path.parent / "outbox"}"
+[smtp]
+sender = "Paper Digest <digest@example.org>"
+{subs}""",
+        encoding="utf-8",
+    )
+
+
+def run_pass(python: str, config: Path) -> PassRun:
+    """``mailer ingest`` in a fresh process on a fresh database."""
+    for old in config.parent.glob("mailer.db*"):
+        old.unlink()
+    env = {**os.environ, "PYTHONPATH": ""}
+    out, err = config.parent / "stdout", config.parent / "stderr"
+    start = time.perf_counter()
+    with out.open("w") as stdout_f, err.open("w") as stderr_f:
+        proc = subprocess.Popen(
+            [python, "-m", "mailer", "-c", str(config), "-v", "ingest"],
+            stdout=stdout_f,
+            stderr=stderr_f,
+            env=env,
+            cwd=config.parent,
+        )
+        # wait4: this child's CPU with its reaped compose workers, and the
+        # peak RSS of the largest of them.
+        _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stdout, stderr = out.read_text(), err.read_text()
+    if proc.returncode not in (0, 3):
+        raise SystemExit(f"mailer ingest failed ({proc.returncode}):\n{stderr[-3000:]}")
+    summary = stdout.strip().splitlines()[-1] if stdout.strip() else ""
+    stages: dict[str, tuple[float, float, float]] = {}
+    if m := re.search(r"pass stages (.*)", stderr):
+        for part in m.group(1).split():
+            name, _, figures = part.partition("=")
+            w, c, r = figures.split("/")
+            stages[name] = (float(w), float(c), float(r))
+    return PassRun(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, summary, stages)
+
+
+def best_of(cmd: list[str], times: int = 3) -> float:
+    best = float("inf")
+    for _ in range(times):
+        start = time.perf_counter()
+        subprocess.run(
+            cmd, check=True, capture_output=True, env={**os.environ, "PYTHONPATH": ""}, cwd="/"
+        )
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def label(python: str) -> str:
+    return Path(python).parent.parent.parent.name
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--papers", type=int, default=10_000)
+    ap.add_argument("--dumps", type=int, default=100)
+    ap.add_argument("--subscribers", type=int, nargs="+", default=[100, 2000, 10_000])
+    ap.add_argument("--python", action="append", help="interpreter of a checkout to time")
+    ap.add_argument("--skip-pass", action="store_true", help="start-up and CLI only")
+    args = ap.parse_args()
+    pythons: list[str] = args.python or [sys.executable]
+    print(
+        f"# {datetime.now(UTC):%Y-%m-%d}, Python {platform.python_version()}, "
+        f"{platform.machine()}, {os.cpu_count()} cores, load {load():.1f}; "
+        f"{args.papers:,} papers in {args.dumps} dumps"
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        dumps = root / "dumps"
+        dumps.mkdir()
+        write_dumps(dumps, args.papers, args.dumps)
+        configs = {}
+        for n in sorted({*args.subscribers, 2000}):
+            folder = root / f"s{n}"
+            folder.mkdir()
+            configs[n] = folder / "config.toml"
+            write_config(configs[n], dumps, n)
+
+        if not args.skip_pass:
+            print("\n| code | subscribers | wall s | CPU s | peak RSS MB | digests | load |")
+            print("|---|---:|---:|---:|---:|---:|---:|")
+            details = []
+            for n in args.subscribers:
+                for python in pythons:
+                    before = load()
+                    run = run_pass(python, configs[n])
+                    digests = re.search(r"digests=(\d+)", run.summary)
+                    print(
+                        f"| {label(python)} | {n:,} | {run.wall:.1f} | {run.cpu:.1f} | "
+                        f"{run.peak_mb:.0f} | {digests.group(1) if digests else '?'} | "
+                        f"{before:.1f} |",
+                        flush=True,
+                    )
+                    details.append((label(python), n, run))
+            print("\nper stage (wall s / CPU s / peak RSS MB at its end):\n")
+            print("| code | subscribers | " + " | ".join(STAGES) + " |")
+            print("|---|---:|" + "---:|" * len(STAGES))
+            for name, n, run in details:
+                cells = [
+                    "/".join(f"{x:.2f}" if i < 2 else f"{x:.0f}" for i, x in enumerate(s))
+                    if (s := run.stages.get(stage))
+                    else "-"
+                    for stage in STAGES
+                ]
+                print(f"| {name} | {n:,} | " + " | ".join(cells) + " |")
+
+        print("\nstart-up in-process (s): imports, config load, store open, first sync, resync\n")
+        print("| code | subscribers | imports | config | store | first sync | resync |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
+        for n in sorted({*args.subscribers, 2000}):
+            for python in pythons:
+                for old in configs[n].parent.glob("mailer.db*"):
+                    old.unlink()
+                out = subprocess.run(
+                    [python, "-c", STARTUP, str(configs[n])],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "PYTHONPATH": ""},
+                    cwd=root,
+                ).stdout.split()
+                print(f"| {label(python)} | {n:,} | " + " | ".join(out) + " |", flush=True)
+
+        print("\nCLI on the 2,000-subscriber config, best of 3 (s)\n")
+        print("| code | --version | --help | subs list |")
+        print("|---|---:|---:|---:|")
+        for python in pythons:
+            base = [python, "-m", "mailer", "-c", str(configs[2000])]
+            cells = [
+                best_of([*base, *cmd]) for cmd in (["--version"], ["--help"], ["subs", "list"])
+            ]
+            print(f"| {label(python)} | " + " | ".join(f"{c:.2f}" for c in cells) + " |")
+
+
+if __name__ == "__main__":
+    main()

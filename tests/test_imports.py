@@ -1,0 +1,36 @@
+"""The CLI's quick commands load only what they use (issue 18)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+HEAVY = ("sqlalchemy", "sqlmodel", "alembic", "aiohttp", "apscheduler", "jinja2")
+
+
+def imported_modules(*args: str) -> set[str]:
+    """The modules ``python -X importtime -m mailer ARGS`` imports, by name."""
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "mailer", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return {
+        line.rpartition("|")[2].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_mailer_version_imports_no_database_web_scheduler_or_template_library() -> None:
+    modules = imported_modules("--version")
+    assert "mailer.cli" in modules
+    loaded = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert loaded == []
+
+
+def test_mailer_help_imports_no_database_web_scheduler_or_template_library() -> None:
+    modules = imported_modules("--help")
+    loaded = sorted(m for m in modules if m.split(".")[0] in HEAVY)
+    assert loaded == []
