@@ -185,24 +185,6 @@ def highlighted(text: str, marks: Sequence[tuple[int, int]]) -> Text:
     return out
 
 
-def snippet(
-    text: str, marks: Sequence[tuple[int, int]], before: int = 60, width: int = 220
-) -> tuple[str, tuple[tuple[int, int], ...]]:
-    """A window of ``text`` around its first mark, with the marks moved to fit."""
-    start = 0 if not marks else max(0, marks[0][0] - before)
-    if start:
-        space = text.find(" ", start)
-        start = space + 1 if 0 <= space < marks[0][0] else start
-    end = min(len(text), start + width)
-    prefix = "…" if start else ""
-    suffix = "…" if end < len(text) else ""
-    shift = len(prefix) - start
-    moved = tuple(
-        (max(a, start) + shift, min(b, end) + shift) for a, b in marks if a < end and b > start
-    )
-    return prefix + text[start:end] + suffix, moved
-
-
 # --- the status report ----------------------------------------------------------------
 
 

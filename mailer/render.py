@@ -531,7 +531,9 @@ class Renderer:
     def _entry_view(self, entry: Entry) -> EntryView:
         paper = entry.paper
         title = " ".join(paper.title.split())
-        abstract, abstract_marks = excerpt(paper.abstract, entry.abstract_marks)
+        abstract, abstract_marks = excerpt(
+            paper.abstract, entry.abstract_marks, keep_opening=bool(entry.title_marks)
+        )
         return EntryView(
             title=title,
             title_html=highlight_html(paper.title, entry.title_marks),

@@ -20,8 +20,9 @@ from mailer.config import DEFAULT_CONFIG, Config
 from mailer.editing import apply_edit
 from mailer.errors import ConfigError, QueryError
 from mailer.matching import parse_query
-from mailer.ops import highlighted, snippet, subscriber_rows, tried_rows, try_query
+from mailer.ops import highlighted, subscriber_rows, tried_rows, try_query
 from mailer.pipeline import utc_now
+from mailer.textfmt import excerpt
 
 subs_app = typer.Typer(
     name="subs",
@@ -277,7 +278,7 @@ def subs_try(
         meta = f"     matched: {', '.join(t.terms)} · {meta_line(t.paper)}"
         out.print(Text(meta, style="dim"), soft_wrap=True)
         if t.abstract_marks:
-            text, marks = snippet(t.paper.abstract, t.abstract_marks)
+            text, marks = excerpt(t.paper.abstract, t.abstract_marks)
             out.print(Text("     ").append_text(highlighted(text, marks)), soft_wrap=True)
     window = f"first seen in the last {since} days" if since else "stored"
     more = f" (showing {limit}; --limit N for more)" if len(found) > limit else ""
