@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,7 +23,10 @@ from mailer.matching import Stats
 from mailer.papers import Paper
 from mailer.pipeline import (
     analysed,
+    compile_likes,
     digest_order,
+    like_examples,
+    like_index,
     match_rows,
     subscription_engine,
     sync_subscribers,
@@ -90,16 +93,19 @@ def trial_digest(
     stats: Stats,
     since: datetime,
     now: datetime,
+    examples: Mapping[str, Paper] | None = None,
 ) -> Composed:
     """``sub``'s digest of ``papers``, addressed to ``to``: matched and composed
-    as a pass would, but in memory, so nothing is recorded."""
+    as a pass would, but in memory, so nothing is recorded. ``examples``: the
+    stored example papers of its similarity subscriptions (``like_examples``)."""
     by_id = dict(papers)
+    likes = like_index(compile_likes([sub]), examples or {}, stats)
     pending = [
         PendingMatch(
             m.paper_id, by_id[m.paper_id], m.subscriptions, m.subscription_terms, m.scores, since
         )
         for m in match_rows(
-            subscription_engine(sub, stats), analysed(papers, stats), {sub.email: 0}
+            subscription_engine(sub, stats), analysed(papers, stats), {sub.email: 0}, likes
         )
     ]
     order = replace(
@@ -133,5 +139,6 @@ def backfill(store: Store, config: Config, sub: SubscriberConfig, days: int, now
         subscription_engine(sub, stats),
         analysed(store.backfill_candidates(subscriber_id, now - timedelta(days=days)), stats),
         {sub.email: subscriber_id},
+        like_index(compile_likes([sub]), like_examples(store, [sub]), stats),
     )
     return store.add_matches(subscriber_id, rows, now)

@@ -23,10 +23,19 @@ from rich.text import Text
 
 from mailer.addresses import address_key
 from mailer.config import Config, SubscriberConfig
-from mailer.matching import Query, highlight_spans, match_paper
+from mailer.matching import Query, Stats, highlight_spans, match_paper
 from mailer.papers import Paper
-from mailer.pipeline import Pipeline
+from mailer.pipeline import (
+    Pipeline,
+    analysed,
+    build_engine,
+    compile_likes,
+    like_examples,
+    like_index,
+    match_rows,
+)
 from mailer.pipeline.ingest import UNREADABLE_DUMPS
+from mailer.relevance.likes import Like, closest_titles, missing_titles
 from mailer.schedule import Schedule
 from mailer.store import (
     LAST_PASS,
@@ -183,6 +192,80 @@ def highlighted(text: str, marks: Sequence[tuple[int, int]]) -> Text:
     for start, end in marks:
         out.stylize(HIGHLIGHT, start, end)
     return out
+
+
+# --- 'more like these' subscriptions ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MissingTitle:
+    """An example title of a similarity subscription that is not stored."""
+
+    email: str
+    subscription: str
+    title: str
+    closest: tuple[str, ...]
+
+
+def missing_examples(
+    subscribers: Sequence[SubscriberConfig], store: Store | None
+) -> list[MissingTitle]:
+    """The example titles not among the stored papers, each with the closest
+    stored titles (none at all when there is no database yet)."""
+    likes = compile_likes(subscribers)
+    if not likes:
+        return []
+    stored = like_examples(store, subscribers) if store else {}
+    missing = [
+        (email, name, title)
+        for (email, name), like in likes.items()
+        for title in missing_titles(like, stored)
+    ]
+    titles = store.titles() if store and missing else []
+    return [
+        MissingTitle(email, name, title, tuple(closest_titles(title, titles)))
+        for email, name, title in missing
+    ]
+
+
+def missing_lines(missing: Sequence[MissingTitle]) -> list[str]:
+    """What ``check-config`` and ``subs add-query --like`` say about them."""
+    lines = []
+    for m in missing:
+        line = f"{m.email} · {m.subscription}: like title not among the stored papers: {m.title!r}"
+        if m.closest:
+            line += "; closest: " + "; ".join(repr(t) for t in m.closest)
+        lines.append(line)
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A stored paper a similarity subscription would take, and why."""
+
+    paper: Paper
+    score: float
+    words: tuple[str, ...]
+
+
+def try_like(
+    like: Like,
+    query: Query | None,
+    papers: Sequence[tuple[int, Paper]],
+    examples: Mapping[str, Paper],
+    stats: Stats,
+) -> list[Taken]:
+    """The stored papers a 'more like these' subscription would take, most
+    similar first: matched as a pass would (``match_rows``), so the
+    threshold, the query and the examples' exclusion all apply."""
+    key = ("try", "try")
+    engine = build_engine({"try": {"try": query}} if query else {}, stats)
+    rows = match_rows(
+        engine, analysed(papers, stats), {"try": 0}, like_index({key: like}, examples, stats)
+    )
+    by_id = dict(papers)
+    taken = [Taken(by_id[r.paper_id], r.scores[0], r.subscription_terms[0]) for r in rows]
+    return sorted(taken, key=lambda t: -t.score)
 
 
 # --- the status report ----------------------------------------------------------------

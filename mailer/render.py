@@ -25,7 +25,7 @@ import jinja2.nodes
 import jinja2.runtime
 from markupsafe import Markup
 
-from mailer.digests import Digest, Entry, Recipient, Section
+from mailer.digests import Digest, Entry, Recipient, Section, Why
 from mailer.errors import ConfigError, TemplateError
 from mailer.mime import Rendered, header_text, is_web_url
 from mailer.papers import Paper
@@ -47,6 +47,7 @@ DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
 HTML_TEMPLATE = "digest.html"
 TEXT_TEMPLATE = "digest.txt"
 TOP_TERMS = 3  # matched terms named under each paper, most relevant first
+TERMS_LABELS = {Why.MATCHED: "Matched", Why.SIMILAR: "Like your examples in"}
 # Gmail clips an HTML part past about 102 KB behind "[Message clipped]",
 # hiding the rest of the list and the footer's unsubscribe link; a digest's
 # HTML is kept under this many bytes by showing fewer papers.
@@ -137,6 +138,9 @@ class EntryView:
     meta: str
     terms: tuple[str, ...]
     also: tuple[str, ...]
+    # What ``terms`` are: "Matched" (a query's terms), or the words that
+    # weighed most in a paper's likeness to a subscription's examples.
+    terms_label: str = "Matched"
 
 
 @dataclass(frozen=True)
@@ -544,4 +548,5 @@ class Renderer:
             meta=_meta(entry),
             terms=tuple(term_label(t) for t in entry.terms[:TOP_TERMS]),
             also=entry.also,
+            terms_label=TERMS_LABELS[entry.why],
         )

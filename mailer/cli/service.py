@@ -29,8 +29,15 @@ from mailer.errors import ConfigError, DeliveryError, MailerError
 from mailer.lock import database_lock
 from mailer.matching import Stats
 from mailer.mime import message_part
-from mailer.ops import PreviewFormat, dump_progress, next_due, status_report
-from mailer.pipeline import PassReport, Pipeline, utc_now
+from mailer.ops import (
+    PreviewFormat,
+    dump_progress,
+    missing_examples,
+    missing_lines,
+    next_due,
+    status_report,
+)
+from mailer.pipeline import PassReport, Pipeline, like_examples, utc_now
 from mailer.store import hide_password
 from mailer.verp import envelope_sender
 
@@ -99,10 +106,11 @@ def send_test(
     try:
         papers = store.papers_since(since) if store else []
         stats = store.stats() if store else Stats()
+        examples = like_examples(store, [sub]) if store else {}
     finally:
         if store:
             store.close()
-    composed = trial_digest(config, sub, to, papers, stats, since, now)
+    composed = trial_digest(config, sub, to, papers, stats, since, now, examples)
 
     async def send() -> str:
         async with make_transport(config) as transport:
@@ -148,7 +156,22 @@ def check_config(ctx: typer.Context) -> None:
             Text(f"subscriber {sub.name or '-'} <{sub.email}>: {sub.schedule}, {sub.timezone}")
         )
         for q in sub.subscriptions:
-            out.print(Text(f"  {q.name}: {q.query}"), soft_wrap=True)
+            out.print(Text(f"  {q.name}: {q.described}"), soft_wrap=True)
+    _check_examples(config)
+
+
+def _check_examples(config: Config) -> None:
+    """Say which 'like' titles are not among the stored papers, with the closest."""
+    store = open_existing(config)
+    try:
+        missing = missing_lines(missing_examples(config.subscribers, store))
+    finally:
+        if store:
+            store.close()
+    for line in missing:
+        out.print(Text(line, style="yellow"), soft_wrap=True)
+    if missing:
+        out.print("a title not stored yet counts from the pass that stores its paper")
 
 
 def _describe_dkim(config: Config, signer: DkimSigner | None) -> None:

@@ -10,18 +10,30 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
 from mailer import actions, editing
 from mailer.cli.app import meta_line, open_existing, open_store, out, state_of
-from mailer.config import DEFAULT_CONFIG, Config
+from mailer.config import DEFAULT_CONFIG, MAX_PAPERS, Config, SubscriberConfig, SubscriptionConfig
 from mailer.editing import apply_edit
 from mailer.errors import ConfigError, QueryError
-from mailer.matching import parse_query
-from mailer.ops import highlighted, subscriber_rows, tried_rows, try_query
-from mailer.pipeline import utc_now
+from mailer.matching import Query, Stats, highlight_spans, parse_query
+from mailer.ops import (
+    highlighted,
+    missing_examples,
+    missing_lines,
+    subscriber_rows,
+    tried_rows,
+    try_like,
+    try_query,
+)
+from mailer.papers import Paper
+from mailer.pipeline import like_examples, utc_now
+from mailer.pipeline.match import like_of
+from mailer.relevance.likes import Like
 from mailer.textfmt import excerpt
 
 subs_app = typer.Typer(
@@ -40,6 +52,61 @@ BackfillOpt = Annotated[
         metavar="DAYS",
     ),
 ]
+
+
+LikeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--like",
+        help="The title of a stored paper to find more like; repeatable.",
+        metavar="TITLE",
+    ),
+]
+LikeTextOpt = Annotated[
+    str,
+    typer.Option(
+        "--like-text", help="Words describing the papers wanted, with or instead of --like."
+    ),
+]
+TopOpt = Annotated[
+    int | None,
+    typer.Option(min=1, max=MAX_PAPERS, help="At most this many papers per digest [default: 10]."),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help="The least similarity a paper needs [default: 0.2; none with a query].",
+    ),
+]
+
+
+def _similar(
+    like: list[str] | None, like_text: str, top: int | None, threshold: float | None
+) -> editing.Similar | None:
+    """The 'more like these' keys given on the command line, if any."""
+    if not like and not like_text and top is None and threshold is None:
+        return None
+    return editing.Similar(tuple(like or ()), like_text, top, threshold)
+
+
+def _report_missing(config: Config, email: str, name: str) -> None:
+    """Say which example titles of one subscription are not stored, with the closest."""
+    sub = config.subscriber(email)
+    wanted = [q for q in sub.subscriptions if q.name == name and q.like]
+    if not wanted:
+        return
+    store = open_existing(config)
+    try:
+        missing = missing_examples([sub.model_copy(update={"subscriptions": wanted})], store)
+    finally:
+        if store:
+            store.close()
+    for line in missing_lines(missing):
+        out.print(Text(line, style="yellow"), soft_wrap=True)
+    if missing:
+        out.print("a title not stored yet counts from the pass that stores its paper")
 
 
 def _config_to_edit(ctx: typer.Context) -> Path:
@@ -192,17 +259,29 @@ def subs_add_query(
     ctx: typer.Context,
     email: EmailArg,
     name: Annotated[str, typer.Argument(help="The subscription's name, shown in digests.")],
-    query: Annotated[str, typer.Argument(help='Words, "phrases", AND, OR, NOT, -word, ( ).')],
+    query: Annotated[
+        str,
+        typer.Argument(help='Words, "phrases", AND, OR, NOT, -word, ( ); optional with --like.'),
+    ] = "",
     replace: Annotated[bool, typer.Option(help="Replace the query of an existing NAME.")] = False,
     backfill: BackfillOpt = None,
+    like: LikeOpt = None,
+    like_text: LikeTextOpt = "",
+    top: TopOpt = None,
+    threshold: ThresholdOpt = None,
 ) -> None:
-    """Add a subscription query to a subscriber (try it first with 'subs try')."""
+    """Add a subscription to a subscriber: a query, or papers like stored ones
+    (--like TITLE, --like-text WORDS); try it first with 'subs try'."""
     path = _config_to_edit(ctx)
+    similar = _similar(like, like_text, top, threshold)
     config = apply_edit(
         path,
-        lambda t: editing.add_query(t, email, name, query, replace=replace, source=str(path)),
+        lambda t: editing.add_query(
+            t, email, name, query, replace=replace, source=str(path), similar=similar
+        ),
     )
     _edited(path, f"{'replaced' if replace else 'added'} query {name!r} for {email}", config)
+    _report_missing(config, email, name)
     if backfill:
         _backfill(config, email, backfill)
 
@@ -230,7 +309,9 @@ def _caret(query: str, position: int, width: int = 70) -> str:
 @subs_app.command("try")
 def subs_try(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="The query to try.")],
+    query: Annotated[
+        str, typer.Argument(help="The query to try; optional with --like or --like-text.")
+    ] = "",
     since: Annotated[
         int | None,
         typer.Option(
@@ -243,23 +324,58 @@ def subs_try(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON with the highlight spans.")
     ] = False,
+    like: LikeOpt = None,
+    like_text: LikeTextOpt = "",
+    top: TopOpt = None,
+    threshold: ThresholdOpt = None,
 ) -> None:
-    """Show which stored papers a query would match, with the matched terms highlighted."""
-    try:
-        parsed = parse_query(query)
-    except QueryError as exc:
-        caret = "" if exc.position is None else _caret(query, exc.position)
-        raise QueryError(
-            exc.message + caret, query=query, position=exc.position, hint=exc.hint
-        ) from exc
+    """Show which stored papers a query would match, with the matched terms
+    highlighted; with --like, which a 'more like these' subscription would
+    take, with their similarity."""
+    similar = _similar(like, like_text, top, threshold)
+    if not query and similar is None:
+        raise ConfigError(
+            "give a QUERY to try, or --like TITLE (or --like-text WORDS)",
+            hint="e.g. mailer subs try --like 'Fast Model Editing at Scale'",
+        )
+    parsed = None
+    if query:
+        try:
+            parsed = parse_query(query)
+        except QueryError as exc:
+            caret = "" if exc.position is None else _caret(query, exc.position)
+            raise QueryError(
+                exc.message + caret, query=query, position=exc.position, hint=exc.hint
+            ) from exc
     config = state_of(ctx).config()
     store = open_existing(config)
     try:
         start = utc_now() - timedelta(days=since) if since else datetime.min.replace(tzinfo=UTC)
-        papers = [p for _, p in store.papers_since(start)] if store else []
+        stored = store.papers_since(start) if store else []
+        if similar is not None:
+            subscription = _try_subscription(query, similar)
+            missing = missing_lines(missing_examples([subscription], store))
+            examples = like_examples(store, [subscription]) if store else {}
+            stats = store.stats() if store else Stats()
     finally:
         if store:
             store.close()
+    window = f"first seen in the last {since} days" if since else "stored"
+    if similar is not None:
+        _print_taken(
+            like_of(subscription.subscriptions[0]),
+            parsed,
+            stored,
+            examples,
+            stats,
+            missing,
+            limit=limit,
+            as_json=as_json,
+            window=window,
+        )
+        return
+    assert parsed is not None
+    papers = [p for _, p in stored]
     found = try_query(parsed, papers)
     if as_json:
         sys.stdout.write(
@@ -280,6 +396,74 @@ def subs_try(
         if t.abstract_marks:
             text, marks = excerpt(t.paper.abstract, t.abstract_marks)
             out.print(Text("     ").append_text(highlighted(text, marks)), soft_wrap=True)
-    window = f"first seen in the last {since} days" if since else "stored"
     more = f" (showing {limit}; --limit N for more)" if len(found) > limit else ""
     out.print(f"{len(found)} of {len(papers)} papers {window} match {escape(query)}{more}")
+
+
+def _try_subscription(query: str, similar: editing.Similar) -> SubscriberConfig:
+    """A subscriber holding just the subscription being tried, validated as
+    the configuration would be (so a bad value names its option)."""
+    try:
+        return SubscriberConfig(
+            email="try@example.org",
+            subscriptions=[
+                SubscriptionConfig(
+                    name="try",
+                    query=query,
+                    like=list(similar.like),
+                    like_text=similar.like_text,
+                    top=similar.top,
+                    threshold=similar.threshold,
+                )
+            ],
+        )
+    except ValidationError as exc:
+        raise ConfigError(
+            f"cannot try that: {exc.errors()[0]['msg'].removeprefix('Value error, ')}",
+            hint="see 'mailer subs try --help'",
+        ) from exc
+
+
+def _print_taken(
+    like: Like,
+    query: Query | None,
+    stored: list[tuple[int, Paper]],
+    examples: dict[str, Paper],
+    stats: Stats,
+    missing: list[str],
+    *,
+    limit: int,
+    as_json: bool,
+    window: str,
+) -> None:
+    taken = try_like(like, query, stored, examples, stats)
+    if as_json:
+        rows = [
+            {"title": t.paper.title, "score": round(t.score, 4), "words": list(t.words)}
+            for t in taken[:limit]
+        ]
+        body = {
+            "taken": len(taken),
+            "of": len(stored),
+            "threshold": like.least if like.least >= 0 else None,
+            "top": like.top,
+            "missing": missing,
+            "papers": rows,
+        }
+        sys.stdout.write(json.dumps(body, ensure_ascii=False, indent=2) + "\n")
+        return
+    for warning in missing:
+        out.print(Text(warning, style="yellow"), soft_wrap=True)
+    for n, t in enumerate(taken[:limit], 1):
+        marks = highlight_spans(t.paper.title, t.words)
+        line = Text(f"{n:>3}. {t.score:.3f}  ", style="bold" if n <= like.top else "dim")
+        line.append_text(highlighted(t.paper.title, marks))
+        out.print(line, soft_wrap=True)
+        why = f"     like the examples in: {', '.join(t.words)} · {meta_line(t.paper)}"
+        out.print(Text(why, style="dim"), soft_wrap=True)
+    least = f"at or above {like.least:.2f}" if like.least >= 0 else "matching the query"
+    more = f" (showing {limit}; --limit N for more)" if len(taken) > limit else ""
+    out.print(
+        f"{len(taken)} of {len(stored)} papers {window} are {least}{more}; "
+        f"a digest shows at most the {like.top} most similar"
+    )

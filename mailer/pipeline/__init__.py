@@ -26,11 +26,15 @@ from mailer.pipeline.ingest import Ingest, OnDump, Scanner
 from mailer.pipeline.match import (
     analysed,
     build_engine,
+    compile_likes,
     compile_queries,
+    like_examples,
+    like_index,
     match_new_papers,
     match_rows,
     subscription_engine,
     sync_subscribers,
+    warn_missing_examples,
 )
 from mailer.pipeline.report import Clock, PassReport, utc_now
 from mailer.pipeline.send import RateLimiter, Send, TransportPause
@@ -42,7 +46,11 @@ __all__ = [
     "PassReport",
     "Pipeline",
     "analysed",
+    "build_engine",
+    "compile_likes",
     "digest_order",
+    "like_examples",
+    "like_index",
     "match_rows",
     "subscription_engine",
     "sync_subscribers",
@@ -96,6 +104,7 @@ class Pipeline:
         self.dkim = dkim
         self.limiter = RateLimiter(config.smtp.rate_per_minute)
         self.engine = build_engine(compile_queries(config), Stats())
+        self.likes = compile_likes(config.subscribers)
         self.generation += 1
         self.render_settings = RenderSettings(
             config.render.templates, config.render.paper_url, self.generation
@@ -104,6 +113,7 @@ class Pipeline:
         self.scanner.directory = config.watch.dir
         self.scanner.settle = config.watch.settle_seconds
         self._synced: Config | None = None
+        self._examples_checked: Config | None = None
 
     def sync(self) -> None:
         """Write the configured subscribers to the store, once per configuration."""
@@ -156,7 +166,10 @@ class Pipeline:
 
     def match(self, report: PassReport) -> None:
         """Papers -> matches."""
-        match_new_papers(self.store, self.engine, self.clock, report)
+        if self._examples_checked is not self.config:
+            warn_missing_examples(self.store, self.config)  # after ingest: they may just be in
+            self._examples_checked = self.config
+        match_new_papers(self.store, self.engine, self.clock, report, self.likes)
 
     def compose(self, report: PassReport) -> None:
         """Matches -> digests -> messages in the outbox."""

@@ -24,6 +24,7 @@ from mailer.dkim import DkimSigner
 from mailer.errors import MessageError
 from mailer.mime import compose_bytes, new_message_id
 from mailer.pipeline.report import Clock, PassReport, Stopping
+from mailer.relevance.likes import DEFAULT_TOP
 from mailer.render import Renderer
 from mailer.schedule import Schedule
 from mailer.store import Outgoing, PendingMatch, Store
@@ -63,18 +64,24 @@ class DigestOrder:
     since: datetime | None
     max_papers: int
     unsubscribe_url: str | None = None
+    # Similarity subscriptions: their names, and at most how many papers each shows.
+    similar: frozenset[str] = frozenset()
+    caps: tuple[tuple[str, int], ...] = ()
 
 
 def digest_order(
     config: Config, sub: SubscriberConfig, subscriber_id: int, since: datetime | None
 ) -> DigestOrder:
     """What composing ``sub``'s digest needs besides the matches."""
+    similar = [q for q in sub.subscriptions if q.similar]
     return DigestOrder(
         subscriber_id,
         recipient(sub),
         since,
         sub.max_papers or config.render.max_papers,
         unsubscribe_url(config, sub.email),
+        similar=frozenset(q.name for q in similar),
+        caps=tuple((q.name, q.top or DEFAULT_TOP) for q in similar),
     )
 
 
@@ -100,10 +107,15 @@ def compose_digest(
     """Matches -> Digest, every paper ranked against the same statistics."""
     return build_digest(
         order.recipient,
-        [ranking.matched(m.paper, m.subscriptions, m.subscription_terms) for m in matches],
+        [
+            ranking.matched(m.paper, m.subscriptions, m.subscription_terms, m.scores, order.similar)
+            for m in matches
+        ],
         since=order.since,
         max_papers=order.max_papers,
         test=test,
+        caps=dict(order.caps),
+        similar=order.similar,
     )
 
 

@@ -7,14 +7,15 @@ backfill and ``send-test`` alike, so each finds what the others would.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import cast
 
-from mailer.config import Config, SubscriberConfig
+from mailer.config import Config, SubscriberConfig, SubscriptionConfig
 from mailer.matching import Doc, Engine, Hit, Query, Stats, parse_query, rescore
 from mailer.papers import Paper
 from mailer.pipeline.report import Clock, PassReport
+from mailer.relevance.likes import DEFAULT_TOP, Like, LikeIndex, example_keys, missing_titles
 from mailer.store import NewMatch, Store
 
 log = logging.getLogger("mailer")
@@ -22,10 +23,55 @@ log = logging.getLogger("mailer")
 
 def compile_queries(config: Config) -> dict[str, dict[str, Query]]:
     """Every subscriber's parsed queries, by email then subscription name."""
+    return {s.email: _queries(s) for s in config.subscribers}
+
+
+def _queries(sub: SubscriberConfig) -> dict[str, Query]:
+    return {q.name: parse_query(q.query, stemming=q.stemming) for q in sub.subscriptions if q.query}
+
+
+def like_of(q: SubscriptionConfig) -> Like:
+    return Like(
+        tuple(q.like), q.like_text.strip(), q.threshold, bool(q.query), q.top or DEFAULT_TOP
+    )
+
+
+def compile_likes(subscribers: Iterable[SubscriberConfig]) -> dict[tuple[str, str], Like]:
+    """Every similarity subscription, keyed (email, name) like the engine's queries."""
     return {
-        s.email: {q.name: parse_query(q.query, stemming=q.stemming) for q in s.subscriptions}
-        for s in config.subscribers
+        (s.email, q.name): like_of(q) for s in subscribers for q in s.subscriptions if q.similar
     }
+
+
+def like_examples(store: Store, subscribers: Iterable[SubscriberConfig]) -> dict[str, Paper]:
+    """The stored example papers of these subscribers' similarity
+    subscriptions, by paper key (those not stored yet are left out)."""
+    keys = example_keys(compile_likes(subscribers).values())
+    return store.papers_by_keys(keys) if keys else {}
+
+
+def like_index(
+    likes: Mapping[tuple[str, str], Like], examples: Mapping[str, Paper], stats: Stats
+) -> LikeIndex | None:
+    """The similarity subscriptions' profiles under ``stats``; None when there are none."""
+    return LikeIndex(likes, examples, stats) if likes else None
+
+
+def warn_missing_examples(store: Store, config: Config) -> None:
+    """Log, once per configuration, the example titles not among the stored
+    papers: such a title counts from the pass that stores its paper."""
+    likes = compile_likes(config.subscribers)
+    if not likes:
+        return
+    stored = store.papers_by_keys(example_keys(likes.values()))
+    for (email, name), like in likes.items():
+        for title in missing_titles(like, stored):
+            log.warning(
+                "like title not among the stored papers subscriber=%s subscription=%r title=%r",
+                email,
+                name,
+                title,
+            )
 
 
 def build_engine(queries: Mapping[str, Mapping[str, Query]], stats: Stats) -> Engine:
@@ -41,15 +87,23 @@ def analysed(papers: Iterable[tuple[int, Paper]], stats: Stats) -> list[tuple[in
 
 
 def match_rows(
-    engine: Engine, docs: Iterable[tuple[int, Doc]], subscriber_ids: Mapping[str, int]
+    engine: Engine,
+    docs: Sequence[tuple[int, Doc]],
+    subscriber_ids: Mapping[str, int],
+    likes: LikeIndex | None = None,
 ) -> list[NewMatch]:
     """Analysed papers -> match rows: the one way a paper becomes a match,
-    for the pass, backfill and ``send-test``. Hits of subscribers not in
-    ``subscriber_ids`` (unsubscribed, removed) are dropped."""
+    for the pass, backfill and ``send-test``; similarity subscriptions
+    (``likes``) are scored for the whole batch at once. Hits of subscribers
+    not in ``subscriber_ids`` (unsubscribed, removed) are dropped."""
     rows: list[NewMatch] = []
-    for paper_id, doc in docs:
+    similar = likes.similarities([doc for _, doc in docs]) if likes else None
+    for at, (paper_id, doc) in enumerate(docs):
         by_subscriber: dict[int, list[Hit]] = {}
-        for hit in engine.match(doc):
+        hits: Iterable[Hit] = engine.match(doc)
+        if likes and similar is not None:
+            hits = likes.hits(doc, hits, similar[at])
+        for hit in hits:
             email, name = cast(tuple[str, str], hit.query)
             subscriber_id = subscriber_ids.get(email)
             if subscriber_id is not None:
@@ -74,27 +128,49 @@ def match_rows(
 
 def subscription_engine(sub: SubscriberConfig, stats: Stats) -> Engine:
     """An engine of one subscriber's subscriptions alone (backfill, tests)."""
-    return build_engine(
-        {sub.email: {q.name: parse_query(q.query, stemming=q.stemming) for q in sub.subscriptions}},
-        stats,
-    )
+    return build_engine({sub.email: _queries(sub)}, stats)
 
 
-def match_new_papers(store: Store, engine: Engine, clock: Clock, report: PassReport) -> None:
+def match_new_papers(
+    store: Store,
+    engine: Engine,
+    clock: Clock,
+    report: PassReport,
+    likes: Mapping[tuple[str, str], Like] | None = None,
+) -> None:
     """The match stage: the papers not yet matched, in batches, each counted
     in the corpus statistics in the transaction that records its matches
     (they are analysed here anyway, so ingest does not analyse them twice).
     Scores recorded here are provisional: digests weigh every match again
-    against the stored statistics when they are composed."""
+    against the stored statistics when they are composed (similarity
+    subscriptions' scores stand as recorded)."""
     active = store.active_subscriber_ids()
+    examples: dict[str, Paper] | None = None
     while batch := store.unmatched_papers():
         engine.stats = store.stats()
         docs = analysed(batch, engine.stats)
         added = Stats()
         for _, doc in docs:
             added.observe(doc)
-        rows = match_rows(engine, docs, active)
+        index = None
+        if likes:
+            if examples is None:
+                examples = store.papers_by_keys(example_keys(likes.values()))
+            # Weighed with this batch counted too: the first pass of a new
+            # database has no statistics yet, and similarity is not rescored.
+            index = like_index(likes, examples, _counted(engine.stats, added))
+        rows = match_rows(engine, docs, active, index)
         report.matches += store.record_matches([pid for pid, _ in batch], rows, clock(), added)
+
+
+def _counted(stats: Stats, added: Stats) -> Stats:
+    """``stats`` with ``added`` counted in."""
+    return Stats(
+        stats.papers + added.papers,
+        stats.df + added.df,
+        stats.title_length + added.title_length,
+        stats.abstract_length + added.abstract_length,
+    )
 
 
 def sync_subscribers(store: Store, config: Config, now: datetime) -> dict[str, int]:
@@ -102,7 +178,7 @@ def sync_subscribers(store: Store, config: Config, now: datetime) -> dict[str, i
     unsubscribes that a subscriber's ``resubscribed`` time postdates."""
     ids = store.sync_subscribers(
         (
-            (s.email, s.name, [(q.name, q.query) for q in s.subscriptions])
+            (s.email, s.name, [(q.name, q.described) for q in s.subscriptions])
             for s in config.subscribers
         ),
         now,

@@ -14,7 +14,7 @@ them speak SQLAlchemy Core on the tables' columns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
@@ -231,6 +231,12 @@ class Store:
 
     def stats(self) -> Stats:
         return self.papers.stats()
+
+    def papers_by_keys(self, keys: Collection[str]) -> dict[str, Paper]:
+        return self.papers.papers_by_keys(keys)
+
+    def titles(self) -> list[str]:
+        return self.papers.titles()
 
     def dumps(self) -> list[DumpRow]:
         return self.papers.dumps()
