@@ -32,7 +32,13 @@ from mailer.pipeline import (
     sync_subscribers,
     unsubscribe_url,
 )
-from mailer.pipeline.compose import Composed, DigestOrder, compose, init_worker
+from mailer.pipeline.compose import (
+    Composed,
+    DigestOrder,
+    compose,
+    feedback_links,
+    init_worker,
+)
 from mailer.render import Renderer
 from mailer.store import PendingMatch, Store, SubscriberState
 
@@ -102,7 +108,13 @@ def trial_digest(
     likes = like_index(compile_likes([sub]), examples or {}, stats)
     pending = [
         PendingMatch(
-            m.paper_id, by_id[m.paper_id], m.subscriptions, m.subscription_terms, m.scores, since
+            m.paper_id,
+            by_id[m.paper_id],
+            m.subscriptions,
+            m.subscription_terms,
+            m.scores,
+            since,
+            m.paper_id,
         )
         for m in match_rows(
             subscription_engine(sub, stats), analysed(papers, stats), {sub.email: 0}, likes
@@ -112,6 +124,7 @@ def trial_digest(
         digest_order(config, sub, 0, since),
         recipient=Recipient(to, sub.name, tuple(q.name for q in sub.subscriptions)),
         unsubscribe_url=unsubscribe_url(config, to),
+        feedback=feedback_links(config, to),
     )
     return _compose(config, order, pending, stats, now, test=True)
 

@@ -36,6 +36,7 @@ class Matched:
     subscriptions: tuple[str, ...]
     terms: tuple[str, ...]
     scores: tuple[float, ...] = ()
+    paper_id: int | None = None  # the stored paper's, for its feedback links
 
     @property
     def best(self) -> str:
@@ -67,6 +68,7 @@ class Entry:
     title_marks: tuple[Span, ...]
     abstract_marks: tuple[Span, ...]
     why: Why = Why.MATCHED
+    paper_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +128,7 @@ class Ranking:
         subscription_terms: Sequence[Sequence[str]],
         scores: Sequence[float] = (),
         similar: Collection[str] = (),
+        paper_id: int | None = None,
     ) -> Matched:
         """A paper with the terms each subscription matched: each one scored,
         and all its terms heaviest first. Subscriptions in ``similar`` take
@@ -142,7 +145,7 @@ class Ranking:
             terms = scored[0][0]
         else:
             terms = rescore(doc, dict.fromkeys(t for ts, _ in scored for t in ts))[0]
-        return Matched(paper, tuple(subscriptions), terms, tuple(v for _, v in scored))
+        return Matched(paper, tuple(subscriptions), terms, tuple(v for _, v in scored), paper_id)
 
 
 def _order(m: Matched) -> tuple[float, int, date]:
@@ -188,6 +191,7 @@ def build_digest(
                 title_marks=_marks(m.paper.title, m.terms),
                 abstract_marks=_marks(m.paper.abstract, m.terms),
                 why=Why.SIMILAR if section in similar else Why.MATCHED,
+                paper_id=m.paper_id,
             )
         )
     sections = tuple(Section(name, tuple(es)) for name, es in groups.items() if es)

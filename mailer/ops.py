@@ -36,12 +36,14 @@ from mailer.pipeline import (
 )
 from mailer.pipeline.ingest import UNREADABLE_DUMPS
 from mailer.relevance.likes import Like, closest_titles, missing_titles
+from mailer.relevance.reader import MIN_POSITIVES
 from mailer.schedule import Schedule
 from mailer.store import (
     LAST_PASS,
     DeliveryRow,
     DeliveryStatus,
     DumpStatus,
+    MarkKind,
     OutboxState,
     Store,
     SubscriberState,
@@ -266,6 +268,51 @@ def try_like(
     by_id = dict(papers)
     taken = [Taken(by_id[r.paper_id], r.scores[0], r.subscription_terms[0]) for r in rows]
     return sorted(taken, key=lambda t: -t.score)
+
+
+# --- readers' feedback -----------------------------------------------------------------
+
+MARK_LABELS = {MarkKind.MORE: "more like this", MarkKind.LESS: "not for me"}
+
+
+def feedback_report(store: Store, email: str) -> dict[str, object] | None:
+    """What ``mailer feedback list`` shows: a subscriber's standing marks,
+    newest first, and their model; None if the address is not a subscriber."""
+    marks = store.marks_of(email)
+    if marks is None:
+        return None
+    subscriber_id = store.subscriber_id(email)
+    models = store.reader_models([subscriber_id]) if subscriber_id is not None else {}
+    model = next(iter(models.values()), None)
+    positives = sum(1 for m in marks if m.kind is MarkKind.MORE)
+    if model is not None:
+        said = (
+            f"model trained {model.trained_at:%Y-%m-%d %H:%M} UTC on {model.positives} "
+            f"'more like this' and {model.negatives} other papers"
+        )
+    elif positives >= MIN_POSITIVES:
+        said = "no model yet: the next pass trains one"
+    else:
+        said = f"no model: it needs {MIN_POSITIVES} 'more like this' marks, there are {positives}"
+    return {
+        "email": email,
+        "marks": [
+            {
+                "at": m.at.isoformat(timespec="seconds"),
+                "mark": MARK_LABELS[m.kind],
+                "title": m.paper.title,
+            }
+            for m in marks
+        ],
+        "model": None
+        if model is None
+        else {
+            "trained_at": model.trained_at.isoformat(timespec="seconds"),
+            "positives": model.positives,
+            "negatives": model.negatives,
+        },
+        "model_text": said,
+    }
 
 
 # --- the status report ----------------------------------------------------------------

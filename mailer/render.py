@@ -126,6 +126,9 @@ def _fill(template: str, title: str) -> str:
 
 # --- view model -----------------------------------------------------------
 
+# A stored paper's "more like this" and "not for me" links, by its id.
+Feedback = Callable[[int], tuple[str, str]]
+
 
 @dataclass(frozen=True)
 class EntryView:
@@ -141,6 +144,9 @@ class EntryView:
     # What ``terms`` are: "Matched" (a query's terms), or the words that
     # weighed most in a paper's likeness to a subscription's examples.
     terms_label: str = "Matched"
+    # The reader's feedback links for this paper (HTML part), when [web] is set.
+    more_url: str | None = None
+    less_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -280,6 +286,13 @@ def _template_line(exc: BaseException, filename: str | None) -> int | None:
 
 
 _SAMPLE_MANAGE = "Reply to this message to change your subscriptions."
+
+
+def _sample_feedback(paper_id: int) -> tuple[str, str]:
+    base = f"https://digest.example.org/feedback/sample{paper_id}"
+    return f"{base}/more", f"{base}/less"
+
+
 _SAMPLE_MAILTO = "mailto:digest@example.org?subject=unsubscribe%20ada%40example.org"
 
 
@@ -315,10 +328,14 @@ def sample_digests() -> list[tuple[Digest, str | None]]:
                         ("attention", '"sequence"'),
                         ((0, 9),),
                         ((60, 70),),
+                        paper_id=1,
                     ),
                 ),
             ),
-            Section("Agents", (Entry(agents, "Agents", (), ("agent",), ((9, 15),), ()),)),
+            Section(
+                "Agents",
+                (Entry(agents, "Agents", (), ("agent",), ((9, 15),), (), Why.SIMILAR, 2),),
+            ),
         ),
         since=datetime(2024, 11, 16, 7, 0, tzinfo=UTC),
         more=3,
@@ -379,6 +396,7 @@ class Renderer:
                 unsubscribe_url=unsubscribe,
                 unsubscribe_mailto=_SAMPLE_MAILTO,
                 manage_hint=_SAMPLE_MANAGE,
+                feedback=_sample_feedback if unsubscribe else None,
             )
 
     def _load(self, env: jinja2.Environment, name: str) -> jinja2.Template:
@@ -403,10 +421,12 @@ class Renderer:
         unsubscribe_url: str | None,
         manage_hint: str,
         unsubscribe_mailto: str | None = None,
+        feedback: Feedback | None = None,
     ) -> Rendered:
         """Both parts of ``digest``. When its HTML would pass HTML_MAX_BYTES
         (where Gmail clips it), fewer papers are shown, in both parts, and the
-        rest are counted with the papers ``max_papers`` left out."""
+        rest are counted with the papers ``max_papers`` left out. ``feedback``
+        gives a stored paper's "more like this" and "not for me" links."""
         if unsubscribe_url is not None and not is_web_url(unsubscribe_url):
             raise ValueError(f"unsubscribe URL {unsubscribe_url!r} is not an http(s) URL")
         if unsubscribe_mailto is not None and not _is_mailto(unsubscribe_mailto):
@@ -416,11 +436,11 @@ class Renderer:
             "unsubscribe_mailto": unsubscribe_mailto,
             "manage_hint": " ".join(manage_hint.split()),
         }
-        context = self._context(digest, links)
+        context = self._context(digest, links, feedback)
         html = self._render_html(context)
         if len(html.encode()) > HTML_MAX_BYTES and digest.count > 1:
-            digest, html = self._fit(digest, links, len(html.encode()))
-            context = self._context(digest, links)
+            digest, html = self._fit(digest, links, len(html.encode()), feedback)
+            context = self._context(digest, links, feedback)
         text = self._run(self._text, context)
         return Rendered(
             subject=str(context["subject"]),
@@ -429,7 +449,13 @@ class Renderer:
             preheader=str(context["preheader"]),
         )
 
-    def _fit(self, digest: Digest, links: Mapping[str, object], size: int) -> tuple[Digest, str]:
+    def _fit(
+        self,
+        digest: Digest,
+        links: Mapping[str, object],
+        size: int,
+        feedback: Feedback | None,
+    ) -> tuple[Digest, str]:
         """The most papers whose HTML fits, with its HTML: a first guess in
         proportion to the size, then halving. One paper is shown whatever its
         size (an excerpt is short)."""
@@ -440,7 +466,7 @@ class Renderer:
             n = guess if fits < guess < too_big else (fits + too_big) // 2
             guess = 0
             shorter = shortened(digest, n)
-            html = self._render_html(self._context(shorter, links))
+            html = self._render_html(self._context(shorter, links, feedback))
             found[n] = (shorter, html)
             if len(html.encode()) <= HTML_MAX_BYTES:
                 fits = n
@@ -448,7 +474,7 @@ class Renderer:
                 too_big = n
         if fits not in found:
             shorter = shortened(digest, fits)
-            found[fits] = (shorter, self._render_html(self._context(shorter, links)))
+            found[fits] = (shorter, self._render_html(self._context(shorter, links, feedback)))
         return found[fits]
 
     def _render_html(self, context: Mapping[str, object]) -> str:
@@ -456,10 +482,12 @@ class Renderer:
             self._run(self._html, {**context, "preheader_pad": _PREHEADER_PAD_HTML})
         )
 
-    def _context(self, digest: Digest, links: Mapping[str, object]) -> dict[str, object]:
+    def _context(
+        self, digest: Digest, links: Mapping[str, object], feedback: Feedback | None = None
+    ) -> dict[str, object]:
         """What the templates are given for ``digest``."""
         sections = tuple(
-            SectionView(s.subscription, tuple(self._entry(e) for e in s.entries))
+            SectionView(s.subscription, tuple(self._with_links(e, feedback) for e in s.entries))
             for s in digest.sections
             if s.entries
         )
@@ -531,6 +559,17 @@ class Renderer:
             names = ", ".join(matched[:3]) + (" …" if len(matched) > 3 else "")
             subject = f"{self.product_name}: {plural(n, 'new paper')} — {names}"
         return header_text(("[test] " if digest.test else "") + subject)
+
+    def _with_links(self, entry: Entry, feedback: Feedback | None) -> EntryView:
+        """The entry's view (shared by every digest that shows the paper),
+        with this reader's feedback links when there are some."""
+        view = self._entry(entry)
+        if feedback is None or entry.paper_id is None:
+            return view
+        more, less = feedback(entry.paper_id)
+        if not (is_web_url(more) and is_web_url(less)):
+            raise ValueError(f"feedback link {more!r} is not an http(s) URL")
+        return replace(view, more_url=more, less_url=less)
 
     def _entry_view(self, entry: Entry) -> EntryView:
         paper = entry.paper

@@ -1,8 +1,11 @@
-"""Signed one-click unsubscribe tokens (RFC 8058) and the links that carry them.
+"""Signed links: one-click unsubscribe (RFC 8058) and a digest's feedback
+links ("more like this", "not for me", per subscriber and paper).
 
-A link carries the address and an HMAC of it, so the endpoint needs no
-lookup table and nobody can forge or enumerate links without the secret.
-Pure: composing digests signs links without loading the web server.
+A link carries what it is about (the address, and the paper) and an HMAC
+of it, so the endpoint needs no lookup table and nobody can forge or
+enumerate links without the secret. Each kind of link signs under its own
+purpose, so a token made for one never verifies as another. Pure: composing
+digests signs links without loading the web server.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import hmac
 
 # Binds a token to its purpose, so a MAC made for anything else never verifies here.
 _PURPOSE = b"mailer/unsubscribe/v1\x00"
+_FEEDBACK = b"mailer/feedback/v1\x00"
 
 
 def _b64(data: bytes) -> str:
@@ -24,28 +28,60 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
-def _mac(payload: str, secret: str) -> str:
-    digest = hmac.new(secret.encode(), _PURPOSE + payload.encode("ascii"), hashlib.sha256)
+def _mac(payload: str, secret: str, purpose: bytes = _PURPOSE) -> str:
+    digest = hmac.new(secret.encode(), purpose + payload.encode("ascii"), hashlib.sha256)
     return _b64(digest.digest())
 
 
-def make_token(email: str, secret: str) -> str:
-    """``base64(email).base64(hmac)``: readable by the endpoint, unforgeable without the secret."""
-    payload = _b64(email.lower().encode("utf-8"))
-    return f"{payload}.{_mac(payload, secret)}"
+def _sign(text: str, secret: str, purpose: bytes) -> str:
+    payload = _b64(text.encode("utf-8"))
+    return f"{payload}.{_mac(payload, secret, purpose)}"
 
 
-def read_token(token: str, secret: str) -> str | None:
-    """The address a genuine token was made for, else None (no reason given)."""
+def _verify(token: str, secret: str, purpose: bytes) -> str | None:
     payload, dot, mac = token.partition(".")
     if not dot or not payload or not secret or not payload.isascii() or not mac.isascii():
         return None
-    if not hmac.compare_digest(mac.encode("ascii"), _mac(payload, secret).encode("ascii")):
+    expected = _mac(payload, secret, purpose).encode("ascii")
+    if not hmac.compare_digest(mac.encode("ascii"), expected):
         return None
     try:
         return _unb64(payload).decode("utf-8")
     except (binascii.Error, ValueError):
         return None
+
+
+def make_token(email: str, secret: str) -> str:
+    """``base64(email).base64(hmac)``: readable by the endpoint, unforgeable without the secret."""
+    return _sign(email.lower(), secret, _PURPOSE)
+
+
+def read_token(token: str, secret: str) -> str | None:
+    """The address a genuine token was made for, else None (no reason given)."""
+    return _verify(token, secret, _PURPOSE)
+
+
+def make_feedback_token(email: str, paper_id: int, secret: str) -> str:
+    """A token naming one subscriber and one paper, for its feedback links."""
+    return _sign(f"{paper_id}:{email.lower()}", secret, _FEEDBACK)
+
+
+def read_feedback_token(token: str, secret: str) -> tuple[str, int] | None:
+    """(address, paper id) of a genuine feedback token, else None."""
+    text = _verify(token, secret, _FEEDBACK)
+    if text is None:
+        return None
+    paper, _, email = text.partition(":")
+    if not (paper.isascii() and paper.isdigit()) or not email:
+        return None
+    return email, int(paper)
+
+
+def feedback_urls(base_url: str, email: str, paper_id: int, secret: str) -> tuple[str, str]:
+    """The "more like this" and "not for me" links of one paper in one
+    subscriber's digest."""
+    base = f"{base_url.rstrip('/')}/feedback/{make_feedback_token(email, paper_id, secret)}"
+    return f"{base}/more", f"{base}/less"
 
 
 def unsubscribe_url(base_url: str, email: str, secret: str) -> str:

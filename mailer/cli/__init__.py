@@ -1,13 +1,13 @@
 """The command line: a thin layer over the library.
 
 The app and what commands share live in ``app``; the commands, grouped by
-what the user does, in ``service``, ``outbox``, ``subs`` and ``dkim``. Top-level
+what the user does, in ``service``, ``outbox``, ``subs``, ``feedback`` and ``dkim``. Top-level
 commands are registered here, in the order ``mailer --help`` lists them.
 """
 
 from __future__ import annotations
 
-from mailer.cli import dkim, outbox, service, subs
+from mailer.cli import dkim, feedback, outbox, service, subs
 from mailer.cli.app import app, main
 
 __all__ = ["app", "main"]
@@ -23,4 +23,5 @@ app.command()(service.preview)
 app.command()(service.status)
 app.add_typer(outbox.outbox_app, name="outbox")
 app.add_typer(subs.subs_app)
+app.add_typer(feedback.feedback_app)
 app.add_typer(dkim.dkim_app)

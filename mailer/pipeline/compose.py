@@ -12,7 +12,7 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
@@ -28,6 +28,7 @@ from mailer.relevance.likes import DEFAULT_TOP
 from mailer.render import Renderer
 from mailer.schedule import Schedule
 from mailer.store import Outgoing, PendingMatch, Store
+from mailer.tokens import feedback_urls
 from mailer.tokens import unsubscribe_url as signed_unsubscribe_url
 
 log = logging.getLogger("mailer")
@@ -56,6 +57,26 @@ def unsubscribe_url(config: Config, email: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackLinks:
+    """Makes one subscriber's "more like this" and "not for me" links (when
+    ``[web] base_url`` is set); travels to the compose workers with its order."""
+
+    base_url: str
+    email: str
+    secret: str = field(repr=False)
+
+    def __call__(self, paper_id: int) -> tuple[str, str]:
+        return feedback_urls(self.base_url, self.email, paper_id, self.secret)
+
+
+def feedback_links(config: Config, email: str) -> FeedbackLinks | None:
+    web = config.web
+    if not web.base_url:
+        return None
+    return FeedbackLinks(web.base_url, email, web.secret.get_secret_value())
+
+
+@dataclass(frozen=True, slots=True)
 class DigestOrder:
     """One due subscriber's digest, before its matches are read."""
 
@@ -67,6 +88,7 @@ class DigestOrder:
     # Similarity subscriptions: their names, and at most how many papers each shows.
     similar: frozenset[str] = frozenset()
     caps: tuple[tuple[str, int], ...] = ()
+    feedback: FeedbackLinks | None = None
 
 
 def digest_order(
@@ -82,6 +104,7 @@ def digest_order(
         unsubscribe_url(config, sub.email),
         similar=frozenset(q.name for q in similar),
         caps=tuple((q.name, q.top or DEFAULT_TOP) for q in similar),
+        feedback=feedback_links(config, sub.email),
     )
 
 
@@ -108,7 +131,14 @@ def compose_digest(
     return build_digest(
         order.recipient,
         [
-            ranking.matched(m.paper, m.subscriptions, m.subscription_terms, m.scores, order.similar)
+            ranking.matched(
+                m.paper,
+                m.subscriptions,
+                m.subscription_terms,
+                m.scores,
+                order.similar,
+                m.paper_id,
+            )
             for m in matches
         ],
         since=order.since,
@@ -128,6 +158,7 @@ def build_message(
     sender_address: str,
     unsubscribe_url: str | None = None,
     dkim: DkimSigner | None = None,
+    feedback: FeedbackLinks | None = None,
 ) -> tuple[str, bytes, str]:
     """(Message-ID, bytes, subject) of a digest. The Message-ID and the DKIM
     signature are made here, once: the outbox keeps these bytes, so any resend
@@ -141,6 +172,7 @@ def build_message(
         unsubscribe_url=unsubscribe_url,
         unsubscribe_mailto=mailto,
         manage_hint=MANAGE_HINT,
+        feedback=feedback,
     )
     links = [unsubscribe_url, mailto] if unsubscribe_url else [mailto]
     message = compose_bytes(
@@ -190,6 +222,7 @@ def compose(
         sender_address=sender_address,
         unsubscribe_url=order.unsubscribe_url,
         dkim=dkim,
+        feedback=order.feedback,
     )
     return Composed(digest, message_id, data, subject)
 

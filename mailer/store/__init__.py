@@ -27,6 +27,7 @@ from sqlmodel import Session
 from mailer.analysis import Stats
 from mailer.errors import DatabaseReplacedError, StoreError
 from mailer.papers import Paper
+from mailer.store.feedback import Feedback, Mark, MarkOutcome, ReaderModel
 from mailer.store.matches import Matches, NewMatch, PendingMatch
 from mailer.store.outbox import Outbox, Outgoing
 from mailer.store.papers import IngestOutcome, Papers, add_statistics
@@ -38,9 +39,12 @@ from mailer.store.schema import (
     DeliveryStatus,
     DumpRow,
     DumpStatus,
+    FeedbackRow,
+    MarkKind,
     MatchRow,
     OutboxState,
     PaperRow,
+    ReaderModelRow,
     StateRow,
     SubscriberRow,
     SubscriptionRow,
@@ -59,13 +63,19 @@ __all__ = [
     "DeliveryStatus",
     "DumpRow",
     "DumpStatus",
+    "FeedbackRow",
     "IngestOutcome",
+    "Mark",
+    "MarkKind",
+    "MarkOutcome",
     "MatchRow",
     "NewMatch",
     "OutboxState",
     "Outgoing",
     "PaperRow",
     "PendingMatch",
+    "ReaderModel",
+    "ReaderModelRow",
     "StateRow",
     "Store",
     "SubscriberRow",
@@ -109,6 +119,7 @@ class Store:
         self.people = People(self.transaction)
         self.matches = Matches(self.transaction)
         self.outbox = Outbox(self.transaction)
+        self.feedback = Feedback(self.transaction)
         self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
         self._identity = _identity(self._file) if self._file else None
 
@@ -237,6 +248,43 @@ class Store:
 
     def titles(self) -> list[str]:
         return self.papers.titles()
+
+    def paper(self, paper_id: int) -> Paper | None:
+        return self.papers.paper(paper_id)
+
+    def sample_papers(self, n: int, seed: int) -> list[tuple[int, Paper]]:
+        return self.papers.sample(n, seed)
+
+    # --- readers' marks and models: ``Feedback`` ------------------------------
+
+    def record_mark(self, email: str, paper_id: int, kind: MarkKind, now: datetime) -> MarkOutcome:
+        return self.feedback.record(email, paper_id, kind, now)
+
+    def marks(self, subscriber_ids: Sequence[int]) -> dict[int, list[Mark]]:
+        return self.feedback.marks(subscriber_ids)
+
+    def marks_of(self, email: str) -> list[Mark] | None:
+        """An address's standing marks, newest first; None if it is not a subscriber."""
+        subscriber_id = self.feedback.subscriber_id(email)
+        return (
+            None if subscriber_id is None else self.feedback.marks([subscriber_id])[subscriber_id]
+        )
+
+    def subscriber_id(self, email: str) -> int | None:
+        """The id of the subscriber with this address (however it is spelt)."""
+        return self.feedback.subscriber_id(email)
+
+    def newest_marks(self) -> dict[int, int]:
+        return self.feedback.newest_marks()
+
+    def reader_models(self, subscriber_ids: Sequence[int] | None = None) -> dict[int, ReaderModel]:
+        return self.feedback.models(subscriber_ids)
+
+    def save_reader_model(self, model: ReaderModel) -> None:
+        self.feedback.save_model(model)
+
+    def delete_reader_model(self, subscriber_id: int) -> None:
+        self.feedback.delete_model(subscriber_id)
 
     def dumps(self) -> list[DumpRow]:
         return self.papers.dumps()
