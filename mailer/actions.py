@@ -39,6 +39,7 @@ from mailer.pipeline.compose import (
     feedback_links,
     init_worker,
 )
+from mailer.relevance.reader import Reader
 from mailer.render import Renderer
 from mailer.store import PendingMatch, Store, SubscriberState
 
@@ -77,6 +78,7 @@ def _compose(
     now: datetime,
     *,
     test: bool = False,
+    reader: Reader | None = None,
 ) -> Composed:
     return compose(
         order,
@@ -88,6 +90,7 @@ def _compose(
         sender_address=config.smtp.sender_address,
         test=test,
         dkim=load_signer(config.dkim),
+        reader=reader,
     )
 
 
@@ -136,10 +139,12 @@ def preview_digest(
     pending: Sequence[PendingMatch],
     stats: Stats,
     now: datetime,
+    reader: Reader | None = None,
 ) -> Composed:
-    """The digest the next pass would queue for ``sub`` from ``pending``."""
+    """The digest the next pass would queue for ``sub`` from ``pending``
+    (ordered by ``reader``'s model, as the pass would)."""
     order = digest_order(config, sub, state.id, state.last_digest_at)
-    return _compose(config, order, pending, stats, now)
+    return _compose(config, order, pending, stats, now, reader=reader)
 
 
 def backfill(store: Store, config: Config, sub: SubscriberConfig, days: int, now: datetime) -> int:

@@ -306,6 +306,9 @@ class SubscriberConfig(_Section):
     # An unsubscribe (link click, reply, 'mailer unsubscribe') recorded before
     # this time is lifted; one recorded after it stands, so reloads never undo it.
     resubscribed: datetime | None = None
+    # "Suggested for you": papers no subscription matched that their model
+    # (trained from their "more like this" marks) scores high.
+    suggestions: bool = True
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
 
     @field_validator("resubscribed", mode="before")

@@ -5,7 +5,7 @@ Pure values in, values out; the renderer turns a Digest into a message.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
@@ -50,11 +50,17 @@ class Matched:
         return max(self.scores, default=0.0)
 
 
+# The subscription name suggestions are recorded and grouped under: a control
+# character keeps it apart from every name the configuration accepts.
+SUGGESTED = "\x1fsuggested"
+
+
 class Why(StrEnum):
     """Why a paper is in a digest, which says what its terms are."""
 
     MATCHED = "matched"  # a query matched these terms
     SIMILAR = "similar"  # like a subscription's examples, most in these words
+    SUGGESTED = "suggested"  # the reader's model scored it high, most for these words
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +119,10 @@ class Ranking:
         self.stats = stats
         self._docs: dict[Paper, Doc] = {}
 
+    def doc(self, paper: Paper) -> Doc:
+        """The paper analysed against this ranking's statistics (cached)."""
+        return self._doc(paper)
+
     def _doc(self, paper: Paper) -> Doc:
         doc = self._docs.get(paper)
         if doc is None:
@@ -165,14 +175,23 @@ def build_digest(
     test: bool = False,
     caps: Mapping[str, int] | None = None,
     similar: Collection[str] = (),
+    rank: Callable[[Matched], float] | None = None,
+    suggestions: Sequence[Matched] = (),
+    max_suggestions: int = 5,
 ) -> Digest:
     """Group papers under their best subscription, best first, capped at
     ``max_papers`` with the remainder counted in ``more``. A subscription in
     ``caps`` shows at most that many papers; a paper past its cap goes under
     another subscription it matched that has room, else into ``more``.
     Papers shown under a subscription in ``similar`` were taken for their
-    likeness to its examples."""
-    ordered = sorted(matched, key=_order)
+    likeness to its examples. ``rank`` (a reader's model) orders the papers
+    instead of their relevance, which then only breaks ties. The best
+    ``max_suggestions`` of ``suggestions`` (matched by no subscription)
+    follow in a section of their own, not counted in ``more``."""
+    if rank is None:
+        ordered = sorted(matched, key=_order)
+    else:
+        ordered = sorted(matched, key=lambda m: (-rank(m), *_order(m)))
     used: dict[str, int] = {}
     placed: list[tuple[Matched, str]] = []
     for m in ordered:
@@ -182,18 +201,11 @@ def build_digest(
     kept = placed if max_papers is None else placed[:max_papers]
     groups: dict[str, list[Entry]] = {name: [] for name in recipient.subscriptions}
     for m, section in kept:
-        groups.setdefault(section, []).append(
-            Entry(
-                paper=m.paper,
-                subscription=section,
-                also=tuple(s for s in m.subscriptions if s != section),
-                terms=m.terms,
-                title_marks=_marks(m.paper.title, m.terms),
-                abstract_marks=_marks(m.paper.abstract, m.terms),
-                why=Why.SIMILAR if section in similar else Why.MATCHED,
-                paper_id=m.paper_id,
-            )
-        )
+        why = Why.SIMILAR if section in similar else Why.MATCHED
+        groups.setdefault(section, []).append(_entry(m, section, why))
+    best = sorted(suggestions, key=_order)[:max_suggestions]
+    if best:
+        groups[SUGGESTED] = [_entry(m, SUGGESTED, Why.SUGGESTED) for m in best]
     sections = tuple(Section(name, tuple(es)) for name, es in groups.items() if es)
     return Digest(
         recipient=recipient,
@@ -201,6 +213,19 @@ def build_digest(
         since=since,
         more=len(ordered) - len(kept),
         test=test,
+    )
+
+
+def _entry(m: Matched, section: str, why: Why) -> Entry:
+    return Entry(
+        paper=m.paper,
+        subscription=section,
+        also=tuple(s for s in m.subscriptions if s != section),
+        terms=m.terms,
+        title_marks=_marks(m.paper.title, m.terms),
+        abstract_marks=_marks(m.paper.abstract, m.terms),
+        why=why,
+        paper_id=m.paper_id,
     )
 
 

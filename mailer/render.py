@@ -25,7 +25,7 @@ import jinja2.nodes
 import jinja2.runtime
 from markupsafe import Markup
 
-from mailer.digests import Digest, Entry, Recipient, Section, Why
+from mailer.digests import SUGGESTED, Digest, Entry, Recipient, Section, Why
 from mailer.errors import ConfigError, TemplateError
 from mailer.mime import Rendered, header_text, is_web_url
 from mailer.papers import Paper
@@ -47,7 +47,15 @@ DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
 HTML_TEMPLATE = "digest.html"
 TEXT_TEMPLATE = "digest.txt"
 TOP_TERMS = 3  # matched terms named under each paper, most relevant first
-TERMS_LABELS = {Why.MATCHED: "Matched", Why.SIMILAR: "Like your examples in"}
+TERMS_LABELS = {
+    Why.MATCHED: "Matched",
+    Why.SIMILAR: "Like your examples in",
+    Why.SUGGESTED: "Words that weighed most",
+}
+SUGGESTED_NAME = "Suggested for you"
+SUGGESTED_NOTE = (
+    "Papers none of your subscriptions matched, but much like those you marked “more like this”."
+)
 # Gmail clips an HTML part past about 102 KB behind "[Message clipped]",
 # hiding the rest of the list and the footer's unsubscribe link; a digest's
 # HTML is kept under this many bytes by showing fewer papers.
@@ -153,6 +161,9 @@ class EntryView:
 class SectionView:
     name: str
     entries: tuple[EntryView, ...]
+    # "Suggested for you": papers no subscription matched, from the reader's model.
+    suggested: bool = False
+    note: str = ""
 
 
 def term_label(term: str) -> str:
@@ -336,6 +347,10 @@ def sample_digests() -> list[tuple[Digest, str | None]]:
                 "Agents",
                 (Entry(agents, "Agents", (), ("agent",), ((9, 15),), (), Why.SIMILAR, 2),),
             ),
+            Section(
+                SUGGESTED,
+                (Entry(agents, SUGGESTED, (), ("agent",), ((9, 15),), (), Why.SUGGESTED, 3),),
+            ),
         ),
         since=datetime(2024, 11, 16, 7, 0, tzinfo=UTC),
         more=3,
@@ -486,13 +501,10 @@ class Renderer:
         self, digest: Digest, links: Mapping[str, object], feedback: Feedback | None = None
     ) -> dict[str, object]:
         """What the templates are given for ``digest``."""
-        sections = tuple(
-            SectionView(s.subscription, tuple(self._with_links(e, feedback) for e in s.entries))
-            for s in digest.sections
-            if s.entries
-        )
-        entries = [e for s in sections for e in s.entries]
-        matched = [s.name for s in sections]
+        sections = tuple(self._section(s, feedback) for s in digest.sections if s.entries)
+        entries = [e for s in sections if not s.suggested for e in s.entries]
+        suggested = sum(len(s.entries) for s in sections if s.suggested)
+        matched = [s.name for s in sections if not s.suggested]
         since = format_since(digest.since) if digest.since else None
         if entries:
             total = len(entries) + digest.more
@@ -500,6 +512,8 @@ class Renderer:
             if since:
                 summary += f" since {since}"
             summary += f"; here are the top {len(entries)}." if digest.more else "."
+            if suggested:
+                summary += f" {plural(suggested, 'paper')} suggested for you."
             preheader = " · ".join(e.title for e in entries[:2])
             if len(entries) > 2:
                 preheader += f" · and {len(entries) - 2 + digest.more} more"
@@ -509,7 +523,7 @@ class Renderer:
             preheader = summary
         return {
             "product": self.product_name,
-            "subject": self._subject(digest, matched),
+            "subject": self._subject(digest, matched, len(entries)),
             "preheader": preheader,
             "preheader_pad": PREHEADER_PAD,
             "summary": summary,
@@ -551,8 +565,13 @@ class Renderer:
             return str(filename)
         return f"{filename}, line {self._loader.file_line(filename, line)}"
 
-    def _subject(self, digest: Digest, matched: Sequence[str]) -> str:
-        n = digest.count
+    def _section(self, section: Section, feedback: Feedback | None) -> SectionView:
+        entries = tuple(self._with_links(e, feedback) for e in section.entries)
+        if section.subscription == SUGGESTED:
+            return SectionView(SUGGESTED_NAME, entries, suggested=True, note=SUGGESTED_NOTE)
+        return SectionView(section.subscription, entries)
+
+    def _subject(self, digest: Digest, matched: Sequence[str], n: int) -> str:
         if n == 0:
             subject = f"{self.product_name}: no new papers"
         else:

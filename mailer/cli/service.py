@@ -38,6 +38,7 @@ from mailer.ops import (
     status_report,
 )
 from mailer.pipeline import PassReport, Pipeline, like_examples, utc_now
+from mailer.pipeline.compose import readers_of, suggested
 from mailer.store import hide_password
 from mailer.verp import envelope_sender
 
@@ -258,17 +259,18 @@ def preview(
         state = states.get(address_key(sub.email))
         pending = store.pending_matches(state.id) if store and state else []
         stats = store.stats() if store and pending else Stats()
+        reader = readers_of(store, [state.id], stats).get(state.id) if store and state else None
     finally:
         if store:
             store.close()
-    if not pending:
+    if all(suggested(m) for m in pending):
         err.print(
             f"nothing waiting for {escape(sub.email)}: no digest would be sent now "
             "(only papers matched since their last digest are sent)"
         )
         return
     assert state is not None
-    composed = preview_digest(config, sub, state, pending, stats, utc_now())
+    composed = preview_digest(config, sub, state, pending, stats, utc_now(), reader)
     kind = fmt or (
         PreviewFormat.html
         if out_file and out_file.suffix.lower() in (".html", ".htm")

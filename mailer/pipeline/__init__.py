@@ -32,6 +32,7 @@ from mailer.pipeline.match import (
     like_index,
     match_new_papers,
     match_rows,
+    refresh_models,
     subscription_engine,
     sync_subscribers,
     warn_missing_examples,
@@ -105,6 +106,7 @@ class Pipeline:
         self.limiter = RateLimiter(config.smtp.rate_per_minute)
         self.engine = build_engine(compile_queries(config), Stats())
         self.likes = compile_likes(config.subscribers)
+        self.suggesting = frozenset(s.email for s in config.subscribers if s.suggestions)
         self.generation += 1
         self.render_settings = RenderSettings(
             config.render.templates, config.render.paper_url, self.generation
@@ -169,7 +171,8 @@ class Pipeline:
         if self._examples_checked is not self.config:
             warn_missing_examples(self.store, self.config)  # after ingest: they may just be in
             self._examples_checked = self.config
-        match_new_papers(self.store, self.engine, self.clock, report, self.likes)
+        refresh_models(self.store, self.clock)
+        match_new_papers(self.store, self.engine, self.clock, report, self.likes, self.suggesting)
 
     def compose(self, report: PassReport) -> None:
         """Matches -> digests -> messages in the outbox."""

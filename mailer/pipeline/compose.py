@@ -19,12 +19,14 @@ from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from mailer.config import Config, SubscriberConfig
-from mailer.digests import Digest, Ranking, Recipient, build_digest
+from mailer.digests import SUGGESTED, Digest, Matched, Ranking, Recipient, build_digest
 from mailer.dkim import DkimSigner
 from mailer.errors import MessageError
+from mailer.matching import Stats
 from mailer.mime import compose_bytes, new_message_id
 from mailer.pipeline.report import Clock, PassReport, Stopping
 from mailer.relevance.likes import DEFAULT_TOP
+from mailer.relevance.reader import SUGGESTIONS, Reader, readers
 from mailer.render import Renderer
 from mailer.schedule import Schedule
 from mailer.store import Outgoing, PendingMatch, Store
@@ -40,6 +42,11 @@ POOL_DEPTH = 4  # chunks composing ahead of the one waited for
 MANAGE_HINT = (
     "Reply to this message, or ask the operator of this digest to change your subscriptions."
 )
+
+
+def readers_of(store: Store, subscriber_ids: Sequence[int], stats: Stats) -> dict[int, Reader]:
+    """What orders these subscribers' digests: their models and "not for me" marks."""
+    return readers(store.reader_models(subscriber_ids), store.marks(subscriber_ids), stats)
 
 
 def recipient(sub: SubscriberConfig) -> Recipient:
@@ -89,6 +96,7 @@ class DigestOrder:
     similar: frozenset[str] = frozenset()
     caps: tuple[tuple[str, int], ...] = ()
     feedback: FeedbackLinks | None = None
+    suggestions: bool = True  # show "Suggested for you"
 
 
 def digest_order(
@@ -105,6 +113,7 @@ def digest_order(
         similar=frozenset(q.name for q in similar),
         caps=tuple((q.name, q.top or DEFAULT_TOP) for q in similar),
         feedback=feedback_links(config, sub.email),
+        suggestions=sub.suggestions,
     )
 
 
@@ -125,28 +134,43 @@ def due_subscribers(
 
 
 def compose_digest(
-    order: DigestOrder, matches: Sequence[PendingMatch], ranking: Ranking, *, test: bool = False
+    order: DigestOrder,
+    matches: Sequence[PendingMatch],
+    ranking: Ranking,
+    *,
+    test: bool = False,
+    reader: Reader | None = None,
 ) -> Digest:
-    """Matches -> Digest, every paper ranked against the same statistics."""
+    """Matches -> Digest, every paper ranked against the same statistics,
+    or by the reader's model when they have one; suggestions (if the reader
+    wants them) in a section of their own."""
+
+    def matched(m: PendingMatch) -> Matched:
+        return ranking.matched(
+            m.paper, m.subscriptions, m.subscription_terms, m.scores, similar, m.paper_id
+        )
+
+    similar = order.similar | {SUGGESTED}
+    regular = [matched(m) for m in matches if not suggested(m)]
+    extra = [matched(m) for m in matches if suggested(m)] if order.suggestions else []
     return build_digest(
         order.recipient,
-        [
-            ranking.matched(
-                m.paper,
-                m.subscriptions,
-                m.subscription_terms,
-                m.scores,
-                order.similar,
-                m.paper_id,
-            )
-            for m in matches
-        ],
+        regular,
         since=order.since,
         max_papers=order.max_papers,
         test=test,
         caps=dict(order.caps),
         similar=order.similar,
+        rank=None if reader is None else (lambda m: reader.score(ranking.doc(m.paper))),
+        suggestions=extra,
+        max_suggestions=SUGGESTIONS,
     )
+
+
+def suggested(match: PendingMatch) -> bool:
+    """Whether a match is a suggestion: these only go out with a digest
+    that has matched papers, never on their own."""
+    return match.subscriptions == (SUGGESTED,)
 
 
 def build_message(
@@ -210,10 +234,11 @@ def compose(
     sender_address: str,
     test: bool = False,
     dkim: DkimSigner | None = None,
+    reader: Reader | None = None,
 ) -> Composed:
     """Matches -> digest -> message: the one path for the outbox, ``preview``
     and ``send-test``, so each shows exactly what the others would."""
-    digest = compose_digest(order, matches, ranking, test=test)
+    digest = compose_digest(order, matches, ranking, test=test, reader=reader)
     message_id, data, subject = build_message(
         renderer,
         digest,
@@ -252,12 +277,15 @@ class ComposeChunk:
     dkim: DkimSigner | None = None  # the key travels with the chunk to a worker
 
     def run(self, store: Store, renderer: Renderer) -> list[Queued]:
-        pending = store.pending_matches_for([o.subscriber_id for o in self.orders])
-        ranking = Ranking(store.stats())
+        ids = [o.subscriber_id for o in self.orders]
+        pending = store.pending_matches_for(ids)
+        stats = store.stats()
+        ranking = Ranking(stats)
+        ordering = readers_of(store, ids, stats)
         messages: list[Outgoing] = []
         for order in self.orders:
             matches = pending.get(order.subscriber_id, [])
-            if not matches:
+            if all(suggested(m) for m in matches):
                 continue
             match_ids = [m.id for m in matches]
             try:
@@ -270,6 +298,7 @@ class ComposeChunk:
                     sender=self.sender,
                     sender_address=self.sender_address,
                     dkim=self.dkim,
+                    reader=ordering.get(order.subscriber_id),
                 )
             except MessageError as exc:
                 # This digest alone: it goes in the outbox as failed, with

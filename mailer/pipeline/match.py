@@ -7,8 +7,10 @@ backfill and ``send-test`` alike, so each finds what the others would.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from typing import cast
 
 from mailer.config import Config, SubscriberConfig, SubscriptionConfig
@@ -16,6 +18,8 @@ from mailer.matching import Doc, Engine, Hit, Query, Stats, parse_query, rescore
 from mailer.papers import Paper
 from mailer.pipeline.report import Clock, PassReport
 from mailer.relevance.likes import DEFAULT_TOP, Like, LikeIndex, example_keys, missing_titles
+from mailer.relevance.reader import NEGATIVES, Suggester, train
+from mailer.relevance.vectors import TfidfEncoder, Vector
 from mailer.store import NewMatch, Store
 
 log = logging.getLogger("mailer")
@@ -91,38 +95,47 @@ def match_rows(
     docs: Sequence[tuple[int, Doc]],
     subscriber_ids: Mapping[str, int],
     likes: LikeIndex | None = None,
+    suggester: Suggester | None = None,
 ) -> list[NewMatch]:
     """Analysed papers -> match rows: the one way a paper becomes a match,
-    for the pass, backfill and ``send-test``; similarity subscriptions
-    (``likes``) are scored for the whole batch at once. Hits of subscribers
-    not in ``subscriber_ids`` (unsubscribed, removed) are dropped."""
+    for the pass, backfill and ``send-test``. Similarity subscriptions
+    (``likes``) and readers' models (``suggester``: "Suggested for you",
+    for papers none of a reader's subscriptions matched) score the whole
+    batch at once. Hits of subscribers not in ``subscriber_ids``
+    (unsubscribed, removed) are dropped."""
     rows: list[NewMatch] = []
-    similar = likes.similarities([doc for _, doc in docs]) if likes else None
+    vectors: list[Vector] = []
+    if likes or suggester:
+        encoder = likes.encoder if likes else TfidfEncoder(engine.stats)
+        vectors = encoder.encode([doc for _, doc in docs])
+    similar = likes.similarities(vectors) if likes else None
     for at, (paper_id, doc) in enumerate(docs):
         by_subscriber: dict[int, list[Hit]] = {}
         hits: Iterable[Hit] = engine.match(doc)
         if likes and similar is not None:
-            hits = likes.hits(doc, hits, similar[at])
+            hits = likes.hits(doc, vectors[at], hits, similar[at])
         for hit in hits:
             email, name = cast(tuple[str, str], hit.query)
             subscriber_id = subscriber_ids.get(email)
             if subscriber_id is not None:
                 by_subscriber.setdefault(subscriber_id, []).append(hit._replace(query=name))
-        for subscriber_id, hits in by_subscriber.items():
-            if len(hits) == 1:
-                terms = hits[0].terms
+        for subscriber_id, found in by_subscriber.items():
+            if len(found) == 1:
+                terms = found[0].terms
             else:
-                terms = rescore(doc, dict.fromkeys(t for h in hits for t in h.terms))[0]
+                terms = rescore(doc, dict.fromkeys(t for h in found for t in h.terms))[0]
             rows.append(
                 NewMatch(
                     subscriber_id,
                     paper_id,
-                    tuple(cast(str, h.query) for h in hits),
-                    tuple(h.terms for h in hits),
-                    tuple(h.score for h in hits),
+                    tuple(cast(str, h.query) for h in found),
+                    tuple(h.terms for h in found),
+                    tuple(h.score for h in found),
                     terms,
                 )
             )
+    if suggester:
+        rows += suggester.rows(docs, vectors, {(r.subscriber_id, r.paper_id) for r in rows})
     return rows
 
 
@@ -137,15 +150,18 @@ def match_new_papers(
     clock: Clock,
     report: PassReport,
     likes: Mapping[tuple[str, str], Like] | None = None,
+    suggesting: Collection[str] = (),
 ) -> None:
     """The match stage: the papers not yet matched, in batches, each counted
     in the corpus statistics in the transaction that records its matches
     (they are analysed here anyway, so ingest does not analyse them twice).
     Scores recorded here are provisional: digests weigh every match again
     against the stored statistics when they are composed (similarity
-    subscriptions' scores stand as recorded)."""
+    subscriptions' scores stand as recorded). Readers in ``suggesting``
+    (emails) with a trained model get suggestions."""
     active = store.active_subscriber_ids()
     examples: dict[str, Paper] | None = None
+    suggester: Suggester | None = None
     while batch := store.unmatched_papers():
         engine.stats = store.stats()
         docs = analysed(batch, engine.stats)
@@ -159,8 +175,42 @@ def match_new_papers(
             # Weighed with this batch counted too: the first pass of a new
             # database has no statistics yet, and similarity is not rescored.
             index = like_index(likes, examples, _counted(engine.stats, added))
-        rows = match_rows(engine, docs, active, index)
+        if suggester is None:
+            ids = [active[e] for e in suggesting if e in active]
+            suggester = Suggester(store.reader_models(ids) if ids else {})
+        rows = match_rows(engine, docs, active, index, suggester or None)
         report.matches += store.record_matches([pid for pid, _ in batch], rows, clock(), added)
+
+
+def refresh_models(store: Store, clock: Clock) -> int:
+    """Train again the models of readers whose marks changed since their
+    model was trained (a pass with no new marks trains nothing); how many."""
+    newest = store.newest_marks()
+    versions = store.model_versions()
+    stale = [i for i, n in newest.items() if versions.get(i, 0) < n]
+    if not stale:
+        return 0
+    stats = store.stats()
+    marks = store.marks(stale)
+    for subscriber_id in stale:
+        started = time.perf_counter()
+        model = train(
+            subscriber_id,
+            marks[subscriber_id],
+            partial(store.sample_papers, NEGATIVES, subscriber_id),
+            stats,
+            clock(),
+        )
+        store.save_reader_model(model)
+        log.info(
+            "reader model subscriber_id=%d positives=%d negatives=%d trained=%s seconds=%.2f",
+            subscriber_id,
+            model.positives,
+            model.negatives,
+            "yes" if model.weights else "no",
+            time.perf_counter() - started,
+        )
+    return len(stale)
 
 
 def _counted(stats: Stats, added: Stats) -> Stats:

@@ -24,6 +24,7 @@ from mailer.relevance.vectors import (
     Encoder,
     Profiles,
     TfidfEncoder,
+    Vector,
     centroid,
     surface_words,
     weighed,
@@ -110,11 +111,13 @@ class LikeIndex:
     def __bool__(self) -> bool:
         return bool(self.likes)
 
-    def similarities(self, docs: Sequence[Doc]) -> np.ndarray:
-        """(papers x subscriptions) cosine similarities."""
-        return self.profiles.scores(self.encoder.encode(docs))
+    def similarities(self, vectors: Sequence[Vector]) -> np.ndarray:
+        """(papers x subscriptions) cosine similarities of encoded papers."""
+        return self.profiles.scores(vectors)
 
-    def hits(self, doc: Doc, engine_hits: Iterable[Hit], row: np.ndarray) -> list[Hit]:
+    def hits(
+        self, doc: Doc, vector: Vector, engine_hits: Iterable[Hit], row: np.ndarray
+    ) -> list[Hit]:
         """One paper's hits: the engine's, those of gated subscriptions only
         when similar enough and scored by similarity, and the similarity
         subscriptions' own; a subscription's example papers never match it."""
@@ -134,10 +137,6 @@ class LikeIndex:
             key = self.profiles.keys[column]
             if doc.paper.key in self.examples[key]:
                 continue
-            out.append(Hit(key, self.reasons(key, doc), float(row[column])))
+            words = surface_words(doc, weighed(self.profiles.rows[key], vector, TERMS))
+            out.append(Hit(key, words, float(row[column])))
         return out
-
-    def reasons(self, key: Key, doc: Doc) -> tuple[str, ...]:
-        """The words of ``doc`` that weighed most in its similarity to ``key``."""
-        profile = self.profiles.rows[key]
-        return surface_words(doc, weighed(profile, self.encoder.encode([doc])[0], TERMS))

@@ -277,6 +277,9 @@ class Store:
     def newest_marks(self) -> dict[int, int]:
         return self.feedback.newest_marks()
 
+    def model_versions(self) -> dict[int, int]:
+        return self.feedback.model_versions()
+
     def reader_models(self, subscriber_ids: Sequence[int] | None = None) -> dict[int, ReaderModel]:
         return self.feedback.models(subscriber_ids)
 

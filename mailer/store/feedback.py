@@ -56,6 +56,7 @@ class ReaderModel:
     negatives: int
     weights: dict[str, float]
     intercept: float
+    cutoff: float
     trained_at: datetime
 
 
@@ -132,6 +133,12 @@ class Feedback:
             )
             return dict(rows.all())
 
+    def model_versions(self) -> dict[int, int]:
+        """Subscriber id -> the newest mark their stored model learned from."""
+        with self._transaction() as conn:
+            rows = conn.execute(select(READER_MODELS.c.subscriber_id, READER_MODELS.c.trained_on))
+            return dict(rows.all())
+
     def models(self, subscriber_ids: Sequence[int] | None = None) -> dict[int, ReaderModel]:
         """Stored models by subscriber id (all, or these subscribers')."""
         query = select(READER_MODELS)
@@ -154,6 +161,7 @@ class Feedback:
                         row["negatives"],
                         dict(row["weights"]),
                         row["intercept"],
+                        row["cutoff"],
                         utc(row["trained_at"]),
                     )
         return found
@@ -172,6 +180,7 @@ class Feedback:
                     negatives=model.negatives,
                     weights=model.weights,
                     intercept=model.intercept,
+                    cutoff=model.cutoff,
                     trained_at=model.trained_at,
                 )
             )

@@ -228,6 +228,8 @@ class ReaderModelRow(SQLModel, table=True):
     negatives: int
     weights: dict[str, float] = Field(sa_column=Column(JSON, nullable=False))
     intercept: float
+    # What a new paper must score to be suggested: above nearly every stored paper.
+    cutoff: float
     trained_at: datetime
 
 

@@ -48,6 +48,7 @@ def upgrade() -> None:
         sa.Column("negatives", sa.Integer(), nullable=False),
         sa.Column("weights", sa.JSON(), nullable=False),
         sa.Column("intercept", sa.Float(), nullable=False),
+        sa.Column("cutoff", sa.Float(), nullable=False),
         sa.Column("trained_at", TIME, nullable=False),
         sa.ForeignKeyConstraint(
             ["subscriber_id"], ["subscribers.id"], name="fk_reader_models_subscriber_id"
