@@ -33,7 +33,7 @@ from mailer.ops import (
 from mailer.papers import Paper
 from mailer.pipeline import like_examples, utc_now
 from mailer.pipeline.match import like_of
-from mailer.relevance.likes import Like
+from mailer.relevance.likes import DEFAULT_THRESHOLD, DEFAULT_TOP, Like
 from mailer.textfmt import excerpt
 
 subs_app = typer.Typer(
@@ -70,14 +70,16 @@ LikeTextOpt = Annotated[
 ]
 TopOpt = Annotated[
     int | None,
-    typer.Option(min=1, max=MAX_PAPERS, help="At most this many papers per digest [default: 10]."),
+    typer.Option(
+        min=1, max=MAX_PAPERS, help=f"At most this many papers per digest [default: {DEFAULT_TOP}]."
+    ),
 ]
 ThresholdOpt = Annotated[
     float | None,
     typer.Option(
         min=0.0,
         max=1.0,
-        help="The least similarity a paper needs [default: 0.2; none with a query].",
+        help=f"Least similarity a paper needs [default: {DEFAULT_THRESHOLD}; none with a query].",
     ),
 ]
 

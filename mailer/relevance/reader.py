@@ -92,8 +92,10 @@ def train(
     kept = {features[i]: float(coef[i]) for i in keep if coef[i]}
     intercept = float(svm.intercept_[0])
     # The cutoff for suggestions: what the drawn papers score, with the kept weights.
-    scores = Profiles({0: kept}, {0: intercept}).scores(vectors[len(wanted) + len(unwanted) :])
-    cutoff = float(np.quantile(scores[:, 0], SUGGEST_ABOVE)) if len(drawn) else 0.0
+    truncated = np.zeros_like(coef)
+    truncated[keep] = coef[keep]
+    scores = matrix[len(wanted) + len(unwanted) :] @ truncated + intercept
+    cutoff = float(np.quantile(scores, SUGGEST_ABOVE)) if len(drawn) else 0.0
     return ReaderModel(
         subscriber_id, newest, len(wanted), len(unwanted) + len(drawn), kept, intercept, cutoff, now
     )
