@@ -35,6 +35,10 @@ Maildir) over ``--papers`` new synthetic papers (bench/corpus.py), with
 with two stored titles, half with a keyword subscription and a trained
 model (five "more like this" marks); same stored corpus (as many papers
 again, matched before), same run, alternating. Target: at most 1.5 times.
+A third row has as many keyword subscribers as the second has subscribers,
+to tell the cost of relevance from that of more digests. Wall and CPU time
+(of the process and its threads; the pass composes in-process) are shown:
+on a shared machine CPU time is the steadier of the two.
 
 ``train`` stores ``--papers`` synthetic papers (statistics counted as the
 match stage counts them) and times training one reader's model as a pass
@@ -417,9 +421,10 @@ def timed_pass(base: Path, config_of: Callable[[Path], Config], new: Path) -> di
             for stage in ("ingest", "match", "compose", "deliver"):
                 original = getattr(pipeline, stage)
                 setattr(pipeline, stage, _stage_timer(original, stages, stage))
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             report: PassReport = asyncio.run(pipeline.run_pass())
             stages["pass"] = time.perf_counter() - started
+            stages["cpu"] = time.process_time() - cpu
             stages["matches"] = report.matches
             stages["digests"] = report.digests
         finally:
@@ -454,7 +459,8 @@ def speed(n_papers: int, keyword: int, relevance: int, rounds: int) -> None:
     vocab = vocabulary()
     corpus = papers(vocab, 2 * n_papers, seed=11)
     old, new = corpus[:n_papers], corpus[n_papers:]
-    queries = subscriptions(vocab, keyword)
+    more_queries = subscriptions(vocab, keyword + relevance)
+    queries = more_queries[:keyword]
     likes, models = relevance // 2, relevance - relevance // 2
     titles = [p.title for p in old]
     with tempfile.TemporaryDirectory() as folder:
@@ -462,9 +468,12 @@ def speed(n_papers: int, keyword: int, relevance: int, rounds: int) -> None:
         prepare(base, old, speed_config(base, queries, likes, models, titles), models)
         write_dumps(base / "new", new)
         configs = {
-            "keyword only": lambda tmp: speed_config(tmp, queries, 0, 0, titles),
-            "+ similarity and models": lambda tmp: speed_config(
+            f"{keyword:,} keyword": lambda tmp: speed_config(tmp, queries, 0, 0, titles),
+            f"+ {likes} like, {models} model": lambda tmp: speed_config(
                 tmp, queries, likes, models, titles
+            ),
+            f"{keyword + relevance:,} keyword": lambda tmp: speed_config(
+                tmp, more_queries, 0, 0, titles
             ),
         }
         results: dict[str, list[dict[str, float]]] = {name: [] for name in configs}
@@ -474,8 +483,10 @@ def speed(n_papers: int, keyword: int, relevance: int, rounds: int) -> None:
                 last = results[name][-1]
                 print(f"{name}: " + " ".join(f"{k} {v:.1f}" for k, v in last.items()), flush=True)
     rows = []
-    base_pass = statistics.median(r["pass"] for r in results["keyword only"])
-    base_match = statistics.median(r["match"] for r in results["keyword only"])
+    first = next(iter(results.values()))
+    base_pass = statistics.median(r["pass"] for r in first)
+    base_cpu = statistics.median(r["cpu"] for r in first)
+    base_match = statistics.median(r["match"] for r in first)
     for name, runs in results.items():
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
         rows.append(
@@ -483,6 +494,8 @@ def speed(n_papers: int, keyword: int, relevance: int, rounds: int) -> None:
                 "subscribers": name,
                 "pass s": f"{med['pass']:.1f}",
                 "x keyword": f"{med['pass'] / base_pass:.2f}",
+                "pass CPU s": f"{med['cpu']:.1f}",
+                "CPU x keyword": f"{med['cpu'] / base_cpu:.2f}",
                 "ingest s": f"{med['ingest']:.1f}",
                 "match s": f"{med['match']:.1f}",
                 "match x keyword": f"{med['match'] / base_match:.2f}",
@@ -493,8 +506,10 @@ def speed(n_papers: int, keyword: int, relevance: int, rounds: int) -> None:
         )
     print()
     print(f"{n_papers:,} new papers, {n_papers:,} stored before; {keyword:,} keyword "
-          f"subscribers, + {likes} with a like subscription and {models} with a model; "
-          f"median of {rounds} run(s) each, alternating:")  # fmt: skip
+          f"subscribers, + {likes} with a like subscription and {models} with a model "
+          f"(and a keyword subscription), against {keyword + relevance:,} keyword subscribers; "
+          f"median of {rounds} run(s) each, alternating; "
+          f"load {os.getloadavg()[0]:.1f} at the end:")  # fmt: skip
     print(table(rows))
 
 

@@ -463,7 +463,15 @@ def subscriber_rows(
                 "name": sub.name,
                 "schedule": sub.schedule,
                 "timezone": sub.timezone,
-                "subscriptions": [{"name": q.name, "query": q.query} for q in sub.subscriptions],
+                "subscriptions": [
+                    {"name": q.name, "query": q.query}
+                    | (
+                        {"like": q.like, "like_text": q.like_text, "described": q.described}
+                        if q.similar
+                        else {}
+                    )
+                    for q in sub.subscriptions
+                ],
                 "unsubscribed": bool(state and state.unsubscribed_at),
                 "unsubscribed_at": state.unsubscribed_at.isoformat()
                 if state and state.unsubscribed_at

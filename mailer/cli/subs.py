@@ -167,7 +167,9 @@ def subs_list(
         table.add_column(column)
     for row in rows:
         who = f"{row['name']} <{row['email']}>" if row["name"] else str(row["email"])
-        queries = "\n".join(f"{q['name']}: {q['query']}" for q in row["subscriptions"])  # type: ignore[attr-defined]
+        subscriptions = row["subscriptions"]
+        assert isinstance(subscriptions, list)
+        queries = "\n".join(f"{q['name']}: {q.get('described', q['query'])}" for q in subscriptions)
         gone = str(row["unsubscribed_at"])[:16] if row["unsubscribed"] else "no"
         table.add_row(
             Text(who),

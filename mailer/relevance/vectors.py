@@ -11,6 +11,7 @@ alone.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -103,21 +104,21 @@ def cosine(a: Mapping[str, float], b: Mapping[str, float]) -> float:
 def weighed(profile: Mapping[str, float], vector: Mapping[str, float], n: int) -> list[str]:
     """The ``n`` features that added most to ``profile`` . ``vector``, heaviest first."""
     parts = [(w * profile[key], key) for key, w in vector.items() if key in profile]
-    parts.sort(key=lambda p: (-p[0], p[1]))
-    return [key for value, key in parts[:n] if value > 0]
+    best = heapq.nsmallest(n, parts, key=lambda p: (-p[0], p[1]))
+    return [key for value, key in best if value > 0]
 
 
 def surface_words(doc: Doc, stems: Sequence[str]) -> tuple[str, ...]:
     """The words of ``doc`` (title first) that ``stems`` stand for, in order:
     what a reader recognises and what highlighting finds again."""
-    wanted = dict.fromkeys(stems)
+    wanted = set(stems)
     found: dict[str, str] = {}
-    for token in doc.title.tokens + doc.abstract.tokens:
-        key = stem(token)
-        if key in wanted and key not in found:
-            found[key] = token
-            if len(found) == len(wanted):
-                break
+    for field in (doc.title, doc.abstract):
+        for token, key in zip(field.tokens, field.stem_list, strict=True):
+            if key in wanted and key not in found:
+                found[key] = token
+                if len(found) == len(wanted):
+                    return tuple(found[key] for key in stems)
     return tuple(found[key] for key in stems if key in found)
 
 
