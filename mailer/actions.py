@@ -147,11 +147,19 @@ def preview_digest(
     return _compose(config, order, pending, stats, now, reader=reader)
 
 
-def backfill(store: Store, config: Config, sub: SubscriberConfig, days: int, now: datetime) -> int:
+def backfill(
+    store: Store,
+    config: Config,
+    sub: SubscriberConfig,
+    days: int,
+    now: datetime,
+    subscriber_id: int | None = None,
+) -> int:
     """Record matches for papers the regular pass has already matched, for
     ``sub`` only (papers not yet matched reach them through the regular pass);
-    how many were added."""
-    subscriber_id = sync_subscribers(store, config, now)[sub.email]
+    how many were added. A web subscriber comes with its ``subscriber_id``."""
+    if subscriber_id is None:
+        subscriber_id = sync_subscribers(store, config, now)[sub.email]
     stats = store.stats()
     rows = match_rows(
         subscription_engine(sub, stats),

@@ -83,6 +83,9 @@ class WatchConfig(_Section):
     # Larger files, or files with a longer line, are refused unread.
     max_dump_bytes: int = Field(default=DEFAULT_MAX_DUMP_BYTES, ge=1, le=2**30)
     max_line_bytes: int = Field(default=DEFAULT_MAX_LINE_BYTES, ge=1, le=2**26)
+    # File events (inotify) wake the daemon at once; the rescan every
+    # interval_seconds stays, for filesystems that send none (NFS, SMB).
+    events: bool = True
 
 
 class DatabaseConfig(_Section):
@@ -164,7 +167,8 @@ class RenderConfig(_Section):
 
 
 class WebConfig(_Section):
-    """The unsubscribe endpoint; off unless ``listen`` is set."""
+    """The unsubscribe endpoint, and the readers' own pages with
+    ``self_service``; off unless ``listen`` is set."""
 
     listen: Text = ""
     base_url: Text = ""
@@ -207,6 +211,22 @@ class WebConfig(_Section):
             )
         return value
 
+    # The readers' own pages (mailer.selfservice, README "Self-service pages").
+    self_service: bool = False
+    config_subscriber_pages: Literal["read-only", "minimal"] = "read-only"
+    signups_per_ip_per_hour: int = Field(default=10, ge=1, le=10000)
+    signups_per_address_per_hour: int = Field(default=3, ge=1, le=100)
+    client_ip_header: Text = Field(default="", pattern=r"^[A-Za-z0-9-]*$")
+
+    @model_validator(mode="after")
+    def _self_service_served(self) -> WebConfig:
+        if self.self_service and not (self.listen and self.base_url):
+            raise ValueError(
+                "web.self_service needs web.listen (where the pages are served) and "
+                "web.base_url (the links in mails point there)"
+            )
+        return self
+
 
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
 
@@ -243,9 +263,50 @@ class DkimConfig(_Section):
         return self
 
 
+class BouncesConfig(_Section):
+    """The mailbox where bounces and unsubscribe replies arrive (mailer.bounces);
+    off while neither ``maildir`` nor ``imap_url`` is set."""
+
+    maildir: Path | None = None  # relative to the config file
+    imap_url: Text = ""  # imaps://user@host[:port][/mailbox]
+    password: SecretStr = SecretStr("")  # better: MAILER_BOUNCES__PASSWORD
+    ca_file: Path | None = None  # trust this CA (PEM) for imap_url besides the system's
+    hard_limit: int = Field(default=1, ge=1, le=100)
+    soft_limit: int = Field(default=3, ge=1, le=100)
+    soft_window_days: int = Field(default=14, ge=1, le=365)
+
+    @field_validator("imap_url")
+    @classmethod
+    def _imaps(cls, value: str) -> str:
+        if not value:
+            return value
+        url = urlsplit(value)
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if url.scheme != "imaps" or not url.username or not url.hostname or port == -1:
+            raise ValueError(
+                f"{value!r} is not an IMAP-over-TLS URL like imaps://digest@mail.example.org/INBOX"
+            )
+        if url.password is not None:
+            raise ValueError("must not hold the password: set MAILER_BOUNCES__PASSWORD")
+        return value
+
+    @model_validator(mode="after")
+    def _one_mailbox(self) -> BouncesConfig:
+        if self.maildir and self.imap_url:
+            raise ValueError("set bounces.maildir or bounces.imap_url, not both")
+        return self
+
+
 class DaemonConfig(_Section):
     # Rewritten after every completed pass, so a supervisor can tell a hung daemon.
     heartbeat: Path = Path("mailer.heartbeat")
+    # Several daemons on one PostgreSQL database (mailer.cluster): this one's
+    # name (empty: host:pid), and how long a dead node's leadership and claims last.
+    node_id: Annotated[Text, Field(max_length=200)] = ""
+    lease_seconds: float = Field(default=30.0, ge=1, le=HOUR, allow_inf_nan=False)
 
 
 class SubscriptionConfig(_Section):
@@ -360,6 +421,7 @@ class Config(BaseSettings):
     render: RenderConfig = RenderConfig()
     web: WebConfig = WebConfig()
     dkim: DkimConfig = DkimConfig()
+    bounces: BouncesConfig = BouncesConfig()
     daemon: DaemonConfig = DaemonConfig()
     subscribers: list[SubscriberConfig] = Field(default_factory=list)
 
@@ -446,6 +508,7 @@ def _resolve(config: Config, base: Path) -> Config:
         url = prefix + str(at(Path(url.removeprefix(prefix))))
     templates = config.render.templates
     key_file = config.dkim.private_key_file
+    bounces = config.bounces
     return config.model_copy(
         update={
             "watch": config.watch.model_copy(update={"dir": at(config.watch.dir)}),
@@ -457,6 +520,12 @@ def _resolve(config: Config, base: Path) -> Config:
             ),
             "dkim": config.dkim.model_copy(
                 update={"private_key_file": at(key_file) if key_file else None}
+            ),
+            "bounces": config.bounces.model_copy(
+                update={
+                    "maildir": at(bounces.maildir) if bounces.maildir else None,
+                    "ca_file": at(bounces.ca_file) if bounces.ca_file else None,
+                }
             ),
         }
     )

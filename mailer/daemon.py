@@ -1,7 +1,11 @@
-"""The daemon: APScheduler wakes the pipeline every ``interval_seconds``.
+"""The daemon: a pass whenever something wakes it, one at a time.
 
-The scheduler only wakes us; what is due, sent or pending lives in the
-database, so a run that crashes or is skipped loses nothing. SIGTERM or
+APScheduler wakes it every ``interval_seconds`` (the rescan); a new file in
+the watch folder (mailer.watch), taking over leadership or, for a follower,
+messages waiting to be sent (mailer.cluster's heartbeat) wake it at once. A
+wake during a pass runs one more pass right after it, however many came.
+What is due, sent or pending lives in the database, so a run that crashes
+or is skipped loses nothing. SIGTERM or
 Ctrl-C stops the scheduler, lets the pass in flight finish its current step
 (every step commits atomically; the messages on the wire get their reply and
 are recorded) and returns within seconds. SIGHUP reloads the configuration.
@@ -18,6 +22,7 @@ import logging
 import os
 import signal
 import threading
+from contextlib import suppress
 from datetime import datetime
 from pathlib import Path
 
@@ -28,6 +33,8 @@ from mailer.editing import write_atomic
 from mailer.errors import AlreadyRunningError, DatabaseReplacedError, MailerError
 from mailer.pipeline import PassReport, Pipeline
 from mailer.render import Renderer
+from mailer.selfservice.app import SelfService
+from mailer.watch import watch_folder
 from mailer.web import start_web
 
 log = logging.getLogger("mailer")
@@ -49,18 +56,23 @@ class Daemon:
         self._reload_lock = threading.Lock()
         self._hangup = False  # SIGHUP received: reload at the next pass even if unchanged
         self._stop: asyncio.Event | None = None
+        self._wake: asyncio.Event | None = None
+        # Set to end the watcher of the folder watched now (a reload changed it, or a stop).
+        self._rewatch = asyncio.Event()
+        self._watched: Path | None = None
+        self._watch_failed = False
         # What stopped the daemon from inside (another mailer took the lock, the
         # database file was deleted or replaced); ``run`` raises it once stopped.
         self.fatal: MailerError | None = None
 
     async def tick(self) -> PassReport | None:
-        """One pass in a task of its own: stopping the scheduler cancels the job
+        """One pass in a task of its own: stopping cancels the loop of passes
         that waits for it, never the pass, which the stop path lets finish."""
         self._running = asyncio.ensure_future(self._tick())
         try:
             return await asyncio.shield(self._running)
         except asyncio.CancelledError:
-            return None  # the scheduler stopped; run()'s stop path sees the pass through
+            return None  # stopping; run()'s stop path sees the pass through
 
     async def _tick(self) -> PassReport | None:
         try:
@@ -69,6 +81,57 @@ class Daemon:
             # A SIGHUP that came during the pass is applied now, not a whole interval later.
             if self._hangup and not self.pipeline.stopping:
                 await asyncio.to_thread(self.reload_if_changed)
+            self._check_watch()
+
+    def wake(self) -> None:
+        """Run a pass now, or right after the one in flight: a dump that
+        arrived, or a confirmation mail the web pages queued, goes out in
+        seconds, not an interval later."""
+        if self._wake is not None:
+            self._wake.set()
+
+    async def _passes(self, stop: asyncio.Event) -> None:
+        """Run a pass for each wake, one at a time, until ``stop``."""
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            if stop.is_set():
+                return
+            self._wake.clear()
+            await self.tick()
+
+    async def _interval(self) -> None:
+        """The scheduler's job: the rescan every interval_seconds."""
+        self.wake()
+
+    # --- file events ------------------------------------------------------------------
+
+    async def _watch(self, stop: asyncio.Event) -> None:
+        """Watch the folder for file events, again whenever a reload changes
+        which folder or turns them on, until ``stop``."""
+        while not stop.is_set():
+            self._rewatch = asyncio.Event()
+            watch = self.pipeline.config.watch
+            self._watched = watch.dir if watch.events else None
+            self._watch_failed = False
+            if watch.events:
+                await watch_folder(watch.dir, self._arrived, self._rewatch)
+                self._watch_failed = not self._rewatch.is_set()
+            await self._rewatch.wait()
+
+    def _arrived(self, renamed: set[Path]) -> None:
+        """A batch of file events in the watch folder: a pass, if this node ingests."""
+        self.pipeline.scanner.arrived(renamed)
+        if self.pipeline.node.leading:
+            self.wake()
+
+    def _check_watch(self) -> None:
+        """Watch again when the configuration changed the folder or whether
+        to watch it, or when a folder that could not be watched now exists."""
+        watch = self.pipeline.config.watch
+        wanted = watch.dir if watch.events else None
+        if wanted != self._watched or (self._watch_failed and watch.dir.is_dir()):
+            self._rewatch.set()
 
     async def _pass(self) -> PassReport | None:
         """One pass; any failure is logged and the next pass tries again."""
@@ -97,42 +160,66 @@ class Daemon:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         loop = asyncio.get_running_loop()
         stop = self._stop = stop or asyncio.Event()
+        self._wake = asyncio.Event()
         # Subscribers known before the first pass, so their links work at once.
         await asyncio.to_thread(self.pipeline.sync)
-        # The unsubscribe endpoint, when [web] listen is set; it stops with the scheduler.
+        # The unsubscribe endpoint, when [web] listen is set, and the readers'
+        # pages when [web] self_service is also on; it stops with the scheduler.
+        pages = SelfService(
+            self.pipeline.store,
+            config=lambda: self.pipeline.config,
+            clock=self.pipeline.clock,
+            dkim=lambda: self.pipeline.dkim,
+            wake=self.wake,
+        )
         web = await start_web(
             self.pipeline.config.web.listen,
             self.pipeline.store,
             secret=lambda: self.pipeline.config.web.secret.get_secret_value(),
             clock=self.pipeline.clock,
+            self_service=pages,
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         scheduler = AsyncIOScheduler(event_loop=loop, timezone="UTC")
         scheduler.add_job(
-            self.tick,
+            self._interval,
             "interval",
             seconds=self.interval,
             next_run_time=datetime.now().astimezone(),
             id="pass",
             max_instances=1,
             coalesce=True,
-            # A pass that starts late is still wanted; there is never more than one.
             misfire_grace_time=None,
         )
         scheduler.start()
-        loop.add_signal_handler(signal.SIGHUP, lambda: self.hangup(scheduler))
+        loop.add_signal_handler(signal.SIGHUP, self.hangup)
+        node = self.pipeline.node
+
+        def wake_from_heartbeat() -> None:
+            with suppress(RuntimeError):  # the loop is closing
+                loop.call_soon_threadsafe(self.wake)
+
+        node.on_wake = wake_from_heartbeat
+        passes = asyncio.ensure_future(self._passes(stop))
+        watcher = asyncio.ensure_future(self._watch(stop))
+        events = " on file events and" if self.pipeline.config.watch.events else ""
         log.info(
-            "watching %s every %gs; press Ctrl-C to stop",
+            "watching %s%s every %gs as node=%s; press Ctrl-C to stop",
             self.pipeline.config.watch.dir,
+            events,
             self.interval,
+            node.id,
         )
         try:
             await stop.wait()
         finally:
             log.info("stopping")
             self.pipeline.stopping = True
+            node.on_wake = None
             scheduler.shutdown(wait=False)
+            self._rewatch.set()
+            self.wake()
             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 loop.remove_signal_handler(sig)
             running = self._running
@@ -144,13 +231,15 @@ class Daemon:
                     # Its cleanup records what the server accepted before the cut.
                     await asyncio.wait({running}, timeout=CANCEL_GRACE_SECONDS)
                     log.warning("a pass was still running; it resumes on the next start")
+            passes.cancel()
+            await asyncio.wait({passes, watcher}, timeout=CANCEL_GRACE_SECONDS)
             if web is not None:
                 await web.stop()
         log.info("stopped")
         if self.fatal is not None:
             raise self.fatal
 
-    def hangup(self, scheduler: AsyncIOScheduler) -> None:
+    def hangup(self) -> None:
         """SIGHUP: reload the configuration file at once when idle, else as soon
         as the pass in flight ends (a pass never changes configuration midway)."""
         if self.config_path is None:
@@ -159,7 +248,7 @@ class Daemon:
         log.info("SIGHUP: reloading config=%s", self.config_path)
         self._hangup = True
         if self._running is None or self._running.done():
-            scheduler.modify_job("pass", next_run_time=datetime.now().astimezone())
+            self.wake()
 
     # --- configuration reload -----------------------------------------------------
 

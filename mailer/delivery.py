@@ -34,6 +34,17 @@ class TransportUnavailableError(DeliveryError):
     """The transport itself is down (connection, TLS, login): the whole batch waits."""
 
 
+class RecipientRefusedError(DeliveryError):
+    """The server refused the recipient at RCPT TO, with ``code`` and ``reply``
+    (a 5.1.x reply there says the address does not exist: mailer.pipeline.send
+    suppresses it)."""
+
+    def __init__(self, message: str, *, code: int, reply: str) -> None:
+        super().__init__(message, permanent=500 <= code < 600)
+        self.code = code
+        self.reply = reply
+
+
 # RCPT replies that refuse the session, not the recipient: Postfix delays its
 # client, HELO and sender restrictions to RCPT TO (smtpd_delay_reject), so
 # "504 5.5.2 <host>: Helo command rejected" arrives as a reply to RCPT.
@@ -187,9 +198,10 @@ class SmtpTransport:
             first = exc.recipients[0]
             if _SESSION_REFUSAL.search(first.message):
                 raise self._refused_session("RCPT TO", first.code, first.message) from exc
-            raise DeliveryError(
+            raise RecipientRefusedError(
                 f"{self.where} refused {recipient}: {first.code} {first.message}",
-                permanent=500 <= first.code < 600,
+                code=first.code,
+                reply=first.message,
             ) from exc
         except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPHeloError) as exc:
             step = "MAIL FROM" if isinstance(exc, aiosmtplib.SMTPSenderRefused) else "EHLO/HELO"
@@ -208,8 +220,8 @@ class SmtpTransport:
             code, text = refused[recipient]
             if _SESSION_REFUSAL.search(text):
                 raise self._refused_session("RCPT TO", code, text)
-            raise DeliveryError(
-                f"{self.where} refused {recipient}: {code} {text}", permanent=500 <= code < 600
+            raise RecipientRefusedError(
+                f"{self.where} refused {recipient}: {code} {text}", code=code, reply=text
             )
         return reply
 

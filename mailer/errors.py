@@ -83,3 +83,8 @@ class WebError(MailerError):
 
 class MessageError(MailerError):
     """One message cannot be built for its recipient: that message fails, no other."""
+
+
+class MailboxError(MailerError):
+    """The bounce mailbox ([bounces] maildir or imap_url) cannot be opened or
+    read: this pass reads no bounces, and sends as usual."""

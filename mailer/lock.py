@@ -18,7 +18,7 @@ from __future__ import annotations
 import fcntl
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -33,25 +33,17 @@ from mailer.errors import AlreadyRunningError, LockLostError, StoreError
 # pg_try_advisory_lock key: "mailer" in ASCII, so other applications' locks do not collide.
 ADVISORY_KEY = 0x6D61696C6572
 HINT = "stop the other mailer first (or wait for it to finish); only one may use a database"
-# libpq settings for the lock connection: a cut network is noticed within seconds,
-# not after the kernel's default two hours of TCP keepalive.
-LIBPQ_LIVENESS: dict[str, Any] = {
-    "connect_timeout": 5,
-    "keepalives": 1,
-    "keepalives_idle": 5,
-    "keepalives_interval": 2,
-    "keepalives_count": 2,
-    "tcp_user_timeout": 5000,
-}
 _HOLDER = text(
     "SELECT a.application_name, a.pid FROM pg_locks l "
     "JOIN pg_stat_activity a ON a.pid = l.pid "
     "WHERE l.locktype = 'advisory' AND l.granted "
+    "AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) "
     "AND ((l.classid::bigint << 32) | l.objid::bigint) = :k"
 )
 _HELD = text(
-    "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted "
-    "AND pid = pg_backend_pid() AND ((classid::bigint << 32) | objid::bigint) = :k)"
+    "SELECT (classid::bigint << 32) | objid::bigint FROM pg_locks "
+    "WHERE locktype = 'advisory' AND granted AND objsubid = 1 AND pid = pg_backend_pid() "
+    "AND ((classid::bigint << 32) | objid::bigint) = ANY(:k)"
 )
 
 
@@ -171,69 +163,89 @@ class FileLock(DatabaseLock):
             os.close(fd)
 
 
-class AdvisoryLock(DatabaseLock):
-    """PostgreSQL: a session-level advisory lock on a connection of its own.
-    Held while that connection answers and the server lists its session as
-    holding the lock; one round trip, serialised across the sending threads."""
+class AdvisorySession:
+    """A PostgreSQL session of its own for advisory locks (this module's
+    one-mailer lock; mailer.cluster's leadership and connection slots).
 
-    def __init__(self, url: str) -> None:
+    The locks last as long as the session, so they go when the process dies;
+    when the network is cut, the server ends the session once its keepalives
+    fail (``liveness``). Every call is one round trip, serialised across threads.
+    """
+
+    def __init__(self, url: str, *, label: str | None = None, lease: float = 30.0) -> None:
         parsed = make_url(url)
-        args: dict[str, Any] = {"application_name": f"mailer pid {os.getpid()}"}
+        args: dict[str, Any] = {"application_name": label or f"mailer pid {os.getpid()}"}
         if parsed.get_driver_name() in ("psycopg", "psycopg2"):
-            args |= LIBPQ_LIVENESS
+            args |= liveness(lease)
         self.engine = create_engine(
             url, poolclass=NullPool, isolation_level="AUTOCOMMIT", connect_args=args
         )
         self.name = self.engine.url.render_as_string(hide_password=True)
+        self.lost = ""
         self._conn: Connection | None = None
         self._mutex = threading.Lock()
 
-    def reacquire(self) -> None:
+    @property
+    def connected(self) -> bool:
+        return self._conn is not None
+
+    def connect(self, *, fresh: bool = False) -> None:
+        """Open the session unless it is open (``fresh``: open a new one);
+        StoreError when the database cannot be reached."""
         with self._mutex:
-            self._drop()
+            if fresh:
+                self._drop()
+            if self._conn is not None:
+                return
             try:
-                conn = self.engine.connect()
+                self._conn = self.engine.connect()
             except SQLAlchemyError as exc:
                 raise StoreError(
                     f"cannot open database {self.name!r} to take the lock: {_first_line(exc)}",
                     hint="check the [database] url and that the server is running",
                 ) from exc
-            try:
-                got = conn.execute(
-                    text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}
-                ).scalar()
-                if not got:
-                    holder = conn.execute(_HOLDER, {"k": ADVISORY_KEY}).first()
-                    who = (
-                        f"{holder[0] or 'unknown'}, server pid {holder[1]}" if holder else "unknown"
-                    )
-                    raise AlreadyRunningError(
-                        f"database {self.name} is in use by another mailer ({who})", hint=HINT
-                    )
-            except AlreadyRunningError:
-                conn.close()
-                raise
-            except SQLAlchemyError as exc:
-                conn.close()
-                raise StoreError(
-                    f"cannot take the lock on database {self.name}: {_first_line(exc)}"
-                ) from exc
-            self._conn, self.lost = conn, ""
+            self.lost = ""
 
-    def held(self) -> bool:
+    def try_lock(self, key: int) -> bool:
+        """Take advisory lock ``key`` if no other session has it."""
+        return bool(self._run(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}))
+
+    def unlock(self, key: int) -> None:
+        with suppress(StoreError):
+            self._run(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+    def held(self, keys: Collection[int]) -> set[int] | None:
+        """Which of ``keys`` this session holds; None when the session is gone
+        (``lost`` says why), and then it holds none."""
+        try:
+            rows = self._run(_HELD, {"k": list(keys)}, many=True)
+        except StoreError:
+            return None
+        return {int(k) for k in rows}
+
+    def holder(self, key: int) -> str:
+        """Who holds ``key``: the application name and server pid of its session."""
+        try:
+            found = self._run(_HOLDER, {"k": key}, first=True)
+        except StoreError:
+            return "unknown"
+        return f"{found[0] or 'unknown'}, server pid {found[1]}" if found else "unknown"
+
+    def _run(
+        self, query: Any, params: dict[str, Any], *, many: bool = False, first: bool = False
+    ) -> Any:
         with self._mutex:
             if self._conn is None:
-                return False
+                raise StoreError(f"no session on database {self.name}: {self.lost}")
             try:
-                still = bool(self._conn.execute(_HELD, {"k": ADVISORY_KEY}).scalar())
+                result = self._conn.execute(query, params)
+                if many:
+                    return result.scalars().all()
+                return result.first() if first else result.scalar()
             except SQLAlchemyError as exc:
                 self.lost = f"the lock's connection failed: {_first_line(exc)}"
                 self._drop()
-                return False
-            if not still:
-                self.lost = "the server no longer lists this session as holding it"
-                self._drop()
-            return still
+                raise StoreError(f"database {self.name}: {self.lost}") from exc
 
     def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -241,14 +253,74 @@ class AdvisoryLock(DatabaseLock):
             with suppress(SQLAlchemyError):
                 conn.close()
 
-    def release(self) -> None:
+    def close(self) -> None:
+        """End the session, and with it every lock it holds."""
         with self._mutex:
-            if self._conn is not None:
-                # If the session is gone, its lock went with it.
-                with suppress(SQLAlchemyError):
-                    self._conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
             self._drop()
         self.engine.dispose()
+
+
+def liveness(lease: float) -> dict[str, Any]:
+    """libpq settings for a lock's session: both ends probe an idle connection
+    and give up on unacknowledged data within about a third of ``lease``, so
+    a cut network ends the session (and frees its locks) well within the
+    lease, not after the kernel's default two hours of TCP keepalive."""
+    third = max(3, int(lease / 3))
+    idle, interval, count, user_ms = max(1, third // 2), max(1, third // 4), 2, third * 1000
+    return {
+        "connect_timeout": 5,
+        "keepalives": 1,
+        "keepalives_idle": idle,
+        "keepalives_interval": interval,
+        "keepalives_count": count,
+        "tcp_user_timeout": user_ms,
+        # The server's side of the same (PostgreSQL 12 and later).
+        "options": f"-c tcp_keepalives_idle={idle} -c tcp_keepalives_interval={interval} "
+        f"-c tcp_keepalives_count={count} -c tcp_user_timeout={user_ms}",
+    }
+
+
+class AdvisoryLock(DatabaseLock):
+    """PostgreSQL: a session-level advisory lock on a session of its own,
+    held while that session answers and the server lists it as holding the lock."""
+
+    def __init__(self, url: str) -> None:
+        self.session = AdvisorySession(url)
+        self.name = self.session.name
+
+    def reacquire(self) -> None:
+        self.session.connect(fresh=True)
+        try:
+            got = self.session.try_lock(ADVISORY_KEY)
+        except StoreError as exc:
+            raise StoreError(
+                f"cannot take the lock on database {self.name}: {self.session.lost}"
+            ) from exc
+        if not got:
+            who = self.session.holder(ADVISORY_KEY)
+            self.session.close()
+            raise AlreadyRunningError(
+                f"database {self.name} is in use by another mailer ({who})", hint=HINT
+            )
+        self.lost = ""
+
+    def held(self) -> bool:
+        if not self.session.connected:
+            return False
+        keys = self.session.held([ADVISORY_KEY])
+        if keys is None:
+            self.lost = self.session.lost
+            return False
+        if not keys:
+            self.lost = "the server no longer lists this session as holding it"
+            self.session.connect(fresh=True)
+            return False
+        return True
+
+    def release(self) -> None:
+        if self.session.connected:
+            self.session.unlock(ADVISORY_KEY)  # if the session is gone, its lock went with it
+        self.session.close()
 
 
 def _first_line(exc: SQLAlchemyError) -> str:

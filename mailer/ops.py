@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -23,7 +23,7 @@ from rich.text import Text
 
 from mailer.addresses import address_key
 from mailer.config import Config, SubscriberConfig
-from mailer.matching import Query, Stats, highlight_spans, match_paper
+from mailer.matching import Doc, Query, Stats, highlight_spans, match_paper
 from mailer.papers import Paper
 from mailer.pipeline import (
     Pipeline,
@@ -44,9 +44,12 @@ from mailer.store import (
     DeliveryStatus,
     DumpStatus,
     MarkKind,
+    Origin,
     OutboxState,
     Store,
     SubscriberState,
+    Suppression,
+    WebSubscriber,
     utc,
 )
 
@@ -157,11 +160,14 @@ class Tried:
     abstract_marks: tuple[tuple[int, int], ...]
 
 
-def try_query(query: Query, papers: Sequence[Paper]) -> list[Tried]:
-    """The papers ``query`` matches, with where its terms occur."""
+def try_query(query: Query, papers: Sequence[Paper | Doc]) -> list[Tried]:
+    """The papers ``query`` matches, with where its terms occur: ``subs try``
+    and the web pages' previews. Papers given analysed (``Doc``, as the
+    pages keep the last 30 days') are not analysed again."""
     found = []
-    for paper in papers:
-        for hit in match_paper(paper, {"q": query}):
+    for item in papers:
+        paper = item.paper if isinstance(item, Doc) else item
+        for hit in match_paper(item, {"q": query}):
             found.append(
                 Tried(
                     paper,
@@ -399,19 +405,58 @@ def status_report(
         "subscribers": {
             "configured": len(config.subscribers),
             "unsubscribed": sum(1 for s in states.values() if s.unsubscribed_at is not None),
-            "removed": sum(1 for k, s in states.items() if k not in configured and not s.active),
+            "removed": sum(
+                1
+                for k, s in states.items()
+                if k not in configured and not s.active and s.origin == Origin.CONFIG
+            ),
+            # Signed up on the web pages, by state: active, paused, pending, unsubscribed, removed.
+            "web": store.web.counts() if store else {},
         },
-        "matches_waiting": sum(s.pending for k, s in states.items() if k in configured),
+        "matches_waiting": sum(
+            s.pending for k, s in states.items() if k in configured or s.origin == Origin.WEB
+        ),
         "outbox": {
             str(k): outbox.get(k, 0)
-            for k in (DeliveryStatus.PENDING, DeliveryStatus.SENT, DeliveryStatus.FAILED)
+            for k in (
+                DeliveryStatus.PENDING,
+                DeliveryStatus.SENT,
+                DeliveryStatus.FAILED,
+                DeliveryStatus.BOUNCED,
+            )
         },
+        "suppressed": len(store.suppressed_keys()) if store else 0,
         "last_pass": (
             {"at": _iso(last.updated_at), "summary": last.value} if last is not None else None
         ),
         "heartbeat": beat,
+        "nodes": node_report(store, config.daemon.lease_seconds, now) if store else [],
         "next_digests": subscribers,
     }
+
+
+def node_report(store: Store, lease: float, now: datetime) -> list[dict[str, Any]]:
+    """The daemons on this database (mailer.cluster), as ``mailer status``
+    lists them: a node is alive while its heartbeat is younger than ``lease``."""
+    rows, db_now = store.node_rows()
+    sent = store.sent_by_node(now - timedelta(hours=1))
+    nodes = []
+    for row in rows:
+        age = (db_now - utc(row.heartbeat_at)).total_seconds()
+        nodes.append(
+            {
+                "id": row.id,
+                "host": row.host,
+                "pid": row.pid,
+                "role": row.role,
+                "alive": row.role != "stopped" and age < lease,
+                "started_at": _iso(row.started_at),
+                "last_heartbeat": _iso(row.heartbeat_at),
+                "heartbeat_age_seconds": round(age, 1),
+                "sent_last_hour": sent.get(row.id, 0),
+            }
+        )
+    return nodes
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -449,11 +494,23 @@ def outbox_entry(row: DeliveryRow) -> dict[str, object]:
     }
 
 
+def suppression_entry(suppression: Suppression) -> dict[str, object]:
+    """One suppressed address as ``mailer suppressions list`` shows it."""
+    return {
+        "address": suppression.address,
+        "since": _iso(suppression.since),
+        "source": suppression.source,
+        "reason": suppression.reason,
+    }
+
+
 def subscriber_rows(
-    config: Config, states: Mapping[str, SubscriberState]
+    config: Config, states: Mapping[str, SubscriberState], web: Sequence[WebSubscriber] = ()
 ) -> list[dict[str, object]]:
-    """The configured subscribers as ``mailer subs list`` shows them, with
-    whether the database has them unsubscribed."""
+    """Every subscriber as ``mailer subs list`` shows them: config.toml's,
+    with whether the database has them unsubscribed, then those who signed
+    up on the web pages (``origin``: config or web; ``status``: active,
+    unsubscribed, and for web ones pending, paused or removed)."""
     rows: list[dict[str, object]] = []
     for sub in config.subscribers:
         state = states.get(address_key(sub.email))
@@ -476,6 +533,27 @@ def subscriber_rows(
                 "unsubscribed_at": state.unsubscribed_at.isoformat()
                 if state and state.unsubscribed_at
                 else None,
+                "origin": "config",
+                "status": "unsubscribed" if state and state.unsubscribed_at else "active",
+            }
+        )
+    configured = {address_key(s.email) for s in config.subscribers}
+    for w in web:
+        if w.email_key in configured:
+            continue  # config.toml owns the address now
+        rows.append(
+            {
+                "email": w.email,
+                "name": w.name,
+                "schedule": w.schedule,
+                "timezone": w.timezone,
+                "subscriptions": [{"name": n, "query": q} for n, q in w.subscriptions],
+                "unsubscribed": w.unsubscribed_at is not None,
+                "unsubscribed_at": w.unsubscribed_at.isoformat() if w.unsubscribed_at else None,
+                "origin": "web",
+                "status": w.status,
+                "paused_until": w.paused_until.isoformat() if w.paused_until else None,
+                "max_papers": w.max_papers,
             }
         )
     return rows

@@ -297,6 +297,7 @@ def _template_line(exc: BaseException, filename: str | None) -> int | None:
 
 
 _SAMPLE_MANAGE = "Reply to this message to change your subscriptions."
+_SAMPLE_MANAGE_URL = "https://digest.example.org/manage/sample"
 
 
 def _sample_feedback(paper_id: int) -> tuple[str, str]:
@@ -411,6 +412,7 @@ class Renderer:
                 unsubscribe_url=unsubscribe,
                 unsubscribe_mailto=_SAMPLE_MAILTO,
                 manage_hint=_SAMPLE_MANAGE,
+                manage_url=_SAMPLE_MANAGE_URL if unsubscribe else None,
                 feedback=_sample_feedback if unsubscribe else None,
             )
 
@@ -436,6 +438,7 @@ class Renderer:
         unsubscribe_url: str | None,
         manage_hint: str,
         unsubscribe_mailto: str | None = None,
+        manage_url: str | None = None,
         feedback: Feedback | None = None,
     ) -> Rendered:
         """Both parts of ``digest``. When its HTML would pass HTML_MAX_BYTES
@@ -446,10 +449,14 @@ class Renderer:
             raise ValueError(f"unsubscribe URL {unsubscribe_url!r} is not an http(s) URL")
         if unsubscribe_mailto is not None and not _is_mailto(unsubscribe_mailto):
             raise ValueError(f"unsubscribe address {unsubscribe_mailto!r} is not a mailto: URL")
+        if manage_url is not None and not is_web_url(manage_url):
+            raise ValueError(f"manage URL {manage_url!r} is not an http(s) URL")
         links = {
             "unsubscribe_url": unsubscribe_url,
             "unsubscribe_mailto": unsubscribe_mailto,
             "manage_hint": " ".join(manage_hint.split()),
+            # The reader's own page (mailer.selfservice), when the pages are on.
+            "manage_url": manage_url,
         }
         context = self._context(digest, links, feedback)
         html = self._render_html(context)

@@ -30,6 +30,7 @@ from typing import Any
 from aiohttp import hdrs, web
 
 from mailer.errors import WebError
+from mailer.selfservice.app import MAX_FORM_BYTES, SelfService
 from mailer.store import MarkKind, MarkOutcome, Store
 from mailer.tokens import read_feedback_token, read_token
 
@@ -93,9 +94,15 @@ def _not_found() -> web.Response:
 
 
 def make_app(
-    store: Store, *, secret: Callable[[], str], clock: Callable[[], datetime]
+    store: Store,
+    *,
+    secret: Callable[[], str],
+    clock: Callable[[], datetime],
+    self_service: SelfService | None = None,
 ) -> web.Application:
-    """``secret`` is read per request, so a reloaded configuration takes effect."""
+    """``secret`` is read per request, so a reloaded configuration takes effect.
+    With ``self_service``, the readers' pages are served too (mailer.selfservice),
+    their forms up to MAX_FORM_BYTES."""
 
     async def confirm(request: web.Request) -> web.Response:
         email = read_token(request.match_info["token"], secret())
@@ -183,7 +190,8 @@ def make_app(
     async def limit_body(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
-        if (request.content_length or 0) > MAX_REQUEST_BYTES:
+        limit = MAX_FORM_BYTES if request.match_info.route in forms else MAX_REQUEST_BYTES
+        if (request.content_length or 0) > limit:
             return web.Response(status=413, text="request too large", headers=_HEADERS)
         return await handler(request)
 
@@ -191,7 +199,8 @@ def make_app(
         response.headers[hdrs.SERVER] = SERVER_NAME
 
     app = web.Application(
-        client_max_size=MAX_REQUEST_BYTES, middlewares=[web.middleware(limit_body)]
+        client_max_size=MAX_FORM_BYTES if self_service else MAX_REQUEST_BYTES,
+        middlewares=[web.middleware(limit_body)],
     )
     app.on_response_prepare.append(server_header)
     app.router.add_get("/unsubscribe/{token}", confirm)
@@ -199,6 +208,9 @@ def make_app(
     app.router.add_get("/feedback/{token}/{kind:(more|less)}", feedback_confirm)
     app.router.add_post("/feedback/{token}/{kind:(more|less)}", feedback_record)
     app.router.add_get("/healthz", healthz)
+    if self_service is not None:
+        self_service.install(app)
+    forms = self_service.routes if self_service else set()
     return app
 
 
@@ -383,11 +395,17 @@ class WebServer:
 
 
 async def start_web(
-    listen: str, store: Store, *, secret: Callable[[], str], clock: Callable[[], datetime]
+    listen: str,
+    store: Store,
+    *,
+    secret: Callable[[], str],
+    clock: Callable[[], datetime],
+    self_service: SelfService | None = None,
 ) -> WebServer | None:
     """Serve the endpoint when ``listen`` is set; None when it is empty."""
     if not listen:
         return None
-    server = WebServer(make_app(store, secret=secret, clock=clock), listen)
+    app = make_app(store, secret=secret, clock=clock, self_service=self_service)
+    server = WebServer(app, listen)
     await server.start()
     return server

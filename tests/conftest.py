@@ -184,6 +184,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
 
 
 @pytest.fixture
+def fresh_postgres(postgres_url: str) -> str:
+    """The session's PostgreSQL database, emptied."""
+    engine = create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("DROP SCHEMA public CASCADE"))
+        conn.execute(text("CREATE SCHEMA public"))
+    engine.dispose()
+    return postgres_url
+
+
+@pytest.fixture
 def seeds(tmp_path: Path) -> Path:
     """A copy of the bundled sample dumps, safe to modify."""
     target = tmp_path / "seeds"

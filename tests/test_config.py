@@ -183,6 +183,8 @@ PER_INSTALL_SECTIONS = {"subscribers"}
 NOT_SHOWN_AS_VALUE = {
     ("render", "templates"),  # default None (built-in templates): TOML has no null
     ("dkim", "private_key_file"),  # default None (no signing): TOML has no null
+    ("bounces", "maildir"),  # default None (no bounce mailbox): TOML has no null
+    ("bounces", "ca_file"),  # default None (the system's CAs only): TOML has no null
 }
 
 SETTINGS_SECTIONS: dict[str, type[BaseModel]] = {

@@ -55,7 +55,8 @@ def test_status_counts_dumps_papers_outbox_and_the_last_pass(tmp_path: Path) -> 
     assert refusal["path"].endswith("garbage.txt")
     assert "not a Daily Papers dump" in refusal["reason"]
     assert report["papers"] == 290
-    assert report["outbox"] == {"pending": 0, "sent": 2, "failed": 0}
+    assert report["outbox"] == {"pending": 0, "sent": 2, "failed": 0, "bounced": 0}
+    assert report["suppressed"] == 0
     assert report["matches_waiting"] == 0
     last = report["last_pass"]
     assert isinstance(last, dict)

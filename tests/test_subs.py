@@ -197,6 +197,8 @@ def test_subs_list_shows_a_table_and_json(tmp_path: Path) -> None:
         "subscriptions": [{"name": "Agents", "query": "agent OR agents"}],
         "unsubscribed": False,
         "unsubscribed_at": None,
+        "origin": "config",
+        "status": "active",
     }
     assert not (tmp_path / "mailer.db").exists()
 

@@ -19,6 +19,7 @@ from mailer import __version__
 from mailer.actions import check_rendering, compose_pool, preview_digest, trial_digest
 from mailer.addresses import address_key
 from mailer.cli.app import err, log, meta_line, open_existing, open_store, out, state_of
+from mailer.cluster import joined
 from mailer.config import Config, WatchConfig
 from mailer.daemon import Daemon
 from mailer.delivery import make_transport
@@ -26,7 +27,6 @@ from mailer.dkim import DkimSigner, load_signer
 from mailer.dumpfiles import read_dump
 from mailer.dumps import paper_json
 from mailer.errors import ConfigError, DeliveryError, MailerError
-from mailer.lock import database_lock
 from mailer.matching import Stats
 from mailer.mime import message_part
 from mailer.ops import (
@@ -49,39 +49,39 @@ def run(ctx: typer.Context) -> None:
     config = state.config()
     log.info("mailer %s with configuration from %s", __version__, state.config_source)
     check_rendering(config)
-    with database_lock(config.database.url) as lock, compose_pool(config) as pool:
-        store = open_store(config)
-        try:
+    store = open_store(config)
+    try:
+        with joined(config, store) as node, compose_pool(config) as pool:
             pipeline = Pipeline(
                 config,
                 store,
                 lambda: make_transport(pipeline.config),
                 compose_pool=pool,
-                lock=lock,
+                node=node,
             )
             daemon = Daemon(
                 pipeline, config.watch.interval_seconds, config_path=state.config_file()
             )
             asyncio.run(daemon.run())
-        finally:
-            store.close()
+    finally:
+        store.close()
 
 
 def ingest(ctx: typer.Context) -> None:
     """Run one pass (ingest new dumps, match, send what is due), then exit."""
     state = state_of(ctx)
     config = state.config()
-    with database_lock(config.database.url) as lock, compose_pool(config) as pool:
-        store = open_store(config)
-        try:
+    store = open_store(config)
+    try:
+        with joined(config, store) as node, compose_pool(config) as pool:
             pipeline = Pipeline(
-                config, store, lambda: make_transport(config), compose_pool=pool, lock=lock
+                config, store, lambda: make_transport(config), compose_pool=pool, node=node
             )
             fancy = state.log_format == "text" and err.is_terminal
             with dump_progress(pipeline, fancy=fancy, console=err):
                 report: PassReport = asyncio.run(pipeline.run_pass())
-        finally:
-            store.close()
+    finally:
+        store.close()
     out.print(f"pass done: {report.summary()}")
     if report.deferred:
         raise typer.Exit(3)
@@ -149,7 +149,13 @@ def check_config(ctx: typer.Context) -> None:
     if config.web.listen or config.web.base_url:
         links = config.web.base_url or "none (web.base_url is not set)"
         out.print(f"web     endpoint on {config.web.listen or '-'}; unsubscribe links {links}")
+        if config.web.self_service:
+            out.print(
+                f"        readers' pages on: {config.web.base_url}/subscribe, and a manage "
+                f"link in every digest (config subscribers: {config.web.config_subscriber_pages})"
+            )
     _describe_dkim(config, signer)
+    _describe_bounces(config)
     if not config.subscribers:
         out.print("[yellow]no subscribers: nothing will be sent[/yellow]")
     for sub in config.subscribers:
@@ -189,6 +195,27 @@ def _describe_dkim(config: Config, signer: DkimSigner | None) -> None:
         out.print(
             f"[yellow]dkim.domain {signer.domain} is not the sender's domain {sender_domain}: "
             "DMARC needs them aligned[/yellow]"
+        )
+
+
+def _describe_bounces(config: Config) -> None:
+    """Where bounces are read, and when they suppress an address."""
+    b = config.bounces
+    if b.maildir is None and not b.imap_url:
+        out.print("bounces off: no bounce mailbox is read ([bounces] maildir or imap_url)")
+        return
+    where = f"Maildir {b.maildir}" if b.maildir else f"IMAP over TLS {b.imap_url}"
+    if b.ca_file:
+        where += f", trusting the CA in {b.ca_file}"
+    out.print(Text(f"bounces read {where} every pass"), soft_wrap=True)
+    out.print(
+        f"        suppress after {b.hard_limit} hard bounce(s), or {b.soft_limit} soft "
+        f"within {b.soft_window_days} days"
+    )
+    if not config.smtp.return_path:
+        out.print(
+            "[yellow]smtp.return_path is empty: bounces go to the sender address; point "
+            "it at the bounce mailbox so each bounce names its message (VERP)[/yellow]"
         )
 
 
@@ -329,8 +356,17 @@ def status(
             f"{s['configured']} configured, {s['unsubscribed']} unsubscribed, "
             f"{s['removed']} removed",
         ),
+        (
+            "  on the web",
+            ", ".join(f"{n} {state}" for state, n in s["web"].items()) or "none",
+        ),
         ("matches", f"{report['matches_waiting']} waiting for a digest"),
-        ("outbox", f"{o['pending']} pending, {o['sent']} sent, {o['failed']} failed"),
+        (
+            "outbox",
+            f"{o['pending']} pending, {o['sent']} sent, {o['failed']} failed, "
+            f"{o['bounced']} bounced",
+        ),
+        ("suppressed", f"{report['suppressed']} addresses ('mailer suppressions list')"),
     ]
     last = report["last_pass"]
     lines.append(("last pass", f"{last['at']}: {last['summary']}" if last else "none yet"))
@@ -343,6 +379,20 @@ def status(
     )
     for label, value in lines:
         out.print(Text(f"{label:<14} {value}"), soft_wrap=True)
+    if report["nodes"]:
+        nodes = Table(title="nodes", title_justify="left")
+        for column in ("node", "role", "last heartbeat", "sent in the last hour"):
+            nodes.add_column(column)
+        for node in report["nodes"]:
+            age = f"{node['heartbeat_age_seconds']:.0f}s ago"
+            role = node["role"] if node["alive"] or node["role"] == "stopped" else "gone"
+            nodes.add_row(
+                Text(node["id"]),
+                role,
+                f"{node['last_heartbeat']} ({age})",
+                str(node["sent_last_hour"]),
+            )
+        out.print(nodes)
     table = Table(title="next digests", title_justify="left")
     for column in ("subscriber", "schedule", "waiting", "last digest", "next due"):
         table.add_column(column)

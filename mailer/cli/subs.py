@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated
@@ -33,12 +34,16 @@ from mailer.ops import (
 from mailer.papers import Paper
 from mailer.pipeline import like_examples, utc_now
 from mailer.pipeline.match import like_of
+from mailer.pipeline.roster import subscriber_config
 from mailer.relevance.likes import DEFAULT_THRESHOLD, DEFAULT_TOP, Like
+from mailer.selfservice import admin
+from mailer.store import Store, WebSubscriber
 from mailer.textfmt import excerpt
 
 subs_app = typer.Typer(
     name="subs",
-    help="List and edit subscribers in the config file (comments and layout are kept).",
+    help="List and edit subscribers: config.toml's in the file (comments and layout are "
+    "kept), those who signed up on the web pages in the database.",
     no_args_is_help=True,
 )
 
@@ -128,6 +133,39 @@ def _edited(path: Path, what: str, config: Config) -> None:
     )
 
 
+def _web_edit(
+    ctx: typer.Context,
+    email: str,
+    edit: Callable[[Store, WebSubscriber], str],
+    backfill: int | None = None,
+) -> bool:
+    """Apply ``edit`` in the database when ``email`` signed up on the web
+    pages (config.toml does not have them); False for anyone else."""
+    config = state_of(ctx).config()
+    store = open_existing(config)
+    if store is None:
+        return False
+    try:
+        sub = admin.web_subscriber(store, config, email)
+        if sub is None:
+            return False
+        what = edit(store, sub)
+        out.print(f"[green]saved[/green] in the database {escape(store.safe_url)}: {escape(what)}")
+        out.print("a web subscriber; a running daemon picks this up on its next pass")
+        fresh = store.web.get(sub.id)
+        if backfill and fresh is not None and fresh.subscriptions:
+            added = actions.backfill(
+                store, config, subscriber_config(fresh), backfill, utc_now(), fresh.id
+            )
+            out.print(
+                f"backfilled {added} papers from the last {backfill} days for "
+                f"{escape(fresh.email)}; they go out with their next digest"
+            )
+        return True
+    finally:
+        store.close()
+
+
 def _backfill(config: Config, email: str, days: int) -> None:
     """Give a subscriber the already matched papers of the last ``days`` days."""
     sub = config.subscriber(email)
@@ -150,20 +188,23 @@ def subs_list(
     ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
-    """The subscribers: schedule, time zone, subscriptions, unsubscribed or not."""
+    """The subscribers of config.toml and of the web pages: origin, schedule, time zone,
+    subscriptions, unsubscribed or not."""
     config = state_of(ctx).config()
     store = open_existing(config)
     try:
         states = store.subscriber_states() if store else {}
+        web = store.web.listing() if store else []
     finally:
         if store:
             store.close()
-    rows = subscriber_rows(config, states)
+    rows = subscriber_rows(config, states, web)
     if as_json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
         return
     table = Table(show_lines=True)
-    for column in ("subscriber", "schedule", "time zone", "subscriptions", "unsubscribed"):
+    columns = ("subscriber", "origin", "schedule", "time zone", "subscriptions", "unsubscribed")
+    for column in columns:
         table.add_column(column)
     for row in rows:
         who = f"{row['name']} <{row['email']}>" if row["name"] else str(row["email"])
@@ -171,15 +212,23 @@ def subs_list(
         assert isinstance(subscriptions, list)
         queries = "\n".join(f"{q['name']}: {q.get('described', q['query'])}" for q in subscriptions)
         gone = str(row["unsubscribed_at"])[:16] if row["unsubscribed"] else "no"
+        origin = str(row["origin"])
+        if row["status"] not in ("active", "unsubscribed"):
+            origin += f" ({row['status']})"
         table.add_row(
             Text(who),
+            Text(origin),
             Text(str(row["schedule"])),
             Text(str(row["timezone"])),
             Text(queries or "-"),
             gone,
         )
     out.print(table)
-    out.print(f"{len(rows)} subscribers in {escape(state_of(ctx).config_source)}")
+    web_rows = sum(1 for r in rows if r["origin"] == "web")
+    out.print(
+        f"{len(rows) - web_rows} subscribers in {escape(state_of(ctx).config_source)}, "
+        f"{web_rows} signed up on the web pages"
+    )
 
 
 @subs_app.command("add")
@@ -203,6 +252,12 @@ def subs_add(
 ) -> None:
     """Add a subscriber; they get papers that arrive from now on (or --backfill DAYS)."""
     path = _config_to_edit(ctx)
+    store = open_existing(state_of(ctx).config())
+    try:
+        admin.refuse_config_add(store, email)
+    finally:
+        if store:
+            store.close()
     queries = []
     for item in query or []:
         qname, sep, text = item.partition("=")
@@ -231,6 +286,8 @@ def subs_add(
 @subs_app.command("remove")
 def subs_remove(ctx: typer.Context, email: EmailArg) -> None:
     """Remove a subscriber; their mail stops (history stays in the database)."""
+    if _web_edit(ctx, email, lambda store, sub: admin.remove(store, sub, utc_now())):
+        return
     path = _config_to_edit(ctx)
     config = apply_edit(path, lambda t: editing.remove_subscriber(t, email, source=str(path)))
     _edited(path, f"removed subscriber {email}", config)
@@ -251,6 +308,8 @@ def subs_set(
     """Change one of a subscriber's keys ('resubscribed now' lifts an unsubscribe)."""
     if key == "resubscribed" and value == "now":
         value = utc_now().isoformat()  # full precision: lifts exactly what came before
+    if _web_edit(ctx, email, lambda store, sub: admin.set_key(store, sub, key, value, utc_now())):
+        return
     path = _config_to_edit(ctx)
     config = apply_edit(
         path, lambda t: editing.set_subscriber_key(t, email, key, value, source=str(path))
@@ -276,8 +335,21 @@ def subs_add_query(
 ) -> None:
     """Add a subscription to a subscriber: a query, or papers like stored ones
     (--like TITLE, --like-text WORDS); try it first with 'subs try'."""
-    path = _config_to_edit(ctx)
     similar = _similar(like, like_text, top, threshold)
+
+    def on_the_web(store: Store, sub: WebSubscriber) -> str:
+        if similar is not None:
+            raise ConfigError(
+                f"{email} signed up on the web pages, whose subscriptions are queries: "
+                "--like, --like-text, --top and --threshold are for subscribers in the "
+                "configuration file",
+                hint="give them a query instead",
+            )
+        return admin.add_query(store, sub, name, query, replace_it=replace, now=utc_now())
+
+    if _web_edit(ctx, email, on_the_web, backfill):
+        return
+    path = _config_to_edit(ctx)
     config = apply_edit(
         path,
         lambda t: editing.add_query(
@@ -297,6 +369,8 @@ def subs_remove_query(
     name: Annotated[str, typer.Argument(help="The subscription's name.")],
 ) -> None:
     """Remove one of a subscriber's subscription queries."""
+    if _web_edit(ctx, email, lambda store, sub: admin.remove_query(store, sub, name, utc_now())):
+        return
     path = _config_to_edit(ctx)
     config = apply_edit(path, lambda t: editing.remove_query(t, email, name, source=str(path)))
     _edited(path, f"removed query {name!r} of {email}", config)

@@ -3,8 +3,10 @@
 Each stage reads what the previous one committed to the store, so a pass cut
 short anywhere is finished by the next one: nothing is dropped, and the
 outbox keeps a message's bytes and Message-ID until the transport accepts it.
-The stages live in ingest, match, compose and send; ``Pipeline`` only holds
-what they share and runs them in order.
+The stages live in bounces, ingest, match, compose and send; ``Pipeline``
+only holds what they share and runs them in order. On a database that
+several daemons share (mailer.cluster), the leader runs them all and the
+others only send.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor
 
+from mailer.cluster import Node
 from mailer.config import Config
 from mailer.delivery import Transport
 from mailer.dkim import load_signer
 from mailer.errors import LockLostError
-from mailer.lock import DatabaseLock, lock_lost
 from mailer.matching import Stats
+from mailer.pipeline.bounces import ReadBounces
 from mailer.pipeline.compose import Compose, RenderSettings, digest_order, unsubscribe_url
 from mailer.pipeline.ingest import Ingest, OnDump, Scanner
 from mailer.pipeline.match import (
@@ -37,8 +40,9 @@ from mailer.pipeline.match import (
     sync_subscribers,
     warn_missing_examples,
 )
-from mailer.pipeline.report import Clock, PassReport, utc_now
-from mailer.pipeline.send import RateLimiter, Send, TransportPause
+from mailer.pipeline.report import Clock, PassReport, Stopping, utc_now
+from mailer.pipeline.roster import Roster
+from mailer.pipeline.send import RateLimiter, Send, SharedRateLimiter, TransportPause
 from mailer.store import Store
 
 log = logging.getLogger("mailer")
@@ -77,12 +81,12 @@ class Pipeline:
         clock: Clock = utc_now,
         sleep: Callable[[float], None] = time.sleep,
         compose_pool: Executor | None = None,
-        lock: DatabaseLock | None = None,
+        node: Node | None = None,
     ) -> None:
         self.store = store
-        # The database's lock, held by the caller (mailer.lock.database_lock);
-        # without one (tests, in-memory databases) nothing fences the sends.
-        self.lock = lock or DatabaseLock()
+        # This process among the daemons on the database (mailer.cluster.joined);
+        # without one (tests), the only node, with no lock fencing its sends.
+        self.node = node or Node(store)
         self.transport = transport
         self.clock = clock
         # Composing many digests at once runs here (a ProcessPoolExecutor whose
@@ -94,6 +98,7 @@ class Pipeline:
         # Called after each dump of a pass as (done, total, path), to show progress.
         self.on_dump: OnDump | None = None
         self.generation = 0
+        self.roster = Roster()
         self.configure(config)
 
     def configure(self, config: Config) -> None:
@@ -103,7 +108,12 @@ class Pipeline:
         dkim = load_signer(config.dkim)  # first: a bad key leaves the last configuration
         self.config = config
         self.dkim = dkim
-        self.limiter = RateLimiter(config.smtp.rate_per_minute)
+        rate = config.smtp.rate_per_minute
+        self.limiter = (
+            SharedRateLimiter(self.store, rate) if self.node.shared else RateLimiter(rate)
+        )
+        # config.toml's subscribers and, from the next sync on, the web ones (roster).
+        self.subscribers = config
         self.engine = build_engine(compile_queries(config), Stats())
         self.likes = compile_likes(config.subscribers)
         self.suggesting = frozenset(s.email for s in config.subscribers if s.suggestions)
@@ -118,53 +128,71 @@ class Pipeline:
         self._examples_checked: Config | None = None
 
     def sync(self) -> None:
-        """Write the configured subscribers to the store, once per configuration."""
+        """Write the configured subscribers to the store, once per configuration;
+        add the web subscribers who get digests now, with their queries (the
+        leader's job: every daemon has the same configuration, and only the
+        leader matches and composes)."""
+        if not self.node.leading:
+            return
         if self._synced is not self.config:
             sync_subscribers(self.store, self.config, self.clock())
             self._synced = self.config
+        subscribers = self.roster.current(self.store, self.config, self.clock())
+        if subscribers is not self.subscribers:
+            self.subscribers = subscribers
+            self.engine = build_engine(compile_queries(subscribers), Stats())
+            self.likes = compile_likes(subscribers.subscribers)
+            self.suggesting = frozenset(s.email for s in subscribers.subscribers if s.suggestions)
 
     async def run_pass(self) -> PassReport:
         report = PassReport()
         await asyncio.to_thread(self.store.verify)
-        await asyncio.to_thread(self.hold_lock)
+        leading = await asyncio.to_thread(self.node.join)
         try:
-            await asyncio.to_thread(self.sync)
-            await asyncio.to_thread(self.ingest, report)
-            await asyncio.to_thread(self.match, report)
-            await self.compose_and_deliver(report)
-            await asyncio.to_thread(self.store.record_pass, report.summary(), self.clock())
+            if leading:
+                await asyncio.to_thread(self.lead, self.sync)
+                await asyncio.to_thread(self.lead, self.read_bounces, report)
+                await asyncio.to_thread(self.lead, self.ingest, report)
+                await asyncio.to_thread(self.lead, self.match, report)
+                await self.compose_and_deliver(report)
+                await asyncio.to_thread(self.store.record_pass, report.summary(), self.clock())
+            else:
+                # Becoming the leader ends a follower's pass, so leader work starts now.
+                await self.deliver(report, lambda: self.stopping or self.node.leading)
         except Exception as exc:
-            # A pass that fails because the database went away has lost the lock
-            # too (on PostgreSQL): say so, whichever step noticed first.
-            if not isinstance(exc, LockLostError) and not await asyncio.to_thread(self.lock.held):
-                raise lock_lost(self.lock) from exc
+            # A pass that fails because the database went away has lost the
+            # lock too (on PostgreSQL): say so, whichever step noticed first.
+            if not isinstance(exc, LockLostError) and not await asyncio.to_thread(self.node.alive):
+                raise self.node.lost_error() from exc
             raise
         return report
 
     def _stopped(self) -> bool:
         return self.stopping
 
-    def hold_lock(self) -> None:
-        """Take the database's lock back if it was lost (a cut connection ends
-        a PostgreSQL session and its lock): AlreadyRunningError if another
-        mailer took it meanwhile, StoreError while the database is unreachable."""
-        if self.lock.held():
-            return
-        lost = self.lock.lost
-        self.lock.reacquire()
-        log.warning("regained the lock on database %s (it was lost: %s)", self.lock.name, lost)
+    def _not_leading(self) -> bool:
+        """Polled by the leader's loops: a node that lost leadership stops at once."""
+        return self.stopping or not self.node.leading
 
-    def fence(self) -> None:
-        """Raise LockLostError unless this process still holds the database's lock."""
-        if not self.lock.held():
-            raise lock_lost(self.lock)
+    def lead(self, step: Callable[..., None], *args: object) -> None:
+        """Run a leader's step, fenced: LockLostError unless this node leads
+        before it and after it (a loop cut short by losing leadership)."""
+        self.node.fence()
+        step(*args)
+        if not self.node.leading:
+            raise self.node.lost_error()
+
+    def read_bounces(self, report: PassReport) -> None:
+        """The bounce mailbox -> bounced messages, suppressions, unsubscribes;
+        before anything is composed or sent."""
+        ReadBounces(self.store, self.config, self.clock).run(report, self._not_leading)
 
     def ingest(self, report: PassReport) -> None:
         """Files -> dumps -> papers."""
         watch = self.config.watch
         Ingest(
             self.store, self.scanner, self.clock, watch.max_dump_bytes, watch.max_line_bytes
-        ).run(report, self._stopped, self.on_dump)
+        ).run(report, self._not_leading, self.on_dump)
 
     def match(self, report: PassReport) -> None:
         """Papers -> matches."""
@@ -175,19 +203,21 @@ class Pipeline:
         match_new_papers(self.store, self.engine, self.clock, report, self.likes, self.suggesting)
 
     def compose(self, report: PassReport) -> None:
-        """Matches -> digests -> messages in the outbox."""
-        self.fence()
+        """Matches -> digests -> messages in the outbox (the leader's step)."""
+        self.node.fence()
         Compose(
             self.store,
-            self.config,
+            self.subscribers,
             self.clock,
             self.renderer,
             self.render_settings,
             self.compose_pool,
             self.dkim,
-        ).run(report, self._stopped)
+        ).run(report, self._not_leading)
+        if not self.node.leading:
+            raise self.node.lost_error()
 
-    async def deliver(self, report: PassReport) -> None:
+    async def deliver(self, report: PassReport, stopping: Stopping | None = None) -> None:
         """Messages -> deliveries."""
         send = Send(
             self.store,
@@ -196,9 +226,9 @@ class Pipeline:
             self.clock,
             self.limiter,
             self.pause,
-            self.lock,
+            self.node,
         )
-        await send.deliver(report, self._stopped)
+        await send.deliver(report, stopping or self._stopped)
 
     async def compose_and_deliver(self, report: PassReport) -> None:
         """Compose in a thread (and its worker pool) while the sender drains

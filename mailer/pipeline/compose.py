@@ -29,6 +29,7 @@ from mailer.relevance.likes import DEFAULT_TOP
 from mailer.relevance.reader import SUGGESTIONS, Reader, readers
 from mailer.render import Renderer
 from mailer.schedule import Schedule
+from mailer.selfservice.links import manage_url as signed_manage_url
 from mailer.store import Outgoing, PendingMatch, Store
 from mailer.tokens import feedback_urls
 from mailer.tokens import unsubscribe_url as signed_unsubscribe_url
@@ -63,6 +64,14 @@ def unsubscribe_url(config: Config, email: str) -> str | None:
     return signed_unsubscribe_url(web.base_url, email, web.secret.get_secret_value())
 
 
+def manage_url(config: Config, email: str) -> str | None:
+    """The signed link to ``email``'s own page, when the pages are on."""
+    web = config.web
+    if not (web.self_service and web.base_url):
+        return None
+    return signed_manage_url(web.base_url, email, web.secret.get_secret_value())
+
+
 @dataclass(frozen=True, slots=True)
 class FeedbackLinks:
     """Makes one subscriber's "more like this" and "not for me" links (when
@@ -92,6 +101,7 @@ class DigestOrder:
     since: datetime | None
     max_papers: int
     unsubscribe_url: str | None = None
+    manage_url: str | None = None
     # Similarity subscriptions: their names, and at most how many papers each shows.
     similar: frozenset[str] = frozenset()
     caps: tuple[tuple[str, int], ...] = ()
@@ -110,6 +120,7 @@ def digest_order(
         since,
         sub.max_papers or config.render.max_papers,
         unsubscribe_url(config, sub.email),
+        manage_url(config, sub.email),
         similar=frozenset(q.name for q in similar),
         caps=tuple((q.name, q.top or DEFAULT_TOP) for q in similar),
         feedback=feedback_links(config, sub.email),
@@ -182,6 +193,7 @@ def build_message(
     sender_address: str,
     unsubscribe_url: str | None = None,
     dkim: DkimSigner | None = None,
+    manage_url: str | None = None,
     feedback: FeedbackLinks | None = None,
 ) -> tuple[str, bytes, str]:
     """(Message-ID, bytes, subject) of a digest. The Message-ID and the DKIM
@@ -196,6 +208,7 @@ def build_message(
         unsubscribe_url=unsubscribe_url,
         unsubscribe_mailto=mailto,
         manage_hint=MANAGE_HINT,
+        manage_url=manage_url,
         feedback=feedback,
     )
     links = [unsubscribe_url, mailto] if unsubscribe_url else [mailto]
@@ -247,6 +260,7 @@ def compose(
         sender_address=sender_address,
         unsubscribe_url=order.unsubscribe_url,
         dkim=dkim,
+        manage_url=order.manage_url,
         feedback=order.feedback,
     )
     return Composed(digest, message_id, data, subject)

@@ -17,7 +17,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from contextlib import suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -47,11 +48,18 @@ UNREADABLE_DUMPS = "unreadable_dumps"
 OnDump = Callable[[int, int, Path], None]
 
 
+def ignored(name: str) -> bool:
+    """Names never read: hidden files and partial ones (``.part``, ``.tmp``,
+    ...), which writers rename into place once complete."""
+    return name.startswith(".") or name.endswith(IGNORED_SUFFIXES) or name.endswith("~")
+
+
 class Scanner:
     """Finds dump files that are complete and not yet handled.
 
     A file is complete once it has not changed for ``settle`` seconds (a file
-    renamed into place usually already has). What was handled is remembered
+    renamed into place usually already has), or at once when the watcher saw
+    it renamed into place (``arrived``). What was handled is remembered
     by size and mtime, so unchanged files are not read again each pass.
     Anything but a folder is a candidate: whether it is a regular file is
     checked on the opened file (``load_dump``), where a swap cannot slip in.
@@ -68,6 +76,8 @@ class Scanner:
         self._unreadable: dict[Path, tuple[tuple[int, int], str, datetime]] = {}
         # What the store's UNREADABLE_DUMPS holds; None until first written.
         self.recorded: list[dict[str, str]] | None = None
+        # Files seen renamed into place, complete, by version (mailer.watch).
+        self._arrived: dict[Path, tuple[int, int]] = {}
 
     def _candidates(self) -> dict[Path, os.stat_result]:
         try:
@@ -80,8 +90,7 @@ class Scanner:
         for gone in self._unreadable.keys() - listed:
             del self._unreadable[gone]
         for entry in entries:
-            name = entry.name
-            if name.startswith(".") or name.endswith(IGNORED_SUFFIXES) or name.endswith("~"):
+            if ignored(entry.name):
                 continue
             try:
                 if entry.is_dir():
@@ -94,10 +103,20 @@ class Scanner:
                 found[path] = st
         return found
 
+    def arrived(self, paths: Iterable[Path]) -> None:
+        """Files renamed into place just now: complete, read without settling."""
+        for path in paths:
+            with suppress(OSError):
+                st = path.stat()
+                self._arrived[path] = (st.st_size, st.st_mtime_ns)
+
     def ready(self) -> list[Path]:
         fresh = self._candidates()
         now = time.time()
-        youngest = max((st.st_mtime for st in fresh.values()), default=now - self.settle)
+        settling = [
+            st for p, st in fresh.items() if self._arrived.get(p) != (st.st_size, st.st_mtime_ns)
+        ]
+        youngest = max((st.st_mtime for st in settling), default=now - self.settle)
         wait = youngest + self.settle - now
         if wait > 0:
             self.sleep(min(wait, self.settle))
@@ -113,6 +132,7 @@ class Scanner:
     def handled(self, path: Path, size: int, mtime_ns: int) -> None:
         self._handled[path] = (size, mtime_ns)
         self._unreadable.pop(path, None)
+        self._arrived.pop(path, None)
 
     def unreadable(self, path: Path, reason: str, now: datetime, *, retry: bool) -> bool:
         """Remember a file that could not be read; True when it is news (not

@@ -1,7 +1,8 @@
-"""Papers -> matches: the subscribers' queries, the engine, and the match rows.
+"""Papers -> matches: the subscribers' queries and similarity
+subscriptions, the engine, and the match rows.
 
 ``match_rows`` is the one way a paper becomes a match, for the pass,
-backfill and ``send-test`` alike, so each finds what the others would.
+backfill and ``send-test``, so each finds what the others would.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import logging
 import time
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
-from functools import partial
+from functools import lru_cache, partial
 from typing import cast
 
 from mailer.config import Config, SubscriberConfig, SubscriptionConfig
@@ -25,13 +26,20 @@ from mailer.store import NewMatch, Store
 log = logging.getLogger("mailer")
 
 
+@lru_cache(maxsize=65536)
+def parsed(text: str, stemming: bool) -> Query:
+    """``parse_query``, remembered: when the web subscribers change, a pass
+    parses only the queries it has not seen (queries are immutable)."""
+    return parse_query(text, stemming=stemming)
+
+
 def compile_queries(config: Config) -> dict[str, dict[str, Query]]:
     """Every subscriber's parsed queries, by email then subscription name."""
     return {s.email: _queries(s) for s in config.subscribers}
 
 
 def _queries(sub: SubscriberConfig) -> dict[str, Query]:
-    return {q.name: parse_query(q.query, stemming=q.stemming) for q in sub.subscriptions if q.query}
+    return {q.name: parsed(q.query, q.stemming) for q in sub.subscriptions if q.query}
 
 
 def like_of(q: SubscriptionConfig) -> Like:

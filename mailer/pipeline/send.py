@@ -4,10 +4,12 @@ A message is marked sent only after the server accepted it; one cut off by
 a stop or crash stays pending and goes again, with the same bytes and
 Message-ID. A refused message is deferred with back-off or failed; a failed
 transport pauses all sending with back-off instead of a tight retry loop.
-Every send is fenced on the database's lock (mailer.lock): a mailer that
-lost it sends nothing more. A stop lets the messages on the wire get their
-reply, and what the server accepted is recorded even when the pass is
-cancelled.
+Messages are claimed a few at a time for this node (mailer.cluster), so
+several nodes on one database share the outbox, and every send is fenced:
+it starts only while the node's claim lasts and it still holds what it runs
+on (the database's lock, its PostgreSQL session), so a node cut off sends
+nothing more. A stop lets the messages on the wire get their reply, and
+what the server accepted is recorded even when the pass is cancelled.
 """
 
 from __future__ import annotations
@@ -16,16 +18,16 @@ import asyncio
 import logging
 import random
 import time
-from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
+from mailer.bounces.classify import status_code
+from mailer.cluster import Claim, Node
 from mailer.config import Config
-from mailer.delivery import Transport, TransportUnavailableError
+from mailer.delivery import RecipientRefusedError, Transport, TransportUnavailableError
 from mailer.errors import DeliveryError
-from mailer.lock import DatabaseLock, lock_lost
 from mailer.pipeline.report import Clock, PassReport, Stopping
 from mailer.store import DeliveryRow, Store
 from mailer.verp import envelope_sender
@@ -33,8 +35,9 @@ from mailer.verp import envelope_sender
 log = logging.getLogger("mailer")
 T = TypeVar("T")
 
-DELIVER_BATCH = 1000
-SEND_CHUNK = 10  # messages per connection between unsubscribe checks and sent records
+SEND_CHUNK = (
+    10  # messages claimed per connection at a time, between unsubscribe checks and sent records
+)
 
 
 def backoff_seconds(
@@ -68,6 +71,22 @@ class RateLimiter:
             await asyncio.sleep(slot - now)
 
 
+class SharedRateLimiter(RateLimiter):
+    """Spaces sends ``60 / per_minute`` seconds apart across every node of the
+    database: each send reserves the next moment in the store."""
+
+    def __init__(self, store: Store, per_minute: float) -> None:
+        super().__init__(per_minute)
+        self.store = store
+
+    async def wait(self) -> None:
+        if not self.interval:
+            return
+        delay = await asyncio.to_thread(self.store.take_send_slot, self.interval)
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+
 @dataclass
 class TransportPause:
     """After the transport itself failed (down, TLS, login), sending waits
@@ -81,7 +100,7 @@ class TransportPause:
 @dataclass(frozen=True)
 class Send:
     """The send stage: the due part of the outbox over ``smtp.max_connections``
-    connections at most ``smtp.rate_per_minute``."""
+    connections (across all nodes) at most ``smtp.rate_per_minute``."""
 
     store: Store
     config: Config
@@ -89,40 +108,36 @@ class Send:
     clock: Clock
     limiter: RateLimiter
     pause: TransportPause
-    lock: DatabaseLock = field(default_factory=DatabaseLock)
+    node: Node
 
     async def deliver(self, report: PassReport, stopping: Stopping) -> None:
-        """Drain the due part of the outbox, DELIVER_BATCH rows at a time,
-        until it is empty, a stop is requested or the transport fails."""
+        """Drain the due part of the outbox until nothing this node can claim
+        is left, a stop is requested or the transport fails."""
         now = self.clock()
         if self.pause.until is not None and now < self.pause.until:
             ids = await asyncio.to_thread(lambda: [r.id for r in self.store.due_deliveries(now)])
             report.deferred_ids.update(i for i in ids if i is not None)
             return
+        most = self.config.smtp.max_connections
+        waiting = await asyncio.to_thread(
+            self.store.claimable, now, limit=most, exclude=frozenset(report.deferred_ids)
+        )
+        if not waiting or stopping():
+            return
         unavailable: list[TransportUnavailableError] = []
         lost: list[bool] = []
-        while not stopping() and not unavailable and not lost:
-            due = await asyncio.to_thread(self.store.due_deliveries, self.clock(), DELIVER_BATCH)
-            due = [r for r in due if r.id not in report.deferred_ids]
-            if not due:
-                break
-            queue = deque(due)
-            workers = min(self.config.smtp.max_connections, len(due))
-
-            try:
-                await asyncio.gather(
-                    *(
-                        self._drain(queue, unavailable, lost, report, stopping)
-                        for _ in range(workers)
-                    )
-                )
-            except TransportUnavailableError as exc:
-                unavailable.append(exc)
-            report.deferred_ids.update(r.id for r in queue if r.id is not None)
-            if len(due) < DELIVER_BATCH:
-                break
+        # None at all when every connection is another node's now: they send.
+        connections = await asyncio.to_thread(self.node.take_connections, waiting, most)
+        try:
+            await asyncio.gather(
+                *(self._drain(unavailable, lost, report, stopping) for _ in range(connections))
+            )
+        except TransportUnavailableError as exc:
+            unavailable.append(exc)
+        finally:
+            await completed(asyncio.to_thread(self.node.give_connections))
         if lost:
-            raise lock_lost(self.lock)
+            raise self.node.lost_error()
         if unavailable:
             first = unavailable[0]
             self.pause.failures += 1
@@ -135,47 +150,54 @@ class Send:
 
     async def _drain(
         self,
-        queue: deque[DeliveryRow],
         unavailable: list[TransportUnavailableError],
         lost: list[bool],
         report: PassReport,
         stopping: Stopping,
     ) -> None:
-        """One connection's share of a batch; stops all when the transport fails.
+        """One connection's share: claim a few due messages, send them, again,
+        until none is left; stops all when the transport fails.
 
-        Rows are taken a few at a time: one transaction cancels those whose
-        recipient has unsubscribed meanwhile and records the previous few as
-        sent. So an unsubscribe is honoured up to one chunk (SEND_CHUNK
+        Each round is one step (``_next``): record the previous few as sent,
+        claim the next few, cancel those whose recipient has unsubscribed
+        meanwhile. So an unsubscribe is honoured up to one chunk (SEND_CHUNK
         messages, a fraction of a second) after it, and a crash may resend up
-        to one chunk per connection, with the same Message-IDs. Rows not
-        tried go back to the queue and are reported deferred.
+        to one chunk per connection, with the same Message-IDs. Claimed rows
+        not tried are given back and reported deferred.
 
-        Before each send the database lock must still be held; the send on
-        the wire when the pass is stopped or cancelled gets its reply, and
-        ``sent`` is recorded in ``finally``, so a stop never forgets what the
-        server accepted."""
+        Before each send the node must still hold its claim and what it runs
+        on (``Node.may_send``); the send on the wire when the pass is stopped
+        or cancelled gets its reply, and ``sent`` is recorded in ``finally``,
+        so a stop never forgets what the server accepted."""
         chunk_size = 1 if self.limiter.interval else SEND_CHUNK
         sent: list[tuple[DeliveryRow, str]] = []
+        claim: Claim | None = None
+        left: list[DeliveryRow] = []  # the claimed rows not tried yet
 
         def halted() -> bool:
             return stopping() or bool(unavailable) or bool(lost)
 
         try:
             async with self.transport() as transport:
-                while queue and not halted():
-                    chunk = [queue.popleft() for _ in range(min(chunk_size, len(queue)))]
+                while not halted():
                     done, sent = sent, []
-                    cancelled = await completed(asyncio.to_thread(self._settle, done, chunk))
+                    current, left = await completed(
+                        asyncio.to_thread(self._next, done, claim, chunk_size, report)
+                    )
+                    claim = current
                     _count_sent(done, report)
-                    for n, row in enumerate(chunk):
-                        if row.id in cancelled:
-                            continue
+                    if not current.rows:
+                        break
+                    while left:
+                        row = left[0]
                         await self.limiter.wait()
-                        if not halted() and not await asyncio.to_thread(self.lock.held):
+                        if not halted() and not await asyncio.to_thread(
+                            self.node.may_send, current, row
+                        ):
                             lost.append(True)
                         if halted():
-                            queue.extendleft(reversed(chunk[n:]))
                             break
+                        left.pop(0)
                         sending = asyncio.ensure_future(
                             transport.send(
                                 envelope_sender(self.config.smtp, row.id, row.message_id),
@@ -191,7 +213,6 @@ class Send:
                             raise
                         except TransportUnavailableError as exc:
                             unavailable.append(exc)
-                            queue.extendleft(reversed(chunk[n + 1 :]))
                             await asyncio.to_thread(self._attempt_failed, row, exc, report)
                             return
                         except DeliveryError as exc:
@@ -199,25 +220,45 @@ class Send:
                             continue
                         sent.append((row, reply))
         finally:
-            if sent:
-                await completed(asyncio.to_thread(self._settle, sent, []))
-                _count_sent(sent, report)
+            try:
+                if sent:
+                    await completed(asyncio.to_thread(self._settle, sent))
+                    _count_sent(sent, report)
+            finally:
+                if claim is not None:
+                    unsent = [r.id for r in left if r.id is not None]
+                    report.deferred_ids.update(unsent)
+                    await completed(asyncio.to_thread(self.node.done, claim, unsent))
 
-    def _settle(
-        self, sent: Sequence[tuple[DeliveryRow, str]], upcoming: Sequence[DeliveryRow]
-    ) -> set[int]:
-        """Record ``sent`` as sent, then cancel any of ``upcoming`` whose
-        recipient unsubscribed; returns the cancelled ids."""
+    def _next(
+        self,
+        done: Sequence[tuple[DeliveryRow, str]],
+        previous: Claim | None,
+        size: int,
+        report: PassReport,
+    ) -> tuple[Claim, list[DeliveryRow]]:
+        """Record ``done`` as sent, finish with the ``previous`` claim, and
+        claim the next ``size`` due messages (none this pass deferred); returns
+        the claim and its rows still wanted (the others now cancelled)."""
+        self._settle(done)
+        if previous is not None:
+            self.node.done(previous, ())
+        claim = self.node.claim(self.clock(), size, frozenset(report.deferred_ids))
+        cancelled = self.cancel_unwanted(claim.rows) if claim.rows else set()
+        return claim, [r for r in claim.rows if r.id not in cancelled]
+
+    def _settle(self, sent: Sequence[tuple[DeliveryRow, str]]) -> None:
+        """Record ``sent`` as sent."""
         self.store.mark_sent_many([(r.id, reply) for r, reply in sent if r.id], self.clock())
         for row, reply in sent:
             log.info(
-                "sent subscriber=%s message_id=%s papers=%d reply=%s",
+                "sent subscriber=%s message_id=%s papers=%d node=%s reply=%s",
                 row.recipient,
                 row.message_id,
                 row.papers,
+                self.node.id,
                 reply.strip(),
             )
-        return self.cancel_unwanted(upcoming) if upcoming else set()
 
     def cancel_unwanted(self, rows: Sequence[DeliveryRow]) -> set[int]:
         """Ids among ``rows`` (now marked cancelled) whose recipient unsubscribed
@@ -263,6 +304,7 @@ class Send:
                 row.message_id,
                 reply,
             )
+            self._suppress_unknown(row, exc)
         else:
             report.deferred_ids.add(row.id)
             log.warning(
@@ -272,6 +314,23 @@ class Send:
                 row.attempts + 1,
                 retry_at.isoformat(timespec="seconds"),
                 reply,
+            )
+
+    def _suppress_unknown(self, row: DeliveryRow, exc: DeliveryError) -> None:
+        """A 5.1.x reply to RCPT TO (no such user, bad address) suppresses the
+        address, as a hard bounce would; any other refusal does not."""
+        if not isinstance(exc, RecipientRefusedError) or not exc.permanent:
+            return
+        status = status_code(exc.reply)
+        if status is None or not status.startswith("5.1."):
+            return
+        reason = f"refused at RCPT TO: {exc.code} {' '.join(exc.reply.split())}"
+        if self.store.suppress(row.recipient, reason=reason, source="smtp", now=self.clock()):
+            log.warning(
+                "suppressed subscriber=%s: no more mail until 'mailer suppressions remove'; "
+                "reason=%s",
+                row.recipient,
+                reason,
             )
 
 

@@ -8,8 +8,9 @@ default; the same code runs on PostgreSQL.
 ``Store`` is the one object callers hold: it opens the engine and hands a
 transaction helper to the parts, each owning some tables (``schema`` defines
 them all): ``papers`` (dumps, papers, corpus statistics), ``people``
-(subscribers, subscriptions), ``matches`` and ``outbox`` (deliveries). All of
-them speak SQLAlchemy Core on the tables' columns.
+(subscribers, subscriptions), ``matches``, ``outbox`` (deliveries and their
+claims) and ``nodes`` (the daemons sharing the database). All of them speak
+SQLAlchemy Core on the tables' columns.
 """
 
 from __future__ import annotations
@@ -29,12 +30,14 @@ from mailer.errors import DatabaseReplacedError, StoreError
 from mailer.papers import Paper
 from mailer.store.feedback import Feedback, Mark, MarkOutcome, ReaderModel
 from mailer.store.matches import Matches, NewMatch, PendingMatch
+from mailer.store.nodes import NodeBeat, Nodes
 from mailer.store.outbox import Outbox, Outgoing
 from mailer.store.papers import IngestOutcome, Papers, add_statistics
 from mailer.store.people import People, SubscriberState
 from mailer.store.schema import (
     STATE,
     CorpusRow,
+    DeliveryKind,
     DeliveryRow,
     DeliveryStatus,
     DumpRow,
@@ -42,6 +45,8 @@ from mailer.store.schema import (
     FeedbackRow,
     MarkKind,
     MatchRow,
+    NodeRow,
+    Origin,
     OutboxState,
     PaperRow,
     ReaderModelRow,
@@ -55,10 +60,15 @@ from mailer.store.schema import (
     row_objects,
     utc,
 )
+from mailer.store.selfservice import Profile, SentDigest, SignUp, WebSubscriber, WebSubscribers
+from mailer.store.suppressions import BounceLimits, BounceRecord, Suppression, Suppressions
 
 __all__ = [
     "LAST_PASS",
+    "BounceLimits",
+    "BounceRecord",
     "CorpusRow",
+    "DeliveryKind",
     "DeliveryRow",
     "DeliveryStatus",
     "DumpRow",
@@ -70,18 +80,27 @@ __all__ = [
     "MarkOutcome",
     "MatchRow",
     "NewMatch",
+    "NodeBeat",
+    "NodeRow",
+    "Origin",
     "OutboxState",
     "Outgoing",
     "PaperRow",
     "PendingMatch",
+    "Profile",
     "ReaderModel",
     "ReaderModelRow",
+    "SentDigest",
+    "SignUp",
     "StateRow",
     "Store",
     "SubscriberRow",
     "SubscriberState",
     "SubscriptionRow",
+    "Suppression",
     "TermRow",
+    "WebSubscriber",
+    "WebSubscribers",
     "add_statistics",
     "hide_password",
     "paper_from_row",
@@ -119,6 +138,9 @@ class Store:
         self.people = People(self.transaction)
         self.matches = Matches(self.transaction)
         self.outbox = Outbox(self.transaction)
+        self.nodes = Nodes(self.transaction)
+        self.suppressions = Suppressions(self.transaction)
+        self.web = WebSubscribers(self.transaction)  # sign-ups on the web pages
         self.feedback = Feedback(self.transaction)
         self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
         self._identity = _identity(self._file) if self._file else None
@@ -398,3 +420,74 @@ class Store:
 
     def outbox_counts(self) -> dict[str, int]:
         return self.outbox.outbox_counts()
+
+    # --- claims and nodes: ``Outbox``, ``Nodes`` -------------------------------
+
+    def claim_due(
+        self,
+        node: str,
+        now: datetime,
+        *,
+        lease: float,
+        limit: int,
+        exclude: Collection[int] = (),
+    ) -> list[DeliveryRow]:
+        return self.outbox.claim_due(node, now, lease=lease, limit=limit, exclude=exclude)
+
+    def claimable(self, now: datetime, *, limit: int, exclude: Collection[int] = ()) -> int:
+        return self.outbox.claimable(now, limit=limit, exclude=exclude)
+
+    def renew_claims(self, node: str, ids: Collection[int], *, lease: float) -> set[int]:
+        return self.outbox.renew_claims(node, ids, lease=lease)
+
+    def release_claims(self, node: str | None, ids: Collection[int] | None = None) -> int:
+        return self.outbox.release_claims(node, ids)
+
+    def sent_by_node(self, since: datetime) -> dict[str, int]:
+        return self.outbox.sent_by_node(since)
+
+    def node_beat(self, node: NodeBeat, *, lease: float) -> int:
+        return self.nodes.beat(node, lease=lease)
+
+    def node_stopped(self, node_id: str) -> None:
+        self.nodes.stopped(node_id)
+
+    def node_rows(self) -> tuple[list[NodeRow], datetime]:
+        return self.nodes.nodes()
+
+    def take_send_slot(self, interval: float) -> float:
+        return self.nodes.take_send_slot(interval)
+
+    def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        return self.outbox.delivery(delivery_id)
+
+    def delivery_by_message_id(self, message_id: str) -> DeliveryRow | None:
+        return self.outbox.delivery_by_message_id(message_id)
+
+    # --- bounces and suppressions: ``Suppressions`` -------------------------
+
+    def record_bounce(
+        self,
+        delivery_id: int,
+        *,
+        hard: bool,
+        status: str,
+        reason: str,
+        now: datetime,
+        limits: BounceLimits,
+    ) -> BounceRecord | None:
+        return self.suppressions.record_bounce(
+            delivery_id, hard=hard, status=status, reason=reason, now=now, limits=limits
+        )
+
+    def suppress(self, address: str, *, reason: str, source: str, now: datetime) -> bool:
+        return self.suppressions.suppress(address, reason=reason, source=source, now=now)
+
+    def lift_suppression(self, address: str, now: datetime) -> bool:
+        return self.suppressions.lift(address, now)
+
+    def suppressed(self) -> list[Suppression]:
+        return self.suppressions.suppressed()
+
+    def suppressed_keys(self) -> set[str]:
+        return self.suppressions.suppressed_keys()

@@ -1,15 +1,20 @@
 """The outbox: composed messages, each claiming its matches, and what
-became of every attempt to send them."""
+became of every attempt to send them.
+
+A node sends only the messages it has claimed (``claim_due``): a claim names
+the node and runs out ``lease`` seconds later by the database's clock unless
+renewed, and another node may take a message only once its claim has run
+out, so two live nodes never send one message at once."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, func, insert, literal, or_, select, update
-from sqlalchemy.engine import CursorResult
+from sqlalchemy import Select, and_, bindparam, func, insert, literal, or_, select, update
+from sqlalchemy.engine import Connection, CursorResult
 from sqlalchemy.exc import NoResultFound
 
 from mailer.errors import StoreError
@@ -17,9 +22,12 @@ from mailer.store.schema import (
     DELIVERIES,
     MATCHES,
     SUBSCRIBERS,
+    SUPPRESSIONS,
+    DeliveryKind,
     DeliveryRow,
     DeliveryStatus,
     Transaction,
+    db_time,
     row_objects,
 )
 
@@ -35,6 +43,7 @@ class Outgoing:
     message: bytes
     match_ids: Sequence[int]
     failed: str | None = None  # no message could be built: queued as failed, with why
+    kind: str = DeliveryKind.DIGEST
 
 
 class Outbox:
@@ -65,6 +74,7 @@ class Outbox:
                             "next_attempt_at": None if m.failed else now,
                             "status": DeliveryStatus.FAILED if m.failed else DeliveryStatus.PENDING,
                             "last_reply": m.failed,
+                            "kind": m.kind,
                         }
                         for m in messages
                     ],
@@ -98,9 +108,113 @@ class Outbox:
         )
         return self._rows(query.limit(limit) if limit else query)
 
+    def claim_due(
+        self,
+        node: str,
+        now: datetime,
+        *,
+        lease: float,
+        limit: int,
+        exclude: Collection[int] = (),
+    ) -> list[DeliveryRow]:
+        """Claim for ``node``, for ``lease`` seconds, up to ``limit`` pending
+        messages due by ``now`` (oldest first, none of ``exclude``): those
+        unclaimed and those whose claim ran out. Rows another node is claiming
+        at this moment are skipped, not waited for (FOR UPDATE SKIP LOCKED on
+        PostgreSQL; SQLite has one writer at a time and one node)."""
+        c = DELIVERIES.c
+        with self._transaction() as conn:
+            free = (
+                _claimable(conn, now, exclude)
+                .order_by(c.id)
+                .limit(limit)
+                .with_for_update(skip_locked=True)
+            )
+            claimed = list(
+                conn.execute(
+                    update(DELIVERIES)
+                    .where(c.id.in_(free))
+                    .values(claimed_by=node, claimed_until=db_time(conn, lease))
+                    .returning(c.id)
+                ).scalars()
+            )
+            if not claimed:
+                return []
+            return row_objects(conn, select(DeliveryRow).where(c.id.in_(claimed)).order_by(c.id))
+
+    def claimable(self, now: datetime, *, limit: int, exclude: Collection[int] = ()) -> int:
+        """How many messages ``claim_due`` would find now, counting up to ``limit``."""
+        with self._transaction() as conn:
+            free = _claimable(conn, now, exclude)
+            found: int = conn.execute(
+                select(func.count()).select_from(free.limit(limit).subquery())
+            ).scalar_one()
+            return found
+
+    def renew_claims(self, node: str, ids: Collection[int], *, lease: float) -> set[int]:
+        """Extend ``node``'s claims among ``ids`` that have not run out, to
+        ``lease`` seconds from now; returns those extended. A claim that ran
+        out stays out: another node may have the message by now."""
+        if not ids:
+            return set()
+        c = DELIVERIES.c
+        with self._transaction() as conn:
+            return set(
+                conn.execute(
+                    update(DELIVERIES)
+                    .where(
+                        c.id.in_(list(ids)),
+                        c.claimed_by == node,
+                        c.status == DeliveryStatus.PENDING,
+                        c.claimed_until > db_time(conn),
+                    )
+                    .values(claimed_until=db_time(conn, lease))
+                    .returning(c.id)
+                ).scalars()
+            )
+
+    def release_claims(self, node: str | None, ids: Collection[int] | None = None) -> int:
+        """Give back the claims on pending messages held by ``node`` (by any
+        node when None), only on ``ids`` when given; returns how many. Looks
+        before it writes: usually there are none, and a write would wait for
+        SQLite's write lock."""
+        if ids is not None and not ids:
+            return 0
+        c = DELIVERIES.c
+        held = and_(c.status == DeliveryStatus.PENDING, c.claimed_until.is_not(None))
+        if node is not None:
+            held = and_(held, c.claimed_by == node)
+        if ids is not None:
+            held = and_(held, c.id.in_(list(ids)))
+        with self._transaction() as conn:
+            if conn.execute(select(c.id).where(held).limit(1)).first() is None:
+                return 0
+            return conn.execute(update(DELIVERIES).where(held).values(claimed_until=None)).rowcount
+
+    def sent_by_node(self, since: datetime) -> dict[str, int]:
+        """Messages sent since ``since``, by the node that sent them."""
+        c = DELIVERIES.c
+        with self._transaction() as conn:
+            rows = conn.execute(
+                select(c.claimed_by, func.count())
+                .where(c.status == DeliveryStatus.SENT, c.sent_at >= since)
+                .group_by(c.claimed_by)
+            )
+            return {node: count for node, count in rows if node is not None}
+
     def deliveries(self) -> list[DeliveryRow]:
         """Every message, oldest first, as row objects (``row_objects``)."""
         return self._rows(select(DeliveryRow).order_by(DELIVERIES.c.id))
+
+    def delivery(self, delivery_id: int) -> DeliveryRow | None:
+        found = self._rows(select(DeliveryRow).where(DELIVERIES.c.id == delivery_id))
+        return found[0] if found else None
+
+    def delivery_by_message_id(self, message_id: str) -> DeliveryRow | None:
+        """The message with this Message-ID (with or without its <>)."""
+        wanted = f"<{message_id.strip().strip('<>')}>"
+        found = self._rows(select(DeliveryRow).where(DELIVERIES.c.message_id == wanted))
+        return found[0] if found else None
 
     def _rows(self, query: Select[DeliveryRow]) -> list[DeliveryRow]:
         with self._transaction() as conn:
@@ -133,7 +247,11 @@ class Outbox:
         """Count a failed attempt: a permanent failure ends the message; a
         temporary one defers it to ``retry_at``, keeping the first deferral."""
         c = DELIVERIES.c
-        values: dict[str, Any] = {"attempts": c.attempts + 1, "last_reply": reply}
+        values: dict[str, Any] = {
+            "attempts": c.attempts + 1,
+            "last_reply": reply,
+            "claimed_until": None,
+        }
         if permanent:
             values["status"] = DeliveryStatus.FAILED
         else:
@@ -149,26 +267,50 @@ class Outbox:
 
     def cancel_unwanted(self, delivery_ids: Sequence[int]) -> dict[int, str]:
         """Cancel those pending messages among ``delivery_ids`` whose recipient
-        has unsubscribed or been removed from the config since they were
-        composed; returns them with the reason. One query when, as usual,
-        nobody has."""
+        has unsubscribed, been removed from the config or been suppressed
+        (mailer.store.suppressions) since they were composed; a notice goes
+        to an unsubscribed reader (it may be how they resubscribe) but not to
+        a suppressed address. Returns them with the reason. One query when, as
+        usual, nobody has."""
         if not delivery_ids:
             return {}
+        suppressed = SUPPRESSIONS.c
         with self._transaction() as conn:
             found = conn.execute(
-                select(DELIVERIES.c.id, SUBSCRIBERS.c.unsubscribed_at)
+                select(
+                    DELIVERIES.c.id,
+                    DELIVERIES.c.kind,
+                    SUBSCRIBERS.c.unsubscribed_at,
+                    SUBSCRIBERS.c.active,
+                    suppressed.since,
+                    suppressed.reason,
+                )
                 .join(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
+                .outerjoin(
+                    SUPPRESSIONS,
+                    and_(
+                        suppressed.address_key == SUBSCRIBERS.c.email_key,
+                        suppressed.lifted_at.is_(None),
+                    ),
+                )
                 .where(
                     DELIVERIES.c.id.in_(list(delivery_ids)),
                     DELIVERIES.c.status == DeliveryStatus.PENDING,
                     or_(
-                        SUBSCRIBERS.c.unsubscribed_at.is_not(None), SUBSCRIBERS.c.active.is_(False)
+                        and_(
+                            DELIVERIES.c.kind == DeliveryKind.DIGEST,
+                            or_(
+                                SUBSCRIBERS.c.unsubscribed_at.is_not(None),
+                                SUBSCRIBERS.c.active.is_(False),
+                            ),
+                        ),
+                        suppressed.id.is_not(None),
                     ),
                 )
             )
             cancelled = {
-                i: f"unsubscribed at {at}" if at is not None else "removed from the config"
-                for i, at in found
+                i: _unwanted(kind, unsubscribed_at, active, since, reason)
+                for i, kind, unsubscribed_at, active, since, reason in found
             }
             if cancelled:
                 conn.execute(
@@ -204,7 +346,8 @@ class Outbox:
         with self._transaction() as conn:
             last: datetime | None = conn.execute(
                 select(func.max(DELIVERIES.c.created_at)).where(
-                    DELIVERIES.c.subscriber_id == subscriber_id
+                    DELIVERIES.c.subscriber_id == subscriber_id,
+                    DELIVERIES.c.kind == DeliveryKind.DIGEST,
                 )
             ).scalar()
             return last
@@ -221,7 +364,10 @@ class Outbox:
                 last: dict[int, datetime] = dict(
                     conn.execute(
                         select(DELIVERIES.c.subscriber_id, func.max(DELIVERIES.c.created_at))
-                        .where(DELIVERIES.c.subscriber_id.in_(chunk))
+                        .where(
+                            DELIVERIES.c.subscriber_id.in_(chunk),
+                            DELIVERIES.c.kind == DeliveryKind.DIGEST,
+                        )
                         .group_by(DELIVERIES.c.subscriber_id)
                     ).all()
                 )
@@ -240,6 +386,36 @@ class Outbox:
                 select(DELIVERIES.c.status, func.count()).group_by(DELIVERIES.c.status)
             )
             return dict(rows.all())
+
+
+def _claimable(conn: Connection, now: datetime, exclude: Collection[int]) -> Select[tuple[int]]:
+    """Pending messages due by ``now`` that no live claim holds."""
+    c = DELIVERIES.c
+    free = select(c.id).where(
+        c.status == DeliveryStatus.PENDING,
+        c.next_attempt_at <= now,
+        or_(c.claimed_until.is_(None), c.claimed_until < db_time(conn)),
+    )
+    return free.where(c.id.not_in(list(exclude))) if exclude else free
+
+
+def _unwanted(
+    kind: str,
+    unsubscribed_at: datetime | None,
+    active: bool,
+    since: datetime | None,
+    reason: str | None,
+) -> str:
+    """Why a composed message must not go to its recipient. A notice (a
+    sign-up confirmation, a manage link) is wanted whatever the subscriber's
+    state, but not by an address that bounces."""
+    if since is not None and (kind != DeliveryKind.DIGEST or unsubscribed_at is None):
+        return f"suppressed since {since} ({reason})"
+    if unsubscribed_at is not None:
+        return f"unsubscribed at {unsubscribed_at}"
+    if not active:
+        return "removed from the config"
+    return f"suppressed since {since} ({reason})"
 
 
 def _one(result: CursorResult[Any], delivery_id: int) -> None:
@@ -264,10 +440,16 @@ _SENT = (
         sent_at=bindparam("b_now"),
         last_reply=bindparam("b_reply"),
         attempts=DELIVERIES.c.attempts + 1,
+        claimed_until=None,
     )
 )
 _CANCEL = (
     update(DELIVERIES)
     .where(DELIVERIES.c.id == bindparam("b_id"))
-    .values(status=DeliveryStatus.CANCELLED, last_reply=bindparam("b_reply"), next_attempt_at=None)
+    .values(
+        status=DeliveryStatus.CANCELLED,
+        last_reply=bindparam("b_reply"),
+        next_attempt_at=None,
+        claimed_until=None,
+    )
 )

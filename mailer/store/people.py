@@ -16,6 +16,9 @@ from mailer.store.schema import (
     MATCHES,
     SUBSCRIBERS,
     SUBSCRIPTIONS,
+    SUPPRESSIONS,
+    DeliveryKind,
+    Origin,
     Transaction,
     utc,
 )
@@ -30,6 +33,7 @@ class SubscriberState:
     unsubscribed_at: datetime | None
     pending: int
     last_digest_at: datetime | None
+    origin: str = Origin.CONFIG
 
 
 class People:
@@ -43,6 +47,8 @@ class People:
     ) -> dict[str, int]:
         """Mirror the configured subscribers (email, name, [(name, query)]):
         new ones start now, removed ones are deactivated, history is kept.
+        Subscribers who signed up on the web are left alone, unless the
+        operator configures their address: then config.toml owns them.
         Reads both tables once and writes only what changed, in batches."""
         wanted = {address_key(email): (email, name, subs) for email, name, subs in subscribers}
         ids: dict[str, int] = {}
@@ -56,13 +62,14 @@ class People:
                         SUBSCRIBERS.c.email_key,
                         SUBSCRIBERS.c.name,
                         SUBSCRIBERS.c.active,
+                        SUBSCRIBERS.c.origin,
                     )
                 )
             }
             changed = [
                 {"b_id": r.id, "b_email": r.email, "b_name": r.name, "b_active": False}
                 for key, r in rows.items()
-                if key not in wanted and r.active
+                if key not in wanted and r.active and r.origin == Origin.CONFIG
             ]
             for key, (email, name, _) in wanted.items():
                 found = rows.get(key)
@@ -77,7 +84,8 @@ class People:
                 else:
                     ids[email] = found.id
                     # The configured spelling is the one mail goes to.
-                    if (found.active, found.name, found.email) != (True, name, email):
+                    now_as = (found.active, found.name, found.email, found.origin)
+                    if now_as != (True, name, email, Origin.CONFIG):
                         changed.append(
                             {"b_id": found.id, "b_email": email, "b_name": name, "b_active": True}
                         )
@@ -94,10 +102,15 @@ class People:
             return since
 
     def active_subscriber_ids(self) -> dict[str, int]:
+        """The subscribers papers are matched and digests composed for: not
+        removed, unsubscribed or suppressed (mailer.store.suppressions)."""
+        suppressed = select(SUPPRESSIONS.c.address_key).where(SUPPRESSIONS.c.lifted_at.is_(None))
         with self._transaction() as conn:
             rows = conn.execute(
                 select(SUBSCRIBERS.c.email, SUBSCRIBERS.c.id).where(
-                    SUBSCRIBERS.c.active.is_(True), SUBSCRIBERS.c.unsubscribed_at.is_(None)
+                    SUBSCRIBERS.c.active.is_(True),
+                    SUBSCRIBERS.c.unsubscribed_at.is_(None),
+                    SUBSCRIBERS.c.email_key.not_in(suppressed),
                 )
             )
             return dict(rows.all())
@@ -154,9 +167,9 @@ class People:
             )
             last: dict[int, datetime] = dict(
                 conn.execute(
-                    select(DELIVERIES.c.subscriber_id, func.max(DELIVERIES.c.created_at)).group_by(
-                        DELIVERIES.c.subscriber_id
-                    )
+                    select(DELIVERIES.c.subscriber_id, func.max(DELIVERIES.c.created_at))
+                    .where(DELIVERIES.c.kind == DeliveryKind.DIGEST)
+                    .group_by(DELIVERIES.c.subscriber_id)
                 ).all()
             )
             return {
@@ -168,6 +181,7 @@ class People:
                     unsubscribed_at=r.unsubscribed_at,
                     pending=pending.get(r.id, 0),
                     last_digest_at=last.get(r.id),
+                    origin=r.origin,
                 )
                 for r in conn.execute(select(SUBSCRIBERS).order_by(SUBSCRIBERS.c.id))
             }
@@ -177,15 +191,16 @@ def _sync_subscriptions(conn: Connection, wanted: Mapping[int, Sequence[tuple[st
     """Each given subscriber's subscriptions as configured: new ones added,
     changed queries updated, the ones no longer configured deactivated."""
     existing: dict[int, dict[str, Row[Any, Any, Any, Any, Any]]] = {}
-    for r in conn.execute(
-        select(
-            SUBSCRIPTIONS.c.id,
-            SUBSCRIPTIONS.c.subscriber_id,
-            SUBSCRIPTIONS.c.name,
-            SUBSCRIPTIONS.c.query,
-            SUBSCRIPTIONS.c.active,
-        )
-    ):
+    query = select(
+        SUBSCRIPTIONS.c.id,
+        SUBSCRIPTIONS.c.subscriber_id,
+        SUBSCRIPTIONS.c.name,
+        SUBSCRIPTIONS.c.query,
+        SUBSCRIPTIONS.c.active,
+    )
+    if len(wanted) <= 100:  # one reader's save: their rows, not everyone's
+        query = query.where(SUBSCRIPTIONS.c.subscriber_id.in_(list(wanted)))
+    for r in conn.execute(query):
         if r.subscriber_id in wanted:
             existing.setdefault(r.subscriber_id, {})[r.name] = r
     added: list[dict[str, Any]] = []
@@ -227,7 +242,12 @@ def _set_unsubscribed(conn: Connection, subscriber_id: int, at: datetime | None)
 _SET_SUBSCRIBER = (
     update(SUBSCRIBERS)
     .where(SUBSCRIBERS.c.id == bindparam("b_id"))
-    .values(email=bindparam("b_email"), name=bindparam("b_name"), active=bindparam("b_active"))
+    .values(
+        email=bindparam("b_email"),
+        name=bindparam("b_name"),
+        active=bindparam("b_active"),
+        origin=Origin.CONFIG,
+    )
 )
 _SET_SUBSCRIPTION = (
     update(SUBSCRIPTIONS)

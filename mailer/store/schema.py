@@ -12,15 +12,30 @@ import sqlite3
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, Column, LargeBinary, Select, UniqueConstraint, event
+from sqlalchemy import (
+    JSON,
+    Column,
+    ColumnElement,
+    ForeignKey,
+    Integer,
+    Interval,
+    LargeBinary,
+    Select,
+    UniqueConstraint,
+    event,
+    func,
+    literal,
+    type_coerce,
+)
 from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
 from sqlalchemy.exc import ArgumentError, DatabaseError, NoSuchModuleError
 from sqlalchemy.schema import Table
 from sqlmodel import Field, Session, SQLModel, create_engine
+from sqlmodel.sql.sqltypes import UTCDateTime
 
 from mailer.errors import StoreError
 from mailer.migrate import database_error, upgrade
@@ -42,7 +57,25 @@ class DeliveryStatus(StrEnum):
     PENDING = "pending"
     SENT = "sent"
     FAILED = "failed"
-    CANCELLED = "cancelled"  # recipient unsubscribed or removed before sending
+    CANCELLED = "cancelled"  # recipient unsubscribed, removed or suppressed before sending
+    BOUNCED = "bounced"  # accepted, then a bounce came back (mailer.bounces); the reason kept
+
+
+class Origin(StrEnum):
+    """Who owns a subscriber: the operator's config.toml, or the reader's own
+    web pages (mailer.selfservice). The config sync never touches web ones."""
+
+    CONFIG = "config"
+    WEB = "web"
+
+
+class DeliveryKind(StrEnum):
+    """A digest, or a notice the web pages send (a confirmation, a manage
+    link): notices are never cancelled by an unsubscribe and never count as
+    a subscriber's last digest."""
+
+    DIGEST = "digest"
+    NOTICE = "notice"
 
 
 class OutboxState(StrEnum):
@@ -54,6 +87,7 @@ class OutboxState(StrEnum):
     SENT = "sent"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    BOUNCED = "bounced"
 
     @classmethod
     def of(cls, status: str, attempts: int) -> OutboxState:
@@ -107,6 +141,26 @@ class SubscriberRow(SQLModel, table=True):
     active: bool = True  # false once removed from the config
     created_at: datetime
     unsubscribed_at: datetime | None = None
+    origin: str = Field(
+        default=Origin.CONFIG, max_length=16, sa_column_kwargs={"server_default": Origin.CONFIG}
+    )
+
+
+class WebSubscriberRow(SQLModel, table=True):
+    """What a subscriber who signed up on the web pages chose, besides the
+    subscriptions (in ``subscriptions``, as for config subscribers)."""
+
+    __tablename__ = "web_subscribers"
+
+    subscriber_id: int = Field(foreign_key="subscribers.id", primary_key=True)
+    schedule: str = Field(max_length=64)
+    timezone: str = Field(max_length=64)
+    max_papers: int | None = None
+    paused_until: date | None = None  # no digests before this day (the subscriber's zone)
+    confirmed_at: datetime | None = None  # None: the sign-up waits for its confirmation
+    confirm_nonce: str | None = Field(default=None, max_length=64)  # None once used
+    signed_up_at: datetime
+    updated_at: datetime
 
 
 class SubscriptionRow(SQLModel, table=True):
@@ -139,6 +193,15 @@ class DeliveryRow(SQLModel, table=True):
     sent_at: datetime | None = None
     last_reply: str | None = None
     deferred_since: datetime | None = None  # first temporary failure; give-up counts from here
+    # The node that claimed it for sending (kept once sent: who sent it), and
+    # until when by the database's clock; another node takes it after that.
+    claimed_by: str | None = None
+    claimed_until: datetime | None = None
+    kind: str = Field(
+        default=DeliveryKind.DIGEST,
+        max_length=16,
+        sa_column_kwargs={"server_default": DeliveryKind.DIGEST},
+    )
 
 
 class MatchRow(SQLModel, table=True):
@@ -185,6 +248,43 @@ class TermRow(SQLModel, table=True):
     df: int = 0
 
 
+class BounceRow(SQLModel, table=True):
+    """A bounce that named one of our messages, hard or soft: suppression
+    counts these per address (``address_key``)."""
+
+    __tablename__ = "bounces"
+
+    id: int | None = Field(default=None, primary_key=True)
+    delivery_id: int | None = Field(
+        default=None,
+        sa_column=Column(
+            Integer, ForeignKey("deliveries.id", name="fk_bounces_delivery_id"), index=True
+        ),
+    )
+    address_key: str = Field(index=True)
+    hard: bool
+    status: str = Field(max_length=16)  # the RFC 3463 status, e.g. 5.1.1
+    reason: str
+    received_at: datetime
+
+
+class SuppressionRow(SQLModel, table=True):
+    """An address that gets nothing (hard bounces, soft ones piling up, or a
+    5.1.x at RCPT) until lifted; a lifted row is kept, with ``lifted_at``, so
+    only bounces after the lift count again."""
+
+    __tablename__ = "suppressions"
+    __table_args__ = (UniqueConstraint("address_key", name="uq_suppressions_address_key"),)
+
+    id: int | None = Field(default=None, primary_key=True)
+    address: str
+    address_key: str  # mailer.addresses.address_key
+    reason: str
+    source: str = Field(max_length=16)  # bounce | smtp
+    since: datetime
+    lifted_at: datetime | None = None
+
+
 class StateRow(SQLModel, table=True):
     """Small facts about the running service, such as the last pass."""
 
@@ -193,6 +293,30 @@ class StateRow(SQLModel, table=True):
     key: str = Field(primary_key=True, max_length=64)
     value: str
     updated_at: datetime
+
+
+class NodeRow(SQLModel, table=True):
+    """A daemon sharing the database (mailer.cluster), with its last heartbeat
+    by the database's clock."""
+
+    __tablename__ = "nodes"
+
+    id: str = Field(primary_key=True, max_length=200)
+    host: str
+    pid: int
+    role: str = Field(max_length=16)  # leader, follower, stopped
+    started_at: datetime
+    heartbeat_at: datetime
+
+
+class SendRateRow(SQLModel, table=True):
+    """One row: when the next message may go, so ``[smtp] rate_per_minute``
+    holds for all the nodes together."""
+
+    __tablename__ = "send_rate"
+
+    id: int = Field(primary_key=True)
+    next_at: datetime
 
 
 class MarkKind(StrEnum):
@@ -243,11 +367,16 @@ DUMPS = _table(DumpRow)
 PAPERS = _table(PaperRow)
 SUBSCRIBERS = _table(SubscriberRow)
 SUBSCRIPTIONS = _table(SubscriptionRow)
+WEB_SUBSCRIBERS = _table(WebSubscriberRow)
 DELIVERIES = _table(DeliveryRow)
 MATCHES = _table(MatchRow)
 CORPUS = _table(CorpusRow)
 TERMS = _table(TermRow)
 STATE = _table(StateRow)
+NODES = _table(NodeRow)
+SEND_RATE = _table(SendRateRow)
+BOUNCES = _table(BounceRow)
+SUPPRESSIONS = _table(SuppressionRow)
 FEEDBACK = _table(FeedbackRow)
 READER_MODELS = _table(ReaderModelRow)
 
@@ -311,6 +440,16 @@ def utc(value: datetime) -> datetime:
     """Times come back naive from SQLite and PostgreSQL timestamp columns;
     they were stored as UTC."""
     return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def db_time(conn: Connection, seconds: float = 0.0) -> ColumnElement[datetime]:
+    """Now plus ``seconds``. On PostgreSQL by the server's clock, so nodes on
+    hosts whose clocks differ agree on when a lease ends; SQLite has one
+    node, and this host's clock. The one place where the dialects differ."""
+    if conn.dialect.name == "postgresql":
+        now: ColumnElement[datetime] = type_coerce(func.statement_timestamp(), UTCDateTime())
+        return now + literal(timedelta(seconds=seconds), Interval()) if seconds else now
+    return literal(datetime.now(UTC) + timedelta(seconds=seconds), UTCDateTime())
 
 
 def hide_password(url: str) -> str:

@@ -5,8 +5,8 @@ per-reader models trained from them.
 ``reader_models`` one model per subscriber with the newest mark it learned
 from, so a model is trained again only when marks arrive.
 
-Revision ID: 0005_relevance_feedback
-Revises: 0003_subscriber_email_key
+Revision ID: 0007_relevance_feedback
+Revises: 0006_cluster_nodes
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_relevance_feedback"
-down_revision: str | None = "0003_subscriber_email_key"
+revision: str = "0007_relevance_feedback"
+down_revision: str | None = "0006_cluster_nodes"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
