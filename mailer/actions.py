@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
@@ -23,13 +23,23 @@ from mailer.matching import Stats
 from mailer.papers import Paper
 from mailer.pipeline import (
     analysed,
+    compile_likes,
     digest_order,
+    like_examples,
+    like_index,
     match_rows,
     subscription_engine,
     sync_subscribers,
     unsubscribe_url,
 )
-from mailer.pipeline.compose import Composed, DigestOrder, compose, init_worker
+from mailer.pipeline.compose import (
+    Composed,
+    DigestOrder,
+    compose,
+    feedback_links,
+    init_worker,
+)
+from mailer.relevance.reader import Reader
 from mailer.render import Renderer
 from mailer.store import PendingMatch, Store, SubscriberState
 
@@ -68,6 +78,7 @@ def _compose(
     now: datetime,
     *,
     test: bool = False,
+    reader: Reader | None = None,
 ) -> Composed:
     return compose(
         order,
@@ -79,6 +90,7 @@ def _compose(
         sender_address=config.smtp.sender_address,
         test=test,
         dkim=load_signer(config.dkim),
+        reader=reader,
     )
 
 
@@ -90,22 +102,32 @@ def trial_digest(
     stats: Stats,
     since: datetime,
     now: datetime,
+    examples: Mapping[str, Paper] | None = None,
 ) -> Composed:
     """``sub``'s digest of ``papers``, addressed to ``to``: matched and composed
-    as a pass would, but in memory, so nothing is recorded."""
+    as a pass would, but in memory, so nothing is recorded. ``examples``: the
+    stored example papers of its similarity subscriptions (``like_examples``)."""
     by_id = dict(papers)
+    likes = like_index(compile_likes([sub]), examples or {}, stats)
     pending = [
         PendingMatch(
-            m.paper_id, by_id[m.paper_id], m.subscriptions, m.subscription_terms, m.scores, since
+            m.paper_id,
+            by_id[m.paper_id],
+            m.subscriptions,
+            m.subscription_terms,
+            m.scores,
+            since,
+            m.paper_id,
         )
         for m in match_rows(
-            subscription_engine(sub, stats), analysed(papers, stats), {sub.email: 0}
+            subscription_engine(sub, stats), analysed(papers, stats), {sub.email: 0}, likes
         )
     ]
     order = replace(
         digest_order(config, sub, 0, since),
         recipient=Recipient(to, sub.name, tuple(q.name for q in sub.subscriptions)),
         unsubscribe_url=unsubscribe_url(config, to),
+        feedback=feedback_links(config, to),
     )
     return _compose(config, order, pending, stats, now, test=True)
 
@@ -117,10 +139,12 @@ def preview_digest(
     pending: Sequence[PendingMatch],
     stats: Stats,
     now: datetime,
+    reader: Reader | None = None,
 ) -> Composed:
-    """The digest the next pass would queue for ``sub`` from ``pending``."""
+    """The digest the next pass would queue for ``sub`` from ``pending``
+    (ordered by ``reader``'s model, as the pass would)."""
     order = digest_order(config, sub, state.id, state.last_digest_at)
-    return _compose(config, order, pending, stats, now)
+    return _compose(config, order, pending, stats, now, reader=reader)
 
 
 def backfill(
@@ -141,5 +165,6 @@ def backfill(
         subscription_engine(sub, stats),
         analysed(store.backfill_candidates(subscriber_id, now - timedelta(days=days)), stats),
         {sub.email: subscriber_id},
+        like_index(compile_likes([sub]), like_examples(store, [sub]), stats),
     )
     return store.add_matches(subscriber_id, rows, now)

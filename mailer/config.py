@@ -314,16 +314,50 @@ class DaemonConfig(_Section):
 class SubscriptionConfig(_Section):
     name: Annotated[Text, Field(min_length=1)]
     stemming: bool = True  # before query, so the query validator sees it
-    query: str
+    query: str = ""
+    # "More like these": titles of stored papers and/or a description; then
+    # ``query`` (if any) only filters, and papers are ranked by similarity.
+    like: list[Annotated[Text, Field(min_length=1)]] = Field(default_factory=list)
+    like_text: Text = ""
+    top: int | None = Field(default=None, ge=1, le=MAX_PAPERS)  # None: DEFAULT_TOP
+    threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
 
     @field_validator("query")
     @classmethod
     def _parses(cls, value: str, info: ValidationInfo) -> str:
+        if not value:
+            return value  # a similarity subscription needs none (checked below)
         try:
             parsed_query(value, bool(info.data.get("stemming", True)))
         except QueryError as exc:
             raise ValueError(exc.message) from exc
         return value
+
+    @model_validator(mode="after")
+    def _something_to_match(self) -> SubscriptionConfig:
+        if not self.query and not self.like and not self.like_text.strip():
+            raise ValueError("needs a query, or example papers in like (or like_text)")
+        if not self.similar and (self.top is not None or self.threshold is not None):
+            raise ValueError("top and threshold apply only with like or like_text")
+        return self
+
+    @property
+    def similar(self) -> bool:
+        """Whether papers are taken by similarity to examples."""
+        return bool(self.like or self.like_text.strip())
+
+    @property
+    def described(self) -> str:
+        """The query, or what the subscription is like, in one line (the
+        database's copy of the subscription)."""
+        if not self.similar:
+            return self.query
+        parts = [f"like {t!r}" for t in self.like]
+        if self.like_text.strip():
+            parts.append(f"like_text {self.like_text.strip()!r}")
+        if self.query:
+            parts.append(f"query {self.query!r}")
+        return "; ".join(parts)
 
 
 class SubscriberConfig(_Section):
@@ -335,6 +369,9 @@ class SubscriberConfig(_Section):
     # An unsubscribe (link click, reply, 'mailer unsubscribe') recorded before
     # this time is lifted; one recorded after it stands, so reloads never undo it.
     resubscribed: datetime | None = None
+    # "Suggested for you": papers no subscription matched that their model
+    # (trained from their "more like this" marks) scores high.
+    suggestions: bool = True
     subscriptions: list[SubscriptionConfig] = Field(default_factory=list)
 
     @field_validator("resubscribed", mode="before")

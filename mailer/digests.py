@@ -5,9 +5,10 @@ Pure values in, values out; the renderer turns a Digest into a message.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
+from enum import StrEnum
 from functools import lru_cache
 
 from mailer.matching import Doc, Stats, highlight_spans, rescore
@@ -35,6 +36,7 @@ class Matched:
     subscriptions: tuple[str, ...]
     terms: tuple[str, ...]
     scores: tuple[float, ...] = ()
+    paper_id: int | None = None  # the stored paper's, for its feedback links
 
     @property
     def best(self) -> str:
@@ -48,6 +50,19 @@ class Matched:
         return max(self.scores, default=0.0)
 
 
+# The subscription name suggestions are recorded and grouped under: a control
+# character keeps it apart from every name the configuration accepts.
+SUGGESTED = "\x1fsuggested"
+
+
+class Why(StrEnum):
+    """Why a paper is in a digest, which says what its terms are."""
+
+    MATCHED = "matched"  # a query matched these terms
+    SIMILAR = "similar"  # like a subscription's examples, most in these words
+    SUGGESTED = "suggested"  # the reader's model scored it high, most for these words
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One paper as a digest shows it."""
@@ -58,6 +73,8 @@ class Entry:
     terms: tuple[str, ...]
     title_marks: tuple[Span, ...]
     abstract_marks: tuple[Span, ...]
+    why: Why = Why.MATCHED
+    paper_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +119,10 @@ class Ranking:
         self.stats = stats
         self._docs: dict[Paper, Doc] = {}
 
+    def doc(self, paper: Paper) -> Doc:
+        """The paper analysed against this ranking's statistics (cached)."""
+        return self._doc(paper)
+
     def _doc(self, paper: Paper) -> Doc:
         doc = self._docs.get(paper)
         if doc is None:
@@ -115,16 +136,26 @@ class Ranking:
         paper: Paper,
         subscriptions: Sequence[str],
         subscription_terms: Sequence[Sequence[str]],
+        scores: Sequence[float] = (),
+        similar: Collection[str] = (),
+        paper_id: int | None = None,
     ) -> Matched:
         """A paper with the terms each subscription matched: each one scored,
-        and all its terms heaviest first."""
+        and all its terms heaviest first. Subscriptions in ``similar`` take
+        papers by similarity to examples: their recorded scores (and words)
+        stand, since BM25 of those words is not what ranked them."""
         doc = self._doc(paper)
-        scored = [rescore(doc, terms) for terms in subscription_terms]
+        scored = [
+            (tuple(terms), scores[i])
+            if name in similar and i < len(scores)
+            else rescore(doc, terms)
+            for i, (name, terms) in enumerate(zip(subscriptions, subscription_terms, strict=True))
+        ]
         if len(scored) == 1:
             terms = scored[0][0]
         else:
             terms = rescore(doc, dict.fromkeys(t for ts, _ in scored for t in ts))[0]
-        return Matched(paper, tuple(subscriptions), terms, tuple(v for _, v in scored))
+        return Matched(paper, tuple(subscriptions), terms, tuple(v for _, v in scored), paper_id)
 
 
 def _order(m: Matched) -> tuple[float, int, date]:
@@ -142,24 +173,39 @@ def build_digest(
     since: datetime | None = None,
     max_papers: int | None = None,
     test: bool = False,
+    caps: Mapping[str, int] | None = None,
+    similar: Collection[str] = (),
+    rank: Callable[[Matched], float] | None = None,
+    suggestions: Sequence[Matched] = (),
+    max_suggestions: int = 5,
 ) -> Digest:
     """Group papers under their best subscription, best first, capped at
-    ``max_papers`` with the remainder counted in ``more``."""
-    ordered = sorted(matched, key=_order)
-    kept = ordered if max_papers is None else ordered[:max_papers]
+    ``max_papers`` with the remainder counted in ``more``. A subscription in
+    ``caps`` shows at most that many papers; a paper past its cap goes under
+    another subscription it matched that has room, else into ``more``.
+    Papers shown under a subscription in ``similar`` were taken for their
+    likeness to its examples. ``rank`` (a reader's model) orders the papers
+    instead of their relevance, which then only breaks ties. The best
+    ``max_suggestions`` of ``suggestions`` (matched by no subscription)
+    follow in a section of their own, not counted in ``more``."""
+    if rank is None:
+        ordered = sorted(matched, key=_order)
+    else:
+        ordered = sorted(matched, key=lambda m: (-rank(m), *_order(m)))
+    used: dict[str, int] = {}
+    placed: list[tuple[Matched, str]] = []
+    for m in ordered:
+        section = _place(m, used, caps or {})
+        if section is not None:
+            placed.append((m, section))
+    kept = placed if max_papers is None else placed[:max_papers]
     groups: dict[str, list[Entry]] = {name: [] for name in recipient.subscriptions}
-    for m in kept:
-        best = m.best
-        groups.setdefault(best, []).append(
-            Entry(
-                paper=m.paper,
-                subscription=best,
-                also=tuple(s for s in m.subscriptions if s != best),
-                terms=m.terms,
-                title_marks=_marks(m.paper.title, m.terms),
-                abstract_marks=_marks(m.paper.abstract, m.terms),
-            )
-        )
+    for m, section in kept:
+        why = Why.SIMILAR if section in similar else Why.MATCHED
+        groups.setdefault(section, []).append(_entry(m, section, why))
+    best = sorted(suggestions, key=_order)[:max_suggestions]
+    if best:
+        groups[SUGGESTED] = [_entry(m, SUGGESTED, Why.SUGGESTED) for m in best]
     sections = tuple(Section(name, tuple(es)) for name, es in groups.items() if es)
     return Digest(
         recipient=recipient,
@@ -168,6 +214,36 @@ def build_digest(
         more=len(ordered) - len(kept),
         test=test,
     )
+
+
+def _entry(m: Matched, section: str, why: Why) -> Entry:
+    return Entry(
+        paper=m.paper,
+        subscription=section,
+        also=tuple(s for s in m.subscriptions if s != section),
+        terms=m.terms,
+        title_marks=_marks(m.paper.title, m.terms),
+        abstract_marks=_marks(m.paper.abstract, m.terms),
+        why=why,
+        paper_id=m.paper_id,
+    )
+
+
+def _place(m: Matched, used: dict[str, int], caps: Mapping[str, int]) -> str | None:
+    """The subscription ``m`` is shown under: its best one with room left."""
+    if not caps:
+        return m.best
+    if m.scores:
+        order = sorted(range(len(m.subscriptions)), key=lambda i: -m.scores[i])
+        names = [m.subscriptions[i] for i in order]
+    else:
+        names = list(m.subscriptions)
+    for name in names:
+        cap = caps.get(name)
+        if cap is None or used.get(name, 0) < cap:
+            used[name] = used.get(name, 0) + 1
+            return name
+    return None
 
 
 @lru_cache(maxsize=MARKS_CACHE)

@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 
@@ -70,11 +71,14 @@ def _separate(table: Table) -> None:
         table.add(tomlkit.nl())
 
 
-def _subscription(name: str, query: str) -> Table:
+def _subscription(name: str, query: str, similar: Similar | None = None) -> Table:
     table = tomlkit.table()
     table["name"] = name
-    literal = "'" not in query and "\n" not in query
-    table["query"] = tomlkit.string(query, literal=literal)
+    if query or similar is None:
+        literal = "'" not in query and "\n" not in query
+        table["query"] = tomlkit.string(query, literal=literal)
+    if similar is not None:
+        similar.write(table)
     table.add(tomlkit.nl())
     return table
 
@@ -160,6 +164,30 @@ def _typed(key: str, value: str) -> str | int | date | datetime:
     return value
 
 
+@dataclass(frozen=True)
+class Similar:
+    """The keys of a 'more like these' subscription (see SubscriptionConfig)."""
+
+    like: Sequence[str] = ()
+    like_text: str = ""
+    top: int | None = None
+    threshold: float | None = None
+
+    def write(self, table: Table) -> None:
+        """Set these keys on a subscription's table; unset ones are removed."""
+        values: dict[str, object] = {
+            "like": list(self.like) or None,
+            "like_text": self.like_text or None,
+            "top": self.top,
+            "threshold": self.threshold,
+        }
+        for key, value in values.items():
+            if value is None:
+                table.pop(key, None)
+            else:
+                table[key] = value
+
+
 def add_query(
     text: str,
     email: str,
@@ -168,7 +196,10 @@ def add_query(
     *,
     replace: bool = False,
     source: str = "config",
+    similar: Similar | None = None,
 ) -> str:
+    """Add a subscription (or replace one's query); with ``similar``, a
+    'more like these' subscription, ``query`` then optional."""
     doc = _parse(text, source)
     table = _find(doc, email, source)
     subs = table.get("subscriptions")
@@ -187,11 +218,16 @@ def add_query(
                     f"{source}: {email} already has a subscription named {name!r}",
                     hint="pass --replace to change its query, or choose another name",
                 )
-            existing["query"] = tomlkit.string(query, literal="'" not in query)
+            if query or similar is None:
+                existing["query"] = tomlkit.string(query, literal="'" not in query)
+            else:
+                existing.pop("query", None)
+            if similar is not None:
+                similar.write(existing)
             return tomlkit.dumps(doc)
     if len(subs):
         _separate(subs[-1])
-    subs.append(_subscription(name, query))
+    subs.append(_subscription(name, query, similar))
     return tomlkit.dumps(doc)
 
 

@@ -27,9 +27,10 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from mailer.config import Config, SubscriberConfig
-    from mailer.matching import Doc, Query
+    from mailer.matching import Doc, Query, Stats
     from mailer.papers import Paper
     from mailer.pipeline import Pipeline
+    from mailer.relevance.likes import Like
     from mailer.store import DeliveryRow, Store, SubscriberState, Suppression, WebSubscriber
 
 log = logging.getLogger("mailer")
@@ -185,22 +186,130 @@ def highlighted(text: str, marks: Sequence[tuple[int, int]]) -> Text:
     return out
 
 
-def snippet(
-    text: str, marks: Sequence[tuple[int, int]], before: int = 60, width: int = 220
-) -> tuple[str, tuple[tuple[int, int], ...]]:
-    """A window of ``text`` around its first mark, with the marks moved to fit."""
-    start = 0 if not marks else max(0, marks[0][0] - before)
-    if start:
-        space = text.find(" ", start)
-        start = space + 1 if 0 <= space < marks[0][0] else start
-    end = min(len(text), start + width)
-    prefix = "…" if start else ""
-    suffix = "…" if end < len(text) else ""
-    shift = len(prefix) - start
-    moved = tuple(
-        (max(a, start) + shift, min(b, end) + shift) for a, b in marks if a < end and b > start
+# --- 'more like these' subscriptions ---------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class MissingTitle:
+    """An example title of a similarity subscription that is not stored."""
+
+    email: str
+    subscription: str
+    title: str
+    closest: tuple[str, ...]
+
+
+def missing_examples(
+    subscribers: Sequence[SubscriberConfig], store: Store | None
+) -> list[MissingTitle]:
+    """The example titles not among the stored papers, each with the closest
+    stored titles (none at all when there is no database yet)."""
+    from mailer.pipeline import compile_likes, like_examples
+    from mailer.relevance.likes import closest_titles, missing_titles
+
+    likes = compile_likes(subscribers)
+    if not likes:
+        return []
+    stored = like_examples(store, subscribers) if store else {}
+    missing = [
+        (email, name, title)
+        for (email, name), like in likes.items()
+        for title in missing_titles(like, stored)
+    ]
+    titles = store.titles() if store and missing else []
+    return [
+        MissingTitle(email, name, title, tuple(closest_titles(title, titles)))
+        for email, name, title in missing
+    ]
+
+
+def missing_lines(missing: Sequence[MissingTitle]) -> list[str]:
+    """What ``check-config`` and ``subs add-query --like`` say about them."""
+    lines = []
+    for m in missing:
+        line = f"{m.email} · {m.subscription}: like title not among the stored papers: {m.title!r}"
+        if m.closest:
+            line += "; closest: " + "; ".join(repr(t) for t in m.closest)
+        lines.append(line)
+    return lines
+
+
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """A stored paper a similarity subscription would take, and why."""
+
+    paper: Paper
+    score: float
+    words: tuple[str, ...]
+
+
+def try_like(
+    like: Like,
+    query: Query | None,
+    papers: Sequence[tuple[int, Paper]],
+    examples: Mapping[str, Paper],
+    stats: Stats,
+) -> list[Taken]:
+    """The stored papers a 'more like these' subscription would take, most
+    similar first: matched as a pass would (``match_rows``), so the
+    threshold, the query and the examples' exclusion all apply."""
+    from mailer.pipeline import analysed, build_engine, like_index, match_rows
+
+    key = ("try", "try")
+    engine = build_engine({"try": {"try": query}} if query else {}, stats)
+    rows = match_rows(
+        engine, analysed(papers, stats), {"try": 0}, like_index({key: like}, examples, stats)
     )
-    return prefix + text[start:end] + suffix, moved
+    by_id = dict(papers)
+    taken = [Taken(by_id[r.paper_id], r.scores[0], r.subscription_terms[0]) for r in rows]
+    return sorted(taken, key=lambda t: -t.score)
+
+
+# --- readers' feedback -----------------------------------------------------------------
+
+
+def feedback_report(store: Store, email: str) -> dict[str, object] | None:
+    """What ``mailer feedback list`` shows: a subscriber's standing marks,
+    newest first, and their model; None if the address is not a subscriber."""
+    from mailer.relevance.reader import MIN_POSITIVES
+    from mailer.store import MarkKind
+
+    labels = {MarkKind.MORE: "more like this", MarkKind.LESS: "not for me"}
+    marks = store.marks_of(email)
+    if marks is None:
+        return None
+    subscriber_id = store.subscriber_id(email)
+    models = store.reader_models([subscriber_id]) if subscriber_id is not None else {}
+    model = next(iter(models.values()), None)
+    positives = sum(1 for m in marks if m.kind is MarkKind.MORE)
+    if model is not None:
+        said = (
+            f"model trained {model.trained_at:%Y-%m-%d %H:%M} UTC on {model.positives} "
+            f"'more like this' and {model.negatives} other papers"
+        )
+    elif positives >= MIN_POSITIVES:
+        said = "no model yet: the next pass trains one"
+    else:
+        said = f"no model: it needs {MIN_POSITIVES} 'more like this' marks, there are {positives}"
+    return {
+        "email": email,
+        "marks": [
+            {
+                "at": m.at.isoformat(timespec="seconds"),
+                "mark": labels[m.kind],
+                "title": m.paper.title,
+            }
+            for m in marks
+        ],
+        "model": None
+        if model is None
+        else {
+            "trained_at": model.trained_at.isoformat(timespec="seconds"),
+            "positives": model.positives,
+            "negatives": model.negatives,
+        },
+        "model_text": said,
+    }
 
 
 # --- the status report ----------------------------------------------------------------
@@ -415,7 +524,15 @@ def subscriber_rows(
                 "name": sub.name,
                 "schedule": sub.schedule,
                 "timezone": sub.timezone,
-                "subscriptions": [{"name": q.name, "query": q.query} for q in sub.subscriptions],
+                "subscriptions": [
+                    {"name": q.name, "query": q.query}
+                    | (
+                        {"like": q.like, "like_text": q.like_text, "described": q.described}
+                        if q.similar
+                        else {}
+                    )
+                    for q in sub.subscriptions
+                ],
                 "unsubscribed": bool(state and state.unsubscribed_at),
                 "unsubscribed_at": state.unsubscribed_at.isoformat()
                 if state and state.unsubscribed_at

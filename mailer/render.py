@@ -25,7 +25,7 @@ import jinja2.nodes
 import jinja2.runtime
 from markupsafe import Markup
 
-from mailer.digests import Digest, Entry, Recipient, Section
+from mailer.digests import SUGGESTED, Digest, Entry, Recipient, Section, Why
 from mailer.errors import ConfigError, TemplateError
 from mailer.mime import Rendered, header_text, is_web_url
 from mailer.papers import Paper
@@ -47,6 +47,15 @@ DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
 HTML_TEMPLATE = "digest.html"
 TEXT_TEMPLATE = "digest.txt"
 TOP_TERMS = 3  # matched terms named under each paper, most relevant first
+TERMS_LABELS = {
+    Why.MATCHED: "Matched",
+    Why.SIMILAR: "Like your examples in",
+    Why.SUGGESTED: "Words that weighed most",
+}
+SUGGESTED_NAME = "Suggested for you"
+SUGGESTED_NOTE = (
+    "Papers none of your subscriptions matched, but much like those you marked “more like this”."
+)
 # Gmail clips an HTML part past about 102 KB behind "[Message clipped]",
 # hiding the rest of the list and the footer's unsubscribe link; a digest's
 # HTML is kept under this many bytes by showing fewer papers.
@@ -125,6 +134,9 @@ def _fill(template: str, title: str) -> str:
 
 # --- view model -----------------------------------------------------------
 
+# A stored paper's "more like this" and "not for me" links, by its id.
+Feedback = Callable[[int], tuple[str, str]]
+
 
 @dataclass(frozen=True)
 class EntryView:
@@ -137,12 +149,21 @@ class EntryView:
     meta: str
     terms: tuple[str, ...]
     also: tuple[str, ...]
+    # What ``terms`` are: "Matched" (a query's terms), or the words that
+    # weighed most in a paper's likeness to a subscription's examples.
+    terms_label: str = "Matched"
+    # The reader's feedback links for this paper (HTML part), when [web] is set.
+    more_url: str | None = None
+    less_url: str | None = None
 
 
 @dataclass(frozen=True)
 class SectionView:
     name: str
     entries: tuple[EntryView, ...]
+    # "Suggested for you": papers no subscription matched, from the reader's model.
+    suggested: bool = False
+    note: str = ""
 
 
 def term_label(term: str) -> str:
@@ -277,6 +298,13 @@ def _template_line(exc: BaseException, filename: str | None) -> int | None:
 
 _SAMPLE_MANAGE = "Reply to this message to change your subscriptions."
 _SAMPLE_MANAGE_URL = "https://digest.example.org/manage/sample"
+
+
+def _sample_feedback(paper_id: int) -> tuple[str, str]:
+    base = f"https://digest.example.org/feedback/sample{paper_id}"
+    return f"{base}/more", f"{base}/less"
+
+
 _SAMPLE_MAILTO = "mailto:digest@example.org?subject=unsubscribe%20ada%40example.org"
 
 
@@ -312,10 +340,18 @@ def sample_digests() -> list[tuple[Digest, str | None]]:
                         ("attention", '"sequence"'),
                         ((0, 9),),
                         ((60, 70),),
+                        paper_id=1,
                     ),
                 ),
             ),
-            Section("Agents", (Entry(agents, "Agents", (), ("agent",), ((9, 15),), ()),)),
+            Section(
+                "Agents",
+                (Entry(agents, "Agents", (), ("agent",), ((9, 15),), (), Why.SIMILAR, 2),),
+            ),
+            Section(
+                SUGGESTED,
+                (Entry(agents, SUGGESTED, (), ("agent",), ((9, 15),), (), Why.SUGGESTED, 3),),
+            ),
         ),
         since=datetime(2024, 11, 16, 7, 0, tzinfo=UTC),
         more=3,
@@ -377,6 +413,7 @@ class Renderer:
                 unsubscribe_mailto=_SAMPLE_MAILTO,
                 manage_hint=_SAMPLE_MANAGE,
                 manage_url=_SAMPLE_MANAGE_URL if unsubscribe else None,
+                feedback=_sample_feedback if unsubscribe else None,
             )
 
     def _load(self, env: jinja2.Environment, name: str) -> jinja2.Template:
@@ -402,10 +439,12 @@ class Renderer:
         manage_hint: str,
         unsubscribe_mailto: str | None = None,
         manage_url: str | None = None,
+        feedback: Feedback | None = None,
     ) -> Rendered:
         """Both parts of ``digest``. When its HTML would pass HTML_MAX_BYTES
         (where Gmail clips it), fewer papers are shown, in both parts, and the
-        rest are counted with the papers ``max_papers`` left out."""
+        rest are counted with the papers ``max_papers`` left out. ``feedback``
+        gives a stored paper's "more like this" and "not for me" links."""
         if unsubscribe_url is not None and not is_web_url(unsubscribe_url):
             raise ValueError(f"unsubscribe URL {unsubscribe_url!r} is not an http(s) URL")
         if unsubscribe_mailto is not None and not _is_mailto(unsubscribe_mailto):
@@ -419,11 +458,11 @@ class Renderer:
             # The reader's own page (mailer.selfservice), when the pages are on.
             "manage_url": manage_url,
         }
-        context = self._context(digest, links)
+        context = self._context(digest, links, feedback)
         html = self._render_html(context)
         if len(html.encode()) > HTML_MAX_BYTES and digest.count > 1:
-            digest, html = self._fit(digest, links, len(html.encode()))
-            context = self._context(digest, links)
+            digest, html = self._fit(digest, links, len(html.encode()), feedback)
+            context = self._context(digest, links, feedback)
         text = self._run(self._text, context)
         return Rendered(
             subject=str(context["subject"]),
@@ -432,7 +471,13 @@ class Renderer:
             preheader=str(context["preheader"]),
         )
 
-    def _fit(self, digest: Digest, links: Mapping[str, object], size: int) -> tuple[Digest, str]:
+    def _fit(
+        self,
+        digest: Digest,
+        links: Mapping[str, object],
+        size: int,
+        feedback: Feedback | None,
+    ) -> tuple[Digest, str]:
         """The most papers whose HTML fits, with its HTML: a first guess in
         proportion to the size, then halving. One paper is shown whatever its
         size (an excerpt is short)."""
@@ -443,7 +488,7 @@ class Renderer:
             n = guess if fits < guess < too_big else (fits + too_big) // 2
             guess = 0
             shorter = shortened(digest, n)
-            html = self._render_html(self._context(shorter, links))
+            html = self._render_html(self._context(shorter, links, feedback))
             found[n] = (shorter, html)
             if len(html.encode()) <= HTML_MAX_BYTES:
                 fits = n
@@ -451,7 +496,7 @@ class Renderer:
                 too_big = n
         if fits not in found:
             shorter = shortened(digest, fits)
-            found[fits] = (shorter, self._render_html(self._context(shorter, links)))
+            found[fits] = (shorter, self._render_html(self._context(shorter, links, feedback)))
         return found[fits]
 
     def _render_html(self, context: Mapping[str, object]) -> str:
@@ -459,15 +504,14 @@ class Renderer:
             self._run(self._html, {**context, "preheader_pad": _PREHEADER_PAD_HTML})
         )
 
-    def _context(self, digest: Digest, links: Mapping[str, object]) -> dict[str, object]:
+    def _context(
+        self, digest: Digest, links: Mapping[str, object], feedback: Feedback | None = None
+    ) -> dict[str, object]:
         """What the templates are given for ``digest``."""
-        sections = tuple(
-            SectionView(s.subscription, tuple(self._entry(e) for e in s.entries))
-            for s in digest.sections
-            if s.entries
-        )
-        entries = [e for s in sections for e in s.entries]
-        matched = [s.name for s in sections]
+        sections = tuple(self._section(s, feedback) for s in digest.sections if s.entries)
+        entries = [e for s in sections if not s.suggested for e in s.entries]
+        suggested = sum(len(s.entries) for s in sections if s.suggested)
+        matched = [s.name for s in sections if not s.suggested]
         since = format_since(digest.since) if digest.since else None
         if entries:
             total = len(entries) + digest.more
@@ -475,6 +519,8 @@ class Renderer:
             if since:
                 summary += f" since {since}"
             summary += f"; here are the top {len(entries)}." if digest.more else "."
+            if suggested:
+                summary += f" {plural(suggested, 'paper')} suggested for you."
             preheader = " · ".join(e.title for e in entries[:2])
             if len(entries) > 2:
                 preheader += f" · and {len(entries) - 2 + digest.more} more"
@@ -484,7 +530,7 @@ class Renderer:
             preheader = summary
         return {
             "product": self.product_name,
-            "subject": self._subject(digest, matched),
+            "subject": self._subject(digest, matched, len(entries)),
             "preheader": preheader,
             "preheader_pad": PREHEADER_PAD,
             "summary": summary,
@@ -526,8 +572,13 @@ class Renderer:
             return str(filename)
         return f"{filename}, line {self._loader.file_line(filename, line)}"
 
-    def _subject(self, digest: Digest, matched: Sequence[str]) -> str:
-        n = digest.count
+    def _section(self, section: Section, feedback: Feedback | None) -> SectionView:
+        entries = tuple(self._with_links(e, feedback) for e in section.entries)
+        if section.subscription == SUGGESTED:
+            return SectionView(SUGGESTED_NAME, entries, suggested=True, note=SUGGESTED_NOTE)
+        return SectionView(section.subscription, entries)
+
+    def _subject(self, digest: Digest, matched: Sequence[str], n: int) -> str:
         if n == 0:
             subject = f"{self.product_name}: no new papers"
         else:
@@ -535,10 +586,23 @@ class Renderer:
             subject = f"{self.product_name}: {plural(n, 'new paper')} — {names}"
         return header_text(("[test] " if digest.test else "") + subject)
 
+    def _with_links(self, entry: Entry, feedback: Feedback | None) -> EntryView:
+        """The entry's view (shared by every digest that shows the paper),
+        with this reader's feedback links when there are some."""
+        view = self._entry(entry)
+        if feedback is None or entry.paper_id is None:
+            return view
+        more, less = feedback(entry.paper_id)
+        if not (is_web_url(more) and is_web_url(less)):
+            raise ValueError(f"feedback link {more!r} is not an http(s) URL")
+        return replace(view, more_url=more, less_url=less)
+
     def _entry_view(self, entry: Entry) -> EntryView:
         paper = entry.paper
         title = " ".join(paper.title.split())
-        abstract, abstract_marks = excerpt(paper.abstract, entry.abstract_marks)
+        abstract, abstract_marks = excerpt(
+            paper.abstract, entry.abstract_marks, keep_opening=bool(entry.title_marks)
+        )
         return EntryView(
             title=title,
             title_html=highlight_html(paper.title, entry.title_marks),
@@ -549,4 +613,5 @@ class Renderer:
             meta=_meta(entry),
             terms=tuple(term_label(t) for t in entry.terms[:TOP_TERMS]),
             also=entry.also,
+            terms_label=TERMS_LABELS[entry.why],
         )

@@ -16,6 +16,14 @@ from mailer.digests import Span
 TEXT_WIDTH = 72
 EXCERPT_CHARS = 350
 EXCERPT_SENTENCES = 3
+# A window around a match deep in an abstract starts at the match's sentence
+# when that begins at most WINDOW_LEAD characters before it, else about
+# WINDOW_CONTEXT characters (whole words) before it.
+WINDOW_LEAD = 120
+WINDOW_CONTEXT = 60
+# No-break spaces: an ellipsis must not wrap onto a line of its own.
+ELLIPSIS_BEFORE = "…\u00a0"
+ELLIPSIS_AFTER_SENTENCE = "\u00a0…"
 
 # Inline because marks are made per message, after the template was inlined;
 # the class lets the dark-mode media query override the colours.
@@ -61,13 +69,28 @@ def format_since(d: datetime) -> str:
     return f"{_DAYS[d.weekday()]} {d.day} {_MONTHS[d.month - 1]}"
 
 
-def excerpt(text: str, marks: Sequence[Span] = ()) -> tuple[str, tuple[Span, ...]]:
-    """The first sentences of ``text`` up to EXCERPT_CHARS, cut at a sentence or
-    word boundary, with highlight spans clipped to what is kept."""
+def excerpt(
+    text: str, marks: Sequence[Span] = (), *, keep_opening: bool = False
+) -> tuple[str, tuple[Span, ...]]:
+    """What a digest shows of an abstract, with its highlight spans moved to
+    fit: the opening sentences, up to EXCERPT_CHARS; but when the first mark
+    lies beyond them (and ``keep_opening`` is false: the title did not
+    match), a window around that mark instead, so the reader sees why the
+    paper is there. Cuts fall between words, each marked by an ellipsis."""
     # Whitespace is left alone so the spans stay valid; both parts collapse it.
     text = text.rstrip()
+    clipped = _clip(marks, len(text))
+    cut, ending = _opening(text)
+    if keep_opening or not clipped or clipped[0][0] < cut:
+        return text[:cut] + ending, _clip(clipped, cut)
+    return _window(text, clipped)
+
+
+def _opening(text: str) -> tuple[int, str]:
+    """Where the opening excerpt ends, and what marks the cut: the end of
+    the first sentences that fit, else the last word that fits."""
     if len(text) <= EXCERPT_CHARS:
-        return text, _clip(marks, len(text))
+        return len(text), ""
     cut = 0
     for count, m in enumerate(_sentence_ends(text), start=1):
         if m > EXCERPT_CHARS:
@@ -76,14 +99,53 @@ def excerpt(text: str, marks: Sequence[Span] = ()) -> tuple[str, tuple[Span, ...
         if count == EXCERPT_SENTENCES:
             break
     if cut:
-        # No-break space: the ellipsis must not wrap onto a line of its own.
-        return text[:cut] + "\u00a0…", _clip(marks, cut)
-    space = text.rfind(" ", 0, EXCERPT_CHARS + 1)
-    cut = space if space > 0 else EXCERPT_CHARS
-    while cut > 0 and text[cut - 1] in ",;:-\u2013\u2014(":
+        return cut, ELLIPSIS_AFTER_SENTENCE
+    return _word_cut(text, 0, EXCERPT_CHARS), "…"
+
+
+def _word_cut(text: str, start: int, limit: int) -> int:
+    """The end of the last whole word of ``text[start:limit]`` (or ``limit``
+    when it holds one word), with trailing punctuation that would dangle
+    before an ellipsis dropped."""
+    space = text.rfind(" ", start, limit + 1)
+    cut = space if space > start else limit
+    while cut > start and text[cut - 1] in ",;:-\u2013\u2014(":
         cut -= 1
-    kept = text[:cut].rstrip()
-    return kept + "…", _clip(marks, len(kept))
+    return len(text[:cut].rstrip())
+
+
+def _window(text: str, marks: tuple[Span, ...]) -> tuple[str, tuple[Span, ...]]:
+    """About EXCERPT_CHARS of ``text`` around its first mark: from the start
+    of the mark's sentence when that is near, else from a few words before
+    it, on to the end of a sentence or word; an ellipsis at each cut."""
+    first, first_end = marks[0]
+    start = 0
+    for end in _sentence_ends(text):
+        if end > first:
+            break
+        start = end
+    start = len(text) - len(text[start:].lstrip())
+    if first - start > WINDOW_LEAD:
+        space = text.find(" ", first - WINDOW_CONTEXT, first)
+        start = space + 1 if space >= 0 else first
+    limit = max(start + EXCERPT_CHARS, first_end)
+    if limit >= len(text):
+        stop, ending = len(text), ""
+    else:
+        stop = 0
+        for end in _sentence_ends(text):
+            if end > limit:
+                break
+            if end >= first_end:
+                stop = end
+        if stop:
+            ending = ELLIPSIS_AFTER_SENTENCE
+        else:
+            stop, ending = max(_word_cut(text, first_end, limit), first_end), "…"
+    opening = ELLIPSIS_BEFORE if start else ""
+    shift = len(opening) - start
+    moved = tuple((a + shift, b + shift) for a, b in _clip(marks, stop) if a >= start)
+    return opening + text[start:stop] + ending, moved
 
 
 def _sentence_ends(text: str) -> Iterable[int]:

@@ -1,8 +1,12 @@
-"""Signed one-click unsubscribe tokens (RFC 8058) and the links that carry them.
+"""Signed links: one-click unsubscribe (RFC 8058), a digest's feedback
+links ("more like this", "not for me", per subscriber and paper), and the
+other purposes that ``seal`` tokens for.
 
-A link carries the address and an HMAC of it, so the endpoint needs no
-lookup table and nobody can forge or enumerate links without the secret.
-Pure: composing digests signs links without loading the web server.
+A link carries what it is about (the address, and the paper) and an HMAC
+of it, so the endpoint needs no lookup table and nobody can forge or
+enumerate links without the secret. Each kind of link signs under its own
+purpose, so a token made for one never verifies as another. Pure: composing
+digests signs links without loading the web server.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ import hmac
 
 # Binds a token to its purpose, so a MAC made for anything else never verifies here.
 _PURPOSE = b"mailer/unsubscribe/v1\x00"
+_FEEDBACK = b"mailer/feedback/v1\x00"
 
 
 def _b64(data: bytes) -> str:
@@ -41,6 +46,29 @@ def read_token(token: str, secret: str) -> str | None:
 
 def unsubscribe_url(base_url: str, email: str, secret: str) -> str:
     return f"{base_url.rstrip('/')}/unsubscribe/{make_token(email, secret)}"
+
+
+def make_feedback_token(email: str, paper_id: int, secret: str) -> str:
+    """A token naming one subscriber and one paper, for its feedback links."""
+    return seal(f"{paper_id}:{email.lower()}", secret, _FEEDBACK)
+
+
+def read_feedback_token(token: str, secret: str) -> tuple[str, int] | None:
+    """(address, paper id) of a genuine feedback token, else None."""
+    text = unseal(token, secret, _FEEDBACK)
+    if text is None:
+        return None
+    paper, _, email = text.partition(":")
+    if not (paper.isascii() and paper.isdigit()) or not email:
+        return None
+    return email, int(paper)
+
+
+def feedback_urls(base_url: str, email: str, paper_id: int, secret: str) -> tuple[str, str]:
+    """The "more like this" and "not for me" links of one paper in one
+    subscriber's digest."""
+    base = f"{base_url.rstrip('/')}/feedback/{make_feedback_token(email, paper_id, secret)}"
+    return f"{base}/more", f"{base}/less"
 
 
 def seal(text: str, secret: str, purpose: bytes) -> str:

@@ -1,8 +1,10 @@
-"""One-click unsubscribe (RFC 8058): the small HTTP endpoint for signed links.
+"""The small HTTP endpoint for a digest's signed links: one-click
+unsubscribe (RFC 8058) and each paper's "more like this" / "not for me".
 
 The links and their tokens are made and checked by mailer.tokens.
 GET only shows a confirmation page (mail scanners prefetch links); POST
-unsubscribes at once and answers 200 again when replayed. No redirects.
+unsubscribes, or records the mark, at once, and answers 200 again when
+replayed. No redirects.
 
 The endpoint faces the internet inside the daemon's process, so hostile or
 broken clients must not cost it file descriptors, memory or log space: a
@@ -29,8 +31,8 @@ from aiohttp import hdrs, web
 
 from mailer.errors import WebError
 from mailer.selfservice.app import MAX_FORM_BYTES, SelfService
-from mailer.store import Store
-from mailer.tokens import read_token
+from mailer.store import MarkKind, MarkOutcome, Store
+from mailer.tokens import read_feedback_token, read_token
 
 log = logging.getLogger("mailer")
 
@@ -73,6 +75,18 @@ def _page(title: str, body: str, status: int = 200) -> web.Response:
     return web.Response(
         text=html, status=status, content_type="text/html", charset="utf-8", headers=_HEADERS
     )
+
+
+_MARKS = {
+    MarkKind.MORE: ("More like this", "Show more papers like"),
+    MarkKind.LESS: ("Not for me", "Show fewer papers like"),
+}
+_ABOUT_MARKS = (
+    "Your marks order your digests: from three &ldquo;more like this&rdquo; marks on, "
+    "papers like those you marked come first, papers like those you marked &ldquo;not "
+    "for me&rdquo; come last, and a few papers your subscriptions missed may be "
+    "suggested."
+)
 
 
 def _not_found() -> web.Response:
@@ -118,6 +132,58 @@ def make_app(
             f"<p>No more digests will be sent to <b>{escape(mask(email))}</b>.</p>",
         )
 
+    async def feedback_target(request: web.Request) -> tuple[str, int, str, MarkKind] | None:
+        """(address, paper id, title, mark) a genuine feedback link names."""
+        found = read_feedback_token(request.match_info["token"], secret())
+        if found is None:
+            return None
+        email, paper_id = found
+        paper = await asyncio.to_thread(store.paper, paper_id)
+        if paper is None:
+            return None
+        return email, paper_id, " ".join(paper.title.split()), MarkKind(request.match_info["kind"])
+
+    async def feedback_confirm(request: web.Request) -> web.Response:
+        target = await feedback_target(request)
+        if target is None:
+            return _not_found()
+        email, _, title, kind = target
+        heading, question = _MARKS[kind]
+        return _page(
+            heading,
+            f"<p>{question} <b>{escape(title)}</b> in the digests sent to "
+            f"<b>{escape(mask(email))}</b>?</p>"
+            f'<form method="post"><button type="submit">{heading}</button></form>'
+            f"<p>{_ABOUT_MARKS}</p>",
+        )
+
+    async def feedback_record(request: web.Request) -> web.Response:
+        target = await feedback_target(request)
+        if target is None:
+            return _not_found()
+        email, paper_id, title, kind = target
+        outcome = await asyncio.to_thread(store.record_mark, email, paper_id, kind, clock())
+        log.info(
+            "feedback subscriber=%s paper=%d mark=%s outcome=%s",
+            email,
+            paper_id,
+            kind.value,
+            outcome.value.replace(" ", "_"),
+        )
+        if outcome is MarkOutcome.NO_SUBSCRIBER:
+            return _page(
+                "Not subscribed",
+                f"<p>No digests are sent to <b>{escape(mask(email))}</b>: "
+                "there is no subscriber with this address.</p>",
+            )
+        if outcome is MarkOutcome.NO_PAPER:
+            return _not_found()
+        done = "more" if kind is MarkKind.MORE else "fewer"
+        return _page(
+            "Noted",
+            f"<p>Noted: {done} papers like <b>{escape(title)}</b>.</p><p>{_ABOUT_MARKS}</p>",
+        )
+
     async def healthz(request: web.Request) -> web.Response:
         return web.Response(text="ok", headers={"Cache-Control": "no-store"})
 
@@ -139,6 +205,8 @@ def make_app(
     app.on_response_prepare.append(server_header)
     app.router.add_get("/unsubscribe/{token}", confirm)
     app.router.add_post("/unsubscribe/{token}", unsubscribe)
+    app.router.add_get("/feedback/{token}/{kind:(more|less)}", feedback_confirm)
+    app.router.add_post("/feedback/{token}/{kind:(more|less)}", feedback_record)
     app.router.add_get("/healthz", healthz)
     if self_service is not None:
         self_service.install(app)
@@ -300,7 +368,7 @@ class WebServer:
                 hint="pick a free port, or another address, in the [web] section",
             ) from exc
         self._summaries = asyncio.create_task(self._summarise())
-        log.info("unsubscribe endpoint on http://%s:%d/", self.host, self.port)
+        log.info("web endpoint (unsubscribe, feedback) on http://%s:%d/", self.host, self.port)
 
     async def _summarise(self) -> None:
         while True:

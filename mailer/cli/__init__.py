@@ -1,14 +1,14 @@
 """The command line: a thin layer over the library.
 
 The app and what commands share live in ``app``; the commands, grouped by
-what the user does, in ``service``, ``outbox``, ``subs``, ``dkim`` and
-``suppressions``. Top-level commands are registered here, in the order
+what the user does, in ``service``, ``outbox``, ``subs``, ``feedback``, ``dkim``
+and ``suppressions``. Top-level commands are registered here, in the order
 ``mailer --help`` lists them.
 """
 
 from __future__ import annotations
 
-from mailer.cli import dkim, outbox, service, subs, suppressions
+from mailer.cli import dkim, feedback, outbox, service, subs, suppressions
 from mailer.cli.app import app, main
 
 __all__ = ["app", "main"]
@@ -24,5 +24,6 @@ app.command()(service.preview)
 app.command()(service.status)
 app.add_typer(outbox.outbox_app, name="outbox")
 app.add_typer(subs.subs_app)
+app.add_typer(feedback.feedback_app)
 app.add_typer(dkim.dkim_app)
 app.add_typer(suppressions.suppressions_app)

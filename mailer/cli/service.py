@@ -17,7 +17,14 @@ from rich.text import Text
 from mailer import __version__
 from mailer.cli.app import err, log, meta_line, open_existing, open_store, out, state_of
 from mailer.errors import ConfigError, DeliveryError, MailerError
-from mailer.ops import PreviewFormat, dump_progress, next_due, status_report
+from mailer.ops import (
+    PreviewFormat,
+    dump_progress,
+    missing_examples,
+    missing_lines,
+    next_due,
+    status_report,
+)
 
 if TYPE_CHECKING:
     from mailer.config import Config
@@ -99,7 +106,7 @@ def send_test(
     from mailer.actions import trial_digest
     from mailer.delivery import make_transport
     from mailer.matching import Stats
-    from mailer.pipeline import utc_now
+    from mailer.pipeline import like_examples, utc_now
     from mailer.verp import envelope_sender
 
     config = state_of(ctx).config()
@@ -112,10 +119,11 @@ def send_test(
     try:
         papers = store.papers_since(since) if store else []
         stats = store.stats() if store else Stats()
+        examples = like_examples(store, [sub]) if store else {}
     finally:
         if store:
             store.close()
-    composed = trial_digest(config, sub, to, papers, stats, since, now)
+    composed = trial_digest(config, sub, to, papers, stats, since, now, examples)
 
     async def send() -> str:
         async with make_transport(config) as transport:
@@ -171,7 +179,22 @@ def check_config(ctx: typer.Context) -> None:
             Text(f"subscriber {sub.name or '-'} <{sub.email}>: {sub.schedule}, {sub.timezone}")
         )
         for q in sub.subscriptions:
-            out.print(Text(f"  {q.name}: {q.query}"), soft_wrap=True)
+            out.print(Text(f"  {q.name}: {q.described}"), soft_wrap=True)
+    _check_examples(config)
+
+
+def _check_examples(config: Config) -> None:
+    """Say which 'like' titles are not among the stored papers, with the closest."""
+    store = open_existing(config)
+    try:
+        missing = missing_lines(missing_examples(config.subscribers, store))
+    finally:
+        if store:
+            store.close()
+    for line in missing:
+        out.print(Text(line, style="yellow"), soft_wrap=True)
+    if missing:
+        out.print("a title not stored yet counts from the pass that stores its paper")
 
 
 def _describe_dkim(config: Config, signer: DkimSigner | None) -> None:
@@ -280,6 +303,7 @@ def preview(
     from mailer.matching import Stats
     from mailer.mime import message_part
     from mailer.pipeline import utc_now
+    from mailer.pipeline.compose import readers_of, suggested
 
     config = state_of(ctx).config()
     sub = config.subscriber(subscriber)
@@ -289,17 +313,18 @@ def preview(
         state = states.get(address_key(sub.email))
         pending = store.pending_matches(state.id) if store and state else []
         stats = store.stats() if store and pending else Stats()
+        reader = readers_of(store, [state.id], stats).get(state.id) if store and state else None
     finally:
         if store:
             store.close()
-    if not pending:
+    if all(suggested(m) for m in pending):
         err.print(
             f"nothing waiting for {escape(sub.email)}: no digest would be sent now "
             "(only papers matched since their last digest are sent)"
         )
         return
     assert state is not None
-    composed = preview_digest(config, sub, state, pending, stats, utc_now())
+    composed = preview_digest(config, sub, state, pending, stats, utc_now(), reader)
     kind = fmt or (
         PreviewFormat.html
         if out_file and out_file.suffix.lower() in (".html", ".htm")

@@ -17,10 +17,23 @@ from rich.text import Text
 
 from mailer.cli.app import meta_line, open_existing, open_store, out, state_of
 from mailer.errors import ConfigError, QueryError
-from mailer.ops import highlighted, snippet, subscriber_rows, tried_rows, try_query
+from mailer.ops import (
+    highlighted,
+    missing_examples,
+    missing_lines,
+    subscriber_rows,
+    tried_rows,
+    try_like,
+    try_query,
+)
+from mailer.relevance.defaults import DEFAULT_THRESHOLD, DEFAULT_TOP
 
 if TYPE_CHECKING:
-    from mailer.config import Config
+    from mailer import editing
+    from mailer.config import Config, SubscriberConfig
+    from mailer.matching import Query, Stats
+    from mailer.papers import Paper
+    from mailer.relevance.likes import Like
     from mailer.store import Store, WebSubscriber
 
 
@@ -41,6 +54,61 @@ BackfillOpt = Annotated[
         metavar="DAYS",
     ),
 ]
+
+
+LikeOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--like",
+        help="The title of a stored paper to find more like; repeatable.",
+        metavar="TITLE",
+    ),
+]
+LikeTextOpt = Annotated[
+    str,
+    typer.Option(
+        "--like-text", help="Words describing the papers wanted, with or instead of --like."
+    ),
+]
+TopOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help=f"At most this many papers per digest [default: {DEFAULT_TOP}]."),
+]
+ThresholdOpt = Annotated[
+    float | None,
+    typer.Option(
+        min=0.0,
+        max=1.0,
+        help=f"Least similarity a paper needs [default: {DEFAULT_THRESHOLD}; none with a query].",
+    ),
+]
+
+
+def _similar(
+    like: list[str] | None, like_text: str, top: int | None, threshold: float | None
+) -> editing.Similar | None:
+    """The 'more like these' keys given on the command line, if any."""
+    if not like and not like_text and top is None and threshold is None:
+        return None
+    return editing.Similar(tuple(like or ()), like_text, top, threshold)
+
+
+def _report_missing(config: Config, email: str, name: str) -> None:
+    """Say which example titles of one subscription are not stored, with the closest."""
+    sub = config.subscriber(email)
+    wanted = [q for q in sub.subscriptions if q.name == name and q.like]
+    if not wanted:
+        return
+    store = open_existing(config)
+    try:
+        missing = missing_examples([sub.model_copy(update={"subscriptions": wanted})], store)
+    finally:
+        if store:
+            store.close()
+    for line in missing_lines(missing):
+        out.print(Text(line, style="yellow"), soft_wrap=True)
+    if missing:
+        out.print("a title not stored yet counts from the pass that stores its paper")
 
 
 def _config_to_edit(ctx: typer.Context) -> Path:
@@ -145,7 +213,9 @@ def subs_list(
         table.add_column(column)
     for row in rows:
         who = f"{row['name']} <{row['email']}>" if row["name"] else str(row["email"])
-        queries = "\n".join(f"{q['name']}: {q['query']}" for q in row["subscriptions"])  # type: ignore[attr-defined]
+        subscriptions = row["subscriptions"]
+        assert isinstance(subscriptions, list)
+        queries = "\n".join(f"{q['name']}: {q.get('described', q['query'])}" for q in subscriptions)
         gone = str(row["unsubscribed_at"])[:16] if row["unsubscribed"] else "no"
         origin = str(row["origin"])
         if row["status"] not in ("active", "unsubscribed"):
@@ -271,31 +341,47 @@ def subs_add_query(
     ctx: typer.Context,
     email: EmailArg,
     name: Annotated[str, typer.Argument(help="The subscription's name, shown in digests.")],
-    query: Annotated[str, typer.Argument(help='Words, "phrases", AND, OR, NOT, -word, ( ).')],
+    query: Annotated[
+        str,
+        typer.Argument(help='Words, "phrases", AND, OR, NOT, -word, ( ); optional with --like.'),
+    ] = "",
     replace: Annotated[bool, typer.Option(help="Replace the query of an existing NAME.")] = False,
     backfill: BackfillOpt = None,
+    like: LikeOpt = None,
+    like_text: LikeTextOpt = "",
+    top: TopOpt = None,
+    threshold: ThresholdOpt = None,
 ) -> None:
-    """Add a subscription query to a subscriber (try it first with 'subs try')."""
+    """Add a subscription to a subscriber: a query, or papers like stored ones
+    (--like TITLE, --like-text WORDS); try it first with 'subs try'."""
     from mailer import editing
     from mailer.editing import apply_edit
     from mailer.pipeline import utc_now
     from mailer.selfservice import admin
 
-    if _web_edit(
-        ctx,
-        email,
-        lambda store, sub: admin.add_query(
-            store, sub, name, query, replace_it=replace, now=utc_now()
-        ),
-        backfill,
-    ):
+    similar = _similar(like, like_text, top, threshold)
+
+    def on_the_web(store: Store, sub: WebSubscriber) -> str:
+        if similar is not None:
+            raise ConfigError(
+                f"{email} signed up on the web pages, whose subscriptions are queries: "
+                "--like, --like-text, --top and --threshold are for subscribers in the "
+                "configuration file",
+                hint="give them a query instead",
+            )
+        return admin.add_query(store, sub, name, query, replace_it=replace, now=utc_now())
+
+    if _web_edit(ctx, email, on_the_web, backfill):
         return
     path = _config_to_edit(ctx)
     config = apply_edit(
         path,
-        lambda t: editing.add_query(t, email, name, query, replace=replace, source=str(path)),
+        lambda t: editing.add_query(
+            t, email, name, query, replace=replace, source=str(path), similar=similar
+        ),
     )
     _edited(path, f"{'replaced' if replace else 'added'} query {name!r} for {email}", config)
+    _report_missing(config, email, name)
     if backfill:
         _backfill(config, email, backfill)
 
@@ -330,7 +416,9 @@ def _caret(query: str, position: int, width: int = 70) -> str:
 @subs_app.command("try")
 def subs_try(
     ctx: typer.Context,
-    query: Annotated[str, typer.Argument(help="The query to try.")],
+    query: Annotated[
+        str, typer.Argument(help="The query to try; optional with --like or --like-text.")
+    ] = "",
     since: Annotated[
         int | None,
         typer.Option(
@@ -343,26 +431,63 @@ def subs_try(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON with the highlight spans.")
     ] = False,
+    like: LikeOpt = None,
+    like_text: LikeTextOpt = "",
+    top: TopOpt = None,
+    threshold: ThresholdOpt = None,
 ) -> None:
-    """Show which stored papers a query would match, with the matched terms highlighted."""
-    from mailer.matching import parse_query
-    from mailer.pipeline import utc_now
+    """Show which stored papers a query would match, with the matched terms
+    highlighted; with --like, which a 'more like these' subscription would
+    take, with their similarity."""
+    from mailer.matching import Stats, parse_query
+    from mailer.pipeline import like_examples, utc_now
+    from mailer.pipeline.match import like_of
+    from mailer.textfmt import excerpt
 
-    try:
-        parsed = parse_query(query)
-    except QueryError as exc:
-        caret = "" if exc.position is None else _caret(query, exc.position)
-        raise QueryError(
-            exc.message + caret, query=query, position=exc.position, hint=exc.hint
-        ) from exc
+    similar = _similar(like, like_text, top, threshold)
+    if not query and similar is None:
+        raise ConfigError(
+            "give a QUERY to try, or --like TITLE (or --like-text WORDS)",
+            hint="e.g. mailer subs try --like 'Fast Model Editing at Scale'",
+        )
+    parsed = None
+    if query:
+        try:
+            parsed = parse_query(query)
+        except QueryError as exc:
+            caret = "" if exc.position is None else _caret(query, exc.position)
+            raise QueryError(
+                exc.message + caret, query=query, position=exc.position, hint=exc.hint
+            ) from exc
     config = state_of(ctx).config()
     store = open_existing(config)
     try:
         start = utc_now() - timedelta(days=since) if since else datetime.min.replace(tzinfo=UTC)
-        papers = [p for _, p in store.papers_since(start)] if store else []
+        stored = store.papers_since(start) if store else []
+        if similar is not None:
+            subscription = _try_subscription(query, similar)
+            missing = missing_lines(missing_examples([subscription], store))
+            examples = like_examples(store, [subscription]) if store else {}
+            stats = store.stats() if store else Stats()
     finally:
         if store:
             store.close()
+    window = f"first seen in the last {since} days" if since else "stored"
+    if similar is not None:
+        _print_taken(
+            like_of(subscription.subscriptions[0]),
+            parsed,
+            stored,
+            examples,
+            stats,
+            missing,
+            limit=limit,
+            as_json=as_json,
+            window=window,
+        )
+        return
+    assert parsed is not None
+    papers = [p for _, p in stored]
     found = try_query(parsed, papers)
     if as_json:
         sys.stdout.write(
@@ -381,8 +506,82 @@ def subs_try(
         meta = f"     matched: {', '.join(t.terms)} · {meta_line(t.paper)}"
         out.print(Text(meta, style="dim"), soft_wrap=True)
         if t.abstract_marks:
-            text, marks = snippet(t.paper.abstract, t.abstract_marks)
+            text, marks = excerpt(t.paper.abstract, t.abstract_marks)
             out.print(Text("     ").append_text(highlighted(text, marks)), soft_wrap=True)
-    window = f"first seen in the last {since} days" if since else "stored"
     more = f" (showing {limit}; --limit N for more)" if len(found) > limit else ""
     out.print(f"{len(found)} of {len(papers)} papers {window} match {escape(query)}{more}")
+
+
+def _try_subscription(query: str, similar: editing.Similar) -> SubscriberConfig:
+    """A subscriber holding just the subscription being tried, validated as
+    the configuration would be (so a bad value names its option)."""
+    from pydantic import ValidationError
+
+    from mailer.config import SubscriberConfig, SubscriptionConfig
+
+    try:
+        return SubscriberConfig(
+            email="try@example.org",
+            subscriptions=[
+                SubscriptionConfig(
+                    name="try",
+                    query=query,
+                    like=list(similar.like),
+                    like_text=similar.like_text,
+                    top=similar.top,
+                    threshold=similar.threshold,
+                )
+            ],
+        )
+    except ValidationError as exc:
+        raise ConfigError(
+            f"cannot try that: {exc.errors()[0]['msg'].removeprefix('Value error, ')}",
+            hint="see 'mailer subs try --help'",
+        ) from exc
+
+
+def _print_taken(
+    like: Like,
+    query: Query | None,
+    stored: list[tuple[int, Paper]],
+    examples: dict[str, Paper],
+    stats: Stats,
+    missing: list[str],
+    *,
+    limit: int,
+    as_json: bool,
+    window: str,
+) -> None:
+    from mailer.matching import highlight_spans
+
+    taken = try_like(like, query, stored, examples, stats)
+    if as_json:
+        rows = [
+            {"title": t.paper.title, "score": round(t.score, 4), "words": list(t.words)}
+            for t in taken[:limit]
+        ]
+        body = {
+            "taken": len(taken),
+            "of": len(stored),
+            "threshold": like.least if like.least >= 0 else None,
+            "top": like.top,
+            "missing": missing,
+            "papers": rows,
+        }
+        sys.stdout.write(json.dumps(body, ensure_ascii=False, indent=2) + "\n")
+        return
+    for warning in missing:
+        out.print(Text(warning, style="yellow"), soft_wrap=True)
+    for n, t in enumerate(taken[:limit], 1):
+        marks = highlight_spans(t.paper.title, t.words)
+        line = Text(f"{n:>3}. {t.score:.3f}  ", style="bold" if n <= like.top else "dim")
+        line.append_text(highlighted(t.paper.title, marks))
+        out.print(line, soft_wrap=True)
+        why = f"     like the examples in: {', '.join(t.words)} · {meta_line(t.paper)}"
+        out.print(Text(why, style="dim"), soft_wrap=True)
+    least = f"at or above {like.least:.2f}" if like.least >= 0 else "matching the query"
+    more = f" (showing {limit}; --limit N for more)" if len(taken) > limit else ""
+    out.print(
+        f"{len(taken)} of {len(stored)} papers {window} are {least}{more}; "
+        f"a digest shows at most the {like.top} most similar"
+    )

@@ -29,11 +29,16 @@ from mailer.pipeline.ingest import Ingest, OnDump, Scanner
 from mailer.pipeline.match import (
     analysed,
     build_engine,
+    compile_likes,
     compile_queries,
+    like_examples,
+    like_index,
     match_new_papers,
     match_rows,
+    refresh_models,
     subscription_engine,
     sync_subscribers,
+    warn_missing_examples,
 )
 from mailer.pipeline.report import Clock, PassReport, Stopping, utc_now
 from mailer.pipeline.roster import Roster
@@ -46,7 +51,11 @@ __all__ = [
     "PassReport",
     "Pipeline",
     "analysed",
+    "build_engine",
+    "compile_likes",
     "digest_order",
+    "like_examples",
+    "like_index",
     "match_rows",
     "subscription_engine",
     "sync_subscribers",
@@ -106,6 +115,8 @@ class Pipeline:
         # config.toml's subscribers and, from the next sync on, the web ones (roster).
         self.subscribers = config
         self.engine = build_engine(compile_queries(config), Stats())
+        self.likes = compile_likes(config.subscribers)
+        self.suggesting = frozenset(s.email for s in config.subscribers if s.suggestions)
         self.generation += 1
         self.render_settings = RenderSettings(
             config.render.templates, config.render.paper_url, self.generation
@@ -114,6 +125,7 @@ class Pipeline:
         self.scanner.directory = config.watch.dir
         self.scanner.settle = config.watch.settle_seconds
         self._synced: Config | None = None
+        self._examples_checked: Config | None = None
 
     def sync(self) -> None:
         """Write the configured subscribers to the store, once per configuration;
@@ -129,6 +141,8 @@ class Pipeline:
         if subscribers is not self.subscribers:
             self.subscribers = subscribers
             self.engine = build_engine(compile_queries(subscribers), Stats())
+            self.likes = compile_likes(subscribers.subscribers)
+            self.suggesting = frozenset(s.email for s in subscribers.subscribers if s.suggestions)
 
     async def run_pass(self) -> PassReport:
         report = PassReport()
@@ -184,7 +198,11 @@ class Pipeline:
 
     def match(self, report: PassReport) -> None:
         """Papers -> matches."""
-        match_new_papers(self.store, self.engine, self.clock, report)
+        if self._examples_checked is not self.config:
+            warn_missing_examples(self.store, self.config)  # after ingest: they may just be in
+            self._examples_checked = self.config
+        refresh_models(self.store, self.clock)
+        match_new_papers(self.store, self.engine, self.clock, report, self.likes, self.suggesting)
 
     def compose(self, report: PassReport) -> None:
         """Matches -> digests -> messages in the outbox (the leader's step)."""

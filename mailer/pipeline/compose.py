@@ -12,22 +12,26 @@ import logging
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 from mailer.config import Config, SubscriberConfig
-from mailer.digests import Digest, Ranking, Recipient, build_digest
+from mailer.digests import SUGGESTED, Digest, Matched, Ranking, Recipient, build_digest
 from mailer.dkim import DkimSigner
 from mailer.errors import MessageError
+from mailer.matching import Stats
 from mailer.mime import compose_bytes, new_message_id
 from mailer.pipeline.report import Clock, PassReport, Stopping, gc_paused
+from mailer.relevance.defaults import DEFAULT_TOP
+from mailer.relevance.reader import SUGGESTIONS, Reader, readers
 from mailer.render import Renderer
 from mailer.schedule import Schedule
 from mailer.selfservice.links import manage_url as signed_manage_url
 from mailer.store import Outgoing, PendingMatch, Store
+from mailer.tokens import feedback_urls
 from mailer.tokens import unsubscribe_url as signed_unsubscribe_url
 
 log = logging.getLogger("mailer")
@@ -39,6 +43,11 @@ POOL_DEPTH = 4  # chunks composing ahead of the one waited for
 MANAGE_HINT = (
     "Reply to this message, or ask the operator of this digest to change your subscriptions."
 )
+
+
+def readers_of(store: Store, subscriber_ids: Sequence[int], stats: Stats) -> dict[int, Reader]:
+    """What orders these subscribers' digests: their models and "not for me" marks."""
+    return readers(store.reader_models(subscriber_ids), store.marks(subscriber_ids), stats)
 
 
 def recipient(sub: SubscriberConfig) -> Recipient:
@@ -64,6 +73,26 @@ def manage_url(config: Config, email: str) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class FeedbackLinks:
+    """Makes one subscriber's "more like this" and "not for me" links (when
+    ``[web] base_url`` is set); travels to the compose workers with its order."""
+
+    base_url: str
+    email: str
+    secret: str = field(repr=False)
+
+    def __call__(self, paper_id: int) -> tuple[str, str]:
+        return feedback_urls(self.base_url, self.email, paper_id, self.secret)
+
+
+def feedback_links(config: Config, email: str) -> FeedbackLinks | None:
+    web = config.web
+    if not web.base_url:
+        return None
+    return FeedbackLinks(web.base_url, email, web.secret.get_secret_value())
+
+
+@dataclass(frozen=True, slots=True)
 class DigestOrder:
     """One due subscriber's digest, before its matches are read."""
 
@@ -73,12 +102,18 @@ class DigestOrder:
     max_papers: int
     unsubscribe_url: str | None = None
     manage_url: str | None = None
+    # Similarity subscriptions: their names, and at most how many papers each shows.
+    similar: frozenset[str] = frozenset()
+    caps: tuple[tuple[str, int], ...] = ()
+    feedback: FeedbackLinks | None = None
+    suggestions: bool = True  # show "Suggested for you"
 
 
 def digest_order(
     config: Config, sub: SubscriberConfig, subscriber_id: int, since: datetime | None
 ) -> DigestOrder:
     """What composing ``sub``'s digest needs besides the matches."""
+    similar = [q for q in sub.subscriptions if q.similar]
     return DigestOrder(
         subscriber_id,
         recipient(sub),
@@ -86,6 +121,10 @@ def digest_order(
         sub.max_papers or config.render.max_papers,
         unsubscribe_url(config, sub.email),
         manage_url(config, sub.email),
+        similar=frozenset(q.name for q in similar),
+        caps=tuple((q.name, q.top or DEFAULT_TOP) for q in similar),
+        feedback=feedback_links(config, sub.email),
+        suggestions=sub.suggestions,
     )
 
 
@@ -106,16 +145,43 @@ def due_subscribers(
 
 
 def compose_digest(
-    order: DigestOrder, matches: Sequence[PendingMatch], ranking: Ranking, *, test: bool = False
+    order: DigestOrder,
+    matches: Sequence[PendingMatch],
+    ranking: Ranking,
+    *,
+    test: bool = False,
+    reader: Reader | None = None,
 ) -> Digest:
-    """Matches -> Digest, every paper ranked against the same statistics."""
+    """Matches -> Digest, every paper ranked against the same statistics,
+    or by the reader's model when they have one; suggestions (if the reader
+    wants them) in a section of their own."""
+
+    def matched(m: PendingMatch) -> Matched:
+        return ranking.matched(
+            m.paper, m.subscriptions, m.subscription_terms, m.scores, similar, m.paper_id
+        )
+
+    similar = order.similar | {SUGGESTED}
+    regular = [matched(m) for m in matches if not suggested(m)]
+    extra = [matched(m) for m in matches if suggested(m)] if order.suggestions else []
     return build_digest(
         order.recipient,
-        [ranking.matched(m.paper, m.subscriptions, m.subscription_terms) for m in matches],
+        regular,
         since=order.since,
         max_papers=order.max_papers,
         test=test,
+        caps=dict(order.caps),
+        similar=order.similar,
+        rank=None if reader is None else (lambda m: reader.score(ranking.doc(m.paper))),
+        suggestions=extra,
+        max_suggestions=SUGGESTIONS,
     )
+
+
+def suggested(match: PendingMatch) -> bool:
+    """Whether a match is a suggestion: these only go out with a digest
+    that has matched papers, never on their own."""
+    return match.subscriptions == (SUGGESTED,)
 
 
 def build_message(
@@ -128,6 +194,7 @@ def build_message(
     unsubscribe_url: str | None = None,
     dkim: DkimSigner | None = None,
     manage_url: str | None = None,
+    feedback: FeedbackLinks | None = None,
 ) -> tuple[str, bytes, str]:
     """(Message-ID, bytes, subject) of a digest. The Message-ID and the DKIM
     signature are made here, once: the outbox keeps these bytes, so any resend
@@ -142,6 +209,7 @@ def build_message(
         unsubscribe_mailto=mailto,
         manage_hint=MANAGE_HINT,
         manage_url=manage_url,
+        feedback=feedback,
     )
     links = [unsubscribe_url, mailto] if unsubscribe_url else [mailto]
     message = compose_bytes(
@@ -179,10 +247,11 @@ def compose(
     sender_address: str,
     test: bool = False,
     dkim: DkimSigner | None = None,
+    reader: Reader | None = None,
 ) -> Composed:
     """Matches -> digest -> message: the one path for the outbox, ``preview``
     and ``send-test``, so each shows exactly what the others would."""
-    digest = compose_digest(order, matches, ranking, test=test)
+    digest = compose_digest(order, matches, ranking, test=test, reader=reader)
     message_id, data, subject = build_message(
         renderer,
         digest,
@@ -192,6 +261,7 @@ def compose(
         unsubscribe_url=order.unsubscribe_url,
         dkim=dkim,
         manage_url=order.manage_url,
+        feedback=order.feedback,
     )
     return Composed(digest, message_id, data, subject)
 
@@ -225,12 +295,15 @@ class ComposeChunk:
             return self._run(store, renderer)
 
     def _run(self, store: Store, renderer: Renderer) -> list[Queued]:
-        pending = store.pending_matches_for([o.subscriber_id for o in self.orders])
-        ranking = Ranking(store.stats())
+        ids = [o.subscriber_id for o in self.orders]
+        pending = store.pending_matches_for(ids)
+        stats = store.stats()
+        ranking = Ranking(stats)
+        ordering = readers_of(store, ids, stats)
         messages: list[Outgoing] = []
         for order in self.orders:
             matches = pending.get(order.subscriber_id, [])
-            if not matches:
+            if all(suggested(m) for m in matches):
                 continue
             match_ids = [m.id for m in matches]
             try:
@@ -243,6 +316,7 @@ class ComposeChunk:
                     sender=self.sender,
                     sender_address=self.sender_address,
                     dkim=self.dkim,
+                    reader=ordering.get(order.subscriber_id),
                 )
             except MessageError as exc:
                 # This digest alone: it goes in the outbox as failed, with

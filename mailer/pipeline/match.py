@@ -1,21 +1,28 @@
-"""Papers -> matches: the subscribers' queries, the engine, and the match rows.
+"""Papers -> matches: the subscribers' queries and similarity
+subscriptions, the engine, and the match rows.
 
 ``match_rows`` is the one way a paper becomes a match, for the pass,
-backfill and ``send-test`` alike, so each finds what the others would.
+backfill and ``send-test``, so each finds what the others would.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from typing import cast
 
-from mailer.config import Config, SubscriberConfig
-from mailer.matching import Doc, Engine, Hit, Query, Stats, parse_query, rescore
+from mailer.config import Config, SubscriberConfig, SubscriptionConfig
+from mailer.matching import Doc, Engine, Hit, Query, Stats, rescore
 from mailer.papers import Paper
 from mailer.pipeline.report import Clock, PassReport, gc_paused
 from mailer.query import parsed_query as parsed
+from mailer.relevance.defaults import DEFAULT_TOP
+from mailer.relevance.likes import Like, LikeIndex, example_keys, missing_titles
+from mailer.relevance.reader import NEGATIVES, Suggester, train
+from mailer.relevance.vectors import TfidfEncoder, Vector
 from mailer.store import NewMatch, Store
 
 log = logging.getLogger("mailer")
@@ -27,10 +34,55 @@ MATCH_BATCH = 1000
 
 def compile_queries(config: Config) -> dict[str, dict[str, Query]]:
     """Every subscriber's parsed queries, by email then subscription name."""
+    return {s.email: _queries(s) for s in config.subscribers}
+
+
+def _queries(sub: SubscriberConfig) -> dict[str, Query]:
+    return {q.name: parsed(q.query, q.stemming) for q in sub.subscriptions if q.query}
+
+
+def like_of(q: SubscriptionConfig) -> Like:
+    return Like(
+        tuple(q.like), q.like_text.strip(), q.threshold, bool(q.query), q.top or DEFAULT_TOP
+    )
+
+
+def compile_likes(subscribers: Iterable[SubscriberConfig]) -> dict[tuple[str, str], Like]:
+    """Every similarity subscription, keyed (email, name) like the engine's queries."""
     return {
-        s.email: {q.name: parsed(q.query, q.stemming) for q in s.subscriptions}
-        for s in config.subscribers
+        (s.email, q.name): like_of(q) for s in subscribers for q in s.subscriptions if q.similar
     }
+
+
+def like_examples(store: Store, subscribers: Iterable[SubscriberConfig]) -> dict[str, Paper]:
+    """The stored example papers of these subscribers' similarity
+    subscriptions, by paper key (those not stored yet are left out)."""
+    keys = example_keys(compile_likes(subscribers).values())
+    return store.papers_by_keys(keys) if keys else {}
+
+
+def like_index(
+    likes: Mapping[tuple[str, str], Like], examples: Mapping[str, Paper], stats: Stats
+) -> LikeIndex | None:
+    """The similarity subscriptions' profiles under ``stats``; None when there are none."""
+    return LikeIndex(likes, examples, stats) if likes else None
+
+
+def warn_missing_examples(store: Store, config: Config) -> None:
+    """Log, once per configuration, the example titles not among the stored
+    papers: such a title counts from the pass that stores its paper."""
+    likes = compile_likes(config.subscribers)
+    if not likes:
+        return
+    stored = store.papers_by_keys(example_keys(likes.values()))
+    for (email, name), like in likes.items():
+        for title in missing_titles(like, stored):
+            log.warning(
+                "like title not among the stored papers subscriber=%s subscription=%r title=%r",
+                email,
+                name,
+                title,
+            )
 
 
 def build_engine(queries: Mapping[str, Mapping[str, Query]], stats: Stats) -> Engine:
@@ -46,52 +98,77 @@ def analysed(papers: Iterable[tuple[int, Paper]], stats: Stats) -> list[tuple[in
 
 
 def match_rows(
-    engine: Engine, docs: Iterable[tuple[int, Doc]], subscriber_ids: Mapping[str, int]
+    engine: Engine,
+    docs: Sequence[tuple[int, Doc]],
+    subscriber_ids: Mapping[str, int],
+    likes: LikeIndex | None = None,
+    suggester: Suggester | None = None,
 ) -> list[NewMatch]:
     """Analysed papers -> match rows: the one way a paper becomes a match,
-    for the pass, backfill and ``send-test``. Hits of subscribers not in
-    ``subscriber_ids`` (unsubscribed, removed) are dropped."""
+    for the pass, backfill and ``send-test``. Similarity subscriptions
+    (``likes``) and readers' models (``suggester``: "Suggested for you",
+    for papers none of a reader's subscriptions matched) score the whole
+    batch at once. Hits of subscribers not in ``subscriber_ids``
+    (unsubscribed, removed) are dropped."""
     rows: list[NewMatch] = []
-    for paper_id, doc in docs:
+    vectors: list[Vector] = []
+    if likes or suggester:
+        encoder = likes.encoder if likes else TfidfEncoder(engine.stats)
+        vectors = encoder.encode([doc for _, doc in docs])
+    similar = likes.similarities(vectors) if likes else None
+    for at, (paper_id, doc) in enumerate(docs):
         by_subscriber: dict[int, list[Hit]] = {}
-        for hit in engine.match(doc):
+        hits: Iterable[Hit] = engine.match(doc)
+        if likes and similar is not None:
+            hits = likes.hits(doc, vectors[at], hits, similar[at])
+        for hit in hits:
             email, name = cast(tuple[str, str], hit.query)
             subscriber_id = subscriber_ids.get(email)
             if subscriber_id is not None:
                 by_subscriber.setdefault(subscriber_id, []).append(hit._replace(query=name))
-        for subscriber_id, hits in by_subscriber.items():
-            if len(hits) == 1:
-                terms = hits[0].terms
+        for subscriber_id, found in by_subscriber.items():
+            if len(found) == 1:
+                terms = found[0].terms
             else:
-                terms = rescore(doc, dict.fromkeys(t for h in hits for t in h.terms))[0]
+                terms = rescore(doc, dict.fromkeys(t for h in found for t in h.terms))[0]
             rows.append(
                 NewMatch(
                     subscriber_id,
                     paper_id,
-                    tuple(cast(str, h.query) for h in hits),
-                    tuple(h.terms for h in hits),
-                    tuple(h.score for h in hits),
+                    tuple(cast(str, h.query) for h in found),
+                    tuple(h.terms for h in found),
+                    tuple(h.score for h in found),
                     terms,
                 )
             )
+    if suggester:
+        rows += suggester.rows(docs, vectors, {(r.subscriber_id, r.paper_id) for r in rows})
     return rows
 
 
 def subscription_engine(sub: SubscriberConfig, stats: Stats) -> Engine:
     """An engine of one subscriber's subscriptions alone (backfill, tests)."""
-    return build_engine(
-        {sub.email: {q.name: parse_query(q.query, stemming=q.stemming) for q in sub.subscriptions}},
-        stats,
-    )
+    return build_engine({sub.email: _queries(sub)}, stats)
 
 
-def match_new_papers(store: Store, engine: Engine, clock: Clock, report: PassReport) -> None:
+def match_new_papers(
+    store: Store,
+    engine: Engine,
+    clock: Clock,
+    report: PassReport,
+    likes: Mapping[tuple[str, str], Like] | None = None,
+    suggesting: Collection[str] = (),
+) -> None:
     """The match stage: the papers not yet matched, in batches, each counted
     in the corpus statistics in the transaction that records its matches
     (they are analysed here anyway, so ingest does not analyse them twice).
     Scores recorded here are provisional: digests weigh every match again
-    against the stored statistics when they are composed."""
+    against the stored statistics when they are composed (similarity
+    subscriptions' scores stand as recorded). Readers in ``suggesting``
+    (emails) with a trained model get suggestions."""
     active = store.active_subscriber_ids()
+    examples: dict[str, Paper] | None = None
+    suggester: Suggester | None = None
     while True:
         with gc_paused():
             with report.timed("statistics"):
@@ -104,10 +181,61 @@ def match_new_papers(store: Store, engine: Engine, clock: Clock, report: PassRep
                 for _, doc in docs:
                     added.observe(doc)
             with report.timed("match"):
-                rows = match_rows(engine, docs, active)
+                index = None
+                if likes:
+                    if examples is None:
+                        examples = store.papers_by_keys(example_keys(likes.values()))
+                    # Weighed with this batch counted too: the first pass of a new
+                    # database has no statistics yet, and similarity is not rescored.
+                    index = like_index(likes, examples, _counted(engine.stats, added))
+                if suggester is None:
+                    ids = [active[e] for e in suggesting if e in active]
+                    suggester = Suggester(store.reader_models(ids) if ids else {})
+                rows = match_rows(engine, docs, active, index, suggester or None)
             with report.timed("record_matches"):
                 pids = [pid for pid, _ in batch]
                 report.matches += store.record_matches(pids, rows, clock(), added)
+
+
+def refresh_models(store: Store, clock: Clock) -> int:
+    """Train again the models of readers whose marks changed since their
+    model was trained (a pass with no new marks trains nothing); how many."""
+    newest = store.newest_marks()
+    versions = store.model_versions()
+    stale = [i for i, n in newest.items() if versions.get(i, 0) < n]
+    if not stale:
+        return 0
+    stats = store.stats()
+    marks = store.marks(stale)
+    for subscriber_id in stale:
+        started = time.perf_counter()
+        model = train(
+            subscriber_id,
+            marks[subscriber_id],
+            partial(store.sample_papers, NEGATIVES, subscriber_id),
+            stats,
+            clock(),
+        )
+        store.save_reader_model(model)
+        log.info(
+            "reader model subscriber_id=%d positives=%d negatives=%d trained=%s seconds=%.2f",
+            subscriber_id,
+            model.positives,
+            model.negatives,
+            "yes" if model.weights else "no",
+            time.perf_counter() - started,
+        )
+    return len(stale)
+
+
+def _counted(stats: Stats, added: Stats) -> Stats:
+    """``stats`` with ``added`` counted in."""
+    return Stats(
+        stats.papers + added.papers,
+        stats.df + added.df,
+        stats.title_length + added.title_length,
+        stats.abstract_length + added.abstract_length,
+    )
 
 
 def sync_subscribers(store: Store, config: Config, now: datetime) -> dict[str, int]:
@@ -115,7 +243,7 @@ def sync_subscribers(store: Store, config: Config, now: datetime) -> dict[str, i
     unsubscribes that a subscriber's ``resubscribed`` time postdates."""
     ids = store.sync_subscribers(
         (
-            (s.email, s.name, [(q.name, q.query) for q in s.subscriptions])
+            (s.email, s.name, [(q.name, q.described) for q in s.subscriptions])
             for s in config.subscribers
         ),
         now,

@@ -28,6 +28,7 @@ from sqlmodel import Session
 from mailer.analysis import Stats
 from mailer.errors import DatabaseReplacedError, StoreError
 from mailer.papers import Paper
+from mailer.store.feedback import Feedback, Mark, MarkOutcome, ReaderModel
 from mailer.store.matches import Matches, NewMatch, PendingMatch
 from mailer.store.nodes import NodeBeat, Nodes
 from mailer.store.outbox import Outbox, Outgoing
@@ -41,11 +42,14 @@ from mailer.store.schema import (
     DeliveryStatus,
     DumpRow,
     DumpStatus,
+    FeedbackRow,
+    MarkKind,
     MatchRow,
     NodeRow,
     Origin,
     OutboxState,
     PaperRow,
+    ReaderModelRow,
     StateRow,
     SubscriberRow,
     SubscriptionRow,
@@ -69,7 +73,11 @@ __all__ = [
     "DeliveryStatus",
     "DumpRow",
     "DumpStatus",
+    "FeedbackRow",
     "IngestOutcome",
+    "Mark",
+    "MarkKind",
+    "MarkOutcome",
     "MatchRow",
     "NewMatch",
     "NodeBeat",
@@ -80,6 +88,8 @@ __all__ = [
     "PaperRow",
     "PendingMatch",
     "Profile",
+    "ReaderModel",
+    "ReaderModelRow",
     "SentDigest",
     "SignUp",
     "StateRow",
@@ -131,6 +141,7 @@ class Store:
         self.nodes = Nodes(self.transaction)
         self.suppressions = Suppressions(self.transaction)
         self.web = WebSubscribers(self.transaction)  # sign-ups on the web pages
+        self.feedback = Feedback(self.transaction)
         self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
         self._identity = _identity(self._file) if self._file else None
 
@@ -253,6 +264,52 @@ class Store:
 
     def stats(self) -> Stats:
         return self.papers.stats()
+
+    def papers_by_keys(self, keys: Collection[str]) -> dict[str, Paper]:
+        return self.papers.papers_by_keys(keys)
+
+    def titles(self) -> list[str]:
+        return self.papers.titles()
+
+    def paper(self, paper_id: int) -> Paper | None:
+        return self.papers.paper(paper_id)
+
+    def sample_papers(self, n: int, seed: int) -> list[tuple[int, Paper]]:
+        return self.papers.sample(n, seed)
+
+    # --- readers' marks and models: ``Feedback`` ------------------------------
+
+    def record_mark(self, email: str, paper_id: int, kind: MarkKind, now: datetime) -> MarkOutcome:
+        return self.feedback.record(email, paper_id, kind, now)
+
+    def marks(self, subscriber_ids: Sequence[int]) -> dict[int, list[Mark]]:
+        return self.feedback.marks(subscriber_ids)
+
+    def marks_of(self, email: str) -> list[Mark] | None:
+        """An address's standing marks, newest first; None if it is not a subscriber."""
+        subscriber_id = self.feedback.subscriber_id(email)
+        return (
+            None if subscriber_id is None else self.feedback.marks([subscriber_id])[subscriber_id]
+        )
+
+    def subscriber_id(self, email: str) -> int | None:
+        """The id of the subscriber with this address (however it is spelt)."""
+        return self.feedback.subscriber_id(email)
+
+    def newest_marks(self) -> dict[int, int]:
+        return self.feedback.newest_marks()
+
+    def model_versions(self) -> dict[int, int]:
+        return self.feedback.model_versions()
+
+    def reader_models(self, subscriber_ids: Sequence[int] | None = None) -> dict[int, ReaderModel]:
+        return self.feedback.models(subscriber_ids)
+
+    def save_reader_model(self, model: ReaderModel) -> None:
+        self.feedback.save_model(model)
+
+    def delete_reader_model(self, subscriber_id: int) -> None:
+        self.feedback.delete_model(subscriber_id)
 
     def dumps(self) -> list[DumpRow]:
         return self.papers.dumps()

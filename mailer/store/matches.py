@@ -39,6 +39,7 @@ class PendingMatch:
     subscription_terms: tuple[tuple[str, ...], ...]
     scores: tuple[float, ...]
     first_seen_at: datetime
+    paper_id: int | None = None
 
 
 class Matches:
@@ -131,6 +132,7 @@ class Matches:
                             subscription_terms=_subscription_terms(each, terms, len(names)),
                             scores=tuple(json.loads(scores)),
                             first_seen_at=first_seen,
+                            paper_id=paper_id,
                         )
                     )
         return found

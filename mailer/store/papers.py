@@ -7,8 +7,9 @@ paper cost more than the database did (bench/ingest.py).
 
 from __future__ import annotations
 
+import random
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, NamedTuple
@@ -187,6 +188,46 @@ class Papers:
             )
             .order_by(PAPERS.c.id)
         )
+
+    def papers_by_keys(self, keys: Collection[str]) -> dict[str, Paper]:
+        """The stored papers with these keys (``paper_key`` of a title), by key."""
+        found: dict[str, Paper] = {}
+        wanted = sorted(keys)
+        with self._transaction() as conn:
+            for start in range(0, len(wanted), 1000):
+                query = select(PAPERS.c.key, *PAPER_COLUMNS).where(
+                    PAPERS.c.key.in_(wanted[start : start + 1000])
+                )
+                for row in conn.execute(query).mappings():
+                    found[row["key"]] = paper_from_row(row)
+        return found
+
+    def paper(self, paper_id: int) -> Paper | None:
+        found = self._papers(select(PAPERS.c.id, *PAPER_COLUMNS).where(PAPERS.c.id == paper_id))
+        return found[0][1] if found else None
+
+    def sample(self, n: int, seed: int) -> list[tuple[int, Paper]]:
+        """About ``n`` stored papers drawn at random (the same for the same
+        seed and papers), without reading the others: ids are drawn from
+        1..max(id), and papers are never deleted, so nearly all exist."""
+        with self._transaction() as conn:
+            top: int | None = conn.execute(select(func.max(PAPERS.c.id))).scalar()
+        if not top:
+            return []
+        ids = random.Random(seed).sample(range(1, top + 1), min(n, top))
+        found: list[tuple[int, Paper]] = []
+        for start in range(0, len(ids), 1000):
+            found += self._papers(
+                select(PAPERS.c.id, *PAPER_COLUMNS).where(
+                    PAPERS.c.id.in_(ids[start : start + 1000])
+                )
+            )
+        return found
+
+    def titles(self) -> list[str]:
+        """Every stored paper's title, to suggest the closest to one not found."""
+        with self._transaction() as conn:
+            return list(conn.execute(select(PAPERS.c.title).order_by(PAPERS.c.id)).scalars())
 
     def _papers(self, query: Any) -> list[tuple[int, Paper]]:
         with self._transaction() as conn:

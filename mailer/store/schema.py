@@ -292,6 +292,44 @@ class SendRateRow(SQLModel, table=True):
     next_at: datetime
 
 
+class MarkKind(StrEnum):
+    """What a reader said about a paper from a digest's feedback links."""
+
+    MORE = "more"  # "more like this"
+    LESS = "less"  # "not for me"
+
+
+class FeedbackRow(SQLModel, table=True):
+    """A reader's mark on a paper, as given; the newest per paper counts, so
+    changing one's mind adds a row and the history stays."""
+
+    __tablename__ = "feedback"
+
+    id: int | None = Field(default=None, primary_key=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    paper_id: int = Field(foreign_key="papers.id")
+    kind: str = Field(max_length=8)  # a MarkKind
+    created_at: datetime
+
+
+class ReaderModelRow(SQLModel, table=True):
+    """A reader's linear model over TF-IDF features, trained from their
+    marks: its heaviest weights by stem, and the newest mark it saw (so it
+    is trained again only when marks arrive)."""
+
+    __tablename__ = "reader_models"
+
+    subscriber_id: int = Field(foreign_key="subscribers.id", primary_key=True)
+    trained_on: int  # the id of the newest feedback row it learned from
+    positives: int
+    negatives: int
+    weights: dict[str, float] = Field(sa_column=Column(JSON, nullable=False))
+    intercept: float
+    # What a new paper must score to be suggested: above nearly every stored paper.
+    cutoff: float
+    trained_at: datetime
+
+
 def _table(model: type[SQLModel]) -> Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, Table)
@@ -312,6 +350,8 @@ NODES = _table(NodeRow)
 SEND_RATE = _table(SendRateRow)
 BOUNCES = _table(BounceRow)
 SUPPRESSIONS = _table(SuppressionRow)
+FEEDBACK = _table(FeedbackRow)
+READER_MODELS = _table(ReaderModelRow)
 
 # A transaction on the store's engine: committed on success, rolled back on
 # any error, database errors raised as StoreError (``Store.transaction``).
