@@ -88,6 +88,8 @@ def _similar(
     like: list[str] | None, like_text: str, top: int | None, threshold: float | None
 ) -> editing.Similar | None:
     """The 'more like these' keys given on the command line, if any."""
+    from mailer import editing
+
     if not like and not like_text and top is None and threshold is None:
         return None
     return editing.Similar(tuple(like or ()), like_text, top, threshold)
