@@ -195,7 +195,7 @@ def subs_list(
 ) -> None:
     """The subscribers of config.toml and of the web pages: origin, schedule, time zone,
     subscriptions, unsubscribed or not."""
-    config = state_of(ctx).config()
+    config = state_of(ctx).config(check_queries=False)
     store = open_existing(config)
     try:
         states = store.subscriber_states() if store else {}
