@@ -95,6 +95,17 @@ def test_bad_query_names_subscriber_subscription_and_position() -> None:
     assert "position 13" in message
 
 
+def test_a_load_for_showing_queries_leaves_them_unparsed_and_the_next_load_checks_them() -> None:
+    text = (
+        '[[subscribers]]\nemail = "a@b.org"\n[[subscribers.subscriptions]]\n'
+        'name = "X"\nquery = "diffusion AND"\n'
+    )
+    shown = parse_config(text, source="c.toml", check_queries=False)
+    assert shown.subscribers[0].subscriptions[0].query == "diffusion AND"
+    with pytest.raises(ConfigError, match="position 13"):
+        parse_config(text, source="c.toml")
+
+
 def test_bad_email_is_refused() -> None:
     assert "not a valid email address" in error_of('[[subscribers]]\nemail = "nobody"\n')
 

@@ -50,18 +50,23 @@ class State:
     config_path: Path | None
     _loaded: tuple[Config, str] | None = None
     log_format: str = "text"
+    _queries_checked: bool = False
 
-    def config(self) -> Config:
-        if self._loaded is None:
+    def config(self, *, check_queries: bool = True) -> Config:
+        """``check_queries=False``: for a command that only shows the queries
+        (parsing them is most of a large configuration's load)."""
+        if self._loaded is None or (check_queries and not self._queries_checked):
             from mailer.config import load_config
 
-            self._loaded = load_config(self.config_path)
+            self._loaded = load_config(self.config_path, check_queries=check_queries)
+            self._queries_checked = check_queries
             log.debug("configuration from %s", self._loaded[1])
         return self._loaded[0]
 
     @property
     def config_source(self) -> str:
-        self.config()
+        if self._loaded is None:
+            self.config()
         assert self._loaded is not None
         return self._loaded[1]
 

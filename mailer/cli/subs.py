@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from mailer.cli.app import meta_line, open_existing, open_store, out, state_of
+from mailer.cli.columns import aligned_table
 from mailer.errors import ConfigError, QueryError
 from mailer.ops import (
     highlighted,
@@ -197,7 +197,7 @@ def subs_list(
 ) -> None:
     """The subscribers of config.toml and of the web pages: origin, schedule, time zone,
     subscriptions, unsubscribed or not."""
-    config = state_of(ctx).config()
+    config = state_of(ctx).config(check_queries=False)
     store = open_existing(config)
     try:
         states = store.subscriber_states() if store else {}
@@ -209,10 +209,8 @@ def subs_list(
     if as_json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
         return
-    table = Table(show_lines=True)
     columns = ("subscriber", "origin", "schedule", "time zone", "subscriptions", "unsubscribed")
-    for column in columns:
-        table.add_column(column)
+    cells: list[tuple[str, ...]] = []
     for row in rows:
         who = f"{row['name']} <{row['email']}>" if row["name"] else str(row["email"])
         subscriptions = row["subscriptions"]
@@ -222,15 +220,11 @@ def subs_list(
         origin = str(row["origin"])
         if row["status"] not in ("active", "unsubscribed"):
             origin += f" ({row['status']})"
-        table.add_row(
-            Text(who),
-            Text(origin),
-            Text(str(row["schedule"])),
-            Text(str(row["timezone"])),
-            Text(queries or "-"),
-            gone,
+        cells.append(
+            (who, origin, str(row["schedule"]), str(row["timezone"]), queries or "-", gone)
         )
-    out.print(table)
+    sys.stdout.write(aligned_table(columns, cells))
+    sys.stdout.flush()
     web_rows = sum(1 for r in rows if r["origin"] == "web")
     out.print(
         f"{len(rows) - web_rows} subscribers in {escape(state_of(ctx).config_source)}, "

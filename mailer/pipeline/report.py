@@ -6,13 +6,14 @@ the ``Pipeline`` that imports them.
 
 from __future__ import annotations
 
-import gc
 import resource
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+
+from mailer.collector import gc_paused as gc_paused
 
 Clock = Callable[[], datetime]
 # Polled by the loops of a pass, so a stop requested meanwhile cuts them short.
@@ -21,23 +22,6 @@ Stopping = Callable[[], bool]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-@contextmanager
-def gc_paused() -> Iterator[None]:
-    """Run one batch of a stage (papers matched, digests composed, a dump
-    stored) with Python's cycle collector off. Such a batch allocates
-    hundreds of thousands of objects beside a large heap (analysed papers,
-    statistics), and the collector then spends a third to a half of the CPU
-    time walking that heap while finding almost nothing: reference counting
-    frees all but cycles, and those are collected once it is back on."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
 
 
 @dataclass
