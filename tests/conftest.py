@@ -85,9 +85,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def running_smtp_server() -> Iterator[SmtpServer]:
-    """An aiosmtpd server on a free loopback port, stopped on exit."""
-    sink = Sink()
+def running_smtp_server(sink: Sink | None = None) -> Iterator[SmtpServer]:
+    """An aiosmtpd server on a free loopback port, stopped on exit; ``sink``
+    handles its commands (default: a plain ``Sink`` that accepts everything)."""
+    sink = sink or Sink()
     port = free_port()
     controller = Controller(sink, hostname="127.0.0.1", port=port)
     controller.start()

@@ -14,14 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailer.config import SmtpConfig, parse_config
 from mailer.delivery import MaildirTransport, SmtpTransport, TransportUnavailableError
 from mailer.errors import ConfigError
 from mailer.verp import envelope_sender, parse_bounce_address, verp_address
-from tests.conftest import Sink, SmtpServer, free_port
+from tests.conftest import Sink, SmtpServer, running_smtp_server
 from tests.test_faults import Rig, paper, recipients, statuses
 
 POSTFIX_HELO = "504 5.5.2 <box>: Helo command rejected: need fully-qualified hostname"
@@ -79,13 +78,8 @@ class GatedServer(SmtpServer):
 @pytest.fixture
 def gated() -> Iterator[GatedServer]:
     sink = Gatekeeper()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    try:
-        yield GatedServer("127.0.0.1", port, sink, controller)
-    finally:
-        controller.stop()
+    with running_smtp_server(sink) as server:
+        yield GatedServer(server.host, server.port, sink, server.controller)
 
 
 def smtp(port: int, **settings: object) -> SmtpTransport:
