@@ -61,10 +61,16 @@ def tokens(text: str) -> list[str]:
 def tokenize(text: str) -> list[tuple[str, int, int]]:
     """Folded words of ``text`` with their character spans in the original,
     for highlighting; a word that folds into several yields each at its span."""
+    if text.isascii():
+        # Lower-casing ASCII keeps every offset, and each run of [a-z0-9] is one word.
+        return [(m.group(), m.start(), m.end()) for m in _WORD.finditer(text.lower())]
     out = []
     for m in _WORD.finditer(text):
-        for word in tokens(m.group()):
-            out.append((word, m.start(), m.end()))
+        word = m.group()
+        if word.isascii():
+            out.append((word.lower(), m.start(), m.end()))
+        else:
+            out.extend((w, m.start(), m.end()) for w in tokens(word))
     return out
 
 
@@ -252,11 +258,65 @@ class Doc:
         cached = self._weights.get((exact, key))
         if cached is not None:
             return cached
-        avg_title, avg_abstract = self.stats.average()
         title, abstract = self.title, self.abstract
-        tf = TITLE_WEIGHT * title.count(exact, key) / (
-            1.0 - B + B * len(title.tokens) / avg_title
-        ) + abstract.count(exact, key) / (1.0 - B + B * len(abstract.tokens) / avg_abstract)
-        value = self.stats.idf(key if not exact else stem(key)) * tf * (K1 + 1.0) / (K1 + tf)
+        value = bm25f(
+            self.stats,
+            key if not exact else stem(key),
+            (title.count(exact, key), len(title.tokens)),
+            (abstract.count(exact, key), len(abstract.tokens)),
+        )
         self._weights[(exact, key)] = value
         return value
+
+    def with_prefix(self, prefix: str) -> list[str]:
+        """Distinct words of title, then abstract, starting with ``prefix``."""
+        return self.title.with_prefix(prefix) + self.abstract.with_prefix(prefix)
+
+
+def bm25f(stats: Stats, key_stem: str, title: tuple[int, int], abstract: tuple[int, int]) -> float:
+    """BM25F of one term from its (count, field length) in title and abstract:
+    the one formula for ``Doc`` and ``StemCounts``, so both rank alike."""
+    avg_title, avg_abstract = stats.average()
+    tf = TITLE_WEIGHT * title[0] / (1.0 - B + B * title[1] / avg_title) + abstract[0] / (
+        1.0 - B + B * abstract[1] / avg_abstract
+    )
+    return stats.idf(key_stem) * tf * (K1 + 1.0) / (K1 + tf)
+
+
+# A stem's title count is kept above this many of its abstract count, in one int.
+_TITLE_SHIFT = 20
+_ABSTRACT_MASK = (1 << _TITLE_SHIFT) - 1
+
+
+class StemCounts:
+    """A paper as ranking by stemmed terms reads it: how often each stem
+    occurs in title and abstract, and their lengths. A few KB against a
+    Doc's tens, so a compose worker can keep every paper of a pass and
+    analyse each once, not once per chunk of digests it appears in."""
+
+    __slots__ = ("_counts", "abstract_length", "stats", "title_length")
+
+    def __init__(self, paper: Paper, stats: Stats) -> None:
+        title, abstract = tokens(paper.title), tokens(paper.abstract)
+        counts = Counter(stems(abstract))
+        for key in stems(title):
+            counts[key] += 1 << _TITLE_SHIFT
+        self._counts = dict(counts)
+        self.title_length = len(title)
+        self.abstract_length = len(abstract)
+        self.stats = stats
+
+    def weight(self, exact: bool, key: str) -> float:
+        """What ``Doc(paper, stats).weight(False, key)`` gives, from the counts."""
+        if exact:
+            raise ValueError("StemCounts has no words: rank exact and prefix terms with a Doc")
+        packed = self._counts.get(key, 0)
+        return bm25f(
+            self.stats,
+            key,
+            (packed >> _TITLE_SHIFT, self.title_length),
+            (packed & _ABSTRACT_MASK, self.abstract_length),
+        )
+
+    def with_prefix(self, prefix: str) -> list[str]:
+        raise ValueError("StemCounts has no words: rank exact and prefix terms with a Doc")

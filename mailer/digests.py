@@ -5,13 +5,15 @@ Pure values in, values out; the renderer turns a Digest into a message.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
 from functools import lru_cache
 
-from mailer.matching import Doc, Stats, highlight_spans, rescore
+from mailer.analysis import StemCounts
+from mailer.matching import Doc, Stats, highlight_spans
+from mailer.matching.reference import found_of, score
 from mailer.papers import Paper
 
 Span = tuple[int, int]
@@ -20,8 +22,10 @@ Span = tuple[int, int]
 # paper matched by the same terms recurs in many digests of one pass, and
 # finding spans (tokenising and stemming) is most of building a digest.
 MARKS_CACHE = 8192
-# Analysed papers a Ranking keeps, for the same reason.
-DOCS_CACHE = 4096
+# Papers a Ranking keeps analysed: as stem counts (a few KB each), and whole
+# (tens of KB; only exact words, prefixes and readers' models need them).
+COUNTS_CACHE = 20_000
+DOCS_CACHE = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,23 +117,44 @@ class Ranking:
     """Scores recorded matches against one set of corpus statistics (the
     store's, when the digest is composed), so every paper in a digest is on
     the same scale however long ago, in which order or by which path
-    (pass, backfill, test) it matched."""
+    (pass, backfill, test) it matched.
+
+    Each paper is analysed once per Ranking: as ``StemCounts`` (small, kept
+    for up to COUNTS_CACHE papers) for the stemmed terms nearly every query
+    has, as a whole ``Doc`` (large, DOCS_CACHE of them) for exact words,
+    prefixes and readers' models. Compose workers keep one Ranking for as
+    long as the statistics stay the same (``Ranking.of``), across chunks."""
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
         self._docs: dict[Paper, Doc] = {}
+        self._counts: dict[Paper, StemCounts] = {}
+
+    def of(self, stats: Stats) -> Ranking:
+        """This ranking if ``stats`` are its statistics, else a new one."""
+        return self if stats == self.stats else Ranking(stats)
 
     def doc(self, paper: Paper) -> Doc:
         """The paper analysed against this ranking's statistics (cached)."""
-        return self._doc(paper)
-
-    def _doc(self, paper: Paper) -> Doc:
         doc = self._docs.get(paper)
         if doc is None:
             if len(self._docs) >= DOCS_CACHE:
                 self._docs.clear()
             doc = self._docs[paper] = Doc(paper, self.stats)
         return doc
+
+    def rescore(self, paper: Paper, terms: Iterable[str]) -> tuple[tuple[str, ...], float]:
+        """``rescore`` of ``terms`` against the paper, from its stem counts
+        when every term is a stemmed one."""
+        found = [found_of(t) for t in terms]
+        if any(exact or prefix for _, exact, _, prefix, _ in found):
+            return score(self.doc(paper), found)
+        counts = self._counts.get(paper)
+        if counts is None:
+            if len(self._counts) >= COUNTS_CACHE:
+                self._counts.clear()
+            counts = self._counts[paper] = StemCounts(paper, self.stats)
+        return score(counts, found)
 
     def matched(
         self,
@@ -144,17 +169,16 @@ class Ranking:
         and all its terms heaviest first. Subscriptions in ``similar`` take
         papers by similarity to examples: their recorded scores (and words)
         stand, since BM25 of those words is not what ranked them."""
-        doc = self._doc(paper)
         scored = [
             (tuple(terms), scores[i])
             if name in similar and i < len(scores)
-            else rescore(doc, terms)
+            else self.rescore(paper, terms)
             for i, (name, terms) in enumerate(zip(subscriptions, subscription_terms, strict=True))
         ]
         if len(scored) == 1:
             terms = scored[0][0]
         else:
-            terms = rescore(doc, dict.fromkeys(t for ts, _ in scored for t in ts))[0]
+            terms = self.rescore(paper, dict.fromkeys(t for ts, _ in scored for t in ts))[0]
         return Matched(paper, tuple(subscriptions), terms, tuple(v for _, v in scored), paper_id)
 
 

@@ -12,8 +12,9 @@ from datetime import UTC, date, datetime
 import pytest
 
 import mailer.digests as digests_module
-from mailer.analysis import Doc, Stats
+from mailer.analysis import Doc, Stats, StemCounts
 from mailer.digests import Digest, Entry, Matched, Ranking, Recipient, Section, build_digest
+from mailer.matching import rescore
 from mailer.papers import Paper
 
 ADA = Recipient("ada@example.org", "Ada", ("Diffusion", "Agents", "Graphs"))
@@ -477,11 +478,11 @@ def test_a_paper_is_analysed_once_for_every_subscriber_it_matched(
 ) -> None:
     analysed: list[Paper] = []
 
-    def counting_doc(paper: Paper, stats: Stats) -> Doc:
+    def counting(paper: Paper, stats: Stats) -> StemCounts:
         analysed.append(paper)
-        return Doc(paper, stats)
+        return StemCounts(paper, stats)
 
-    monkeypatch.setattr(digests_module, "Doc", counting_doc)
+    monkeypatch.setattr(digests_module, "StemCounts", counting)
     ranking = Ranking(CORPUS)
     other = Paper("Other", "Agents.")
     for _ in range(3):
@@ -495,18 +496,53 @@ def test_the_analysed_papers_are_forgotten_past_the_cache_size(
 ) -> None:
     analysed: list[str] = []
 
-    def counting_doc(paper: Paper, stats: Stats) -> Doc:
+    def counting(paper: Paper, stats: Stats) -> StemCounts:
         analysed.append(paper.title)
-        return Doc(paper, stats)
+        return StemCounts(paper, stats)
 
-    monkeypatch.setattr(digests_module, "Doc", counting_doc)
-    monkeypatch.setattr(digests_module, "DOCS_CACHE", 2)
+    monkeypatch.setattr(digests_module, "StemCounts", counting)
+    monkeypatch.setattr(digests_module, "COUNTS_CACHE", 2)
     ranking = Ranking(CORPUS)
     a, b, c = (Paper(t, "Agents.") for t in "ABC")
     for p in (a, b, a, c, b, a):
         ranking.matched(p, ["S"], [["agent"]])
     # A and B fill the cache; C clears it and is kept alone, so B and A are analysed again.
     assert analysed == ["A", "B", "C", "B", "A"]
+
+
+def test_exact_words_and_prefixes_are_ranked_on_the_whole_analysed_paper(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    analysed: list[str] = []
+
+    def counting(paper: Paper, stats: Stats) -> Doc:
+        analysed.append(paper.title)
+        return Doc(paper, stats)
+
+    monkeypatch.setattr(digests_module, "Doc", counting)
+    ranking = Ranking(CORPUS)
+    ranking.matched(BOTH, ["S"], [["agent"]])
+    ranking.matched(BOTH, ["S", "T"], [["=agents"], ["agen*"]])
+    assert analysed == [BOTH.title]
+
+
+@pytest.mark.parametrize(
+    "terms",
+    [("agent",), ("agent", "survey"), ("=agents",), ("agen*", "diffusion"), ("language agents",)],
+)
+def test_a_ranking_scores_a_match_as_the_analysed_paper_does(terms: tuple[str, ...]) -> None:
+    assert Ranking(CORPUS).rescore(BOTH, terms) == rescore(Doc(BOTH, CORPUS), terms)
+
+
+def test_a_ranking_is_kept_while_the_statistics_are_the_same() -> None:
+    ranking = Ranking(CORPUS)
+    same = Stats(CORPUS.papers, Counter(CORPUS.df), CORPUS.title_length, CORPUS.abstract_length)
+    grown = Stats(
+        CORPUS.papers + 1, Counter(CORPUS.df), CORPUS.title_length, CORPUS.abstract_length
+    )
+    assert ranking.of(same) is ranking
+    assert ranking.of(grown) is not ranking
+    assert ranking.of(grown).stats is grown
 
 
 def test_a_paper_without_subscription_terms_scores_nothing() -> None:

@@ -21,6 +21,7 @@ from mailer.matching import (
     parse_query,
     rescore,
 )
+from mailer.matching.highlight import spans_by_tokens
 from mailer.papers import Paper
 
 PAPER = Paper(
@@ -202,6 +203,77 @@ def test_highlight_covers_each_phrase_run_and_prefix() -> None:
     assert highlight_spans(text, ["chain of thought"]) == [(0, 16), (23, 39)]
     assert highlight_spans(text, ["token*"]) == [(41, 47)]
     assert highlight_spans(text, ["org:chain"]) == []
+
+
+def test_highlight_of_a_term_that_is_no_single_word_finds_nothing() -> None:
+    text = "Chain-of-Thought supervision"
+    assert highlight_spans(text, ["chain-of-thoughts", "=chain-of", "chain-*"]) == []
+
+
+def test_every_word_with_a_stem_starts_with_all_but_its_last_letter() -> None:
+    # What the ASCII search of highlight_spans rests on, over the stemmer's
+    # exceptions and the suffixes it rewrites.
+    words = ["skies", "dying", "lying", "idly", "gently", "early", "only", "singly", "news"]
+    words += [
+        base + suffix
+        for base in ("happ", "effici", "capab", "organ", "relat", "hop", "activ", "possib")
+        for suffix in ("y", "ies", "ied", "ing", "ility", "ization", "ational", "ency", "ably")
+    ]
+    for word in words:
+        assert word.startswith(stem(word)[:-1]), word
+
+
+_HIGHLIGHT_WORDS = st.sampled_from(
+    [
+        "transformer",
+        "Transformers",
+        "model",
+        "models",
+        "modelling",
+        "chain",
+        "thought",
+        "a",
+        "token",
+        "tokens",
+        "diffusion",
+        "agent",
+        "agents",
+        "x",
+        "2d",
+        "3",
+        "happy",
+        "happiness",
+    ]
+)
+_HIGHLIGHT_TERMS = st.one_of(
+    _HIGHLIGHT_WORDS.map(str.lower),
+    _HIGHLIGHT_WORDS.map(lambda w: "=" + w.lower()),
+    _HIGHLIGHT_WORDS.map(lambda w: w.lower()[:2] + "*"),
+    st.tuples(_HIGHLIGHT_WORDS, _HIGHLIGHT_WORDS).map(lambda p: f"{p[0]} {p[1]}".lower()),
+    _HIGHLIGHT_WORDS.map(lambda w: "org:" + w),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(st.one_of(_HIGHLIGHT_WORDS, st.sampled_from([" ", ", ", "-", "_", ". ", "é"]))),
+    st.lists(_HIGHLIGHT_TERMS, max_size=4),
+)
+def test_highlight_spans_are_those_of_the_whole_tokenised_text(
+    pieces: list[str], terms: list[str]
+) -> None:
+    text = "".join(pieces)
+    assert highlight_spans(text, terms) == _merged(spans_by_tokens(text, terms))
+
+
+def _merged(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for start, end in sorted(spans):
+        if out and start <= out[-1][1]:
+            out[-1] = (out[-1][0], max(end, out[-1][1]))
+        else:
+            out.append((start, end))
+    return out
 
 
 # --- analysis ------------------------------------------------------------------

@@ -3,20 +3,88 @@ and ``mailer subs try`` to highlight."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Iterator, Sequence
+from functools import lru_cache
 
-from mailer.analysis import stem, tokenize
+from mailer.analysis import stem, stems, tokenize
+
+Span = tuple[int, int]
+_FLAGS = re.ASCII | re.IGNORECASE
+_WORD = re.compile("[a-z0-9]+")
 
 
-def highlight_spans(text: str, terms: Sequence[str]) -> list[tuple[int, int]]:
+def highlight_spans(text: str, terms: Sequence[str]) -> list[Span]:
     """Character spans of ``text`` where the matched ``terms`` occur: a word
     highlights its stemming variants, ``=word`` only itself, ``pre*`` words
     starting with it, a phrase each run of its words; ``org:`` terms are not
-    in the title or abstract."""
+    in the title or abstract.
+
+    Digests highlight every paper they show, so ASCII text (nearly all) is
+    searched for each single-word term's candidates with a regular
+    expression instead of being tokenised and stemmed whole; phrases and
+    other text take ``spans_by_tokens``, which gives the same spans."""
+    if not text.isascii():
+        return _merge(spans_by_tokens(text, terms))
+    spans: list[Span] = []
+    rest: list[str] = []
+    for term in terms:
+        found = _ascii_spans(text, term)
+        if found is None:
+            rest.append(term)
+        else:
+            spans += found
+    if rest:
+        spans += spans_by_tokens(text, rest)
+    return _merge(spans)
+
+
+def _ascii_spans(text: str, term: str) -> list[Span] | None:
+    """Spans of one term in ASCII ``text``, or None for a phrase or a stem
+    too short to narrow the search. A word's Snowball stem only ever changes
+    its last letter or removes letters from the end, so every word with stem
+    ``key`` starts with ``key[:-1]``: those words are the candidates."""
+    if term.startswith("org:"):
+        return []
+    exact = term.startswith("=")
+    body = term[1:] if exact else term
+    if body.endswith("*"):
+        prefix = body[:-1]
+        if not _WORD.fullmatch(prefix):
+            return []  # no word of ASCII text (runs of [a-z0-9], lower-cased) starts so
+        return [m.span() for m in _pattern(prefix, True).finditer(text)]
+    parts = [p for p in body.split(" ") if p]
+    if len(parts) != 1:
+        return None if parts else []
+    word = parts[0]
+    if exact:
+        if not _WORD.fullmatch(word):
+            return []
+        return [m.span() for m in _pattern(word, False).finditer(text)]
+    key = stem(word)
+    if not _WORD.fullmatch(key):
+        return []  # the stem of a run of [a-z0-9] is one too
+    if len(key) < 2:
+        return None
+    return [
+        m.span() for m in _pattern(key[:-1], True).finditer(text) if stem(m.group().lower()) == key
+    ]
+
+
+@lru_cache(maxsize=4096)
+def _pattern(start: str, prefix: bool) -> re.Pattern[str]:
+    """Whole words of ASCII text that are ``start`` (or, if ``prefix``, begin with it)."""
+    end = "[a-z0-9]*" if prefix else "(?![a-z0-9])"
+    return re.compile(f"(?<![a-z0-9]){re.escape(start)}{end}", _FLAGS)
+
+
+def spans_by_tokens(text: str, terms: Sequence[str]) -> list[Span]:
+    """The spans of ``terms`` in ``text``, found by tokenising it whole
+    (unmerged): the reference that the ASCII search must agree with."""
     found = tokenize(text)
     words = [w for w, _, _ in found]
     stemmed: list[str] | None = None
-    spans: list[tuple[int, int]] = []
+    spans: list[Span] = []
     for term in terms:
         if term.startswith("org:"):
             continue
@@ -33,18 +101,29 @@ def highlight_spans(text: str, terms: Sequence[str]) -> list[tuple[int, int]]:
             seq = words
         else:
             if stemmed is None:
-                stemmed = [stem(w) for w in words]
+                stemmed = stems(words)
             seq = stemmed
             parts = [stem(p) for p in parts]
         n = len(parts)
-        for i in range(len(seq) - n + 1):
-            if seq[i : i + n] == parts:
+        for i in _occurrences(seq, parts[0]):
+            if n == 1 or seq[i : i + n] == parts:
                 spans.append((found[i][1], found[i + n - 1][2]))
-    return _merge(spans)
+    return spans
 
 
-def _merge(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    merged: list[tuple[int, int]] = []
+def _occurrences(seq: list[str], key: str) -> Iterator[int]:
+    """Where ``key`` is in ``seq``: list.index scans in C."""
+    at = -1
+    try:
+        while True:
+            at = seq.index(key, at + 1)
+            yield at
+    except ValueError:
+        return
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    merged: list[Span] = []
     for start, end in sorted(spans):
         if merged and start <= merged[-1][1]:
             merged[-1] = (merged[-1][0], max(end, merged[-1][1]))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Hashable, Iterable, Mapping
-from typing import NamedTuple
+from functools import lru_cache
+from typing import NamedTuple, Protocol
 
 from mailer.analysis import Doc, FieldText, Stats, stem
 from mailer.papers import Paper
@@ -103,10 +104,19 @@ def phrase_in(text: FieldText, exact: bool, keys: tuple[str, ...], slop: int) ->
 
 
 def _prefix_tokens(doc: Doc, prefix: str) -> list[str]:
-    return doc.title.with_prefix(prefix) + doc.abstract.with_prefix(prefix)
+    return doc.with_prefix(prefix)
 
 
-def score(doc: Doc, found: Iterable[Found]) -> tuple[tuple[str, ...], float]:
+class Weighing(Protocol):
+    """What scoring reads of a paper: a ``Doc``, or its ``StemCounts`` when
+    every term is a stemmed one."""
+
+    def weight(self, exact: bool, key: str) -> float: ...
+
+    def with_prefix(self, prefix: str) -> list[str]: ...
+
+
+def score(doc: Weighing, found: Iterable[Found]) -> tuple[tuple[str, ...], float]:
     """Distinct matched terms, most relevant first, and their summed BM25F."""
     weights: dict[str, float] = {}
     for display, exact, keys, prefix, org in found:
@@ -116,7 +126,7 @@ def score(doc: Doc, found: Iterable[Found]) -> tuple[tuple[str, ...], float]:
             weights[display] = 0.0
         elif prefix:
             weights[display] = max(
-                (doc.weight(True, t) for t in _prefix_tokens(doc, keys[0])), default=0.0
+                (doc.weight(True, t) for t in doc.with_prefix(keys[0])), default=0.0
             )
         else:
             weights[display] = sum(doc.weight(exact, k) for k in keys)
@@ -124,6 +134,7 @@ def score(doc: Doc, found: Iterable[Found]) -> tuple[tuple[str, ...], float]:
     return tuple(ranked), float(sum(weights.values()))
 
 
+@lru_cache(maxsize=65536)
 def found_of(display: str) -> Found:
     """The term behind a matched term's display string, which says all that
     scoring needs (``org:``, ``=exact``, ``prefix*``, words of a phrase)."""
@@ -137,7 +148,7 @@ def found_of(display: str) -> Found:
     return (display, exact, words if exact else tuple(stem(w) for w in words), False, org)
 
 
-def rescore(doc: Doc, terms: Iterable[str]) -> tuple[tuple[str, ...], float]:
+def rescore(doc: Weighing, terms: Iterable[str]) -> tuple[tuple[str, ...], float]:
     """Matched terms (display strings) weighed again against ``doc``'s
     statistics: heaviest first, and their summed BM25F, exactly as ``score``
     gave them when the paper matched. Digests rank with this at compose time,

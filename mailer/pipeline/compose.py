@@ -298,7 +298,7 @@ class ComposeChunk:
         ids = [o.subscriber_id for o in self.orders]
         pending = store.pending_matches_for(ids)
         stats = store.stats()
-        ranking = Ranking(stats)
+        ranking = _ranking(stats)
         ordering = readers_of(store, ids, stats)
         messages: list[Outgoing] = []
         for order in self.orders:
@@ -337,6 +337,17 @@ class ComposeChunk:
         if messages:
             store.enqueue_many(messages, self.now)
         return [Queued(m.recipient, len(m.match_ids), m.message_id, m.failed) for m in messages]
+
+
+# The last chunk's Ranking, kept while the statistics stay the same: the
+# chunks of one pass share most of their papers, analysed once this way.
+_last_ranking: Ranking | None = None
+
+
+def _ranking(stats: Stats) -> Ranking:
+    global _last_ranking
+    _last_ranking = Ranking(stats) if _last_ranking is None else _last_ranking.of(stats)
+    return _last_ranking
 
 
 def _not_composed(
