@@ -289,28 +289,30 @@ _ABSTRACT_MASK = (1 << _TITLE_SHIFT) - 1
 
 
 class StemCounts:
-    """A paper as ranking by stemmed terms reads it: how often each stem
-    occurs in title and abstract, and their lengths. A few KB against a
-    Doc's tens, so a compose worker can keep every paper of a pass and
-    analyse each once, not once per chunk of digests it appears in."""
+    """A paper as ranking reads it: how often each stem (and, for the few
+    exact and prefix terms, each word) occurs in title and abstract, and
+    their lengths. A few KB against a Doc's tens, so a compose worker can
+    keep every paper of a pass and analyse each once, not once per chunk
+    of digests it appears in."""
 
-    __slots__ = ("_counts", "abstract_length", "stats", "title_length")
+    __slots__ = ("_stems", "_words", "abstract_length", "paper", "stats", "title_length")
 
     def __init__(self, paper: Paper, stats: Stats) -> None:
         title, abstract = tokens(paper.title), tokens(paper.abstract)
-        counts = Counter(stems(abstract))
-        for key in stems(title):
-            counts[key] += 1 << _TITLE_SHIFT
-        self._counts = dict(counts)
+        self._stems = _packed_counts(stems(title), stems(abstract))
+        self._words: dict[str, int] | None = None
         self.title_length = len(title)
         self.abstract_length = len(abstract)
+        self.paper = paper
         self.stats = stats
 
     def weight(self, exact: bool, key: str) -> float:
-        """What ``Doc(paper, stats).weight(False, key)`` gives, from the counts."""
+        """What ``Doc(paper, stats).weight(exact, key)`` gives, from the counts."""
         if exact:
-            raise ValueError("StemCounts has no words: rank exact and prefix terms with a Doc")
-        packed = self._counts.get(key, 0)
+            packed = self.words.get(key, 0)
+            key = stem(key)
+        else:
+            packed = self._stems.get(key, 0)
         return bm25f(
             self.stats,
             key,
@@ -319,4 +321,19 @@ class StemCounts:
         )
 
     def with_prefix(self, prefix: str) -> list[str]:
-        raise ValueError("StemCounts has no words: rank exact and prefix terms with a Doc")
+        """Distinct words starting with ``prefix`` (in no particular order)."""
+        return [w for w in self.words if w.startswith(prefix)]
+
+    @property
+    def words(self) -> dict[str, int]:
+        if self._words is None:
+            self._words = _packed_counts(tokens(self.paper.title), tokens(self.paper.abstract))
+        return self._words
+
+
+def _packed_counts(title: list[str], abstract: list[str]) -> dict[str, int]:
+    """Each key's abstract count, plus its title count shifted above it."""
+    counts = Counter(abstract)
+    for key in title:
+        counts[key] += 1 << _TITLE_SHIFT
+    return dict(counts)

@@ -22,8 +22,8 @@ Span = tuple[int, int]
 # paper matched by the same terms recurs in many digests of one pass, and
 # finding spans (tokenising and stemming) is most of building a digest.
 MARKS_CACHE = 8192
-# Papers a Ranking keeps analysed: as stem counts (a few KB each), and whole
-# (tens of KB; only exact words, prefixes and readers' models need them).
+# Papers a Ranking keeps analysed: as counts (a few KB each), and whole (tens
+# of KB; only readers' models need them).
 COUNTS_CACHE = 20_000
 DOCS_CACHE = 1024
 
@@ -120,9 +120,8 @@ class Ranking:
     (pass, backfill, test) it matched.
 
     Each paper is analysed once per Ranking: as ``StemCounts`` (small, kept
-    for up to COUNTS_CACHE papers) for the stemmed terms nearly every query
-    has, as a whole ``Doc`` (large, DOCS_CACHE of them) for exact words,
-    prefixes and readers' models. Compose workers keep one Ranking for as
+    for up to COUNTS_CACHE papers) to score terms, as a whole ``Doc``
+    (large, DOCS_CACHE of them) for readers' models. Compose workers keep one Ranking for as
     long as the statistics stay the same (``Ranking.of``), across chunks."""
 
     def __init__(self, stats: Stats) -> None:
@@ -144,11 +143,8 @@ class Ranking:
         return doc
 
     def rescore(self, paper: Paper, terms: Iterable[str]) -> tuple[tuple[str, ...], float]:
-        """``rescore`` of ``terms`` against the paper, from its stem counts
-        when every term is a stemmed one."""
+        """``rescore`` of ``terms`` against the paper, from its counts."""
         found = [found_of(t) for t in terms]
-        if any(exact or prefix for _, exact, _, prefix, _ in found):
-            return score(self.doc(paper), found)
         counts = self._counts.get(paper)
         if counts is None:
             if len(self._counts) >= COUNTS_CACHE:

@@ -510,22 +510,6 @@ def test_the_analysed_papers_are_forgotten_past_the_cache_size(
     assert analysed == ["A", "B", "C", "B", "A"]
 
 
-def test_exact_words_and_prefixes_are_ranked_on_the_whole_analysed_paper(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    analysed: list[str] = []
-
-    def counting(paper: Paper, stats: Stats) -> Doc:
-        analysed.append(paper.title)
-        return Doc(paper, stats)
-
-    monkeypatch.setattr(digests_module, "Doc", counting)
-    ranking = Ranking(CORPUS)
-    ranking.matched(BOTH, ["S"], [["agent"]])
-    ranking.matched(BOTH, ["S", "T"], [["=agents"], ["agen*"]])
-    assert analysed == [BOTH.title]
-
-
 @pytest.mark.parametrize(
     "terms",
     [("agent",), ("agent", "survey"), ("=agents",), ("agen*", "diffusion"), ("language agents",)],

@@ -4,16 +4,17 @@ parts, when the words that matched lie deep in it."""
 from __future__ import annotations
 
 import re
+import textwrap
 from datetime import date
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.digests import Digest, Entry, Recipient, Section
 from mailer.matching import highlight_spans
 from mailer.papers import Paper
 from mailer.render import Renderer
-from mailer.textfmt import EXCERPT_CHARS, excerpt
+from mailer.textfmt import EXCERPT_CHARS, excerpt, wrap
 
 OPENING = (
     "Physics-informed neural networks leverage neural networks to solve partial differential "
@@ -164,3 +165,24 @@ def test_both_parts_keep_the_opening_when_the_title_matched() -> None:
     )
     assert "Physics-informed" in rendered.text
     assert "*Diffusion* in Lagrangian PINNs" in rendered.text
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.lists(
+        st.sampled_from(["a", "word", "longerword", "x" * 80, " ", "  ", "\n", "\t", "é", "-"])
+    ),
+    st.sampled_from(["", "    ", "> "]),
+    st.integers(min_value=1, max_value=80),
+)
+def test_wrap_fills_lines_as_textwrap_does(pieces: list[str], indent: str, width: int) -> None:
+    text = "".join(pieces)
+    expected = textwrap.fill(
+        re.sub(r"[ \t\n\r\f\v]+", " ", text).strip(),
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent,
+        break_long_words=False,
+        break_on_hyphens=False,
+    )
+    assert wrap(text, indent, width) == expected

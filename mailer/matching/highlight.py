@@ -41,9 +41,10 @@ def highlight_spans(text: str, terms: Sequence[str]) -> list[Span]:
 
 def _ascii_spans(text: str, term: str) -> list[Span] | None:
     """Spans of one term in ASCII ``text``, or None for a phrase or a stem
-    too short to narrow the search. A word's Snowball stem only ever changes
-    its last letter or removes letters from the end, so every word with stem
-    ``key`` starts with ``key[:-1]``: those words are the candidates."""
+    too short to narrow the search. A word's Snowball stem removes letters
+    from its end and changes at most the last one, or two in its exceptions
+    (dying: die), so every word with stem ``key`` starts with ``key[:-2]``:
+    those words are the candidates, each checked."""
     if term.startswith("org:"):
         return []
     exact = term.startswith("=")
@@ -64,10 +65,10 @@ def _ascii_spans(text: str, term: str) -> list[Span] | None:
     key = stem(word)
     if not _WORD.fullmatch(key):
         return []  # the stem of a run of [a-z0-9] is one too
-    if len(key) < 2:
+    if len(key) < 3:
         return None
     return [
-        m.span() for m in _pattern(key[:-1], True).finditer(text) if stem(m.group().lower()) == key
+        m.span() for m in _pattern(key[:-2], True).finditer(text) if stem(m.group().lower()) == key
     ]
 
 
