@@ -34,3 +34,15 @@ def test_mailer_help_imports_no_database_web_scheduler_or_template_library() -> 
     modules = imported_modules("--help")
     loaded = sorted(m for m in modules if m.split(".")[0] in HEAVY)
     assert loaded == []
+
+
+def test_the_pass_loads_scikit_learn_only_for_similarity_or_readers_models() -> None:
+    # A second and 100 MB in the daemon and in every compose worker.
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, mailer.pipeline, mailer.actions; print(*sys.modules)"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "mailer.pipeline" in done.stdout.split()
+    assert [m for m in done.stdout.split() if m.split(".")[0] == "sklearn"] == []

@@ -19,7 +19,6 @@ from datetime import datetime
 
 import numpy as np
 from scipy import sparse
-from sklearn.svm import LinearSVC
 
 from mailer.analysis import Doc, Stats
 from mailer.digests import SUGGESTED
@@ -85,6 +84,8 @@ def train(
     weights = np.asarray(
         [1.0] * len(wanted) + [UNWANTED_WEIGHT] * len(unwanted) + [1.0] * len(drawn)
     )
+    from sklearn.svm import LinearSVC  # only here: see vectors.stop_stems
+
     svm = LinearSVC(C=C, class_weight="balanced")
     svm.fit(matrix, labels, sample_weight=weights)
     coef = svm.coef_[0]

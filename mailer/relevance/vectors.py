@@ -15,11 +15,11 @@ import heapq
 import math
 from collections import Counter
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from functools import cache
 from typing import Generic, Protocol, TypeVar
 
 import numpy as np
 from scipy import sparse
-from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
 
 from mailer.analysis import TITLE_WEIGHT, Doc, Stats, stem
 
@@ -36,15 +36,21 @@ class Encoder(Protocol):
     def encode(self, docs: Sequence[Doc]) -> list[Vector]: ...
 
 
-# English stop words (scikit-learn's list), stemmed: they say nothing about a
-# topic and would only crowd the words named as reasons.
-STOP_STEMS = frozenset(stem(w) for w in ENGLISH_STOP_WORDS)
+@cache
+def stop_stems() -> frozenset[str]:
+    """English stop words (scikit-learn's list), stemmed: they say nothing
+    about a topic and would only crowd the words named as reasons. Read when
+    first needed: importing scikit-learn takes a second and 100 MB, which a
+    pass without similarity subscriptions or readers' models never needs."""
+    from sklearn.feature_extraction.text import ENGLISH_STOP_WORDS
+
+    return frozenset(stem(w) for w in ENGLISH_STOP_WORDS)
 
 
 def feature(key: str) -> bool:
     """Whether a stem says something about a paper's topic: not a stop word,
     a number or a single letter."""
-    return len(key) > 1 and key not in STOP_STEMS and not key.isdigit()
+    return len(key) > 1 and key not in stop_stems() and not key.isdigit()
 
 
 class TfidfEncoder:
