@@ -260,8 +260,8 @@ class Doc:
             return cached
         title, abstract = self.title, self.abstract
         value = bm25f(
-            self.stats,
-            key if not exact else stem(key),
+            self.stats.idf(key if not exact else stem(key)),
+            self.stats.average(),
             (title.count(exact, key), len(title.tokens)),
             (abstract.count(exact, key), len(abstract.tokens)),
         )
@@ -273,14 +273,35 @@ class Doc:
         return self.title.with_prefix(prefix) + self.abstract.with_prefix(prefix)
 
 
-def bm25f(stats: Stats, key_stem: str, title: tuple[int, int], abstract: tuple[int, int]) -> float:
-    """BM25F of one term from its (count, field length) in title and abstract:
-    the one formula for ``Doc`` and ``StemCounts``, so both rank alike."""
-    avg_title, avg_abstract = stats.average()
+def bm25f(
+    idf: float, average: tuple[float, float], title: tuple[int, int], abstract: tuple[int, int]
+) -> float:
+    """BM25F of one term from its IDF, the average field lengths and its
+    (count, field length) in title and abstract: the one formula for ``Doc``
+    and ``StemCounts``, so both rank alike."""
+    avg_title, avg_abstract = average
     tf = TITLE_WEIGHT * title[0] / (1.0 - B + B * title[1] / avg_title) + abstract[0] / (
         1.0 - B + B * abstract[1] / avg_abstract
     )
-    return stats.idf(key_stem) * tf * (K1 + 1.0) / (K1 + tf)
+    return idf * tf * (K1 + 1.0) / (K1 + tf)
+
+
+class Scale:
+    """The statistics as ranking reads them, each stem's IDF worked out once:
+    a pass's compose ranks hundreds of thousands of matches against them."""
+
+    __slots__ = ("_idf", "average", "stats")
+
+    def __init__(self, stats: Stats) -> None:
+        self.stats = stats
+        self.average = stats.average()
+        self._idf: dict[str, float] = {}
+
+    def idf(self, key: str) -> float:
+        value = self._idf.get(key)
+        if value is None:
+            value = self._idf[key] = self.stats.idf(key)
+        return value
 
 
 # A stem's title count is kept above this many of its abstract count, in one int.
@@ -295,27 +316,27 @@ class StemCounts:
     keep every paper of a pass and analyse each once, not once per chunk
     of digests it appears in."""
 
-    __slots__ = ("_stems", "_words", "abstract_length", "paper", "stats", "title_length")
+    __slots__ = ("_stems", "_words", "abstract_length", "paper", "scale", "title_length")
 
-    def __init__(self, paper: Paper, stats: Stats) -> None:
+    def __init__(self, paper: Paper, scale: Scale) -> None:
         title, abstract = tokens(paper.title), tokens(paper.abstract)
         self._stems = _packed_counts(stems(title), stems(abstract))
         self._words: dict[str, int] | None = None
         self.title_length = len(title)
         self.abstract_length = len(abstract)
         self.paper = paper
-        self.stats = stats
+        self.scale = scale
 
     def weight(self, exact: bool, key: str) -> float:
-        """What ``Doc(paper, stats).weight(exact, key)`` gives, from the counts."""
+        """What ``Doc(paper, scale.stats).weight(exact, key)`` gives, from the counts."""
         if exact:
             packed = self.words.get(key, 0)
             key = stem(key)
         else:
             packed = self._stems.get(key, 0)
         return bm25f(
-            self.stats,
-            key,
+            self.scale.idf(key),
+            self.scale.average,
             (packed >> _TITLE_SHIFT, self.title_length),
             (packed & _ABSTRACT_MASK, self.abstract_length),
         )

@@ -11,7 +11,7 @@ from datetime import date, datetime
 from enum import StrEnum
 from functools import lru_cache
 
-from mailer.analysis import StemCounts
+from mailer.analysis import Scale, StemCounts
 from mailer.matching import Doc, Stats, highlight_spans
 from mailer.matching.reference import found_of, score
 from mailer.papers import Paper
@@ -126,6 +126,7 @@ class Ranking:
 
     def __init__(self, stats: Stats) -> None:
         self.stats = stats
+        self._scale = Scale(stats)
         self._docs: dict[Paper, Doc] = {}
         self._counts: dict[Paper, StemCounts] = {}
 
@@ -149,7 +150,7 @@ class Ranking:
         if counts is None:
             if len(self._counts) >= COUNTS_CACHE:
                 self._counts.clear()
-            counts = self._counts[paper] = StemCounts(paper, self.stats)
+            counts = self._counts[paper] = StemCounts(paper, self._scale)
         return score(counts, found)
 
     def matched(

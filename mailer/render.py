@@ -123,6 +123,7 @@ def check_paper_url(template: str) -> str:
     return template
 
 
+@lru_cache(maxsize=8192)  # a paper's link is made for every digest that shows it
 def _fill(template: str, title: str) -> str:
     # str.replace, not str.format: a template from config must not reach
     # attributes through format fields, and other braces stay literal. The

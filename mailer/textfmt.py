@@ -5,8 +5,9 @@ renderer and its templates share."""
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import date, datetime
+from functools import lru_cache
 
 from markupsafe import Markup, escape
 
@@ -147,12 +148,17 @@ def _window(text: str, marks: tuple[Span, ...]) -> tuple[str, tuple[Span, ...]]:
     return opening + text[start:stop] + ending, moved
 
 
-def _sentence_ends(text: str) -> Iterable[int]:
+@lru_cache(maxsize=4096)
+def _sentence_ends(text: str) -> tuple[int, ...]:
+    """Where the sentences of ``text`` end (remembered: a paper's abstract is
+    cut for every digest that shows it)."""
+    ends = []
     for m in _SENTENCE_END.finditer(text):
         word = text[: m.start()].rsplit(None, 1)[-1].casefold() if m.start() else ""
         if word.rstrip(".") in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
             continue
-        yield m.end()
+        ends.append(m.end())
+    return tuple(ends)
 
 
 def _clip(marks: Sequence[Span], limit: int) -> tuple[Span, ...]:

@@ -12,7 +12,7 @@ from datetime import UTC, date, datetime
 import pytest
 
 import mailer.digests as digests_module
-from mailer.analysis import Doc, Stats, StemCounts
+from mailer.analysis import Doc, Scale, Stats, StemCounts
 from mailer.digests import Digest, Entry, Matched, Ranking, Recipient, Section, build_digest
 from mailer.matching import rescore
 from mailer.papers import Paper
@@ -478,9 +478,9 @@ def test_a_paper_is_analysed_once_for_every_subscriber_it_matched(
 ) -> None:
     analysed: list[Paper] = []
 
-    def counting(paper: Paper, stats: Stats) -> StemCounts:
+    def counting(paper: Paper, scale: Scale) -> StemCounts:
         analysed.append(paper)
-        return StemCounts(paper, stats)
+        return StemCounts(paper, scale)
 
     monkeypatch.setattr(digests_module, "StemCounts", counting)
     ranking = Ranking(CORPUS)
@@ -496,9 +496,9 @@ def test_the_analysed_papers_are_forgotten_past_the_cache_size(
 ) -> None:
     analysed: list[str] = []
 
-    def counting(paper: Paper, stats: Stats) -> StemCounts:
+    def counting(paper: Paper, scale: Scale) -> StemCounts:
         analysed.append(paper.title)
-        return StemCounts(paper, stats)
+        return StemCounts(paper, scale)
 
     monkeypatch.setattr(digests_module, "StemCounts", counting)
     monkeypatch.setattr(digests_module, "COUNTS_CACHE", 2)
