@@ -12,6 +12,7 @@ from mailer.analysis import stem, stems, tokenize
 Span = tuple[int, int]
 _FLAGS = re.ASCII | re.IGNORECASE
 _WORD = re.compile("[a-z0-9]+")
+_NEXT_WORD = re.compile("[^a-z0-9]*([a-z0-9]+)", _FLAGS)
 
 
 def highlight_spans(text: str, terms: Sequence[str]) -> list[Span]:
@@ -40,8 +41,8 @@ def highlight_spans(text: str, terms: Sequence[str]) -> list[Span]:
 
 
 def _ascii_spans(text: str, term: str) -> list[Span] | None:
-    """Spans of one term in ASCII ``text``, or None for a phrase or a stem
-    too short to narrow the search. A word's Snowball stem removes letters
+    """Spans of one term in ASCII ``text``, or None for a stem too short to
+    narrow the search. A word's Snowball stem removes letters
     from its end and changes at most the last one, or two in its exceptions
     (dying: die), so every word with stem ``key`` starts with ``key[:-2]``:
     those words are the candidates, each checked."""
@@ -55,21 +56,41 @@ def _ascii_spans(text: str, term: str) -> list[Span] | None:
             return []  # no word of ASCII text (runs of [a-z0-9], lower-cased) starts so
         return [m.span() for m in _pattern(prefix, True).finditer(text)]
     parts = [p for p in body.split(" ") if p]
-    if len(parts) != 1:
-        return None if parts else []
-    word = parts[0]
+    if not parts:
+        return []
+    keys = parts if exact else [stem(p) for p in parts]
+    if not all(_WORD.fullmatch(k) for k in keys):
+        return []  # no word of ASCII text is, or stems to, anything else
+    first = keys[0]
     if exact:
-        if not _WORD.fullmatch(word):
-            return []
-        return [m.span() for m in _pattern(word, False).finditer(text)]
-    key = stem(word)
-    if not _WORD.fullmatch(key):
-        return []  # the stem of a run of [a-z0-9] is one too
-    if len(key) < 3:
+        candidates = _pattern(first, False).finditer(text)
+    elif len(first) < 3:
         return None
-    return [
-        m.span() for m in _pattern(key[:-2], True).finditer(text) if stem(m.group().lower()) == key
-    ]
+    else:
+        candidates = (
+            m for m in _pattern(first[:-2], True).finditer(text) if stem(m.group().lower()) == first
+        )
+    if len(keys) == 1:
+        return [m.span() for m in candidates]
+    spans = []
+    for m in candidates:
+        end = _phrase_end(text, m.end(), keys[1:], exact)
+        if end is not None:
+            spans.append((m.start(), end))
+    return spans
+
+
+def _phrase_end(text: str, at: int, keys: list[str], exact: bool) -> int | None:
+    """Where the rest of a phrase ends if the words from ``at`` on are ``keys``."""
+    for key in keys:
+        m = _NEXT_WORD.match(text, at)
+        if m is None:
+            return None
+        word = m.group(1).lower()
+        if (word if exact else stem(word)) != key:
+            return None
+        at = m.end()
+    return at
 
 
 @lru_cache(maxsize=4096)
