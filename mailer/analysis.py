@@ -351,6 +351,11 @@ class StemCounts:
             self._words = _packed_counts(tokens(self.paper.title), tokens(self.paper.abstract))
         return self._words
 
+    def drop_words(self) -> None:
+        """Forget the word counts, which take more memory than the stem counts
+        and are needed for a few terms only: made again when next asked for."""
+        self._words = None
+
 
 def _packed_counts(title: list[str], abstract: list[str]) -> dict[str, int]:
     """Each key's abstract count, plus its title count shifted above it."""

@@ -9,7 +9,6 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
-from functools import lru_cache
 
 from mailer.analysis import Scale, StemCounts
 from mailer.matching import Doc, Stats, highlight_spans
@@ -18,10 +17,6 @@ from mailer.papers import Paper
 
 Span = tuple[int, int]
 
-# Distinct (text, terms) pairs whose highlight spans are remembered: the same
-# paper matched by the same terms recurs in many digests of one pass, and
-# finding spans (tokenising and stemming) is most of building a digest.
-MARKS_CACHE = 8192
 # Papers a Ranking keeps analysed: as counts (a few KB each), and whole (tens
 # of KB; only readers' models need them).
 COUNTS_CACHE = 20_000
@@ -151,7 +146,9 @@ class Ranking:
             if len(self._counts) >= COUNTS_CACHE:
                 self._counts.clear()
             counts = self._counts[paper] = StemCounts(paper, self._scale)
-        return score(counts, found)
+        scored = score(counts, found)
+        counts.drop_words()
+        return scored
 
     def matched(
         self,
@@ -267,6 +264,5 @@ def _place(m: Matched, used: dict[str, int], caps: Mapping[str, int]) -> str | N
     return None
 
 
-@lru_cache(maxsize=MARKS_CACHE)
 def _marks(text: str, terms: tuple[str, ...]) -> tuple[Span, ...]:
     return tuple(highlight_spans(text, terms))
