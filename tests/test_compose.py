@@ -609,6 +609,27 @@ def test_a_chunk_returns_what_it_queued_for_the_log(
     ]
 
 
+def test_pending_matches_take_papers_already_read_from_the_given_ones(
+    store: Store, three: tuple[Config, dict[str, int]]
+) -> None:
+    _, ids = three
+    ada = ids["ada@example.org"]
+    read: dict[int, tuple[Paper, datetime]] = {}
+    first = store.pending_matches_for([ada], read)[ada]
+    assert sorted(read) == sorted(m.paper_id for m in first if m.paper_id is not None)
+    known = Paper("Read before", "Not read again.")
+    read = {pid: (known, at) for pid, (_, at) in read.items()}
+    again = store.pending_matches_for([ada], read)[ada]
+    assert {m.paper for m in again} == {known}
+
+
+def test_chunks_of_one_stage_share_the_papers_they_read_and_a_new_stage_reads_afresh() -> None:
+    shared = compose_module._papers_read("stage-1")
+    assert compose_module._papers_read("stage-1") is shared
+    assert compose_module._papers_read("stage-2") is not shared
+    assert compose_module._papers_read("") is None
+
+
 def test_a_chunk_carries_each_orders_unsubscribe_link(
     store: Store, renderer: Renderer, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ that open their store once and build their Renderer once per configuration
 from __future__ import annotations
 
 import logging
+import secrets
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
@@ -24,6 +25,7 @@ from mailer.dkim import DkimSigner
 from mailer.errors import MessageError
 from mailer.matching import Stats
 from mailer.mime import compose_bytes, new_message_id
+from mailer.papers import Paper
 from mailer.pipeline.report import Clock, PassReport, Stopping, gc_paused
 from mailer.relevance.defaults import DEFAULT_TOP
 from mailer.relevance.reader import SUGGESTIONS, Reader, readers
@@ -289,6 +291,9 @@ class ComposeChunk:
     sender: str
     sender_address: str
     dkim: DkimSigner | None = None  # the key travels with the chunk to a worker
+    # The compose stage the chunk is of: chunks of one stage share the papers
+    # they read (``_papers_read``); "" shares nothing.
+    stage: str = ""
 
     def run(self, store: Store, renderer: Renderer) -> list[Queued]:
         with gc_paused():
@@ -296,7 +301,7 @@ class ComposeChunk:
 
     def _run(self, store: Store, renderer: Renderer) -> list[Queued]:
         ids = [o.subscriber_id for o in self.orders]
-        pending = store.pending_matches_for(ids)
+        pending = store.pending_matches_for(ids, _papers_read(self.stage))
         stats = store.stats()
         ranking = _ranking(stats)
         ordering = readers_of(store, ids, stats)
@@ -339,15 +344,28 @@ class ComposeChunk:
         return [Queued(m.recipient, len(m.match_ids), m.message_id, m.failed) for m in messages]
 
 
-# The last chunk's Ranking, kept while the statistics stay the same: the
-# chunks of one pass share most of their papers, analysed once this way.
+# What the chunks composed in one process share, since they share most of
+# their papers: the last chunk's Ranking, kept while the statistics stay the
+# same (each paper analysed once); and the papers read for the chunks of one
+# compose stage (papers change only at ingest, which never runs while the
+# leader composes).
 _last_ranking: Ranking | None = None
+_last_papers: tuple[str, dict[int, tuple[Paper, datetime]]] | None = None
 
 
 def _ranking(stats: Stats) -> Ranking:
     global _last_ranking
     _last_ranking = Ranking(stats) if _last_ranking is None else _last_ranking.of(stats)
     return _last_ranking
+
+
+def _papers_read(stage: str) -> dict[int, tuple[Paper, datetime]] | None:
+    global _last_papers
+    if not stage:
+        return None
+    if _last_papers is None or _last_papers[0] != stage:
+        _last_papers = (stage, {})
+    return _last_papers[1]
 
 
 def _not_composed(
@@ -396,6 +414,7 @@ class Compose:
         now = self.clock()
         due = due_subscribers(self.store, self.config, now)
         pool = self.pool if len(due) >= POOL_THRESHOLD else None
+        stage = secrets.token_hex(8)
         smtp = self.config.smtp
         in_flight: deque[Future[list[Queued]]] = deque()
         for start in range(0, len(due), COMPOSE_CHUNK):
@@ -410,6 +429,7 @@ class Compose:
                 smtp.sender,
                 smtp.sender_address,
                 self.dkim,
+                stage,
             )
             if pool is None:
                 _queued(chunk.run(self.store, self.renderer), report)

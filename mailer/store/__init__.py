@@ -371,8 +371,12 @@ class Store:
     def pending_matches(self, subscriber_id: int) -> list[PendingMatch]:
         return self.matches.pending_matches(subscriber_id)
 
-    def pending_matches_for(self, subscriber_ids: Sequence[int]) -> dict[int, list[PendingMatch]]:
-        return self.matches.pending_matches_for(subscriber_ids)
+    def pending_matches_for(
+        self,
+        subscriber_ids: Sequence[int],
+        papers: dict[int, tuple[Paper, datetime]] | None = None,
+    ) -> dict[int, list[PendingMatch]]:
+        return self.matches.pending_matches_for(subscriber_ids, papers)
 
     # --- the outbox: ``Outbox`` ---------------------------------------------
 

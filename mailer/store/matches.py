@@ -91,11 +91,19 @@ class Matches:
         """One subscriber's unclaimed matches, oldest first."""
         return self.pending_matches_for([subscriber_id])[subscriber_id]
 
-    def pending_matches_for(self, subscriber_ids: Sequence[int]) -> dict[int, list[PendingMatch]]:
+    def pending_matches_for(
+        self,
+        subscriber_ids: Sequence[int],
+        papers: dict[int, tuple[Paper, datetime]] | None = None,
+    ) -> dict[int, list[PendingMatch]]:
         """Unclaimed matches of many subscribers at once, oldest first. Plain
         column queries, JSON read as text and decoded once per distinct value
-        (``_json_tuple``), each paper read once: this runs for every digest."""
+        (``_json_tuple``), each paper read once: this runs for every digest.
+        ``papers`` (id: paper, first seen), when given, holds papers already
+        read, and gets those read now: the chunks of one compose stage share
+        most of their papers, which do not change while it runs."""
         found: dict[int, list[PendingMatch]] = {i: [] for i in subscriber_ids}
+        papers = {} if papers is None else papers
         with self._transaction() as conn:
             for start in range(0, len(subscriber_ids), 500):
                 chunk = subscriber_ids[start : start + 500]
@@ -112,8 +120,7 @@ class Matches:
                     .where(MATCHES.c.subscriber_id.in_(chunk), MATCHES.c.delivery_id.is_(None))
                     .order_by(MATCHES.c.id)
                 ).all()
-                papers: dict[int, tuple[Paper, datetime]] = {}
-                wanted = sorted({m[2] for m in matches})
+                wanted = sorted({m[2] for m in matches} - papers.keys())
                 for at in range(0, len(wanted), 1000):
                     for row in conn.execute(
                         select(PAPERS.c.id, *PAPER_COLUMNS, PAPERS.c.first_seen_at).where(
