@@ -10,9 +10,12 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
+from typing import BinaryIO
 
 from mailer.dumps import ParsedDump, parse_dump
 from mailer.errors import DumpError
@@ -50,11 +53,12 @@ class OversizeDumpError(DumpError):
 
 @dataclass(frozen=True, slots=True)
 class DumpFile:
-    """A dump file's bytes and what identifies this version of it: the hash
-    over what was read, the size read and the mtime when it was opened."""
+    """A dump file's bytes (when kept) and what identifies this version of
+    it: the hash over what was read, the size read and the mtime when it
+    was opened."""
 
     path: Path
-    data: bytearray  # not joined into bytes: that would hold a large dump twice
+    data: bytearray | None  # not joined into bytes: that would hold a large dump twice
     sha256: str
     size: int
     mtime_ns: int
@@ -73,23 +77,72 @@ def load_dump(
     over either cap is hashed to its end (a refusal is recorded by hash) but
     its bytes are not kept (`OversizeDumpError`).
     """
+    with opened_dump(path, max_bytes=max_bytes, max_line_bytes=max_line_bytes, keep=True) as (
+        loaded,
+        _,
+    ):
+        return loaded
+
+
+@contextmanager
+def opened_dump(
+    path: Path,
+    *,
+    max_bytes: int = DEFAULT_MAX_DUMP_BYTES,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+    keep: bool = False,
+) -> Iterator[tuple[DumpFile, BinaryIO]]:
+    """A dump file checked and hashed as `load_dump` does, and the open file
+    at its start, to parse from: a large dump is then never held whole
+    beside its records, and what is parsed is the file that was hashed
+    (`changed_since`), not one swapped in under its name. Its bytes are
+    kept in the `DumpFile` only if ``keep``."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
         raise _unreadable(path, exc) from exc
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise NotAFileError(
-                f"{path}: not a regular file ({_file_kind(st.st_mode)})",
-                size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-            )
+    except OSError as exc:
+        os.close(fd)
+        raise _unreadable(path, exc) from exc
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise NotAFileError(
+            f"{path}: not a regular file ({_file_kind(st.st_mode)})",
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+        )
+    with os.fdopen(fd, "rb", buffering=_CHUNK_BYTES) as stream:
+        loaded = _scan(stream, path, st, max_bytes, max_line_bytes, keep)
+        try:
+            stream.seek(0)
+        except OSError as exc:
+            raise _unreadable(path, exc) from exc
+        yield loaded, stream
+
+
+def changed_since(stream: BinaryIO, loaded: DumpFile) -> bool:
+    """Whether the open dump's size or mtime differ from when it was hashed:
+    a writer still at it; what was parsed may not be what was hashed."""
+    st = os.fstat(stream.fileno())
+    return (st.st_size, st.st_mtime_ns) != (loaded.size, loaded.mtime_ns)
+
+
+def _scan(
+    stream: BinaryIO,
+    path: Path,
+    st: os.stat_result,
+    max_bytes: int,
+    max_line_bytes: int,
+    keep: bool,
+) -> DumpFile:
+    try:
         digest = hashlib.sha256()
-        kept: bytearray | None = bytearray()
+        kept: bytearray | None = bytearray() if keep else None
         size = carry = lines = 0
         problem: tuple[str, str] | None = None
-        while chunk := os.read(fd, _CHUNK_BYTES):
+        while chunk := stream.read(_CHUNK_BYTES):
             digest.update(chunk)
             size += len(chunk)
             if problem is not None:
@@ -115,14 +168,11 @@ def load_dump(
                 kept += chunk
     except OSError as exc:
         raise _unreadable(path, exc) from exc
-    finally:
-        os.close(fd)
     if problem is not None:
         message, hint = problem
         raise OversizeDumpError(
             message, hint=hint, sha256=digest.hexdigest(), size=size, mtime_ns=st.st_mtime_ns
         )
-    assert kept is not None
     return DumpFile(path, kept, digest.hexdigest(), size, st.st_mtime_ns)
 
 
@@ -133,9 +183,9 @@ def read_dump(
     max_bytes: int = DEFAULT_MAX_DUMP_BYTES,
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
 ) -> ParsedDump:
-    """Read (`load_dump`) and parse a dump file."""
-    loaded = load_dump(path, max_bytes=max_bytes, max_line_bytes=max_line_bytes)
-    return parse_dump(loaded.data, source=str(path), today=today)
+    """Read and parse a dump file, as the pipeline does (`opened_dump`)."""
+    with opened_dump(path, max_bytes=max_bytes, max_line_bytes=max_line_bytes) as (_, stream):
+        return parse_dump(stream, source=str(path), today=today)
 
 
 def _unreadable(path: Path, exc: OSError) -> UnreadableDumpError:

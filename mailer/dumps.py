@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import date
 from itertools import chain, repeat
+from typing import BinaryIO
 
 from mailer.errors import DumpError
 from mailer.papers import Paper, paper_key
@@ -98,12 +99,12 @@ class _BadMetaError(Exception):
     """A meta block that cannot be read; the record it belongs to is skipped."""
 
 
-def parse_dump(data: bytes | bytearray | str, *, source: str, today: date) -> ParsedDump:
+def parse_dump(data: bytes | bytearray | str | BinaryIO, *, source: str, today: date) -> ParsedDump:
     """Parse one dump; `today` is the day it was ingested, which fixes the page's year.
 
     Lines are decoded and read one at a time (``_lines``): a large dump is
-    held once as bytes and once as its records, never as a whole text and a
-    list of its lines besides."""
+    never held as a whole text and a list of its lines besides, and read
+    from an open binary file (as the pipeline does) not even as bytes."""
     decoding: list[DumpWarning] = []  # invalid UTF-8, found as lines are read
     lines = _lines(data, source, decoding)
     blank = 0
@@ -161,7 +162,7 @@ def format_dump(page_date: date, papers: Iterable[Paper]) -> str:
 
 
 def _lines(
-    data: bytes | bytearray | str, source: str, warnings: list[DumpWarning]
+    data: bytes | bytearray | str | BinaryIO, source: str, warnings: list[DumpWarning]
 ) -> Iterator[str]:
     """The text's lines (split at LF, a CRLF's CR dropped), decoded one at a
     time; invalid UTF-8 is replaced with U+FFFD and warned about once, at its
@@ -171,24 +172,48 @@ def _lines(
             raise _binary(source)
         text = data.removeprefix(_BOM)
         return (line.removesuffix("\r") for line in text.replace("\r\n", "\n").split("\n"))
-    if b"\x00" in data:
-        raise _binary(source)
-    return _decoded_lines(data, source, warnings)
+    if isinstance(data, bytes | bytearray):
+        if b"\x00" in data:
+            raise _binary(source)
+        return _decoded_lines(_buffer_lines(data), source, warnings)
+    while chunk := data.read(1 << 20):
+        if b"\x00" in chunk:
+            raise _binary(source)
+    data.seek(0)
+    return _decoded_lines(_stream_lines(data), source, warnings)
 
 
-def _decoded_lines(
-    data: bytes | bytearray, source: str, warnings: list[DumpWarning]
-) -> Iterator[str]:
-    pos = len(_UTF8_BOM) if data.startswith(_UTF8_BOM) else 0
-    offset = pos
-    number = 0
-    warned = False
+def _buffer_lines(data: bytes | bytearray) -> Iterator[bytes | bytearray]:
+    """The raw lines of a buffer, without their LF; the last one after the last LF."""
+    pos = 0
     while pos <= len(data):
         end = data.find(b"\n", pos)
         if end < 0:
             end = len(data)
-        raw = data[pos:end]
-        number += 1
+        yield data[pos:end]
+        pos = end + 1
+
+
+def _stream_lines(stream: BinaryIO) -> Iterator[bytes]:
+    """The raw lines of an open file, as ``_buffer_lines`` gives a buffer's."""
+    ended = True  # an empty file is one empty line
+    for raw in stream:
+        ended = raw.endswith(b"\n")
+        yield raw[:-1] if ended else raw
+    if ended:
+        yield b""
+
+
+def _decoded_lines(
+    raw_lines: Iterable[bytes | bytearray], source: str, warnings: list[DumpWarning]
+) -> Iterator[str]:
+    offset = 0
+    pos = 0
+    warned = False
+    for number, raw in enumerate(raw_lines, start=1):
+        if number == 1 and raw.startswith(_UTF8_BOM):
+            raw = raw[len(_UTF8_BOM) :]
+            offset = pos = len(_UTF8_BOM)
         try:
             line = raw.decode("utf-8")
         except UnicodeDecodeError as exc:
@@ -204,7 +229,7 @@ def _decoded_lines(
                 warned = True
             line = raw.decode("utf-8", errors="replace")
         yield line.removesuffix("\r")
-        pos = end + 1
+        pos += len(raw) + 1
 
 
 def _binary(source: str) -> DumpError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import re
 from datetime import date
 from pathlib import Path
@@ -207,6 +208,43 @@ def test_binary_file_is_refused_naming_it() -> None:
     with pytest.raises(DumpError, match=r"^day\.txt: .*NUL") as info:
         parse(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
     assert info.value.hint
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        page(record("A", meta="  • 2 authors\n·\nMay 2 3"), record("B")).encode(),
+        page(record("A"), record("B")).replace("\n", "\r\n").encode() + b"\r\n",
+        b"\xef\xbb\xbf" + page(record("A")).encode(),
+        page(record("Caf\udcff", "Na\udcfeve abstract"), record("B")).encode(
+            "utf-8", "surrogateescape"
+        ),
+        b"\xef\xbb\xbf" + page(record("B\udcc3")).encode("utf-8", "surrogateescape"),
+    ],
+    ids=["lf", "crlf", "bom", "invalid-utf8", "bom-then-invalid"],
+)
+def test_a_dump_parses_from_an_open_file_as_from_its_bytes(data: bytes) -> None:
+    assert parse_dump(io.BytesIO(data), source="day.txt", today=INGESTED) == parse(data)
+
+
+@pytest.mark.parametrize("data", [b"", b"\n\n", b"no header"], ids=["empty", "blank", "text"])
+def test_a_file_that_is_no_dump_is_refused_or_empty_alike_from_an_open_file(data: bytes) -> None:
+    try:
+        expected: object = parse(data)
+    except DumpError as exc:
+        expected = exc.message
+    try:
+        got: object = parse_dump(io.BytesIO(data), source="day.txt", today=INGESTED)
+    except DumpError as exc:
+        got = exc.message
+    assert got == expected
+
+
+def test_an_open_binary_file_is_refused_before_any_line_is_read() -> None:
+    with pytest.raises(DumpError, match=r"^day\.txt: .*NUL"):
+        parse_dump(
+            io.BytesIO(page(record("A")).encode() + b"\x00"), source="day.txt", today=INGESTED
+        )
 
 
 def test_text_without_the_header_is_refused_naming_it() -> None:

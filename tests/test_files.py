@@ -25,8 +25,8 @@ from sqlalchemy import create_engine, text
 from mailer.analysis import Stats
 from mailer.config import Config, parse_config
 from mailer.delivery import make_transport
-from mailer.dumpfiles import OversizeDumpError, load_dump
-from mailer.dumps import format_dump
+from mailer.dumpfiles import OversizeDumpError, changed_since, load_dump, opened_dump, read_dump
+from mailer.dumps import format_dump, parse_dump
 from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline
 from mailer.store import Store
@@ -203,6 +203,27 @@ def test_a_file_over_the_cap_is_never_held_in_memory(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert refused.value.size == 40 * 1024 * 1024
     assert peak < 8 * 1024 * 1024
+
+
+def test_a_dump_opened_for_parsing_keeps_no_bytes_and_parses_as_read(tmp_path: Path) -> None:
+    dump = tmp_path / "day.txt"
+    dump.write_text(format_dump(date(2026, 11, 20), papers(50)), encoding="utf-8")
+    with opened_dump(dump) as (loaded, stream):
+        assert loaded.data is None
+        assert loaded.size == dump.stat().st_size
+        parsed = parse_dump(stream, source=str(dump), today=NOW.date())
+    assert parsed == read_dump(dump, today=NOW.date())
+    assert len(parsed.papers) == 50
+
+
+def test_a_dump_written_to_after_it_was_hashed_counts_as_changed(tmp_path: Path) -> None:
+    dump = tmp_path / "day.txt"
+    dump.write_text(format_dump(date(2026, 11, 20), papers(5)), encoding="utf-8")
+    with opened_dump(dump) as (loaded, stream):
+        assert not changed_since(stream, loaded)
+        with dump.open("a", encoding="utf-8") as more:
+            more.write("\n\nA late title\n\nA late abstract.")
+        assert changed_since(stream, loaded)
 
 
 # --- a dump read while still being written ---------------------------------------------------

@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable
-from contextlib import suppress
+from contextlib import ExitStack, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -29,7 +29,8 @@ from mailer.dumpfiles import (
     NotAFileError,
     OversizeDumpError,
     UnreadableDumpError,
-    load_dump,
+    changed_since,
+    opened_dump,
 )
 from mailer.dumps import parse_dump
 from mailer.errors import DumpError
@@ -186,34 +187,44 @@ class Ingest:
             self.scanner.recorded = unreadable
 
     def file(self, path: Path, report: PassReport) -> None:
-        """One file: read, hashed, parsed, stored, and remembered as handled."""
-        try:
-            with report.timed("scan_parse"):
-                loaded = load_dump(
-                    path, max_bytes=self.max_dump_bytes, max_line_bytes=self.max_line_bytes
-                )
-        except (UnreadableDumpError, NotAFileError) as exc:
-            retry = isinstance(exc, UnreadableDumpError)
-            reason = exc.message.removeprefix(f"{path}: ")
-            if self.scanner.unreadable(path, reason, self.clock(), retry=retry):
-                again = "tried again every pass" if retry else "skipped until it changes"
-                log.warning("dump=%s %s; %s", path, reason, again)
-            return
-        except OversizeDumpError as exc:
-            if not self._known(path, exc.sha256, exc.size, exc.mtime_ns, report):
-                self._refuse(path, exc.sha256, exc.size, exc.mtime_ns, exc, report)
-            return
-        digest, size, mtime_ns = loaded.sha256, loaded.size, loaded.mtime_ns
-        if self._known(path, digest, size, mtime_ns, report):
-            return
-        now = self.clock()
-        try:
-            with report.timed("scan_parse"):
-                parsed = parse_dump(loaded.data, source=str(path), today=now.date())
-        except DumpError as exc:
-            self._refuse(path, digest, size, mtime_ns, exc, report)
-            return
-        del loaded  # the file's bytes: the store needs only its records
+        """One file: read, hashed, parsed, stored, and remembered as handled.
+        Hashed first, then parsed from the same open file line by line, so a
+        large dump is never held whole beside its records."""
+        with ExitStack() as opened:
+            try:
+                with report.timed("scan_parse"):
+                    loaded, stream = opened.enter_context(
+                        opened_dump(
+                            path, max_bytes=self.max_dump_bytes, max_line_bytes=self.max_line_bytes
+                        )
+                    )
+            except (UnreadableDumpError, NotAFileError) as exc:
+                retry = isinstance(exc, UnreadableDumpError)
+                reason = exc.message.removeprefix(f"{path}: ")
+                if self.scanner.unreadable(path, reason, self.clock(), retry=retry):
+                    again = "tried again every pass" if retry else "skipped until it changes"
+                    log.warning("dump=%s %s; %s", path, reason, again)
+                return
+            except OversizeDumpError as exc:
+                if not self._known(path, exc.sha256, exc.size, exc.mtime_ns, report):
+                    self._refuse(path, exc.sha256, exc.size, exc.mtime_ns, exc, report)
+                return
+            digest, size, mtime_ns = loaded.sha256, loaded.size, loaded.mtime_ns
+            if self._known(path, digest, size, mtime_ns, report):
+                return
+            now = self.clock()
+            try:
+                with report.timed("scan_parse"):
+                    parsed = parse_dump(stream, source=str(path), today=now.date())
+            except DumpError as exc:
+                self._refuse(path, digest, size, mtime_ns, exc, report)
+                return
+            except OSError as exc:
+                log.warning("dump=%s cannot read dump: %s; tried again every pass", path, exc)
+                return
+            if changed_since(stream, loaded):
+                log.warning("dump=%s changed while it was read; read again next pass", path)
+                return
         for warning in parsed.warnings:
             log.warning("%s", warning)
         with report.timed("store"):
