@@ -13,7 +13,7 @@ import re
 import unicodedata
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import cast
@@ -304,62 +304,51 @@ class Scale:
         return value
 
 
-# A stem's title count is kept above this many of its abstract count, in one int.
-_TITLE_SHIFT = 20
-_ABSTRACT_MASK = (1 << _TITLE_SHIFT) - 1
-
-
 class StemCounts:
-    """A paper as ranking reads it: how often each stem (and, for the few
-    exact and prefix terms, each word) occurs in title and abstract, and
-    their lengths. A few KB against a Doc's tens, so a compose worker can
-    keep every paper of a pass and analyse each once, not once per chunk
-    of digests it appears in."""
+    """A paper as ranking reads it: the stems of its title and abstract, as
+    tuples of the stem cache's strings (about 1 KB a paper against a Doc's
+    tens), so a compose worker can keep every paper of a pass and analyse
+    each once, not once per chunk of digests it appears in. Exact and prefix
+    terms, which few queries have, count the paper's words when asked."""
 
-    __slots__ = ("_stems", "_words", "abstract_length", "paper", "scale", "title_length")
+    __slots__ = ("_abstract", "_title", "_words", "paper", "scale")
 
     def __init__(self, paper: Paper, scale: Scale) -> None:
-        title, abstract = tokens(paper.title), tokens(paper.abstract)
-        self._stems = _packed_counts(stems(title), stems(abstract))
-        self._words: dict[str, int] | None = None
-        self.title_length = len(title)
-        self.abstract_length = len(abstract)
+        self._title = tuple(stems(tokens(paper.title)))
+        self._abstract = tuple(stems(tokens(paper.abstract)))
+        self._words: tuple[list[str], list[str]] | None = None
         self.paper = paper
         self.scale = scale
 
     def weight(self, exact: bool, key: str) -> float:
-        """What ``Doc(paper, scale.stats).weight(exact, key)`` gives, from the counts."""
+        """What ``Doc(paper, scale.stats).weight(exact, key)`` gives."""
+        title: Sequence[str]
+        abstract: Sequence[str]
         if exact:
-            packed = self.words.get(key, 0)
-            key = stem(key)
+            title, abstract = self.words
+            key_stem = stem(key)
         else:
-            packed = self._stems.get(key, 0)
+            title, abstract = self._title, self._abstract
+            key_stem = key
         return bm25f(
-            self.scale.idf(key),
+            self.scale.idf(key_stem),
             self.scale.average,
-            (packed >> _TITLE_SHIFT, self.title_length),
-            (packed & _ABSTRACT_MASK, self.abstract_length),
+            (title.count(key), len(title)),
+            (abstract.count(key), len(abstract)),
         )
 
     def with_prefix(self, prefix: str) -> list[str]:
         """Distinct words starting with ``prefix`` (in no particular order)."""
-        return [w for w in self.words if w.startswith(prefix)]
+        title, abstract = self.words
+        return [w for w in {*title, *abstract} if w.startswith(prefix)]
 
     @property
-    def words(self) -> dict[str, int]:
+    def words(self) -> tuple[list[str], list[str]]:
         if self._words is None:
-            self._words = _packed_counts(tokens(self.paper.title), tokens(self.paper.abstract))
+            self._words = (tokens(self.paper.title), tokens(self.paper.abstract))
         return self._words
 
     def drop_words(self) -> None:
-        """Forget the word counts, which take more memory than the stem counts
-        and are needed for a few terms only: made again when next asked for."""
+        """Forget the words (made again when next asked for): only a few
+        terms need them, and each paper's would take several KB."""
         self._words = None
-
-
-def _packed_counts(title: list[str], abstract: list[str]) -> dict[str, int]:
-    """Each key's abstract count, plus its title count shifted above it."""
-    counts = Counter(abstract)
-    for key in title:
-        counts[key] += 1 << _TITLE_SHIFT
-    return dict(counts)
