@@ -1,13 +1,15 @@
 """One large dump, as ``mailer ingest`` reads it: peak memory against the size.
 
-    PYTHONPATH=. python -m bench.bigdump [--papers 100000] [--python OTHER/bin/python ...]
+    PYTHONPATH=. python -m bench.bigdump [--papers 82000] [--subscribers 0 10]
+        [--python OTHER/bin/python ...]
 
 Writes one dump of ``--papers`` synthetic papers (bench.corpus, each abstract
-twice over, so 100,000 records make about 200 MB), then for each ``--python``
-(default: this one) runs ``mailer -v ingest`` on it as a fresh process on a
-fresh SQLite database, with ten keyword subscribers, and prints its wall time,
-CPU time and peak resident memory (the largest of the process and its
-compose workers). Issue 18's target: a 200 MB dump under 500 MB.
+twice over, so 82,000 records make about 200 MB), then for each subscriber
+count and ``--python`` (default: this one) runs ``mailer -v ingest`` on it as
+a fresh process on a fresh SQLite database, with that many keyword
+subscribers (none: ingest alone), and prints its wall time, CPU time and peak
+resident memory (of the process and any compose workers), with the peak at
+the end of each stage. Issue 18's target: a 200 MB dump under 500 MB.
 """
 
 from __future__ import annotations
@@ -42,7 +44,8 @@ def write_dump(path: Path, count: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--papers", type=int, default=100_000)
+    ap.add_argument("--papers", type=int, default=82_000)
+    ap.add_argument("--subscribers", type=int, nargs="+", default=[0, 10])
     ap.add_argument("--python", action="append", help="interpreter of a checkout to time")
     args = ap.parse_args()
     pythons: list[str] = args.python or [sys.executable]
@@ -56,20 +59,30 @@ def main() -> None:
             f"{platform.machine()}, {os.cpu_count()} cores, load {_pass.load():.1f}; "
             f"one dump of {args.papers:,} papers, {size / 2**20:.0f} MB"
         )
-        print("\n| code | wall s | CPU s | peak RSS MB | load |\n|---|---:|---:|---:|---:|")
-        for python in pythons:
-            folder = root / _pass.label(python)
-            folder.mkdir()
-            config = folder / "config.toml"
-            _pass.write_config(config, dumps, 10)
-            text = config.read_text(encoding="utf-8")  # past the default limit of 64 MB
-            config.write_text(text.replace("[watch]\n", "[watch]\nmax_dump_bytes = 1073741824\n"))
-            started_load = _pass.load()
-            run = _pass.run_pass(python, config)
-            print(
-                f"| {_pass.label(python)} | {run.wall:.1f} | {run.cpu:.1f} | "
-                f"{run.peak_mb:.0f} | {started_load:.1f} |"
-            )
+        print(
+            "\n| code | subscribers | wall s | CPU s | peak RSS MB | peak RSS MB at the end of "
+            "scan_parse / store / statistics / compose | load |\n|---|---:|---:|---:|---:|---|---:|"
+        )
+        for subscribers in args.subscribers:
+            for python in pythons:
+                folder = root / f"{_pass.label(python)}-{subscribers}"
+                folder.mkdir()
+                config = folder / "config.toml"
+                _pass.write_config(config, dumps, subscribers)
+                text = config.read_text(encoding="utf-8")  # past the default limit of 64 MB
+                config.write_text(
+                    text.replace("[watch]\n", "[watch]\nmax_dump_bytes = 1073741824\n")
+                )
+                started_load = _pass.load()
+                run = _pass.run_pass(python, config)
+                stages = " / ".join(
+                    f"{run.stages[s][2]:.0f}" if s in run.stages else "-"
+                    for s in ("scan_parse", "store", "statistics", "compose")
+                )
+                print(
+                    f"| {_pass.label(python)} | {subscribers} | {run.wall:.1f} | {run.cpu:.1f} | "
+                    f"{run.peak_mb:.0f} | {stages} | {started_load:.1f} |"
+                )
 
 
 if __name__ == "__main__":
