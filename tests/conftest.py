@@ -98,6 +98,15 @@ def running_smtp_server(sink: Sink | None = None) -> Iterator[SmtpServer]:
         controller.stop()
 
 
+@pytest.fixture(autouse=True)
+def config_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own cache of validated configurations (mailer.config), for
+    it and the mailer processes it starts: never the user's, never shared."""
+    folder = tmp_path_factory.mktemp("config-cache")
+    monkeypatch.setenv("MAILER_CACHE_DIR", str(folder))
+    return folder
+
+
 @pytest.fixture
 def smtp_server() -> Iterator[SmtpServer]:
     with running_smtp_server() as server:
