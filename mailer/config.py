@@ -632,22 +632,22 @@ def _from_cache(cache: Path, key: str) -> Config | None:
     """The configuration as validated when the cache was written; None when
     there is no usable cache for exactly these bytes (or the environment now
     makes it invalid: then the full load says why, as always)."""
-    try:
-        head, _, body = cache.read_bytes().partition(b"\n")
-        if head != _cache_head(key):
+    with gc_paused():  # the unpickled data and the models: many objects, no cycles
+        try:
+            head, _, body = cache.read_bytes().partition(b"\n")
+            if head != _cache_head(key):
+                return None
+            data, addresses = _CacheReader(io.BytesIO(body)).load()
+            remember_addresses(addresses)
+        except Exception:  # unreadable, torn or foreign: rebuilt by the full load
             return None
-        data, addresses = _CacheReader(io.BytesIO(body)).load()
-        remember_addresses(addresses)
-    except Exception:  # unreadable, torn or foreign: rebuilt by the full load
-        return None
-    checking = _CHECK_QUERIES.set(False)  # every query parsed when this was written
-    try:
-        with gc_paused():
+        checking = _CHECK_QUERIES.set(False)  # every query parsed when this was written
+        try:
             return Config(**data)
-    except ValidationError:
-        return None
-    finally:
-        _CHECK_QUERIES.reset(checking)
+        except ValidationError:
+            return None
+        finally:
+            _CHECK_QUERIES.reset(checking)
 
 
 def _save_cache(cache: Path, key: str, data: dict[str, Any], config: Config) -> None:

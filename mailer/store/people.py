@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from mailer.addresses import address_key
+from mailer.collector import gc_paused
 from mailer.store.schema import (
     DELIVERIES,
     MATCHES,
@@ -52,7 +53,9 @@ class People:
         Reads both tables once and writes only what changed, in batches."""
         wanted = {address_key(email): (email, name, subs) for email, name, subs in subscribers}
         ids: dict[str, int] = {}
-        with self._transaction() as conn:
+        # Rows of every subscriber and subscription beside the configuration's
+        # models: the cycle collector would walk them all and find nothing.
+        with gc_paused(), self._transaction() as conn:
             rows = {
                 r.email_key: r
                 for r in conn.execute(
