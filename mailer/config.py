@@ -2,6 +2,10 @@
 
 Everything is validated when loaded (including every subscription query), so
 a bad value is reported once, at start, naming its key, never at send time.
+A file whose very bytes were validated before, by the same code, is read
+back from a cache of that load (``_cache_file``): a start with thousands of
+subscribers then parses no TOML, address or query again. ``check-config``
+always validates the file itself.
 """
 
 from __future__ import annotations
