@@ -51,11 +51,17 @@ class People:
         Subscribers who signed up on the web are left alone, unless the
         operator configures their address: then config.toml owns them.
         Reads both tables once and writes only what changed, in batches."""
-        wanted = {address_key(email): (email, name, subs) for email, name, subs in subscribers}
-        ids: dict[str, int] = {}
         # Rows of every subscriber and subscription beside the configuration's
         # models: the cycle collector would walk them all and find nothing.
-        with gc_paused(), self._transaction() as conn:
+        with gc_paused():
+            return self._sync_subscribers(subscribers, now)
+
+    def _sync_subscribers(
+        self, subscribers: Iterable[tuple[str, str, Sequence[tuple[str, str]]]], now: datetime
+    ) -> dict[str, int]:
+        wanted = {address_key(email): (email, name, subs) for email, name, subs in subscribers}
+        ids: dict[str, int] = {}
+        with self._transaction() as conn:
             rows = {
                 r.email_key: r
                 for r in conn.execute(
