@@ -10,14 +10,41 @@ way in Python, since SQLite's ``lower()`` folds ASCII only.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from functools import lru_cache
 
+_MEMO_LIMIT = 65536
+_normalised: dict[str, str] = {}
 
-@lru_cache(maxsize=65536)
+
 def normalise_address(value: str) -> str:
     """``value`` as a valid address with an ASCII domain; ValueError saying why not.
     Remembered: a pass, a reload and every listing check the same addresses,
     and validating one costs about a tenth of a millisecond."""
+    found = _normalised.get(value)
+    if found is None:
+        found = _validated(value)
+        if len(_normalised) >= _MEMO_LIMIT:
+            _normalised.clear()
+        _normalised[value] = found
+    return found
+
+
+def remember_addresses(pairs: Iterable[tuple[str, str]]) -> None:
+    """Take (address as written, ``normalise_address`` of it) pairs found
+    valid by an earlier load of the same configuration (mailer.config's
+    cache), so a warm start validates none of them again."""
+    if len(_normalised) >= _MEMO_LIMIT:
+        _normalised.clear()
+    _normalised.update(pairs)
+
+
+def remembered_addresses() -> list[tuple[str, str]]:
+    """Every (address as written, normalised) pair validated so far."""
+    return list(_normalised.items())
+
+
+def _validated(value: str) -> str:
     import email_validator  # on first use: the CLI's quick commands need none
 
     try:

@@ -2,12 +2,23 @@
 
 Everything is validated when loaded (including every subscription query), so
 a bad value is reported once, at start, naming its key, never at send time.
+A file whose very bytes were validated before, by the same code, is read
+back from a cache of that load (``_cache_file``): a start with thousands of
+subscribers then parses no TOML, address or query again. ``check-config``
+always validates the file itself.
 """
 
 from __future__ import annotations
 
+import datetime as datetime_module
+import hashlib
+import importlib.util
+import io
 import os
+import pickle
 import re
+import sys
+import tempfile
 import tomllib
 from collections import Counter
 from contextvars import ContextVar
@@ -19,6 +30,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+import pydantic_core
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -32,7 +44,13 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from mailer.addresses import address_key, normalise_address
+from mailer import __version__
+from mailer.addresses import (
+    address_key,
+    normalise_address,
+    remember_addresses,
+    remembered_addresses,
+)
 from mailer.collector import gc_paused
 from mailer.dumpfiles import DEFAULT_MAX_DUMP_BYTES, DEFAULT_MAX_LINE_BYTES
 from mailer.errors import ConfigError, QueryError
@@ -477,6 +495,12 @@ def parse_config(
     """Validate TOML text as a configuration; relative paths resolve from
     ``base_dir``. ``check_queries=False`` leaves the queries unparsed, for
     commands that only show them."""
+    config, _ = _validated(text, source, check_queries)
+    return _resolve(config, base_dir) if base_dir else config
+
+
+def _validated(text: str, source: str, check_queries: bool) -> tuple[Config, dict[str, Any]]:
+    """The configuration, unresolved, and the TOML data it was validated from."""
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -491,11 +515,16 @@ def parse_config(
         raise ConfigError(_explain(exc, source, data), hint="see config.example.toml") from exc
     finally:
         _CHECK_QUERIES.reset(checking)
-    return _resolve(config, base_dir) if base_dir else config
+    return config, data
 
 
-def load_config(path: Path | None, *, check_queries: bool = True) -> tuple[Config, str]:
-    """Load ``path`` (or config.toml, or else the embedded example) and say which."""
+def load_config(
+    path: Path | None, *, check_queries: bool = True, cached: bool = True
+) -> tuple[Config, str]:
+    """Load ``path`` (or config.toml, or else the embedded example) and say which.
+    ``cached``: a file whose very bytes were fully validated before by this
+    code is taken from the cache (``_cache_file``) without parsing its TOML,
+    addresses or queries again; ``check-config`` passes False."""
     if path is None:
         env = os.environ.get("MAILER_CONFIG")
         path = Path(env) if env else None
@@ -506,7 +535,8 @@ def load_config(path: Path | None, *, check_queries: bool = True) -> tuple[Confi
         return example, "embedded example"
     path = path or DEFAULT_CONFIG
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise ConfigError(
             f"{path}: cannot read the configuration: {exc.strerror}",
@@ -514,10 +544,136 @@ def load_config(path: Path | None, *, check_queries: bool = True) -> tuple[Confi
         ) from exc
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text", hint="save it as UTF-8") from exc
-    config = parse_config(
-        text, source=str(path), base_dir=path.resolve().parent, check_queries=check_queries
-    )
-    return config, str(path)
+    base_dir = path.resolve().parent
+    cache = _cache_file(path) if not _subscribers_from_env() else None
+    key = _cache_key(raw) if cache else ""
+    config = _from_cache(cache, key) if cache and cached else None
+    if config is None:
+        # As Path.read_text reads it: universal newlines.
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+        config, data = _validated(text, str(path), check_queries)
+        if cache and check_queries:
+            _save_cache(cache, key, data, config)
+    return _resolve(config, base_dir), str(path)
+
+
+# --- the cache of validated configurations -------------------------------------
+
+# What a cache file holds: a line naming this format and the key, then the
+# TOML data and the addresses it validated, pickled (plain data only, see
+# _CacheReader).
+_CACHE_FORMAT = 1
+
+
+def _cache_file(path: Path) -> Path | None:
+    """Where a configuration file's cache lives: $MAILER_CACHE_DIR (empty: no
+    cache), else systemd's cache or state directory, else the user's cache
+    folder; one file per configuration path."""
+    env = os.environ
+    try:
+        if "MAILER_CACHE_DIR" in env:
+            if not env["MAILER_CACHE_DIR"]:
+                return None
+            folder = Path(env["MAILER_CACHE_DIR"])
+        elif env.get("CACHE_DIRECTORY"):
+            folder = Path(env["CACHE_DIRECTORY"].split(":")[0])
+        elif env.get("STATE_DIRECTORY"):
+            folder = Path(env["STATE_DIRECTORY"].split(":")[0]) / "cache"
+        elif env.get("XDG_CACHE_HOME"):
+            folder = Path(env["XDG_CACHE_HOME"]) / "mailer"
+        else:
+            folder = Path.home() / ".cache" / "mailer"
+        where = str(path.resolve()).encode("utf-8", "surrogateescape")
+    except (OSError, RuntimeError):  # no home folder, or an unresolvable path
+        return None
+    return folder / f"config-{hashlib.sha256(where).hexdigest()[:32]}.pickle"
+
+
+def _subscribers_from_env() -> bool:
+    """Subscribers given in the environment: their queries are not the file's."""
+    return any(k.upper().startswith("MAILER_SUBSCRIBERS") for k in os.environ)
+
+
+def _cache_key(raw: bytes) -> str:
+    """The file's bytes and everything that judged them: the Python, mailer
+    and pydantic versions and the code that validates addresses and queries
+    (a changed checkout must not trust an old verdict)."""
+    stamps = [sys.version, __version__, pydantic_core.__version__]
+    for name in ("mailer.config", "mailer.addresses", "mailer.query", "mailer.analysis"):
+        stamps.append(_stamp(getattr(sys.modules.get(name), "__file__", None)))
+    for name in ("email_validator", "luqum"):
+        spec = importlib.util.find_spec(name)
+        stamps.append(_stamp(spec.origin if spec else None))
+    digest = hashlib.sha256(raw)
+    digest.update("\0".join(stamps).encode("utf-8", "surrogateescape"))
+    return digest.hexdigest()
+
+
+def _cache_head(key: str) -> bytes:
+    return f"mailer config cache {_CACHE_FORMAT} {key}".encode("ascii")
+
+
+def _stamp(file: str | None) -> str:
+    if not file:
+        return "-"
+    try:
+        st = Path(file).stat()
+    except OSError:
+        return "-"
+    return f"{file}:{st.st_mtime_ns}:{st.st_size}"
+
+
+class _CacheReader(pickle.Unpickler):
+    """Unpickles plain data and dates only: a planted cache file cannot run code."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "datetime" and name in ("datetime", "date", "time", "timedelta", "timezone"):
+            return getattr(datetime_module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a configuration cache")
+
+
+def _from_cache(cache: Path, key: str) -> Config | None:
+    """The configuration as validated when the cache was written; None when
+    there is no usable cache for exactly these bytes (or the environment now
+    makes it invalid: then the full load says why, as always)."""
+    with gc_paused():  # the unpickled data and the models: many objects, no cycles
+        try:
+            head, _, body = cache.read_bytes().partition(b"\n")
+            if head != _cache_head(key):
+                return None
+            data, addresses = _CacheReader(io.BytesIO(body)).load()
+            remember_addresses(addresses)
+        except Exception:  # unreadable, torn or foreign: rebuilt by the full load
+            return None
+        checking = _CHECK_QUERIES.set(False)  # every query parsed when this was written
+        try:
+            return Config(**data)
+        except ValidationError:
+            return None
+        finally:
+            _CHECK_QUERIES.reset(checking)
+
+
+def _save_cache(cache: Path, key: str, data: dict[str, Any], config: Config) -> None:
+    """Write the cache atomically (a reader sees the old file or the new one),
+    with the addresses validated so far (all valid: failures are not kept);
+    a cache that cannot be written is no error."""
+    for sub in config.subscribers:  # as the store will look them up
+        normalise_address(sub.email)
+    addresses = remembered_addresses()
+    try:
+        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(dir=cache.parent, prefix=".config-", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(_cache_head(key) + b"\n")
+                pickle.dump((data, addresses), f, protocol=5)
+            Path(temp).replace(cache)
+        except BaseException:
+            Path(temp).unlink()
+            raise
+    except (OSError, pickle.PicklingError):
+        return
 
 
 def _resolve(config: Config, base: Path) -> Config:

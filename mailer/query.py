@@ -135,7 +135,6 @@ def parse_query(text: str, *, stemming: bool = True) -> Query:
         raise QueryError(
             "the query is empty", query=text, position=0, hint="write at least one word"
         )
-    _check_size(text)
     exact_at: set[int] = set()
 
     def unmark(m: re.Match[str]) -> str:
@@ -143,6 +142,13 @@ def parse_query(text: str, *, stemming: bool = True) -> Query:
         return " "
 
     prepared = _EXACT_MARK.sub(unmark, text)
+    run = _simple_run(prepared) if len(text) <= MAX_QUERY_CHARS else None
+    if run is not None:
+        try:
+            return Query(text, _Converter(text, exact_at, stemming).alternatives(run), stemming)
+        except QueryError:
+            pass  # the full path below refuses it, with its own words and position
+    _check_size(text)
     try:
         tree = _luqum.parse(prepared)
     except (ParseError, IllegalCharacterError) as exc:
@@ -281,6 +287,10 @@ class _Converter:
         the lowest precedence)."""
         run: list[lt.Item | str] = []
         _flatten(node, run)
+        return self.alternatives(run, field)
+
+    def alternatives(self, run: list[lt.Item | str], field: str | None = None) -> Node:
+        """Operands joined by "AND" and "OR", AND binding tighter."""
         alternatives: list[list[Node]] = [[]]
         for item in run:
             if item == "OR":
@@ -411,6 +421,58 @@ class _Converter:
         if len(words) == 1:
             return Term(field, words[0], keys[0], exact=exact)
         return Phrase(field, tuple(words), keys, exact=exact, slop=slop)
+
+
+# The shapes nearly every query takes, read without luqum (whose PLY lexer and
+# parser are most of a large configuration's query parsing): words, prefix*,
+# "phrases" (="exact", ~N), field:, -, upvotes>=N, AND and OR; no parentheses,
+# escapes or other operators. Each is an item ending at whitespace or the end.
+_SIMPLE_ITEM = re.compile(
+    r"\s*(?:(?P<op>AND|OR)|(?P<minus>-)?(?:(?P<field>[A-Za-z]+):)?"
+    r'(?:(?P<phrase>"[^"\\]*")(?:~(?P<slop>\d{1,9}))?'
+    r"|(?P<word>(?i:upvotes|authors)(?:>=|<=|<|>|=)\d{1,9}|[^\W_]+\*?)))(?=\s|\Z)"
+)
+_REST = re.compile(r"\s*")
+_RESERVED = frozenset({"AND", "OR", "NOT", "TO"})
+
+
+def _simple_run(prepared: str) -> list[lt.Item | str] | None:
+    """The run of operands and operators luqum's tree would flatten to (the
+    same node types, values and positions), for a query of the simple shapes
+    above; None for any other query, which luqum parses."""
+    run: list[lt.Item | str] = []
+    pos = 0
+    operand_next = True
+    while m := _SIMPLE_ITEM.match(prepared, pos):
+        pos = m.end()
+        if m["op"]:
+            if operand_next:
+                return None
+            run.append(m["op"])
+            operand_next = True
+            continue
+        if not operand_next:
+            run.append("AND")  # juxtaposition
+        operand_next = False
+        node: lt.Item
+        if m["word"]:
+            if m["word"] in _RESERVED:
+                return None
+            node = lt.Word(m["word"], pos=m.start("word"))
+        else:
+            node = lt.Phrase(m["phrase"], pos=m.start("phrase"))
+            if m["slop"] is not None:
+                node = lt.Proximity(node, m["slop"], pos=m.start("phrase"))
+        if m["field"]:
+            if m["field"] in _RESERVED:
+                return None
+            node = lt.SearchField(m["field"], node, pos=m.start("field"))
+        if m["minus"]:
+            node = lt.Prohibit(node, pos=m.start("minus"))
+        run.append(node)
+    if operand_next or not _REST.fullmatch(prepared, pos):
+        return None
+    return run
 
 
 def _flatten(node: lt.Item, run: list[lt.Item | str]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import tempfile
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +23,9 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
 POSTGRES_ENV = "MAILER_TEST_POSTGRES_URL"
+# Processes started with a copy of the environment taken at import time get
+# a cache of validated configurations of this run, not the user's.
+os.environ["MAILER_CACHE_DIR"] = tempfile.mkdtemp(prefix="mailer-test-config-cache-")
 
 
 @dataclass
@@ -96,6 +100,15 @@ def running_smtp_server(sink: Sink | None = None) -> Iterator[SmtpServer]:
         yield SmtpServer("127.0.0.1", port, sink, controller)
     finally:
         controller.stop()
+
+
+@pytest.fixture(autouse=True)
+def config_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's own cache of validated configurations (mailer.config), for
+    it and the mailer processes it starts: never the user's, never shared."""
+    folder = tmp_path_factory.mktemp("config-cache")
+    monkeypatch.setenv("MAILER_CACHE_DIR", str(folder))
+    return folder
 
 
 @pytest.fixture

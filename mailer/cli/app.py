@@ -51,6 +51,8 @@ class State:
     _loaded: tuple[Config, str] | None = None
     log_format: str = "text"
     _queries_checked: bool = False
+    # check-config validates the file itself, never a cached verdict on it.
+    full_check: bool = False
 
     def config(self, *, check_queries: bool = True) -> Config:
         """``check_queries=False``: for a command that only shows the queries
@@ -58,7 +60,9 @@ class State:
         if self._loaded is None or (check_queries and not self._queries_checked):
             from mailer.config import load_config
 
-            self._loaded = load_config(self.config_path, check_queries=check_queries)
+            self._loaded = load_config(
+                self.config_path, check_queries=check_queries, cached=not self.full_check
+            )
             self._queries_checked = check_queries
             log.debug("configuration from %s", self._loaded[1])
         return self._loaded[0]
@@ -142,7 +146,11 @@ def main_options(
     ] = False,
 ) -> None:
     setup_logging(verbose, log_format.value)
-    ctx.obj = State(config, log_format=log_format.value)
+    ctx.obj = State(
+        config,
+        log_format=log_format.value,
+        full_check=ctx.invoked_subcommand == "check-config",
+    )
 
 
 def state_of(ctx: typer.Context) -> State:

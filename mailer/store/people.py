@@ -11,6 +11,7 @@ from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection, Row
 
 from mailer.addresses import address_key
+from mailer.collector import gc_paused
 from mailer.store.schema import (
     DELIVERIES,
     MATCHES,
@@ -50,6 +51,14 @@ class People:
         Subscribers who signed up on the web are left alone, unless the
         operator configures their address: then config.toml owns them.
         Reads both tables once and writes only what changed, in batches."""
+        # Rows of every subscriber and subscription beside the configuration's
+        # models: the cycle collector would walk them all and find nothing.
+        with gc_paused():
+            return self._sync_subscribers(subscribers, now)
+
+    def _sync_subscribers(
+        self, subscribers: Iterable[tuple[str, str, Sequence[tuple[str, str]]]], now: datetime
+    ) -> dict[str, int]:
         wanted = {address_key(email): (email, name, subs) for email, name, subs in subscribers}
         ids: dict[str, int] = {}
         with self._transaction() as conn:
