@@ -31,6 +31,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -79,6 +80,7 @@ class PassRun:
     peak_mb: float
     summary: str
     stages: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    worker_peak_mb: float = 0.0  # the largest compose worker's
 
 
 def load() -> float:
@@ -144,9 +146,13 @@ def run_pass(python: str, config: Path) -> PassRun:
             env=env,
             cwd=config.parent,
         )
-        # wait4: this child's CPU with its reaped compose workers, and the
-        # peak RSS of the largest of them.
+        # wait4: this child's CPU with its reaped compose workers. Peak memory
+        # is sampled from /proc (VmHWM): ru_maxrss would also count this
+        # bench's own memory, which the child had before it ran mailer.
+        peaks = PeakMemory(proc.pid)
+        peaks.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        peaks.stop()
     wall = time.perf_counter() - start
     proc.returncode = os.waitstatus_to_exitcode(status)
     stdout, stderr = out.read_text(), err.read_text()
@@ -159,7 +165,56 @@ def run_pass(python: str, config: Path) -> PassRun:
             name, _, figures = part.partition("=")
             w, c, r = figures.split("/")
             stages[name] = (float(w), float(c), float(r))
-    return PassRun(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024, summary, stages)
+    own = peaks.of(proc.pid)
+    return PassRun(
+        wall, usage.ru_utime + usage.ru_stime, own, summary, stages, peaks.largest_child()
+    )
+
+
+class PeakMemory(threading.Thread):
+    """The peak resident memory (VmHWM, MB) of a process and of each of its
+    children (the compose workers), sampled every 20 ms until ``stop``."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.peaks: dict[int, float] = {}
+        self._done = threading.Event()
+
+    def run(self) -> None:
+        while not self._done.wait(0.02):
+            for pid in [self.pid, *self._children(self.pid)]:
+                self.peaks[pid] = max(self.peaks.get(pid, 0.0), _hwm(pid))
+
+    def stop(self) -> None:
+        self._done.set()
+        self.join()
+
+    def of(self, pid: int) -> float:
+        return self.peaks.get(pid, 0.0)
+
+    def largest_child(self) -> float:
+        return max((mb for pid, mb in self.peaks.items() if pid != self.pid), default=0.0)
+
+    @staticmethod
+    def _children(pid: int) -> list[int]:
+        found: list[int] = []
+        for task in Path(f"/proc/{pid}/task").glob("*/children"):
+            try:
+                found += [int(c) for c in task.read_text().split()]
+            except OSError:
+                continue
+        return found
+
+
+def _hwm(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return 0.0
 
 
 def best_of(cmd: list[str], times: int = 3, cache: Path | None = None) -> float:
@@ -203,7 +258,10 @@ def main() -> None:
             write_config(configs[n], dumps, n)
 
         if not args.skip_pass:
-            print("\n| code | subscribers | wall s | CPU s | peak RSS MB | digests | load |")
+            print(
+                "\n| code | subscribers | wall s | CPU s | peak RSS MB, mailer / largest worker "
+                "| digests | load |"
+            )
             print("|---|---:|---:|---:|---:|---:|---:|")
             details = []
             for n in args.subscribers:
@@ -213,7 +271,8 @@ def main() -> None:
                     digests = re.search(r"digests=(\d+)", run.summary)
                     print(
                         f"| {label(python)} | {n:,} | {run.wall:.1f} | {run.cpu:.1f} | "
-                        f"{run.peak_mb:.0f} | {digests.group(1) if digests else '?'} | "
+                        f"{run.peak_mb:.0f} / {run.worker_peak_mb:.0f} | "
+                        f"{digests.group(1) if digests else '?'} | "
                         f"{before:.1f} |",
                         flush=True,
                     )
