@@ -97,6 +97,10 @@ def analysed(papers: Iterable[tuple[int, Paper]], stats: Stats) -> list[tuple[in
     return [(paper_id, Doc(paper, stats)) for paper_id, paper in papers]
 
 
+# A key not looked up yet in ``match_rows``' owners (None: a dropped subscriber).
+_UNSEEN = (-1, "")
+
+
 def match_rows(
     engine: Engine,
     docs: Sequence[tuple[int, Doc]],
@@ -146,9 +150,6 @@ def match_rows(
     if suggester:
         rows += suggester.rows(docs, vectors, {(r.subscriber_id, r.paper_id) for r in rows})
     return rows
-
-
-_UNSEEN = (-1, "")
 
 
 def _owner(query: Hashable, subscriber_ids: Mapping[str, int]) -> tuple[int, str] | None:
