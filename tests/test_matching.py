@@ -524,7 +524,7 @@ def test_prefixes_of_different_lengths_all_select_their_papers() -> None:
 
 
 def test_match_rows_give_one_row_per_subscriber_and_drop_unknown_subscribers() -> None:
-    queries = {
+    queries: dict[Hashable, Query] = {
         ("ada@x", "Graphs"): parse_query("graph"),
         ("ada@x", "RL"): parse_query('"reinforcement learning"'),
         ("bob@x", "Thought"): parse_query("thought"),
