@@ -12,6 +12,7 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, String, cast, select, update
+from sqlalchemy.exc import DBAPIError
 
 from mailer.analysis import Stats
 from mailer.papers import Paper
@@ -204,14 +205,25 @@ def _insert_matches(conn: Connection, matches: Iterable[NewMatch], now: datetime
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
-        driver: Any = conn.connection.driver_connection
-        with driver.cursor() as cursor, cursor.copy(_POSTGRES_COPY) as copy:
-            for row in rows:
-                copy.write_row(row)
+        _copy(conn, _POSTGRES_COPY, rows)
     else:
         with _sqlite_cache(conn):
             conn.exec_driver_sql(_SQLITE_INSERT, rows)
     return len(rows)
+
+
+def _copy(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None:
+    """COPY ``rows`` in through psycopg, in ``conn``'s transaction; its errors
+    raised as SQLAlchemy's, as a Core statement's would be (the store names
+    those, see ``Store.transaction``)."""
+    dbapi = conn.dialect.loaded_dbapi
+    driver: Any = conn.connection.driver_connection
+    try:
+        with driver.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except dbapi.Error as exc:
+        raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=conn.dialect) from exc
 
 
 @contextmanager
