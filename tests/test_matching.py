@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Hashable, Iterable
+from operator import attrgetter
 
 import pytest
 from hypothesis import given, settings
@@ -23,6 +24,8 @@ from mailer.matching import (
 )
 from mailer.matching.highlight import spans_by_tokens
 from mailer.papers import Paper
+from mailer.pipeline import analysed, match_rows
+from mailer.store import NewMatch
 
 PAPER = Paper(
     title="Graph Transformers for Chain-of-Thought RL",
@@ -515,3 +518,33 @@ def test_prefixes_of_different_lengths_all_select_their_papers() -> None:
     }
     engine = Engine(queries)
     assert {h.query for h in engine.match(Doc(PAPER))} == {0, 1, 2, 3}
+
+
+# --- match rows -----------------------------------------------------------------
+
+
+def test_match_rows_give_one_row_per_subscriber_and_drop_unknown_subscribers() -> None:
+    queries: dict[Hashable, Query] = {
+        ("ada@x", "Graphs"): parse_query("graph"),
+        ("ada@x", "RL"): parse_query('"reinforcement learning"'),
+        ("bob@x", "Thought"): parse_query("thought"),
+        ("gone@x", "Graphs"): parse_query("graph"),
+    }
+    engine = Engine(queries)
+    (doc,) = (d for _, d in analysed([(7, PAPER)], engine.stats))
+    hits = {h.query: h for h in engine.match(doc)}
+    rows = match_rows(engine, [(7, doc)], {"ada@x": 1, "bob@x": 2})
+    ada, bob = sorted(rows, key=attrgetter("subscriber_id"))
+    # A subscriber's subscriptions come in the engine's order of hits.
+    order = sorted([("ada@x", "Graphs"), ("ada@x", "RL")], key=list(hits).index)
+    first, second = (hits[q] for q in order)
+    assert ada == NewMatch(
+        1,
+        7,
+        tuple(name for _, name in order),
+        (first.terms, second.terms),
+        (first.score, second.score),
+        rescore(doc, [*first.terms, *second.terms])[0],
+    )
+    thought = hits["bob@x", "Thought"]
+    assert bob == NewMatch(2, 7, ("Thought",), (thought.terms,), (thought.score,), thought.terms)

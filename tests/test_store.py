@@ -7,12 +7,15 @@ from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
 
 import pytest
+from sqlalchemy import String, cast, func, insert
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from mailer.analysis import Stats
 from mailer.errors import StoreError
 from mailer.papers import Paper
 from mailer.store import NewMatch, Outgoing, PaperRow, Store
+from mailer.store.schema import MATCHES
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 A = Paper("Diffusion Models Beat GANs", "We show diffusion models win.", authors=3, upvotes=2)
@@ -164,6 +167,63 @@ def test_matches_mark_papers_matched(store: Store) -> None:
     (pending,) = store.pending_matches(sid)
     assert pending.paper.title == A.title
     assert pending.subscription_terms == (("diffusion",),)
+
+
+def stored_matches(store: Store, subscriber_id: int) -> list[tuple[object, ...]]:
+    """A subscriber's match rows as stored: JSON columns as their text and
+    their JSON type (a string would read back the same through ``cast``)."""
+    json_columns = [
+        MATCHES.c.subscriptions,
+        MATCHES.c.terms,
+        MATCHES.c.scores,
+        MATCHES.c.subscription_terms,
+    ]
+    with store.transaction() as conn:
+        kind = func.json_typeof if conn.dialect.name == "postgresql" else func.json_type
+        query = (
+            sa_select(
+                MATCHES.c.paper_id,
+                MATCHES.c.created_at,
+                MATCHES.c.delivery_id,
+                *(cast(c, String) for c in json_columns),
+                *(kind(c) for c in json_columns),
+            )
+            .where(MATCHES.c.subscriber_id == subscriber_id)
+            .order_by(MATCHES.c.id)
+        )
+        return [tuple(row) for row in conn.execute(query)]
+
+
+def test_recorded_matches_are_stored_as_a_core_insert_stores_them(store: Store) -> None:
+    recorded, inserted = subscribe(store), subscribe(store, "bob@example.org")
+    ingest(store, "h1", [A, B, C])
+    ids = [pid for pid, _ in store.unmatched_papers()]
+    values = [
+        (("Diffusion",), (("diffusion",),), (1.0,), ("diffusion",)),
+        (('Café "x"', "Second"), (("café", "b*"), ()), (0.1, 2.5e-20), ("café", "b*")),
+        (("Second",), ((),), (3.0,), ()),
+    ]
+    store.record_matches(
+        ids, [NewMatch(recorded, p, *v) for p, v in zip(ids, values, strict=True)], NOW
+    )
+    with store.transaction() as conn:
+        conn.execute(
+            insert(MATCHES),
+            [
+                {
+                    "subscriber_id": inserted,
+                    "paper_id": p,
+                    "subscriptions": list(names),
+                    "terms": list(terms),
+                    "scores": list(scores),
+                    "subscription_terms": [list(t) for t in each],
+                    "created_at": NOW,
+                }
+                for p, (names, each, scores, terms) in zip(ids, values, strict=True)
+            ],
+        )
+    assert stored_matches(store, recorded) == stored_matches(store, inserted)
+    assert [m.subscription_terms for m in store.pending_matches(recorded)] == [v[1] for v in values]
 
 
 def test_enqueue_claims_matches_so_they_are_not_sent_again(store: Store) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
 from datetime import datetime
 from functools import partial
 from typing import cast
@@ -97,6 +97,10 @@ def analysed(papers: Iterable[tuple[int, Paper]], stats: Stats) -> list[tuple[in
     return [(paper_id, Doc(paper, stats)) for paper_id, paper in papers]
 
 
+# A key not looked up yet in ``match_rows``' owners (None: a dropped subscriber).
+_UNSEEN = (-1, "")
+
+
 def match_rows(
     engine: Engine,
     docs: Sequence[tuple[int, Doc]],
@@ -116,34 +120,44 @@ def match_rows(
         encoder = likes.encoder if likes else TfidfEncoder(engine.stats)
         vectors = encoder.encode([doc for _, doc in docs])
     similar = likes.similarities(vectors) if likes else None
+    # Each engine key's (subscriber id, subscription name), None for those
+    # dropped: worked out once per key, not once per hit.
+    owners: dict[Hashable, tuple[int, str] | None] = {}
     for at, (paper_id, doc) in enumerate(docs):
-        by_subscriber: dict[int, list[Hit]] = {}
         hits: Iterable[Hit] = engine.match(doc)
         if likes and similar is not None:
             hits = likes.hits(doc, vectors[at], hits, similar[at])
-        for hit in hits:
-            email, name = cast(tuple[str, str], hit.query)
-            subscriber_id = subscriber_ids.get(email)
-            if subscriber_id is not None:
-                by_subscriber.setdefault(subscriber_id, []).append(hit._replace(query=name))
+        by_subscriber: dict[int, list[tuple[str, tuple[str, ...], float]]] = {}
+        for query, terms, score in hits:
+            owner = owners.get(query, _UNSEEN)
+            if owner is _UNSEEN:
+                owner = owners[query] = _owner(query, subscriber_ids)
+            if owner is not None:
+                subscriber_id, name = owner
+                found = by_subscriber.get(subscriber_id)
+                if found is None:
+                    by_subscriber[subscriber_id] = [(name, terms, score)]
+                else:
+                    found.append((name, terms, score))
         for subscriber_id, found in by_subscriber.items():
             if len(found) == 1:
-                terms = found[0].terms
-            else:
-                terms = rescore(doc, dict.fromkeys(t for h in found for t in h.terms))[0]
-            rows.append(
-                NewMatch(
-                    subscriber_id,
-                    paper_id,
-                    tuple(cast(str, h.query) for h in found),
-                    tuple(h.terms for h in found),
-                    tuple(h.score for h in found),
-                    terms,
-                )
-            )
+                ((name, terms, score),) = found
+                rows.append(NewMatch(subscriber_id, paper_id, (name,), (terms,), (score,), terms))
+                continue
+            names, each, scores = zip(*found, strict=True)
+            terms = rescore(doc, dict.fromkeys(t for ts in each for t in ts))[0]
+            rows.append(NewMatch(subscriber_id, paper_id, names, each, scores, terms))
     if suggester:
         rows += suggester.rows(docs, vectors, {(r.subscriber_id, r.paper_id) for r in rows})
     return rows
+
+
+def _owner(query: Hashable, subscriber_ids: Mapping[str, int]) -> tuple[int, str] | None:
+    """The subscriber id and subscription name of an engine key (email,
+    name); None when the subscriber is not among ``subscriber_ids``."""
+    email, name = cast(tuple[str, str], query)
+    subscriber_id = subscriber_ids.get(email)
+    return None if subscriber_id is None else (subscriber_id, name)
 
 
 def subscription_engine(sub: SubscriberConfig, stats: Stats) -> Engine:
