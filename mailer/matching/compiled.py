@@ -18,7 +18,6 @@ from mailer.matching.reference import (
     Found,
     _fields,
     _leaf_terms,
-    _prefix_tokens,
     phrase_in,
     score,
 )
@@ -277,7 +276,7 @@ def _static_scorer(entries: list[Found]) -> Scorer:
         terms = (display,)
         return lambda doc: (
             terms,
-            max((doc.weight(True, t) for t in _prefix_tokens(doc, prefix)), default=0.0),
+            max((doc.weight(True, t) for t in doc.with_prefix(prefix)), default=0.0),
         )
     if len(entries) == 2 and all(_plain(e) and len(e[2]) == 1 for e in entries):
         (d1, e1, (k1,), _, _), (d2, e2, (k2,), _, _) = entries

@@ -103,10 +103,6 @@ def phrase_in(text: FieldText, exact: bool, keys: tuple[str, ...], slop: int) ->
     return False
 
 
-def _prefix_tokens(doc: Doc, prefix: str) -> list[str]:
-    return doc.with_prefix(prefix)
-
-
 class Weighing(Protocol):
     """What scoring reads of a paper: a ``Doc``, or its ``StemCounts`` when
     every term is a stemmed one."""
