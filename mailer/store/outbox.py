@@ -55,43 +55,51 @@ class Outbox:
     def enqueue_many(self, messages: Sequence[Outgoing], now: datetime) -> list[int]:
         """Put many composed messages in the outbox, each claiming its matches,
         in one transaction: all of them are queued, or none and no match claimed.
-        One executemany inserts the messages, returning their ids in order."""
+        Three statements whatever the count: the rows inserted in one batch,
+        their ids read back by Message-ID (unique; SQLite cannot return them
+        in order from a batch, and would insert one row per statement), and
+        every match claimed in one batch."""
         if not messages:
             return []
         with self._transaction() as conn:
-            ids: list[int] = list(
-                conn.execute(
-                    insert(DELIVERIES).returning(DELIVERIES.c.id, sort_by_parameter_order=True),
-                    [
-                        {
-                            "subscriber_id": m.subscriber_id,
-                            "recipient": m.recipient,
-                            "message_id": m.message_id,
-                            "subject": m.subject,
-                            "papers": len(m.match_ids),
-                            "message": m.message,
-                            "created_at": now,
-                            "next_attempt_at": None if m.failed else now,
-                            "status": DeliveryStatus.FAILED if m.failed else DeliveryStatus.PENDING,
-                            "last_reply": m.failed,
-                            "kind": m.kind,
-                        }
-                        for m in messages
-                    ],
-                ).scalars()
+            conn.execute(
+                insert(DELIVERIES),
+                [
+                    {
+                        "subscriber_id": m.subscriber_id,
+                        "recipient": m.recipient,
+                        "message_id": m.message_id,
+                        "subject": m.subject,
+                        "papers": len(m.match_ids),
+                        "message": m.message,
+                        "created_at": now,
+                        "next_attempt_at": None if m.failed else now,
+                        "status": DeliveryStatus.FAILED if m.failed else DeliveryStatus.PENDING,
+                        "last_reply": m.failed,
+                        "kind": m.kind,
+                    }
+                    for m in messages
+                ],
             )
-            # One statement per message claiming all its matches; its row
-            # count says whether another message had claimed any of them.
-            wanted = claimed = 0
-            for m, delivery_id in zip(messages, ids, strict=True):
-                if m.match_ids:
-                    wanted += len(m.match_ids)
-                    claimed += conn.execute(
-                        _CLAIM, {"b_delivery": delivery_id, "b_matches": list(m.match_ids)}
-                    ).rowcount
-            if claimed != wanted:
+            c = DELIVERIES.c
+            found: dict[str, int] = {}
+            for start in range(0, len(messages), 1000):
+                chunk = [m.message_id for m in messages[start : start + 1000]]
+                found.update(
+                    conn.execute(select(c.message_id, c.id).where(c.message_id.in_(chunk))).all()
+                )
+            ids = [found[m.message_id] for m in messages]
+            # One row per match; the row count says whether another message
+            # had claimed any of them.
+            claims = [
+                {"b_delivery": delivery_id, "b_match": match_id}
+                for m, delivery_id in zip(messages, ids, strict=True)
+                for match_id in m.match_ids
+            ]
+            claimed = conn.execute(_CLAIM, claims).rowcount if claims else 0
+            if claimed != len(claims):
                 raise StoreError(
-                    f"outbox: {wanted - claimed} of the matches for "
+                    f"outbox: {len(claims) - claimed} of the matches for "
                     f"{len(messages)} messages were already claimed by another message",
                     hint="is a second mailer running on the same database?",
                 )
@@ -149,12 +157,10 @@ class Outbox:
             if in_database:
                 rows = _claim(conn, node, now, lease, limit, exclude)
             else:
+                free = _claimable(conn, now, exclude).order_by(DELIVERIES.c.id).limit(limit)
                 rows = row_objects(
                     conn,
-                    select(DeliveryRow)
-                    .where(DELIVERIES.c.id.in_(_claimable(conn, now, exclude)))
-                    .order_by(DELIVERIES.c.id)
-                    .limit(limit),
+                    select(DeliveryRow).where(DELIVERIES.c.id.in_(free)).order_by(DELIVERIES.c.id),
                 )
             cancelled = _cancel_unwanted(conn, [r.id for r in rows if r.id is not None])
             return Claimed(rows, cancelled)
@@ -498,9 +504,7 @@ def _one(result: CursorResult[Any], delivery_id: int) -> None:
 # Bind names differ from the columns because SQLAlchemy reserves those for SET.
 _CLAIM = (
     update(MATCHES)
-    .where(
-        MATCHES.c.id.in_(bindparam("b_matches", expanding=True)), MATCHES.c.delivery_id.is_(None)
-    )
+    .where(MATCHES.c.id == bindparam("b_match"), MATCHES.c.delivery_id.is_(None))
     .values(delivery_id=bindparam("b_delivery"))
 )
 _SENT = (
