@@ -21,7 +21,8 @@ are advisory locks too, one per SMTP connection, each node taking at most
 its share.
 
 A SQLite database has one node (the lock file, ``mailer.lock``), which always
-leads; its claims are those of a process that died, given back at every pass.
+leads and keeps its claims in memory; claims found in the database are those
+of a process that died, given back at every pass.
 """
 
 from __future__ import annotations
