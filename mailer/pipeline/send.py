@@ -160,10 +160,10 @@ class Send:
 
         Each round is one step (``_next``), one transaction: record the
         previous few as sent, claim the next few, cancel those whose recipient
-        has unsubscribed meanwhile. So an unsubscribe is honoured up to one chunk (SEND_CHUNK
-        messages, a fraction of a second) after it, and a crash may resend up
-        to one chunk per connection, with the same Message-IDs. Claimed rows
-        not tried are given back and reported deferred.
+        has unsubscribed meanwhile. So an unsubscribe is honoured up to one
+        chunk (SEND_CHUNK messages, a fraction of a second) after it, and a
+        crash may resend up to one chunk per connection, with the same
+        Message-IDs. Claimed rows not tried are given back and reported deferred.
 
         Before each send the node must still hold its claim and what it runs
         on (``Node.may_send``); the send on the wire when the pass is stopped
