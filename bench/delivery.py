@@ -8,7 +8,9 @@ seeds a SQLite store with N subscribers each holding ``--papers`` unclaimed
 matches and times the real ``Pipeline.compose_and_deliver``: digests composed
 (matches read, rendered, queued) on a process pool while the sender drains
 the outbox. Prints the rate, CPU per digest by process and the load average.
-Target: >= 200/s.
+Target: >= 200/s. Then puts the same messages back in the outbox, measures
+the sink's ceiling again and times ``Pipeline.deliver`` alone: delivery's
+rate as a share of that ceiling (issue 18's target: 80% or more).
 """
 
 from __future__ import annotations
@@ -174,6 +176,19 @@ def seed(db: Path, subscriber_ids: list[int], papers_per_digest: int, pool_size:
     con.close()
 
 
+def requeue(db: Path) -> None:
+    """Every message pending again, as composed: delivery timed on its own."""
+    now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")  # as the store writes it
+    con = sqlite3.connect(db)
+    con.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, sent_at = NULL, "
+        "last_reply = NULL, claimed_by = NULL, claimed_until = NULL, next_attempt_at = ?",
+        (now,),
+    )
+    con.commit()
+    con.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--digests", type=int, default=10_000)
@@ -253,6 +268,20 @@ def main() -> None:
         sink_cpu = cpu_seconds(sink.pid or 0) - cpu[2]
         load_after = os.getloadavg()
         pool.shutdown()
+
+        # The same 10,000 messages again, composed already: delivery alone,
+        # against the sink's ceiling measured again just before.
+        requeue(tmp / "bench.db")
+        alone_ceiling = asyncio.run(blast(port, message, ceiling_n, args.connections))
+        counter.value = 0
+        alone = PassReport()
+        alone_cpu = (time.process_time(), cpu_seconds(sink.pid or 0))
+        alone_start = time.perf_counter()
+        asyncio.run(pipeline.deliver(alone))
+        alone_elapsed = time.perf_counter() - alone_start
+        alone_main_cpu = time.process_time() - alone_cpu[0]
+        alone_sink_cpu = cpu_seconds(sink.pid or 0) - alone_cpu[1]
+        alone_received = counter.value
         store.close()
     stop.set()
     sink.join(10)
@@ -288,6 +317,19 @@ def main() -> None:
         },
         "load_average_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
         "target_per_s": 200,
+        "delivery_alone": {
+            "sink_ceiling_per_s": round(alone_ceiling, 1),
+            "sent": alone.sent,
+            "received_by_sink": alone_received,
+            "seconds": round(alone_elapsed, 2),
+            "per_s": round(alone.sent / alone_elapsed, 1),
+            "per_s_over_sink_ceiling": round(alone.sent / alone_elapsed / alone_ceiling, 2),
+            "cpu_ms_per_message": {
+                "main_process": round(alone_main_cpu / max(alone.sent, 1) * 1000, 2),
+                "sink": round(alone_sink_cpu / max(alone.sent, 1) * 1000, 2),
+            },
+            "target_over_sink_ceiling": 0.8,
+        },
     }
     print(json.dumps(figures, indent=1))
     total_ms = per_digest_ms(workers_cpu + main_cpu + sink_cpu)
@@ -296,6 +338,12 @@ def main() -> None:
         f"{report.sent / elapsed:.0f}/s (target 200/s; sink ceiling {ceiling:.0f}/s "
         f"with pre-built messages); CPU {total_ms} ms per digest in all "
         f"(= {2000 / total_ms:.0f}/s on 2 idle cores); load {load_before[0]:.1f}"
+    )
+    print(
+        f"delivery alone (the same messages, composed already): {alone.sent} in "
+        f"{alone_elapsed:.1f}s = {alone.sent / alone_elapsed:.0f}/s = "
+        f"{alone.sent / alone_elapsed / alone_ceiling:.0%} of the sink's ceiling "
+        f"{alone_ceiling:.0f}/s measured just before (target 80%)"
     )
 
 

@@ -21,7 +21,8 @@ are advisory locks too, one per SMTP connection, each node taking at most
 its share.
 
 A SQLite database has one node (the lock file, ``mailer.lock``), which always
-leads; its claims are those of a process that died, given back at every pass.
+leads and keeps its claims in memory; claims found in the database are those
+of a process that died, given back at every pass.
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Collection, Iterator, Sequence
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -67,6 +68,8 @@ class Claim:
     rows: list[DeliveryRow]
     deadline: float
     lost: set[int] = field(default_factory=set)  # rows a renewal found claimed by no one or another
+    # Rows cancelled as they were claimed (their recipient unsubscribed), with why.
+    cancelled: dict[int, str] = field(default_factory=dict)
 
 
 class Node:
@@ -95,6 +98,7 @@ class Node:
         self.on_wake: Callable[[], None] | None = None
         self._claims: list[Claim] = []
         self._mutex = threading.Lock()
+        self._claiming = threading.Lock()  # a lone node's claims, one at a time
         self._beating: threading.Thread | None = None
         self._stop = threading.Event()
         self._complaint = ""
@@ -148,15 +152,47 @@ class Node:
     def give_connections(self) -> None:
         """Give back what ``take_connections`` took."""
 
-    def claim(self, now: datetime, limit: int, exclude: Collection[int] = ()) -> Claim:
-        """Claim up to ``limit`` due messages for this node; finish with ``done``."""
+    def claim(
+        self,
+        now: datetime,
+        limit: int,
+        exclude: Collection[int] = (),
+        sent: Sequence[tuple[int, str]] = (),
+        sent_at: datetime | None = None,
+    ) -> Claim:
+        """Record ``sent`` (delivery id, server reply) as sent at ``sent_at``,
+        claim up to ``limit`` due messages for this node and cancel those no
+        longer wanted (``Claim.cancelled``), in one transaction; finish with
+        ``done``. A node alone on its database keeps its claims in memory (one
+        claim at a time, so its senders never take the same message): a claim
+        written to a row rewrites the message's bytes with it on SQLite."""
         started = time.monotonic()
-        rows = self.store.claim_due(self.id, now, lease=self.lease, limit=limit, exclude=exclude)
-        claim = Claim(rows, started + self.lease)
-        if rows:
-            with self._mutex:
-                self._claims.append(claim)
+        with self._claiming if not self.shared else nullcontext():
+            held = self._held() if not self.shared else set()
+            claimed = self.store.settle_and_claim(
+                sent,
+                sent_at or now,
+                self.id,
+                now,
+                lease=self.lease,
+                limit=limit,
+                exclude=held.union(exclude) if held else exclude,
+                in_database=self.shared,
+            )
+            claim = Claim(claimed.rows, started + self.lease, cancelled=claimed.cancelled)
+            if claimed.rows:
+                with self._mutex:
+                    self._claims.append(claim)
         return claim
+
+    def _held(self) -> set[int]:
+        """The messages this node's claims hold."""
+        with self._mutex:
+            return {r.id for c in self._claims for r in c.rows if r.id is not None}
+
+    def settle(self, sent: Sequence[tuple[int, str]], now: datetime) -> None:
+        """Record ``sent`` (delivery id, server reply) as sent at ``now``."""
+        self.store.mark_sent_many(sent, now, node=None if self.shared else self.id)
 
     def may_send(self, claim: Claim, row: DeliveryRow) -> bool:
         """Whether ``row`` may go now: its claim has a heartbeat's time left
@@ -171,7 +207,7 @@ class Node:
         with self._mutex:
             if claim in self._claims:
                 self._claims.remove(claim)
-        if unsent:
+        if unsent and self.shared:
             self.store.release_claims(self.id, unsent)
 
     # --- the heartbeat ----------------------------------------------------------------
@@ -222,7 +258,10 @@ class Node:
         with self._mutex:
             live = [c for c in self._claims if c.deadline > started]
         ids = {r.id for c in live for r in c.rows if r.id is not None and r.id not in c.lost}
-        renewed = self.store.renew_claims(self.id, ids, lease=self.lease) if ids else set()
+        if not self.shared:  # claims in memory: no one else could take them
+            renewed = ids
+        else:
+            renewed = self.store.renew_claims(self.id, ids, lease=self.lease) if ids else set()
         for c in live:
             c.lost |= {r.id for r in c.rows if r.id is not None and r.id not in renewed}
             c.deadline = started + self.lease

@@ -16,9 +16,13 @@ DATA reply says about one message fails that message.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import mailbox
+import os
 import re
+import socket
 import ssl
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import Protocol, Self
@@ -77,10 +81,12 @@ class MaildirTransport:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self._host = socket.gethostname().replace("/", r"\057").replace(":", r"\072")
+        self._count = itertools.count(1)
 
     async def __aenter__(self) -> Self:
         try:
-            self._box = mailbox.Maildir(self.path, create=True)
+            mailbox.Maildir(self.path, create=True)
         except OSError as exc:
             raise TransportUnavailableError(
                 f"cannot open Maildir {self.path}: {exc.strerror}",
@@ -94,12 +100,47 @@ class MaildirTransport:
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
         """Stores ``message`` with a Return-Path line for ``sender``, as a
         local delivery agent writes the envelope sender."""
-        stored = b"Return-Path: <" + sender.encode("utf-8") + b">\n" + message
+        return_path = b"Return-Path: <" + sender.encode("utf-8") + b">\n"
         try:
-            key = await asyncio.to_thread(self._box.add, stored)
+            key = await asyncio.to_thread(self._add, return_path, message)
         except OSError as exc:
             raise DeliveryError(f"cannot write to Maildir {self.path}: {exc.strerror}") from exc
         return f"stored as {self.path / 'new' / key}"
+
+    def _add(self, *parts: bytes) -> str:
+        """What ``mailbox.Maildir.add`` does (a unique name written in tmp/,
+        flushed to disk, then linked into new/), in a third of its system
+        calls and without copying the message."""
+        while True:
+            now = time.time()
+            key = f"{int(now)}.M{int(now % 1 * 1e6)}P{os.getpid()}Q{next(self._count)}.{self._host}"
+            tmp = self.path / "tmp" / key
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            break
+        try:
+            try:
+                _write_all(fd, parts)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            (self.path / "new" / key).hardlink_to(tmp)
+        finally:
+            tmp.unlink()
+        return key
+
+
+def _write_all(fd: int, parts: tuple[bytes, ...]) -> None:
+    views = [memoryview(p) for p in parts if p]
+    while views:
+        written = os.writev(fd, views)
+        while views and written >= len(views[0]):
+            written -= len(views[0])
+            views.pop(0)
+        if views:
+            views[0] = views[0][written:]
 
 
 class SmtpTransport:

@@ -23,7 +23,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from sqlalchemy import create_engine, make_url, text
 
-from mailer.cluster import ClusterNode
+from mailer.cluster import ClusterNode, Node
 from mailer.errors import LockLostError
 from mailer.pipeline.send import SEND_CHUNK
 from mailer.store import NodeBeat, Outgoing, Store
@@ -138,6 +138,29 @@ def test_a_sent_message_keeps_the_node_that_sent_it(store: Store) -> None:
     assert store.sent_by_node(NOW - timedelta(hours=1)) == {"a": 2, "b": 1}
     assert store.sent_by_node(NOW + timedelta(seconds=1)) == {}
     assert store.release_claims(None) == 0, "a sent message holds no claim"
+
+
+def test_a_lone_node_claims_in_memory_and_its_sent_messages_name_it(store: Store) -> None:
+    ids = queued(store, 5)
+    node = Node(store, node="lone", lease=LEASE)
+    first = node.claim(NOW, 2)
+    second = node.claim(NOW, 2)
+    assert [r.id for r in first.rows + second.rows] == ids[:4], "its senders never share one"
+    assert store.release_claims(None) == 0, "no claim written to the rows"
+    node.claim(NOW, 2, sent=[(i, "250") for i in ids[:2]])
+    node.settle([(ids[2], "250")], NOW)
+    assert store.sent_by_node(NOW - timedelta(hours=1)) == {"lone": 3}
+
+
+def test_a_step_records_the_sent_claims_the_next_and_cancels_the_unwanted(store: Store) -> None:
+    ids = queued(store, 3)
+    store.unsubscribe("ada@example.org", NOW)
+    claimed = store.settle_and_claim([(ids[0], "250")], NOW, "a", NOW, lease=LEASE, limit=10)
+    assert [r.id for r in claimed.rows] == ids[1:]
+    assert set(claimed.cancelled) == set(ids[1:])
+    assert "unsubscribed" in claimed.cancelled[ids[1]]
+    status = {d.id: d.status for d in store.deliveries()}
+    assert status == {ids[0]: "sent", ids[1]: "cancelled", ids[2]: "cancelled"}
 
 
 def beat(store: Store, node: str, role: str = "follower", lease: float = LEASE) -> int:

@@ -122,6 +122,18 @@ def test_maildir_stores_message_in_new(tmp_path: Path) -> None:
     assert len(list((tmp_path / "box" / "new").iterdir())) == 1
 
 
+def test_maildir_file_is_the_return_path_line_then_the_message_bytes(tmp_path: Path) -> None:
+    async def store() -> str:
+        async with MaildirTransport(tmp_path / "box") as t:
+            return await t.send("bounce+1.ab@example.org", "a@example.org", MESSAGE)
+
+    reply = asyncio.run(store())
+    (written,) = (tmp_path / "box" / "new").iterdir()
+    assert reply == f"stored as {written}"
+    assert written.read_bytes() == b"Return-Path: <bounce+1.ab@example.org>\n" + MESSAGE
+    assert list((tmp_path / "box" / "tmp").iterdir()) == []
+
+
 def test_unwritable_maildir_is_unavailable(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("x")

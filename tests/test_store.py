@@ -14,7 +14,7 @@ from sqlmodel import Session, col, select
 from mailer.analysis import Stats
 from mailer.errors import StoreError
 from mailer.papers import Paper
-from mailer.store import NewMatch, Outgoing, PaperRow, Store
+from mailer.store import MatchRow, NewMatch, Outgoing, PaperRow, Store
 from mailer.store.schema import MATCHES
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -238,6 +238,27 @@ def test_enqueue_claims_matches_so_they_are_not_sent_again(store: Store) -> None
     with pytest.raises(StoreError, match="already claimed"):
         queue(store, sid, "<2@x>", match_ids)
     assert len(store.deliveries()) == 1
+
+
+def test_enqueue_many_returns_the_ids_in_order_and_each_message_claims_its_matches(
+    store: Store,
+) -> None:
+    sid = subscribe(store)
+    ingest(store, "h1", [A, B])
+    ids = [pid for pid, _ in store.unmatched_papers()]
+    store.record_matches(ids, [match(sid, pid) for pid in ids], NOW)
+    first, second = [m.id for m in store.pending_matches(sid)]
+    messages = [
+        Outgoing(sid, "ada@example.org", f"<{n}@x>", "s", b"bytes", claims)
+        for n, claims in (("z", [second]), ("a", [first]), ("m", []))
+    ]
+    queued = store.enqueue_many(messages, NOW)
+    by_id = {d.id: d.message_id for d in store.deliveries()}
+    assert [by_id[i] for i in queued] == ["<z@x>", "<a@x>", "<m@x>"]
+    assert [d.papers for d in store.deliveries()] == [1, 1, 0]
+    with store.session() as session:
+        claimed = {m.id: m.delivery_id for m in session.exec(select(MatchRow))}
+    assert claimed == {second: queued[0], first: queued[1]}
 
 
 def test_sent_delivery_is_no_longer_due(store: Store) -> None:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -158,12 +158,12 @@ class Send:
         """One connection's share: claim a few due messages, send them, again,
         until none is left; stops all when the transport fails.
 
-        Each round is one step (``_next``): record the previous few as sent,
-        claim the next few, cancel those whose recipient has unsubscribed
-        meanwhile. So an unsubscribe is honoured up to one chunk (SEND_CHUNK
-        messages, a fraction of a second) after it, and a crash may resend up
-        to one chunk per connection, with the same Message-IDs. Claimed rows
-        not tried are given back and reported deferred.
+        Each round is one step (``_next``), one transaction: record the
+        previous few as sent, claim the next few, cancel those whose recipient
+        has unsubscribed meanwhile. So an unsubscribe is honoured up to one
+        chunk (SEND_CHUNK messages, a fraction of a second) after it, and a
+        crash may resend up to one chunk per connection, with the same
+        Message-IDs. Claimed rows not tried are given back and reported deferred.
 
         Before each send the node must still hold its claim and what it runs
         on (``Node.may_send``); the send on the wire when the pass is stopped
@@ -181,9 +181,15 @@ class Send:
             async with self.transport() as transport:
                 while not halted():
                     done, sent = sent, []
-                    current, left = await completed(
+                    step = asyncio.ensure_future(
                         asyncio.to_thread(self._next, done, claim, chunk_size, report)
                     )
+                    try:
+                        current, left = await completed(step)
+                    except BaseException:
+                        if step.cancelled() or step.exception() is not None:
+                            sent = done  # rolled back with the claim: ``finally`` records them
+                        raise
                     claim = current
                     _count_sent(done, report)
                     if not current.rows:
@@ -237,19 +243,30 @@ class Send:
         size: int,
         report: PassReport,
     ) -> tuple[Claim, list[DeliveryRow]]:
-        """Record ``done`` as sent, finish with the ``previous`` claim, and
-        claim the next ``size`` due messages (none this pass deferred); returns
-        the claim and its rows still wanted (the others now cancelled)."""
-        self._settle(done)
+        """Record ``done`` as sent, claim the next ``size`` due messages (none
+        this pass deferred) and cancel the unwanted among them, in one
+        transaction; then finish with the ``previous`` claim. Returns the
+        claim and its rows still wanted."""
+        now = self.clock()
+        claim = self.node.claim(
+            now,
+            size,
+            frozenset(report.deferred_ids),
+            sent=[(r.id, reply) for r, reply in done if r.id],
+            sent_at=now,
+        )
+        self._log_sent(done)
         if previous is not None:
             self.node.done(previous, ())
-        claim = self.node.claim(self.clock(), size, frozenset(report.deferred_ids))
-        cancelled = self.cancel_unwanted(claim.rows) if claim.rows else set()
-        return claim, [r for r in claim.rows if r.id not in cancelled]
+        self._log_cancelled(claim.rows, claim.cancelled)
+        return claim, [r for r in claim.rows if r.id not in claim.cancelled]
 
     def _settle(self, sent: Sequence[tuple[DeliveryRow, str]]) -> None:
         """Record ``sent`` as sent."""
-        self.store.mark_sent_many([(r.id, reply) for r, reply in sent if r.id], self.clock())
+        self.node.settle([(r.id, reply) for r, reply in sent if r.id], self.clock())
+        self._log_sent(sent)
+
+    def _log_sent(self, sent: Sequence[tuple[DeliveryRow, str]]) -> None:
         for row, reply in sent:
             log.info(
                 "sent subscriber=%s message_id=%s papers=%d node=%s reply=%s",
@@ -260,20 +277,18 @@ class Send:
                 reply.strip(),
             )
 
-    def cancel_unwanted(self, rows: Sequence[DeliveryRow]) -> set[int]:
-        """Ids among ``rows`` (now marked cancelled) whose recipient unsubscribed
-        (RFC 8058) or was removed after they were composed: they must not be sent."""
-        ids = [r.id for r in rows if r.id is not None]
-        cancelled = self.store.cancel_unwanted(ids)
+    def _log_cancelled(self, rows: Sequence[DeliveryRow], cancelled: Mapping[int, str]) -> None:
+        """Rows whose recipient unsubscribed (RFC 8058) or was removed after
+        they were composed: cancelled as they were claimed, never sent."""
         for row in rows:
-            if row.id in cancelled:
+            why = cancelled.get(row.id) if row.id is not None else None
+            if why is not None:
                 log.info(
                     "not sent: subscriber=%s %s; message_id=%s cancelled",
                     row.recipient,
-                    cancelled[row.id],
+                    why,
                     row.message_id,
                 )
-        return set(cancelled)
 
     def _backoff(self, attempts: int) -> float:
         d = self.config.delivery

@@ -31,7 +31,7 @@ from mailer.papers import Paper
 from mailer.store.feedback import Feedback, Mark, MarkOutcome, ReaderModel
 from mailer.store.matches import Matches, NewMatch, PendingMatch
 from mailer.store.nodes import NodeBeat, Nodes
-from mailer.store.outbox import Outbox, Outgoing
+from mailer.store.outbox import Claimed, Outbox, Outgoing
 from mailer.store.papers import IngestOutcome, Papers, add_statistics
 from mailer.store.people import People, SubscriberState
 from mailer.store.schema import (
@@ -67,6 +67,7 @@ __all__ = [
     "LAST_PASS",
     "BounceLimits",
     "BounceRecord",
+    "Claimed",
     "CorpusRow",
     "DeliveryKind",
     "DeliveryRow",
@@ -392,8 +393,10 @@ class Store:
     def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> None:
         self.outbox.mark_sent(delivery_id, reply=reply, now=now)
 
-    def mark_sent_many(self, sent: Sequence[tuple[int, str]], now: datetime) -> None:
-        self.outbox.mark_sent_many(sent, now)
+    def mark_sent_many(
+        self, sent: Sequence[tuple[int, str]], now: datetime, *, node: str | None = None
+    ) -> None:
+        self.outbox.mark_sent_many(sent, now, node=node)
 
     def mark_attempt_failed(
         self,
@@ -437,6 +440,29 @@ class Store:
         exclude: Collection[int] = (),
     ) -> list[DeliveryRow]:
         return self.outbox.claim_due(node, now, lease=lease, limit=limit, exclude=exclude)
+
+    def settle_and_claim(
+        self,
+        sent: Sequence[tuple[int, str]],
+        sent_at: datetime,
+        node: str,
+        now: datetime,
+        *,
+        lease: float,
+        limit: int,
+        exclude: Collection[int] = (),
+        in_database: bool = True,
+    ) -> Claimed:
+        return self.outbox.settle_and_claim(
+            sent,
+            sent_at,
+            node,
+            now,
+            lease=lease,
+            limit=limit,
+            exclude=exclude,
+            in_database=in_database,
+        )
 
     def claimable(self, now: datetime, *, limit: int, exclude: Collection[int] = ()) -> int:
         return self.outbox.claimable(now, limit=limit, exclude=exclude)

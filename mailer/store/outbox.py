@@ -55,43 +55,51 @@ class Outbox:
     def enqueue_many(self, messages: Sequence[Outgoing], now: datetime) -> list[int]:
         """Put many composed messages in the outbox, each claiming its matches,
         in one transaction: all of them are queued, or none and no match claimed.
-        One executemany inserts the messages, returning their ids in order."""
+        Three statements whatever the count: the rows inserted in one batch,
+        their ids read back by Message-ID (unique; SQLite cannot return them
+        in order from a batch, and would insert one row per statement), and
+        every match claimed in one batch."""
         if not messages:
             return []
         with self._transaction() as conn:
-            ids: list[int] = list(
-                conn.execute(
-                    insert(DELIVERIES).returning(DELIVERIES.c.id, sort_by_parameter_order=True),
-                    [
-                        {
-                            "subscriber_id": m.subscriber_id,
-                            "recipient": m.recipient,
-                            "message_id": m.message_id,
-                            "subject": m.subject,
-                            "papers": len(m.match_ids),
-                            "message": m.message,
-                            "created_at": now,
-                            "next_attempt_at": None if m.failed else now,
-                            "status": DeliveryStatus.FAILED if m.failed else DeliveryStatus.PENDING,
-                            "last_reply": m.failed,
-                            "kind": m.kind,
-                        }
-                        for m in messages
-                    ],
-                ).scalars()
+            conn.execute(
+                insert(DELIVERIES),
+                [
+                    {
+                        "subscriber_id": m.subscriber_id,
+                        "recipient": m.recipient,
+                        "message_id": m.message_id,
+                        "subject": m.subject,
+                        "papers": len(m.match_ids),
+                        "message": m.message,
+                        "created_at": now,
+                        "next_attempt_at": None if m.failed else now,
+                        "status": DeliveryStatus.FAILED if m.failed else DeliveryStatus.PENDING,
+                        "last_reply": m.failed,
+                        "kind": m.kind,
+                    }
+                    for m in messages
+                ],
             )
-            # One statement per message claiming all its matches; its row
-            # count says whether another message had claimed any of them.
-            wanted = claimed = 0
-            for m, delivery_id in zip(messages, ids, strict=True):
-                if m.match_ids:
-                    wanted += len(m.match_ids)
-                    claimed += conn.execute(
-                        _CLAIM, {"b_delivery": delivery_id, "b_matches": list(m.match_ids)}
-                    ).rowcount
-            if claimed != wanted:
+            c = DELIVERIES.c
+            found: dict[str, int] = {}
+            for start in range(0, len(messages), 1000):
+                chunk = [m.message_id for m in messages[start : start + 1000]]
+                found.update(
+                    conn.execute(select(c.message_id, c.id).where(c.message_id.in_(chunk))).all()
+                )
+            ids = [found[m.message_id] for m in messages]
+            # One row per match; the row count says whether another message
+            # had claimed any of them.
+            claims = [
+                {"b_delivery": delivery_id, "b_match": match_id}
+                for m, delivery_id in zip(messages, ids, strict=True)
+                for match_id in m.match_ids
+            ]
+            claimed = conn.execute(_CLAIM, claims).rowcount if claims else 0
+            if claimed != len(claims):
                 raise StoreError(
-                    f"outbox: {wanted - claimed} of the matches for "
+                    f"outbox: {len(claims) - claimed} of the matches for "
                     f"{len(messages)} messages were already claimed by another message",
                     hint="is a second mailer running on the same database?",
                 )
@@ -122,25 +130,40 @@ class Outbox:
         unclaimed and those whose claim ran out. Rows another node is claiming
         at this moment are skipped, not waited for (FOR UPDATE SKIP LOCKED on
         PostgreSQL; SQLite has one writer at a time and one node)."""
-        c = DELIVERIES.c
         with self._transaction() as conn:
-            free = (
-                _claimable(conn, now, exclude)
-                .order_by(c.id)
-                .limit(limit)
-                .with_for_update(skip_locked=True)
-            )
-            claimed = list(
-                conn.execute(
-                    update(DELIVERIES)
-                    .where(c.id.in_(free))
-                    .values(claimed_by=node, claimed_until=db_time(conn, lease))
-                    .returning(c.id)
-                ).scalars()
-            )
-            if not claimed:
-                return []
-            return row_objects(conn, select(DeliveryRow).where(c.id.in_(claimed)).order_by(c.id))
+            return _claim(conn, node, now, lease, limit, exclude)
+
+    def settle_and_claim(
+        self,
+        sent: Sequence[tuple[int, str]],
+        sent_at: datetime,
+        node: str,
+        now: datetime,
+        *,
+        lease: float,
+        limit: int,
+        exclude: Collection[int] = (),
+        in_database: bool = True,
+    ) -> Claimed:
+        """One sender's step, in one transaction: record ``sent`` (delivery
+        id, server reply) as sent at ``sent_at`` (``mark_sent_many``), claim
+        the next ``limit`` due messages (``claim_due``) and cancel those among
+        them no longer wanted (``cancel_unwanted``). Without ``in_database``
+        (a node alone on the database, holding its claims in memory) the
+        rows are only read, and the sent ones name ``node`` instead: on
+        SQLite, writing a claim to a row rewrites the message's bytes too."""
+        with self._transaction() as conn:
+            _mark_sent(conn, sent, sent_at, None if in_database else node)
+            if in_database:
+                rows = _claim(conn, node, now, lease, limit, exclude)
+            else:
+                free = _claimable(conn, now, exclude).order_by(DELIVERIES.c.id).limit(limit)
+                rows = row_objects(
+                    conn,
+                    select(DeliveryRow).where(DELIVERIES.c.id.in_(free)).order_by(DELIVERIES.c.id),
+                )
+            cancelled = _cancel_unwanted(conn, [r.id for r in rows if r.id is not None])
+            return Claimed(rows, cancelled)
 
     def claimable(self, now: datetime, *, limit: int, exclude: Collection[int] = ()) -> int:
         """How many messages ``claim_due`` would find now, counting up to ``limit``."""
@@ -223,17 +246,22 @@ class Outbox:
     def mark_sent(self, delivery_id: int, *, reply: str, now: datetime) -> None:
         with self._transaction() as conn:
             _one(
-                conn.execute(_SENT, {"b_id": delivery_id, "b_reply": reply, "b_now": now}),
+                conn.execute(
+                    _SENT, {"b_id": delivery_id, "b_reply": reply, "b_now": now, "b_node": None}
+                ),
                 delivery_id,
             )
 
-    def mark_sent_many(self, sent: Sequence[tuple[int, str]], now: datetime) -> None:
+    def mark_sent_many(
+        self, sent: Sequence[tuple[int, str]], now: datetime, *, node: str | None = None
+    ) -> None:
         """Record many accepted messages, (delivery id, server reply), in one
-        transaction: a per-message commit costs more than sending it."""
+        transaction: a per-message commit costs more than sending it. With
+        ``node``, they name it as their sender (its claims were in memory)."""
         if not sent:
             return
         with self._transaction() as conn:
-            conn.execute(_SENT, [{"b_id": i, "b_reply": reply, "b_now": now} for i, reply in sent])
+            _mark_sent(conn, sent, now, node)
 
     def mark_attempt_failed(
         self,
@@ -274,53 +302,8 @@ class Outbox:
         usual, nobody has."""
         if not delivery_ids:
             return {}
-        suppressed = SUPPRESSIONS.c
         with self._transaction() as conn:
-            found = conn.execute(
-                select(
-                    DELIVERIES.c.id,
-                    DELIVERIES.c.kind,
-                    SUBSCRIBERS.c.unsubscribed_at,
-                    SUBSCRIBERS.c.active,
-                    suppressed.since,
-                    suppressed.reason,
-                )
-                .join(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
-                .outerjoin(
-                    SUPPRESSIONS,
-                    and_(
-                        suppressed.address_key == SUBSCRIBERS.c.email_key,
-                        suppressed.lifted_at.is_(None),
-                    ),
-                )
-                .where(
-                    DELIVERIES.c.id.in_(list(delivery_ids)),
-                    DELIVERIES.c.status == DeliveryStatus.PENDING,
-                    or_(
-                        and_(
-                            DELIVERIES.c.kind == DeliveryKind.DIGEST,
-                            or_(
-                                SUBSCRIBERS.c.unsubscribed_at.is_not(None),
-                                SUBSCRIBERS.c.active.is_(False),
-                            ),
-                        ),
-                        suppressed.id.is_not(None),
-                    ),
-                )
-            )
-            cancelled = {
-                i: _unwanted(kind, unsubscribed_at, active, since, reason)
-                for i, kind, unsubscribed_at, active, since, reason in found
-            }
-            if cancelled:
-                conn.execute(
-                    _CANCEL,
-                    [
-                        {"b_id": i, "b_reply": f"not sent: recipient {why}"}
-                        for i, why in cancelled.items()
-                    ],
-                )
-            return cancelled
+            return _cancel_unwanted(conn, delivery_ids)
 
     def retry_deliveries(self, ids: Sequence[int] | None, now: datetime) -> int:
         """Make deferred or failed messages due now (``ids``, or all of them when
@@ -388,6 +371,100 @@ class Outbox:
             return dict(rows.all())
 
 
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """What ``settle_and_claim`` claimed: every row, and the ids among them
+    it cancelled, with why (``cancel_unwanted``)."""
+
+    rows: list[DeliveryRow]
+    cancelled: dict[int, str]
+
+
+def _mark_sent(
+    conn: Connection, sent: Sequence[tuple[int, str]], now: datetime, node: str | None
+) -> None:
+    if sent:
+        conn.execute(
+            _SENT,
+            [{"b_id": i, "b_reply": reply, "b_now": now, "b_node": node} for i, reply in sent],
+        )
+
+
+def _claim(
+    conn: Connection,
+    node: str,
+    now: datetime,
+    lease: float,
+    limit: int,
+    exclude: Collection[int],
+) -> list[DeliveryRow]:
+    """``Outbox.claim_due`` in the caller's transaction."""
+    c = DELIVERIES.c
+    free = (
+        _claimable(conn, now, exclude).order_by(c.id).limit(limit).with_for_update(skip_locked=True)
+    )
+    claimed = list(
+        conn.execute(
+            update(DELIVERIES)
+            .where(c.id.in_(free))
+            .values(claimed_by=node, claimed_until=db_time(conn, lease))
+            .returning(c.id)
+        ).scalars()
+    )
+    if not claimed:
+        return []
+    return row_objects(conn, select(DeliveryRow).where(c.id.in_(claimed)).order_by(c.id))
+
+
+def _cancel_unwanted(conn: Connection, delivery_ids: Sequence[int]) -> dict[int, str]:
+    """``Outbox.cancel_unwanted`` in the caller's transaction."""
+    if not delivery_ids:
+        return {}
+    suppressed = SUPPRESSIONS.c
+    found = conn.execute(
+        select(
+            DELIVERIES.c.id,
+            DELIVERIES.c.kind,
+            SUBSCRIBERS.c.unsubscribed_at,
+            SUBSCRIBERS.c.active,
+            suppressed.since,
+            suppressed.reason,
+        )
+        .join(SUBSCRIBERS, SUBSCRIBERS.c.id == DELIVERIES.c.subscriber_id)
+        .outerjoin(
+            SUPPRESSIONS,
+            and_(
+                suppressed.address_key == SUBSCRIBERS.c.email_key,
+                suppressed.lifted_at.is_(None),
+            ),
+        )
+        .where(
+            DELIVERIES.c.id.in_(list(delivery_ids)),
+            DELIVERIES.c.status == DeliveryStatus.PENDING,
+            or_(
+                and_(
+                    DELIVERIES.c.kind == DeliveryKind.DIGEST,
+                    or_(
+                        SUBSCRIBERS.c.unsubscribed_at.is_not(None),
+                        SUBSCRIBERS.c.active.is_(False),
+                    ),
+                ),
+                suppressed.id.is_not(None),
+            ),
+        )
+    )
+    cancelled = {
+        i: _unwanted(kind, unsubscribed_at, active, since, reason)
+        for i, kind, unsubscribed_at, active, since, reason in found
+    }
+    if cancelled:
+        conn.execute(
+            _CANCEL,
+            [{"b_id": i, "b_reply": f"not sent: recipient {why}"} for i, why in cancelled.items()],
+        )
+    return cancelled
+
+
 def _claimable(conn: Connection, now: datetime, exclude: Collection[int]) -> Select[tuple[int]]:
     """Pending messages due by ``now`` that no live claim holds."""
     c = DELIVERIES.c
@@ -427,9 +504,7 @@ def _one(result: CursorResult[Any], delivery_id: int) -> None:
 # Bind names differ from the columns because SQLAlchemy reserves those for SET.
 _CLAIM = (
     update(MATCHES)
-    .where(
-        MATCHES.c.id.in_(bindparam("b_matches", expanding=True)), MATCHES.c.delivery_id.is_(None)
-    )
+    .where(MATCHES.c.id == bindparam("b_match"), MATCHES.c.delivery_id.is_(None))
     .values(delivery_id=bindparam("b_delivery"))
 )
 _SENT = (
@@ -440,6 +515,7 @@ _SENT = (
         sent_at=bindparam("b_now"),
         last_reply=bindparam("b_reply"),
         attempts=DELIVERIES.c.attempts + 1,
+        claimed_by=func.coalesce(bindparam("b_node"), DELIVERIES.c.claimed_by),
         claimed_until=None,
     )
 )
