@@ -3,9 +3,11 @@ once (apart from the pipeline, so loading the configuration imports no stage).""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 
 @contextmanager
@@ -24,3 +26,21 @@ def gc_paused() -> Iterator[None]:
     finally:
         if enabled:
             gc.enable()
+
+
+def give_back_memory() -> None:
+    """Return the heap that a stage freed to the system (glibc's malloc_trim):
+    a large dump's records are freed after they are stored, but glibc keeps
+    the pages, and the next stages would grow on top of them. Elsewhere,
+    nothing happens."""
+    global _trim
+    if _trim is None:
+        try:
+            _trim = ctypes.CDLL(None).malloc_trim  # the C library's, where it has one
+        except (OSError, AttributeError):
+            _trim = False
+    if _trim:
+        _trim(0)
+
+
+_trim: Any = None

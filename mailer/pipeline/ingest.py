@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from mailer.collector import give_back_memory
 from mailer.dumpfiles import (
     DEFAULT_MAX_DUMP_BYTES,
     DEFAULT_MAX_LINE_BYTES,
@@ -179,6 +180,7 @@ class Ingest:
                 return
             with gc_paused():
                 self.file(path, report)
+            give_back_memory()
             if on_dump is not None:
                 on_dump(done, len(paths), path)
         unreadable = self.scanner.unreadable_files()

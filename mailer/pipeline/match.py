@@ -14,6 +14,7 @@ from datetime import datetime
 from functools import partial
 from typing import cast
 
+from mailer.collector import give_back_memory
 from mailer.config import Config, SubscriberConfig, SubscriptionConfig
 from mailer.matching import Doc, Engine, Hit, Query, Stats, rescore
 from mailer.papers import Paper
@@ -209,6 +210,8 @@ def match_new_papers(
             with report.timed("record_matches"):
                 pids = [pid for pid, _ in batch]
                 report.matches += store.record_matches(pids, rows, clock(), added)
+            del batch, docs, rows
+            give_back_memory()
 
 
 def refresh_models(store: Store, clock: Clock) -> int:
