@@ -9,6 +9,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import StrEnum
+from functools import lru_cache
 
 from mailer.analysis import Scale, StemCounts
 from mailer.matching import Doc, Stats, highlight_spans
@@ -17,6 +18,11 @@ from mailer.papers import Paper
 
 Span = tuple[int, int]
 
+# Distinct (text, terms) pairs whose highlight spans are remembered: readers
+# who follow the same words get the same papers marked the same way (in a
+# pass of varied subscriptions this hits rarely; among readers of one topic,
+# nearly always).
+MARKS_CACHE = 4096
 # Papers a Ranking keeps analysed: as counts (a few KB each), and whole (tens
 # of KB; only readers' models need them).
 COUNTS_CACHE = 20_000
@@ -264,5 +270,6 @@ def _place(m: Matched, used: dict[str, int], caps: Mapping[str, int]) -> str | N
     return None
 
 
+@lru_cache(maxsize=MARKS_CACHE)
 def _marks(text: str, terms: tuple[str, ...]) -> tuple[Span, ...]:
     return tuple(highlight_spans(text, terms))
