@@ -39,6 +39,7 @@ from pathlib import Path
 
 from bench.corpus import TODAY, papers, subscriptions, vocabulary
 from mailer.dumps import format_dump
+from mailer.pipeline.report import peak_rss_mb
 
 STAGES = (
     "sync",
@@ -184,7 +185,7 @@ class PeakMemory(threading.Thread):
     def run(self) -> None:
         while not self._done.wait(0.02):
             for pid in [self.pid, *self._children(self.pid)]:
-                self.peaks[pid] = max(self.peaks.get(pid, 0.0), _hwm(pid))
+                self.peaks[pid] = max(self.peaks.get(pid, 0.0), peak_rss_mb(pid))
 
     def stop(self) -> None:
         self._done.set()
@@ -205,16 +206,6 @@ class PeakMemory(threading.Thread):
             except OSError:
                 continue
         return found
-
-
-def _hwm(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return 0.0
 
 
 def best_of(cmd: list[str], times: int = 3, cache: Path | None = None) -> float:

@@ -25,17 +25,20 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident memory so far, in MB: Linux's VmHWM,
-    which counts this program only; ru_maxrss (elsewhere) also keeps the
-    peak of the process that started it, from before it ran this one."""
+def peak_rss_mb(pid: int | None = None) -> float:
+    """A process's peak resident memory so far, in MB (this one's by
+    default): Linux's VmHWM, which counts this program only; ru_maxrss
+    (elsewhere, or 0.0 for another process) also keeps the peak of the
+    process that started it, from before it ran this one."""
     try:
-        with Path("/proc/self/status").open(encoding="ascii") as status:
+        with Path(f"/proc/{pid or 'self'}/status").open(encoding="ascii") as status:
             for line in status:
                 if line.startswith("VmHWM:"):
                     return int(line.split()[1]) / 1024
-    except OSError:
+    except (OSError, ValueError):
         pass
+    if pid is not None:
+        return 0.0
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
