@@ -311,12 +311,15 @@ class StemCounts:
     each once, not once per chunk of digests it appears in. Exact and prefix
     terms, which few queries have, count the paper's words when asked."""
 
-    __slots__ = ("_abstract", "_title", "_words", "paper", "scale")
+    __slots__ = ("_abstract", "_title", "_weights", "_words", "paper", "scale")
 
     def __init__(self, paper: Paper, scale: Scale) -> None:
         self._title = tuple(stems(tokens(paper.title)))
         self._abstract = tuple(stems(tokens(paper.abstract)))
         self._words: tuple[list[str], list[str]] | None = None
+        # Each stem's weight once worked out: the readers a paper matched
+        # share most of their terms, and counting a stem scans the paper.
+        self._weights: dict[str, float] = {}
         self.paper = paper
         self.scale = scale
 
@@ -328,8 +331,18 @@ class StemCounts:
             title, abstract = self.words
             key_stem = stem(key)
         else:
+            known = self._weights.get(key)
+            if known is not None:
+                return known
             title, abstract = self._title, self._abstract
             key_stem = key
+            value = self._weights[key] = bm25f(
+                self.scale.idf(key_stem),
+                self.scale.average,
+                (title.count(key), len(title)),
+                (abstract.count(key), len(abstract)),
+            )
+            return value
         return bm25f(
             self.scale.idf(key_stem),
             self.scale.average,

@@ -124,8 +124,13 @@ def score(doc: Weighing, found: Iterable[Found]) -> tuple[tuple[str, ...], float
             weights[display] = max(
                 (doc.weight(True, t) for t in doc.with_prefix(keys[0])), default=0.0
             )
+        elif len(keys) == 1:
+            weights[display] = 0 + doc.weight(exact, keys[0])  # as sum() gives it
         else:
             weights[display] = sum(doc.weight(exact, k) for k in keys)
+    if len(weights) == 1:  # most matches: one term, nothing to order
+        ((display, weight),) = weights.items()
+        return (display,), float(0 + weight)
     ranked = sorted(weights, key=lambda d: (-weights[d], d))
     return tuple(ranked), float(sum(weights.values()))
 
