@@ -42,6 +42,8 @@ _ABBREVIATIONS = frozenset({"e.g", "i.e", "al", "etc", "vs", "fig", "eq", "cf", 
 # Only ASCII whitespace is collapsed and wrapped at, as textwrap does: a
 # no-break space keeps its meaning.
 _ASCII_SPACE = re.compile(r"[ \t\n\r\f\v]+")
+_UNEVEN_SPACE = ("  ", "\t", "\n", "\r", "\f", "\v")  # what _ASCII_SPACE changes inside a text
+_HTML_SPECIAL = re.compile("[&<>\"']")  # what markupsafe.escape changes
 
 # HTML lines are kept this short, well inside SMTP's 998 octets.
 HTML_LINE = 900
@@ -186,6 +188,8 @@ def _joined(text: str, marks: Sequence[Span]) -> list[Span]:
 
 def highlight_html(text: str, marks: Sequence[Span]) -> Markup:
     """Escape each piece between the spans; only the <mark> tags are markup."""
+    if _HTML_SPECIAL.search(text) is None:  # most titles and abstracts: nothing to escape
+        return Markup(highlight_text(text, marks, _MARK_OPEN, _MARK_CLOSE))  # noqa: S704 (nothing in it to escape)
     out: list[str] = []
     pos = 0
     for start, end in _joined(text, marks):
@@ -195,11 +199,11 @@ def highlight_html(text: str, marks: Sequence[Span]) -> Markup:
     return Markup("").join(out)
 
 
-def highlight_text(text: str, marks: Sequence[Span]) -> str:
+def highlight_text(text: str, marks: Sequence[Span], before: str = "*", after: str = "*") -> str:
     out: list[str] = []
     pos = 0
     for start, end in _joined(text, marks):
-        out += [text[pos:start], "*", text[start:end], "*"]
+        out += [text[pos:start], before, text[start:end], after]
         pos = end
     out.append(text[pos:])
     return "".join(out)
@@ -236,25 +240,22 @@ def seven_bit_html(html: str) -> str:
 
 def wrap(text: str, indent: str = "", width: int = TEXT_WIDTH) -> str:
     """Wrap prose; words are never split, so a long token may overrun rather
-    than be broken. What ``textwrap.fill`` gives with those settings, filled
-    greedily by hand: it runs for every paragraph of every digest, and
+    than be broken. What ``textwrap.fill`` gives with those settings, each
+    line found by a regular expression (the longest run of whole words that
+    fits, else one word): it runs for every paragraph of every digest, and
     textwrap's general chunking was a tenth of composing one."""
     if width <= 0:
         raise ValueError(f"invalid width {width!r} (must be > 0)")
-    room = width - len(indent)
-    lines: list[str] = []
-    line: list[str] = []
-    used = 0
-    for word in _ASCII_SPACE.sub(" ", text).split(" "):
-        if not word:
-            continue
-        if line and used + 1 + len(word) <= room:
-            line.append(word)
-            used += 1 + len(word)
-            continue
-        if line:
-            lines.append(indent + " ".join(line))
-        line, used = [word], len(word)
-    if line:
-        lines.append(indent + " ".join(line))
-    return "\n".join(lines)
+    if any(uneven in text for uneven in _UNEVEN_SPACE):  # most text is evenly spaced
+        text = _ASCII_SPACE.sub(" ", text)
+    words = text.strip(" ")
+    return "\n".join(indent + m.group(1) for m in _line(width - len(indent)).finditer(words))
+
+
+@lru_cache(maxsize=64)
+def _line(room: int) -> re.Pattern[str]:
+    """One line of words separated by single spaces: as many as fit in
+    ``room`` characters, or the next word alone when it does not fit."""
+    if room < 1:
+        return re.compile("([^ ]+)(?: |$)")
+    return re.compile(f"([^ ].{{0,{room - 1}}}|[^ ]+)(?: |$)")

@@ -9,12 +9,13 @@ from datetime import date
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from markupsafe import escape
 
 from mailer.digests import Digest, Entry, Recipient, Section
 from mailer.matching import highlight_spans
 from mailer.papers import Paper
 from mailer.render import Renderer
-from mailer.textfmt import EXCERPT_CHARS, excerpt, wrap
+from mailer.textfmt import EXCERPT_CHARS, _joined, excerpt, highlight_html, wrap
 
 OPENING = (
     "Physics-informed neural networks leverage neural networks to solve partial differential "
@@ -186,3 +187,24 @@ def test_wrap_fills_lines_as_textwrap_does(pieces: list[str], indent: str, width
         break_on_hyphens=False,
     )
     assert wrap(text, indent, width) == expected
+
+
+def _escaped_piecewise(text: str, marks: list[tuple[int, int]]) -> str:
+    """highlight_html's reference: every piece escaped, marks joined as it joins them."""
+    out, pos = [], 0
+    for start, end in _joined(text, marks):
+        out += [str(escape(text[pos:start])), "<mark>", str(escape(text[start:end])), "</mark>"]
+        pos = end
+    return "".join([*out, str(escape(text[pos:]))])
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from(["a", "b", " ", "&", "<", ">", '"', "'", "é", "\n"])),
+    st.lists(st.tuples(st.integers(0, 30), st.integers(0, 30))),
+)
+def test_highlight_html_escapes_text_with_and_without_html_characters(
+    text: str, marks: list[tuple[int, int]]
+) -> None:
+    html = str(highlight_html(text, marks))
+    assert re.sub(r"<mark [^>]*>", "<mark>", html) == _escaped_piecewise(text, marks)
