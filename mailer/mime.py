@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from email.headerregistry import Address, BaseHeader, HeaderRegistry, UnstructuredHeader
 from email.message import EmailMessage
 from email.policy import EmailPolicy
+from functools import lru_cache
 from typing import cast
 from urllib.parse import quote, urlsplit
 
@@ -130,18 +131,12 @@ def compose_bytes(
     rendering the digest. Each part is 7-bit ASCII with lines within SMTP's
     limit, unencoded where it already is (the HTML, see seven_bit_html), else
     quoted-printable, so any server takes it, 8BITMIME or not."""
+    from_header, list_header_lines = _sender_headers(sender)
+    to = _address(
+        header_text(digest.recipient.name), header_text(digest.recipient.email), "recipient"
+    )
     head = EmailMessage(policy=_POLICY)
-    sender_name, sender_addr = email.utils.parseaddr(header_text(sender))
-    addresses = {
-        "From": _address(sender_name, sender_addr, "sender"),
-        "To": _address(
-            header_text(digest.recipient.name), header_text(digest.recipient.email), "recipient"
-        ),
-    }
-    head["From"], head["To"] = addresses["From"], addresses["To"]
-    # An address with a non-ASCII local part goes in its header as UTF-8
-    # (RFC 6532): such a message travels only over SMTPUTF8 (mailer.delivery).
-    utf8 = {name for name, a in addresses.items() if not a.addr_spec.isascii()}
+    head["To"] = to
     head["Subject"] = header_text(rendered.subject)
     head["Date"] = date
     mid = header_text(message_id).strip("<>")
@@ -152,8 +147,6 @@ def compose_bytes(
         head["List-Unsubscribe"] = ", ".join(f"<{u}>" for u in links)
         if one_click and any(u.startswith("https://") for u in links):
             head["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    for name, value in list_headers(addresses["From"]).items():
-        head[name] = value
     parts = [(b"plain", *_transfer_encoded(rendered.text))]
     parts.append((b"html", *_transfer_encoded(rendered.html)))
     # "=_" never occurs in quoted-printable text ("=" is always escaped or
@@ -161,10 +154,16 @@ def compose_bytes(
     boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
     while any(boundary in body for _, _, body in parts):
         boundary = f"=_{secrets.token_hex(12)}".encode("ascii")
-    out = [
-        (_UTF8_POLICY if name in utf8 else _POLICY).fold_binary(name, value)
+    # An address with a non-ASCII local part goes in its header as UTF-8
+    # (RFC 6532): such a message travels only over SMTPUTF8 (mailer.delivery).
+    out = [from_header]
+    out += [
+        (_UTF8_POLICY if name == "To" and not to.addr_spec.isascii() else _POLICY).fold_binary(
+            name, value
+        )
         for name, value in head.raw_items()
     ]
+    out += list_header_lines
     out += [
         b"MIME-Version: 1.0\n",
         b'Content-Type: multipart/alternative; boundary="' + boundary + b'"\n\n',
@@ -181,6 +180,24 @@ def compose_bytes(
         ]
     out.append(b"--" + boundary + b"--\n")
     return b"".join(out)
+
+
+@lru_cache(maxsize=16)
+def _sender_headers(sender: str) -> tuple[bytes, tuple[bytes, ...]]:
+    """The From and list headers, folded: the same in every digest from
+    ``sender``, and parsing headers was most of building a message."""
+    name, addr = email.utils.parseaddr(header_text(sender))
+    address = _address(name, addr, "sender")
+    head = EmailMessage(policy=_POLICY)
+    head["From"] = address
+    for header, value in list_headers(address).items():
+        head[header] = value
+    policy = _POLICY if address.addr_spec.isascii() else _UTF8_POLICY
+    from_header, *rest = (
+        (policy if header == "From" else _POLICY).fold_binary(header, value)
+        for header, value in head.raw_items()
+    )
+    return from_header, tuple(rest)
 
 
 def list_headers(sender: Address) -> dict[str, str]:
