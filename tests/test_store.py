@@ -226,6 +226,20 @@ def test_recorded_matches_are_stored_as_a_core_insert_stores_them(store: Store) 
     assert [m.subscription_terms for m in store.pending_matches(recorded)] == [v[1] for v in values]
 
 
+def test_a_batch_of_matches_is_stored_subscriber_by_subscriber_in_their_order(
+    store: Store,
+) -> None:
+    ada, bob = subscribe(store), subscribe(store, "bob@example.org")
+    ingest(store, "h1", [A, B, C])
+    ids = [pid for pid, _ in store.unmatched_papers()]
+    store.record_matches(ids, [match(s, p) for p in ids for s in (bob, ada)], NOW)
+    with store.transaction() as conn:
+        rows = conn.execute(
+            sa_select(MATCHES.c.subscriber_id, MATCHES.c.paper_id).order_by(MATCHES.c.id)
+        ).all()
+    assert [tuple(r) for r in rows] == [(s, p) for s in sorted((ada, bob)) for p in ids]
+
+
 def test_enqueue_claims_matches_so_they_are_not_sent_again(store: Store) -> None:
     sid = subscribe(store)
     ingest(store, "h1", [A])
