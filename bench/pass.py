@@ -2,7 +2,7 @@
 """The whole pass and what a person waits for: ``mailer ingest`` of a backlog,
 start-up with many subscribers, and the CLI's quick commands.
 
-    PYTHONPATH=. python -m bench.pass [--papers 10000] [--dumps 100]
+    PYTHONPATH=. python -m bench.pass [--papers 10000] [--dumps 100] [--pass-only | --skip-pass]
         [--subscribers 100 2000 10000] [--python OTHER/bin/python ...]
 
 Writes the synthetic backlog (bench.corpus papers in ``--dumps`` dumps) and,
@@ -229,6 +229,7 @@ def main() -> None:
     ap.add_argument("--subscribers", type=int, nargs="+", default=[100, 2000, 10_000])
     ap.add_argument("--python", action="append", help="interpreter of a checkout to time")
     ap.add_argument("--skip-pass", action="store_true", help="start-up and CLI only")
+    ap.add_argument("--pass-only", action="store_true", help="the whole pass only")
     args = ap.parse_args()
     pythons: list[str] = args.python or [sys.executable]
     print(
@@ -279,6 +280,8 @@ def main() -> None:
                     for stage in STAGES
                 ]
                 print(f"| {name} | {n:,} | " + " | ".join(cells) + " |")
+        if args.pass_only:
+            return
 
         print(
             "\nstart-up in-process, wall s / CPU s: imports, config load, store open, "
