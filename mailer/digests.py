@@ -13,7 +13,7 @@ from functools import lru_cache
 
 from mailer.analysis import Scale, StemCounts
 from mailer.matching import Doc, Stats, highlight_spans
-from mailer.matching.reference import found_of, score
+from mailer.matching.reference import Found, found_of, score
 from mailer.papers import Paper
 
 Span = tuple[int, int]
@@ -129,7 +129,7 @@ class Ranking:
         self.stats = stats
         self._scale = Scale(stats)
         self._docs: dict[Paper, Doc] = {}
-        self._counts: dict[Paper, StemCounts] = {}
+        self._counts: dict[int, StemCounts] = {}
 
     def of(self, stats: Stats) -> Ranking:
         """This ranking if ``stats`` are its statistics, else a new one."""
@@ -146,15 +146,22 @@ class Ranking:
 
     def rescore(self, paper: Paper, terms: Iterable[str]) -> tuple[tuple[str, ...], float]:
         """``rescore`` of ``terms`` against the paper, from its counts."""
-        found = [found_of(t) for t in terms]
-        counts = self._counts.get(paper)
-        if counts is None:
-            if len(self._counts) >= COUNTS_CACHE:
-                self._counts.clear()
-            counts = self._counts[paper] = StemCounts(paper, self._scale)
-        scored = score(counts, found)
+        counts = self._counts_of(paper)
+        scored = score(counts, _found(terms if isinstance(terms, tuple) else tuple(terms)))
         counts.drop_words()
         return scored
+
+    def _counts_of(self, paper: Paper) -> StemCounts:
+        """The paper's counts, kept by the paper object's identity: a compose
+        stage reads each paper once, and hashing a whole Paper per match was
+        a tenth of ranking (the object is kept with its counts, so its id is
+        not reused while the entry lives)."""
+        counts = self._counts.get(id(paper))
+        if counts is None or counts.paper is not paper:
+            if len(self._counts) >= COUNTS_CACHE:
+                self._counts.clear()
+            counts = self._counts[id(paper)] = StemCounts(paper, self._scale)
+        return counts
 
     def matched(
         self,
@@ -169,6 +176,11 @@ class Ranking:
         and all its terms heaviest first. Subscriptions in ``similar`` take
         papers by similarity to examples: their recorded scores (and words)
         stand, since BM25 of those words is not what ranked them."""
+        if len(subscriptions) == 1 and len(subscription_terms) == 1 and not (
+            subscriptions[0] in similar and scores
+        ):  # most matches: one subscription, scored by its terms
+            terms, value = self.rescore(paper, subscription_terms[0])
+            return Matched(paper, tuple(subscriptions), terms, (value,), paper_id)
         scored = [
             (tuple(terms), scores[i])
             if name in similar and i < len(scores)
@@ -268,6 +280,13 @@ def _place(m: Matched, used: dict[str, int], caps: Mapping[str, int]) -> str | N
             used[name] = used.get(name, 0) + 1
             return name
     return None
+
+
+@lru_cache(maxsize=16384)
+def _found(terms: tuple[str, ...]) -> tuple[Found, ...]:
+    """What scoring needs of each of ``terms``: a reader's few term lists
+    recur on every paper they matched."""
+    return tuple(map(found_of, terms))
 
 
 @lru_cache(maxsize=MARKS_CACHE)
