@@ -176,8 +176,10 @@ class Ranking:
         and all its terms heaviest first. Subscriptions in ``similar`` take
         papers by similarity to examples: their recorded scores (and words)
         stand, since BM25 of those words is not what ranked them."""
-        if len(subscriptions) == 1 and len(subscription_terms) == 1 and not (
-            subscriptions[0] in similar and scores
+        if (
+            len(subscriptions) == 1
+            and len(subscription_terms) == 1
+            and not (subscriptions[0] in similar and scores)
         ):  # most matches: one subscription, scored by its terms
             terms, value = self.rescore(paper, subscription_terms[0])
             return Matched(paper, tuple(subscriptions), terms, (value,), paper_id)

@@ -150,17 +150,29 @@ def _window(text: str, marks: tuple[Span, ...]) -> tuple[str, tuple[Span, ...]]:
     return opening + text[start:stop] + ending, moved
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=16384)
 def _sentence_ends(text: str) -> tuple[int, ...]:
     """Where the sentences of ``text`` end (remembered: a paper's abstract is
     cut for every digest that shows it)."""
     ends = []
     for m in _SENTENCE_END.finditer(text):
-        word = text[: m.start()].rsplit(None, 1)[-1].casefold() if m.start() else ""
+        word = _word_before(text, m.start()).casefold()
         if word.rstrip(".") in _ABBREVIATIONS or (len(word) == 1 and word.isalpha()):
             continue
         ends.append(m.end())
     return tuple(ends)
+
+
+def _word_before(text: str, at: int) -> str:
+    """The last whitespace-separated word of ``text[:at]`` ("" if none),
+    found by stepping back from ``at`` rather than splitting all before it."""
+    end = at
+    while end > 0 and text[end - 1].isspace():
+        end -= 1
+    start = end
+    while start > 0 and not text[start - 1].isspace():
+        start -= 1
+    return text[start:end]
 
 
 def _clip(marks: Sequence[Span], limit: int) -> tuple[Span, ...]:

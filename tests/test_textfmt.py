@@ -15,7 +15,14 @@ from mailer.digests import Digest, Entry, Recipient, Section
 from mailer.matching import highlight_spans
 from mailer.papers import Paper
 from mailer.render import Renderer
-from mailer.textfmt import EXCERPT_CHARS, _joined, excerpt, highlight_html, wrap
+from mailer.textfmt import (
+    EXCERPT_CHARS,
+    _joined,
+    _word_before,
+    excerpt,
+    highlight_html,
+    wrap,
+)
 
 OPENING = (
     "Physics-informed neural networks leverage neural networks to solve partial differential "
@@ -208,3 +215,20 @@ def test_highlight_html_escapes_text_with_and_without_html_characters(
 ) -> None:
     html = str(highlight_html(text, marks))
     assert re.sub(r"<mark [^>]*>", "<mark>", html) == _escaped_piecewise(text, marks)
+
+
+def _last_word(text: str) -> str:
+    """The reference for the word before a sentence end: split everything."""
+    words = text.split()
+    return words[-1] if words else ""
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.text(alphabet=st.sampled_from(["a", "B", " ", "\n", "\u2003", "\x1c", ".", "?", "x"])))
+def test_the_word_before_a_point_is_the_last_of_the_text_before_it(text: str) -> None:
+    for at in range(len(text) + 1):
+        assert _word_before(text, at) == _last_word(text[:at])
+
+
+def test_an_abstract_opening_with_a_stray_point_is_excerpted() -> None:
+    assert excerpt("  . Then a sentence. And another one.")[0].startswith("  . Then")
