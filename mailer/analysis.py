@@ -311,49 +311,51 @@ class StemCounts:
     each once, not once per chunk of digests it appears in. Exact and prefix
     terms, which few queries have, count the paper's words when asked."""
 
-    __slots__ = ("_abstract", "_title", "_weights", "_words", "paper", "scale")
+    __slots__ = ("_abstract", "_prefixed", "_title", "_weights", "_words", "paper", "scale")
 
     def __init__(self, paper: Paper, scale: Scale) -> None:
         self._title = tuple(stems(tokens(paper.title)))
         self._abstract = tuple(stems(tokens(paper.abstract)))
         self._words: tuple[list[str], list[str]] | None = None
-        # Each stem's weight once worked out: the readers a paper matched
-        # share most of their terms, and counting a stem scans the paper.
+        # Each term's weight and each prefix's words once worked out: the
+        # readers a paper matched share most of their terms, and each
+        # counts over the whole paper (exact terms keyed "=word").
         self._weights: dict[str, float] = {}
+        self._prefixed: dict[str, list[str]] = {}
         self.paper = paper
         self.scale = scale
 
     def weight(self, exact: bool, key: str) -> float:
         """What ``Doc(paper, scale.stats).weight(exact, key)`` gives."""
+        memo = "=" + key if exact else key
+        known = self._weights.get(memo)
+        if known is not None:
+            return known
         title: Sequence[str]
         abstract: Sequence[str]
         if exact:
             title, abstract = self.words
             key_stem = stem(key)
         else:
-            known = self._weights.get(key)
-            if known is not None:
-                return known
             title, abstract = self._title, self._abstract
             key_stem = key
-            value = self._weights[key] = bm25f(
-                self.scale.idf(key_stem),
-                self.scale.average,
-                (title.count(key), len(title)),
-                (abstract.count(key), len(abstract)),
-            )
-            return value
-        return bm25f(
+        value = self._weights[memo] = bm25f(
             self.scale.idf(key_stem),
             self.scale.average,
             (title.count(key), len(title)),
             (abstract.count(key), len(abstract)),
         )
+        return value
 
     def with_prefix(self, prefix: str) -> list[str]:
         """Distinct words starting with ``prefix`` (in no particular order)."""
-        title, abstract = self.words
-        return [w for w in {*title, *abstract} if w.startswith(prefix)]
+        found = self._prefixed.get(prefix)
+        if found is None:
+            title, abstract = self.words
+            found = self._prefixed[prefix] = [
+                w for w in {*title, *abstract} if w.startswith(prefix)
+            ]
+        return found
 
     @property
     def words(self) -> tuple[list[str], list[str]]:
