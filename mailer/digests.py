@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 from enum import StrEnum
 from functools import lru_cache
 
@@ -196,12 +196,11 @@ class Ranking:
         return Matched(paper, tuple(subscriptions), terms, tuple(v for _, v in scored), paper_id)
 
 
-def _order(m: Matched) -> tuple[float, int, date]:
-    return (-m.score, -m.paper.upvotes, _neg_date(m.paper.published))
-
-
-def _neg_date(d: date | None) -> date:
-    return date.max if d is None else date.fromordinal(date.max.toordinal() - d.toordinal() + 1)
+def _order(m: Matched) -> tuple[float, int, int]:
+    """Best first: by score, then upvotes, then the newer; undated papers
+    rank as the oldest possible date."""
+    published = m.paper.published
+    return (-m.score, -m.paper.upvotes, -1 if published is None else -published.toordinal())
 
 
 def build_digest(
