@@ -140,7 +140,7 @@ def _fill(template: str, title: str) -> str:
 Feedback = Callable[[int], tuple[str, str]]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class EntryView:
     title: str
     title_html: Markup
@@ -159,7 +159,7 @@ class EntryView:
     less_url: str | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SectionView:
     name: str
     entries: tuple[EntryView, ...]
