@@ -174,12 +174,14 @@ def _insert_matches(conn: Connection, matches: Iterable[NewMatch], now: datetime
     reader sees the same values. Bypasses Core's per-row bind processing,
     which cost 20 us a row (four JSON encodings each): a pass records
     hundreds of thousands. The JSON of names and terms repeats from row to
-    row and is encoded once per distinct value. On PostgreSQL by COPY into
-    the json columns; on SQLite by the driver's executemany."""
+    row and is encoded once per distinct value; so do half the scores (the
+    subscribers of one word share its weight in a paper). On PostgreSQL by
+    COPY into the json columns; on SQLite by the driver's executemany."""
     # The time as the column's type binds it (UTCDateTime: aware, in UTC).
     process = MATCHES.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     at = process(now) if process else now
     encoded: dict[Any, str] = {}
+    numbers: dict[tuple[float, ...], str] = {}
     rows = []
     for subscriber_id, paper_id, subs, each, scores, terms in matches:
         # (JSON text is never empty, so ``or`` falls through on a miss alone.)
@@ -191,17 +193,12 @@ def _insert_matches(conn: Connection, matches: Iterable[NewMatch], now: datetime
             each_json = encoded.get(each) or encoded.setdefault(
                 each, json.dumps([list(t) for t in each])
             )
-        rows.append(
-            (
-                subscriber_id,
-                paper_id,
-                subs_json,
-                terms_json,
-                _scores_json(scores),
-                each_json,
-                at,
-            )
-        )
+        scores_json = numbers.get(scores)
+        if scores_json is None:
+            scores_json = _scores_json(scores)
+            if all(scores):  # 0.0 == -0.0: zeros are written out each time
+                numbers[scores] = scores_json
+        rows.append((subscriber_id, paper_id, subs_json, terms_json, scores_json, each_json, at))
     if not rows:
         return 0
     if conn.dialect.name == "postgresql":
