@@ -355,6 +355,14 @@ def test_identical_queries_are_evaluated_once_and_reported_for_each() -> None:
     assert {h.query for h in engine.match(Doc(PAPER))} == {"a", "b"}
 
 
+def test_scored_gives_each_matching_tree_once_with_its_hits_terms_and_score() -> None:
+    engine = Engine({"a": parse_query("graph study"), "b": parse_query("graph study")})
+    matches = engine.match(Doc(PAPER))
+    ((uid, terms, score),) = matches.scored()
+    assert engine.keys[uid] == ["a", "b"]
+    assert {(h.terms, h.score) for h in matches} == {(terms, score)}
+
+
 VOCAB = [
     "graph",
     "graphs",

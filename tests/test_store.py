@@ -240,6 +240,19 @@ def test_a_batch_of_matches_is_stored_subscriber_by_subscriber_in_their_order(
     assert [tuple(r) for r in rows] == [(s, p) for s in sorted((ada, bob)) for p in ids]
 
 
+def test_equal_scores_are_written_as_json_writes_each(store: Store) -> None:
+    sid = subscribe(store)
+    ingest(store, "h1", [A, B, C])
+    ids = [pid for pid, _ in store.unmatched_papers()]
+    scores = [(0.0,), (-0.0,), (0.0,)]
+    store.record_matches(
+        ids,
+        [NewMatch(sid, p, ("x",), (("x",),), s, ("x",)) for p, s in zip(ids, scores, strict=True)],
+        NOW,
+    )
+    assert [row[5] for row in stored_matches(store, sid)] == ["[0.0]", "[-0.0]", "[0.0]"]
+
+
 def test_enqueue_claims_matches_so_they_are_not_sent_again(store: Store) -> None:
     sid = subscribe(store)
     ingest(store, "h1", [A])

@@ -117,21 +117,30 @@ class Matches(Sequence[Hit]):
         """Each match with its terms and score; the shapes ``_scorer`` knows
         (most) are scored as ``score`` would, without walking their trees."""
         if self._hits is None:
-            doc, engine = self._doc, self._engine
-            scorers, keys = engine.scorers, engine.keys
-            out: list[Hit] = []
-            for uid in self.uids:
-                scorer = scorers[uid]
-                if scorer is not None:
-                    terms, value = scorer(doc)
-                else:
-                    found: list[Found] = []
-                    evaluate(engine.nodes[uid], doc, found)
-                    terms, value = score(doc, found)
-                for q in keys[uid]:
-                    out.append(Hit(q, terms, value))
-            self._hits = out
+            keys = self._engine.keys
+            self._hits = [
+                Hit(q, terms, value) for uid, terms, value in self.scored() for q in keys[uid]
+            ]
         return self._hits
+
+    def scored(self) -> list[tuple[int, tuple[str, ...], float]]:
+        """Each matching query tree's id (its subscriptions are
+        ``Engine.keys[id]``), terms and score, worked out once per tree: what
+        ``hits`` gives each of its subscriptions, for callers that map trees
+        to subscriptions themselves without a ``Hit`` per subscription."""
+        doc, engine = self._doc, self._engine
+        scorers = engine.scorers
+        out: list[tuple[int, tuple[str, ...], float]] = []
+        for uid in self.uids:
+            scorer = scorers[uid]
+            if scorer is not None:
+                terms, value = scorer(doc)
+            else:
+                found: list[Found] = []
+                evaluate(engine.nodes[uid], doc, found)
+                terms, value = score(doc, found)
+            out.append((uid, terms, value))
+        return out
 
     def __len__(self) -> int:
         if not self._engine.shared:

@@ -16,7 +16,7 @@ from typing import cast
 
 from mailer.collector import give_back_memory
 from mailer.config import Config, SubscriberConfig, SubscriptionConfig
-from mailer.matching import Doc, Engine, Hit, Query, Stats, rescore
+from mailer.matching import Doc, Engine, Query, Stats, rescore
 from mailer.papers import Paper
 from mailer.pipeline.report import Clock, PassReport, gc_paused
 from mailer.query import parsed_query as parsed
@@ -98,8 +98,10 @@ def analysed(papers: Iterable[tuple[int, Paper]], stats: Stats) -> list[tuple[in
     return [(paper_id, Doc(paper, stats)) for paper_id, paper in papers]
 
 
-# A key not looked up yet in ``match_rows``' owners (None: a dropped subscriber).
-_UNSEEN = (-1, "")
+# (subscriber id, subscription name) of each subscription a hit stands for.
+Owners = tuple[tuple[int, str], ...]
+# A subscriber's further hits on one paper: (subscription name, terms, score).
+More = list[tuple[str, tuple[str, ...], float]]
 
 
 def match_rows(
@@ -121,44 +123,77 @@ def match_rows(
         encoder = likes.encoder if likes else TfidfEncoder(engine.stats)
         vectors = encoder.encode([doc for _, doc in docs])
     similar = likes.similarities(vectors) if likes else None
-    # Each engine key's (subscriber id, subscription name), None for those
-    # dropped: worked out once per key, not once per hit.
-    owners: dict[Hashable, tuple[int, str] | None] = {}
+    # Each query tree's owners (engine.keys, each as (subscriber id, name), the
+    # dropped left out), worked out on first use: once per tree, not per hit.
+    owners: list[Owners | None] = [None] * len(engine.keys)
+    by_key: dict[Hashable, Owners] = {}
     for at, (paper_id, doc) in enumerate(docs):
-        hits: Iterable[Hit] = engine.match(doc)
+        matches = engine.match(doc)
+        found: list[tuple[Owners, tuple[str, ...], float]] = []
         if likes and similar is not None:
-            hits = likes.hits(doc, vectors[at], hits, similar[at])
-        by_subscriber: dict[int, list[tuple[str, tuple[str, ...], float]]] = {}
-        for query, terms, score in hits:
-            owner = owners.get(query, _UNSEEN)
-            if owner is _UNSEEN:
-                owner = owners[query] = _owner(query, subscriber_ids)
-            if owner is not None:
-                subscriber_id, name = owner
-                found = by_subscriber.get(subscriber_id)
-                if found is None:
-                    by_subscriber[subscriber_id] = [(name, terms, score)]
-                else:
-                    found.append((name, terms, score))
-        for subscriber_id, found in by_subscriber.items():
-            if len(found) == 1:
-                ((name, terms, score),) = found
-                rows.append(NewMatch(subscriber_id, paper_id, (name,), (terms,), (score,), terms))
-                continue
-            names, each, scores = zip(*found, strict=True)
-            terms = rescore(doc, dict.fromkeys(t for ts in each for t in ts))[0]
-            rows.append(NewMatch(subscriber_id, paper_id, names, each, scores, terms))
+            for query, terms, score in likes.hits(doc, vectors[at], matches, similar[at]):
+                mine = by_key.get(query)
+                if mine is None:
+                    mine = by_key[query] = _owners([query], subscriber_ids)
+                found.append((mine, terms, score))
+        else:
+            for uid, terms, score in matches.scored():
+                mine = owners[uid]
+                if mine is None:
+                    mine = owners[uid] = _owners(engine.keys[uid], subscriber_ids)
+                found.append((mine, terms, score))
+        _add_rows(rows, paper_id, doc, found)
     if suggester:
         rows += suggester.rows(docs, vectors, {(r.subscriber_id, r.paper_id) for r in rows})
     return rows
 
 
-def _owner(query: Hashable, subscriber_ids: Mapping[str, int]) -> tuple[int, str] | None:
-    """The subscriber id and subscription name of an engine key (email,
-    name); None when the subscriber is not among ``subscriber_ids``."""
-    email, name = cast(tuple[str, str], query)
-    subscriber_id = subscriber_ids.get(email)
-    return None if subscriber_id is None else (subscriber_id, name)
+def _add_rows(
+    rows: list[NewMatch],
+    paper_id: int,
+    doc: Doc,
+    found: Iterable[tuple[Owners, tuple[str, ...], float]],
+) -> None:
+    """One paper's hits -> its rows, one per subscriber in the order of their
+    first hit: a subscriber matched by several subscriptions gets one row
+    of them all, its terms ranked again together (most have one)."""
+    at: dict[int, int] = {}  # subscriber id: where their row is
+    more: dict[int, More] | None = None
+    for mine, terms, score in found:
+        for subscriber_id, name in mine:
+            where = at.get(subscriber_id)
+            if where is None:
+                at[subscriber_id] = len(rows)
+                rows.append(NewMatch(subscriber_id, paper_id, (name,), (terms,), (score,), terms))
+            else:
+                if more is None:
+                    more = {}
+                more.setdefault(where, []).append((name, terms, score))
+    if more is None:
+        return
+    for where, extra in more.items():
+        first = rows[where]
+        names, each, scores = zip(*extra, strict=True)
+        each = first.subscription_terms + each
+        terms = rescore(doc, dict.fromkeys(t for ts in each for t in ts))[0]
+        rows[where] = first._replace(
+            subscriptions=first.subscriptions + names,
+            subscription_terms=each,
+            scores=first.scores + scores,
+            terms=terms,
+        )
+
+
+def _owners(keys: Iterable[Hashable], subscriber_ids: Mapping[str, int]) -> Owners:
+    """The (subscriber id, subscription name) of engine keys (email, name),
+    those of subscribers not among ``subscriber_ids`` left out."""
+    out = []
+    for key in keys:
+        email, name = cast(tuple[str, str], key)
+        subscriber_id = subscriber_ids.get(email)
+        if subscriber_id is not None:
+            out.append((subscriber_id, name))
+    return tuple(out)
 
 
 def subscription_engine(sub: SubscriberConfig, stats: Stats) -> Engine:

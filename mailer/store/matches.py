@@ -4,8 +4,7 @@ claims them (``Outbox.enqueue_many``)."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
@@ -18,7 +17,14 @@ from sqlalchemy.exc import DBAPIError
 from mailer.analysis import Stats
 from mailer.papers import Paper
 from mailer.store.papers import add_statistics
-from mailer.store.schema import MATCHES, PAPER_COLUMNS, PAPERS, Transaction, paper_from_row
+from mailer.store.schema import (
+    MATCHES,
+    PAPER_COLUMNS,
+    PAPERS,
+    Transaction,
+    paper_from_row,
+    sqlite_cache,
+)
 
 
 class NewMatch(NamedTuple):
@@ -165,7 +171,6 @@ _COLUMNS = "subscriber_id, paper_id, subscriptions, terms, scores, subscription_
 _SQLITE_INSERT = (
     f"INSERT INTO {MATCHES.name} ({_COLUMNS}, delivery_id) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)"
 )
-_SQLITE_CACHE_KIB = -65536  # negative: in KiB, SQLite's convention
 _POSTGRES_COPY = f"COPY {MATCHES.name} ({_COLUMNS}) FROM STDIN"
 
 
@@ -175,12 +180,14 @@ def _insert_matches(conn: Connection, matches: Iterable[NewMatch], now: datetime
     reader sees the same values. Bypasses Core's per-row bind processing,
     which cost 20 us a row (four JSON encodings each): a pass records
     hundreds of thousands. The JSON of names and terms repeats from row to
-    row and is encoded once per distinct value. On PostgreSQL by COPY into
-    the json columns; on SQLite by the driver's executemany."""
+    row and is encoded once per distinct value; so do half the scores (the
+    subscribers of one word share its weight in a paper). On PostgreSQL by
+    COPY into the json columns; on SQLite by the driver's executemany."""
     # The time as the column's type binds it (UTCDateTime: aware, in UTC).
     process = MATCHES.c.created_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
     at = process(now) if process else now
     encoded: dict[Any, str] = {}
+    numbers: dict[tuple[float, ...], str] = {}
     rows = []
     for subscriber_id, paper_id, subs, each, scores, terms in matches:
         # (JSON text is never empty, so ``or`` falls through on a miss alone.)
@@ -192,17 +199,12 @@ def _insert_matches(conn: Connection, matches: Iterable[NewMatch], now: datetime
             each_json = encoded.get(each) or encoded.setdefault(
                 each, json.dumps([list(t) for t in each])
             )
-        rows.append(
-            (
-                subscriber_id,
-                paper_id,
-                subs_json,
-                terms_json,
-                _scores_json(scores),
-                each_json,
-                at,
-            )
-        )
+        scores_json = numbers.get(scores)
+        if scores_json is None:
+            scores_json = _scores_json(scores)
+            if all(scores):  # 0.0 == -0.0: zeros are written out each time
+                numbers[scores] = scores_json
+        rows.append((subscriber_id, paper_id, subs_json, terms_json, scores_json, each_json, at))
     if not rows:
         return 0
     # Each subscriber's rows together (in their order), so that a table
@@ -213,7 +215,7 @@ def _insert_matches(conn: Connection, matches: Iterable[NewMatch], now: datetime
     if conn.dialect.name == "postgresql":
         _copy(conn, _POSTGRES_COPY, rows)
     else:
-        with _sqlite_cache(conn):
+        with sqlite_cache(conn):
             conn.exec_driver_sql(_SQLITE_INSERT, rows)
     return len(rows)
 
@@ -230,21 +232,6 @@ def _copy(conn: Connection, statement: str, rows: list[tuple[Any, ...]]) -> None
                 copy.write_row(row)
     except dbapi.Error as exc:
         raise DBAPIError.instance(statement, None, exc, dbapi.Error, dialect=conn.dialect) from exc
-
-
-@contextmanager
-def _sqlite_cache(conn: Connection) -> Iterator[None]:
-    """A larger page cache while a batch of matches goes in: each row adds
-    to two indexes at a random place (rows come paper by paper, the indexes
-    are by subscriber), and with SQLite's default 2 MB the pages touched
-    spill and are read again; 64 MB took a third off the insert's time. Only
-    the pages used are allocated, and the connection gets its size back."""
-    size = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
-    conn.exec_driver_sql(f"PRAGMA cache_size={_SQLITE_CACHE_KIB}")
-    try:
-        yield
-    finally:
-        conn.exec_driver_sql(f"PRAGMA cache_size={int(size)}")
 
 
 def _scores_json(scores: tuple[float, ...]) -> str:
