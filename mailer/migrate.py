@@ -21,17 +21,20 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.util import CommandError
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from mailer.errors import StoreError
+
+if TYPE_CHECKING:
+    # Alembic is imported where it works: opening a database already at head
+    # (every command, nearly every time) reads one row and never loads it,
+    # a fifth of a second of ``mailer subs list``.
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
 
 log = logging.getLogger("mailer")
 
@@ -78,6 +81,8 @@ def database_error(
 
 def alembic_config(connection: Connection | None = None, *, location: Path | None = None) -> Config:
     """Alembic's configuration without an ini file; env.py migrates ``connection``."""
+    from alembic.config import Config
+
     config = Config()
     # ConfigParser interpolates '%', which a folder name may contain.
     script_location = str(location or MIGRATIONS)
@@ -89,8 +94,34 @@ def alembic_config(connection: Connection | None = None, *, location: Path | Non
 @lru_cache(maxsize=4)
 def _scripts(location: Path) -> tuple[ScriptDirectory, frozenset[str]]:
     """The revision scripts and their ids, read once per process, not on every open."""
+    from alembic.script import ScriptDirectory
+
     script = ScriptDirectory.from_config(alembic_config(location=location))
     return script, frozenset(revision.revision for revision in script.walk_revisions())
+
+
+@lru_cache(maxsize=4)
+def packaged_head(location: Path) -> str:
+    """The newest revision, known from its file's name without loading Alembic:
+    ``new_revision`` names each file after its revision, ``NNNN_slug.py``, one
+    after another (tests/test_imports.py checks this is Alembic's head)."""
+    names = [path.stem for path in (location / "versions").glob("[0-9][0-9][0-9][0-9]_*.py")]
+    assert names, f"{location} has no revisions"
+    return max(names)
+
+
+def _at_head(conn: Connection, location: Path) -> bool:
+    """Whether the database's one ``alembic_version`` row is the packaged head,
+    read with one plain query. Anything else (no such table, another revision,
+    several rows, an unreadable file) is for the full check, which says what is
+    wrong; the connection is left with no transaction either way."""
+    try:
+        found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+    except SQLAlchemyError:
+        return False
+    finally:
+        conn.rollback()
+    return found == [packaged_head(location)]
 
 
 def head() -> str:
@@ -123,10 +154,15 @@ def _upgrade(engine: Engine) -> None:
     from mailer.store import hide_password  # here: mailer.store imports this module
 
     safe = hide_password(engine.url.render_as_string(hide_password=False))
-    script, known = _scripts(MIGRATIONS)
-    target = script.get_current_head()
-    assert target is not None, "mailer.migrations has no revisions"
     with engine.connect() as conn:
+        if _at_head(conn, MIGRATIONS):
+            return
+        from alembic import command
+        from alembic.util import CommandError
+
+        script, known = _scripts(MIGRATIONS)
+        target = script.get_current_head()
+        assert target is not None, "mailer.migrations has no revisions"
         if _current(conn, script, known, safe) == target:
             conn.rollback()
             return
@@ -164,6 +200,8 @@ def _current(
     conn: Connection, script: ScriptDirectory, known: frozenset[str], safe: str
 ) -> str | None:
     """The database's revision; None when it has no alembic_version."""
+    from alembic.runtime.migration import MigrationContext
+
     try:
         heads = MigrationContext.configure(conn).get_current_heads()
     except SQLAlchemyError as exc:
@@ -243,6 +281,9 @@ def new_revision(message: str, *, autogenerate: bool = False) -> Path:
     scratch SQLite database upgraded to the current head (batch ops, which
     also run on PostgreSQL); review them, they are a draft.
     """
+    from alembic import command
+    from alembic.script import ScriptDirectory
+
     config = alembic_config()
     script = ScriptDirectory.from_config(config)
     current = script.get_current_head()
@@ -265,6 +306,7 @@ def new_revision(message: str, *, autogenerate: bool = False) -> Path:
             finally:
                 engine.dispose()
     _scripts.cache_clear()  # there is a new head
+    packaged_head.cache_clear()
     assert made is not None
     assert not isinstance(made, list)
     return Path(made.path)

@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+from mailer import migrate
+from mailer.store import Store
 
 HEAVY = ("sqlalchemy", "sqlmodel", "alembic", "aiohttp", "apscheduler", "jinja2")
+# What a listing that reads the database still leaves out.
+NOT_FOR_LISTING = ("alembic", "aiohttp", "apscheduler", "jinja2", "sklearn")
 
 
-def imported_modules(*args: str) -> set[str]:
+def imported_modules(*args: str, cwd: Path | None = None) -> set[str]:
     """The modules ``python -X importtime -m mailer ARGS`` imports, by name."""
     done = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "mailer", *args],
         capture_output=True,
         text=True,
         check=True,
+        cwd=cwd,
     )
     return {
         line.rpartition("|")[2].strip()
@@ -46,3 +53,23 @@ def test_the_pass_loads_scikit_learn_only_for_similarity_or_readers_models() -> 
     )
     assert "mailer.pipeline" in done.stdout.split()
     assert [m for m in done.stdout.split() if m.split(".")[0] == "sklearn"] == []
+
+
+def test_subs_list_on_a_database_at_head_loads_no_migrations_templates_web_or_scheduler(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "config.toml"
+    config.write_text(
+        '[[subscribers]]\nemail = "ada@example.org"\n'
+        '[[subscribers.subscriptions]]\nname = "LLM"\nquery = "llm"\n',
+        encoding="utf-8",
+    )
+    Store(f"sqlite:///{tmp_path / 'mailer.db'}").close()  # created, at head
+    modules = imported_modules("--config", str(config), "subs", "list", cwd=tmp_path)
+    assert "mailer.store" in modules  # the database was read
+    loaded = sorted(m for m in modules if m.split(".")[0] in NOT_FOR_LISTING)
+    assert loaded == []
+
+
+def test_the_head_known_from_the_revision_files_names_is_alembics_head() -> None:
+    assert migrate.packaged_head(migrate.MIGRATIONS) == migrate.head()

@@ -7,14 +7,18 @@ exits with the error's status (2 for configuration, 1 otherwise).
 
 from __future__ import annotations
 
+import importlib
 import logging
 import sys
+from collections.abc import Iterator, Mapping, MutableMapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+import typer.core
+import typer.main
 from rich.console import Console
 from rich.logging import RichHandler
 from rich.markup import escape
@@ -24,13 +28,76 @@ from mailer.errors import MailerError
 from mailer.ops import EMBEDDED, JsonFormatter, LogFormat
 
 if TYPE_CHECKING:
+    from typer import _click as click  # the click typer carries
+
     # Only for hints: the commands import what they use when they run, so
     # ``mailer --version`` or ``--help`` loads no database or template code.
     from mailer.config import Config
     from mailer.papers import Paper
     from mailer.store import Store
 
+# The commands: name -> (module of mailer.cli, its function or Typer), in the
+# order ``mailer --help`` lists them; mailer.cli fills it in.
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+class _Commands(MutableMapping[str, "click.Command"]):
+    """The commands by name, each imported and built when first looked up."""
+
+    def __init__(self, built: Mapping[str, click.Command]) -> None:
+        self._built = dict(built)
+
+    def _names(self) -> dict[str, None]:
+        return dict.fromkeys([*COMMANDS, *self._built])
+
+    def __getitem__(self, name: str) -> click.Command:
+        if name not in self._built:
+            if name not in COMMANDS:
+                raise KeyError(name)
+            module, attribute = COMMANDS[name]
+            found = getattr(importlib.import_module(f"mailer.cli.{module}"), attribute)
+            if isinstance(found, typer.Typer):
+                command: click.Command = typer.main.get_group(found)
+            else:
+                single = typer.Typer(add_completion=False)
+                single.command(name)(found)
+                command = typer.main.get_command(single)
+            command.name = name
+            self._built[name] = command
+        return self._built[name]
+
+    def __setitem__(self, name: str, command: click.Command) -> None:
+        self._built[name] = command
+
+    def __delitem__(self, name: str) -> None:
+        del self._built[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in COMMANDS or name in self._built
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+
+class LazyCommands(typer.core.TyperGroup):
+    """The top-level group, whose commands are imported and built only when
+    asked for: a command loads its own module, not every command's, and
+    typer reads the signatures of its functions only (every command's, for
+    ``--help``)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.commands = _Commands(self.commands)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)  # the names, without building every command
+
+
 app = typer.Typer(
+    cls=LazyCommands,
     name="mailer",
     help="Email digests of new research papers from Hugging Face Daily Papers dumps.",
     no_args_is_help=True,

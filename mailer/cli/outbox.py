@@ -14,7 +14,7 @@ from rich.markup import escape
 from mailer.cli.app import open_store, out, state_of
 from mailer.errors import ConfigError
 from mailer.ops import outbox_entry
-from mailer.outbox_states import OutboxState
+from mailer.outbox_states import DeliveryStatus, OutboxState
 
 if TYPE_CHECKING:
     from mailer.config import Config
@@ -38,8 +38,6 @@ def outbox_list(
     ] = None,
 ) -> None:
     """List the outbox: queued, deferred, sent and failed messages."""
-    from mailer.store import DeliveryStatus
-
     if ctx.invoked_subcommand is not None:
         return
     config = state_of(ctx).config()

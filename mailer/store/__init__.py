@@ -15,24 +15,20 @@ SQLAlchemy Core on the tables' columns.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import date, datetime
+from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from mailer.analysis import Stats
 from mailer.errors import DatabaseReplacedError, StoreError
-from mailer.papers import Paper
-from mailer.store.feedback import Feedback, Mark, MarkOutcome, ReaderModel
-from mailer.store.matches import Matches, NewMatch, PendingMatch
-from mailer.store.nodes import NodeBeat, Nodes
-from mailer.store.outbox import Claimed, Outbox, Outgoing
-from mailer.store.papers import IngestOutcome, Papers, add_statistics
 from mailer.store.people import People, SubscriberState
 from mailer.store.schema import (
     STATE,
@@ -61,7 +57,39 @@ from mailer.store.schema import (
     utc,
 )
 from mailer.store.selfservice import Profile, SentDigest, SignUp, WebSubscriber, WebSubscribers
-from mailer.store.suppressions import BounceLimits, BounceRecord, Suppression, Suppressions
+
+if TYPE_CHECKING:
+    from mailer.analysis import Stats
+    from mailer.papers import Paper
+    from mailer.store.feedback import Feedback, Mark, MarkOutcome, ReaderModel
+    from mailer.store.matches import Matches, NewMatch, PendingMatch
+    from mailer.store.nodes import NodeBeat, Nodes
+    from mailer.store.outbox import Claimed, Outbox, Outgoing
+    from mailer.store.papers import IngestOutcome, Papers, add_statistics
+    from mailer.store.suppressions import BounceLimits, BounceRecord, Suppression, Suppressions
+
+# The parts a quick command may not touch (``mailer subs list`` reads people and
+# web sign-ups only), and the names this package exports from them: each is
+# imported on first use, a tenth of opening the store.
+_LAZY = {
+    "feedback": ("Feedback", "Mark", "MarkOutcome", "ReaderModel"),
+    "matches": ("Matches", "NewMatch", "PendingMatch"),
+    "nodes": ("NodeBeat", "Nodes"),
+    "outbox": ("Claimed", "Outbox", "Outgoing"),
+    "papers": ("IngestOutcome", "Papers", "add_statistics"),
+    "suppressions": ("BounceLimits", "BounceRecord", "Suppression", "Suppressions"),
+}
+_HOME = {name: module for module, names in _LAZY.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    module = _HOME.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "LAST_PASS",
@@ -135,16 +163,50 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self.engine = _connect(url)
-        self.papers = Papers(self.transaction)
         self.people = People(self.transaction)
-        self.matches = Matches(self.transaction)
-        self.outbox = Outbox(self.transaction)
-        self.nodes = Nodes(self.transaction)
-        self.suppressions = Suppressions(self.transaction)
         self.web = WebSubscribers(self.transaction)  # sign-ups on the web pages
-        self.feedback = Feedback(self.transaction)
         self._file = _sqlite_file(self.engine.url.database, self.engine.url.get_backend_name())
         self._identity = _identity(self._file) if self._file else None
+
+    # The other parts, made on first use (their modules with them, see _LAZY).
+    # A part holds nothing but the transaction helper, so one made twice by
+    # threads racing to it first is harmless.
+
+    @cached_property
+    def papers(self) -> Papers:
+        from mailer.store.papers import Papers
+
+        return Papers(self.transaction)
+
+    @cached_property
+    def matches(self) -> Matches:
+        from mailer.store.matches import Matches
+
+        return Matches(self.transaction)
+
+    @cached_property
+    def outbox(self) -> Outbox:
+        from mailer.store.outbox import Outbox
+
+        return Outbox(self.transaction)
+
+    @cached_property
+    def nodes(self) -> Nodes:
+        from mailer.store.nodes import Nodes
+
+        return Nodes(self.transaction)
+
+    @cached_property
+    def suppressions(self) -> Suppressions:
+        from mailer.store.suppressions import Suppressions
+
+        return Suppressions(self.transaction)
+
+    @cached_property
+    def feedback(self) -> Feedback:
+        from mailer.store.feedback import Feedback
+
+        return Feedback(self.transaction)
 
     def close(self) -> None:
         self.engine.dispose()
