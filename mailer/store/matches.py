@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from datetime import datetime
 from functools import lru_cache
 from operator import itemgetter
@@ -41,8 +40,10 @@ class NewMatch(NamedTuple):
     terms: tuple[str, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class PendingMatch:
+class PendingMatch(NamedTuple):
+    """A recorded match not yet claimed by a digest, as composing reads it
+    (a named tuple: a pass reads hundreds of thousands)."""
+
     id: int
     paper: Paper
     subscriptions: tuple[str, ...]
@@ -143,7 +144,7 @@ class Matches:
                             paper=paper,
                             subscriptions=names,
                             subscription_terms=_subscription_terms(each, terms, len(names)),
-                            scores=tuple(json.loads(scores)),
+                            scores=_json_tuple(scores),
                             first_seen_at=first_seen,
                             paper_id=paper_id,
                         )
@@ -151,11 +152,18 @@ class Matches:
         return found
 
 
-@lru_cache(maxsize=4096)
+@lru_cache(maxsize=16384)
 def _json_tuple(raw: str) -> tuple[Any, ...]:
     """A JSON list column read as text, decoded once per distinct value:
-    subscription names and matched terms repeat row after row (scores don't)."""
+    subscription names and matched terms repeat row after row, and so do
+    half the scores (a term weighs the same in a paper for every reader)."""
     return tuple(json.loads(raw))
+
+
+@lru_cache(maxsize=16384)
+def _json_nested(raw: str) -> tuple[tuple[str, ...], ...]:
+    """A JSON list of lists of terms, decoded once per distinct value."""
+    return tuple(tuple(t) for t in json.loads(raw))
 
 
 def _subscription_terms(each: str | None, terms: str, count: int) -> tuple[tuple[str, ...], ...]:
@@ -163,7 +171,7 @@ def _subscription_terms(each: str | None, terms: str, count: int) -> tuple[tuple
     were kept have only all terms, which then stand for each subscription."""
     if each is None or each == "null":
         return (_json_tuple(terms),) * count
-    return tuple(tuple(t) for t in json.loads(each))
+    return _json_nested(each)
 
 
 # The matches table's columns as ``_insert_matches`` fills them, in order.
