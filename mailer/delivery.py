@@ -16,6 +16,7 @@ DATA reply says about one message fails that message.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import mailbox
 import os
@@ -212,11 +213,17 @@ class SmtpTransport:
         return client
 
     async def send(self, sender: str, recipient: str, message: bytes) -> str:
+        """One mail transaction: MAIL FROM, RCPT TO, DATA, as ``SMTP.sendmail``
+        runs it for one recipient, but with the SIZE parameter counted here
+        (``wire_size``): sendmail rewrites the whole message's line endings
+        with a regular expression to count it, once more than DATA does."""
         if self._client is None or not self._client.is_connected:
             self._client = await self._connect()
+        client = self._client
         options = []
+        encoding = "ascii"
         if needs_smtputf8(sender) or needs_smtputf8(recipient):
-            if not self._client.supports_extension("smtputf8"):
+            if not client.supports_extension("smtputf8"):
                 raise DeliveryError(
                     f"{self.where} does not offer SMTPUTF8, which a message to {recipient} "
                     f"from {sender} needs (an address with a non-ASCII local part)",
@@ -225,24 +232,30 @@ class SmtpTransport:
                     "for an ASCII address",
                 )
             options.append("SMTPUTF8")
-        if not message.isascii() and self._client.supports_extension("8bitmime"):
+            encoding = "utf-8"
+        if not message.isascii() and client.supports_extension("8bitmime"):
             options.append("BODY=8BITMIME")
+        if client.supports_extension("size"):
+            options.insert(0, f"SIZE={wire_size(message)}")
         try:
-            refused, reply = await self._client.sendmail(
-                sender, [recipient], message, mail_options=options
-            )
+            try:
+                await client.mail(sender, options=options, encoding=encoding)
+                await client.rcpt(recipient, encoding=encoding)
+                response = await client.data(message)
+            except (aiosmtplib.SMTPResponseException, ValueError):
+                await _reset(client)  # the next message starts a clean envelope
+                raise
         except UnicodeError as exc:
             raise DeliveryError(
                 f"cannot send to {recipient} through {self.where}: {exc}", permanent=True
             ) from exc
-        except aiosmtplib.SMTPRecipientsRefused as exc:
-            first = exc.recipients[0]
-            if _SESSION_REFUSAL.search(first.message):
-                raise self._refused_session("RCPT TO", first.code, first.message) from exc
+        except aiosmtplib.SMTPRecipientRefused as exc:
+            if _SESSION_REFUSAL.search(exc.message):
+                raise self._refused_session("RCPT TO", exc.code, exc.message) from exc
             raise RecipientRefusedError(
-                f"{self.where} refused {recipient}: {first.code} {first.message}",
-                code=first.code,
-                reply=first.message,
+                f"{self.where} refused {recipient}: {exc.code} {exc.message}",
+                code=exc.code,
+                reply=exc.message,
             ) from exc
         except (aiosmtplib.SMTPSenderRefused, aiosmtplib.SMTPHeloError) as exc:
             step = "MAIL FROM" if isinstance(exc, aiosmtplib.SMTPSenderRefused) else "EHLO/HELO"
@@ -257,14 +270,7 @@ class SmtpTransport:
             raise TransportUnavailableError(
                 f"lost the connection to {self.where} while sending to {recipient}: {exc}"
             ) from exc
-        if recipient in refused:
-            code, text = refused[recipient]
-            if _SESSION_REFUSAL.search(text):
-                raise self._refused_session("RCPT TO", code, text)
-            raise RecipientRefusedError(
-                f"{self.where} refused {recipient}: {code} {text}", code=code, reply=text
-            )
-        return reply
+        return response.message
 
     def _refused_session(self, step: str, code: int, text: str) -> TransportUnavailableError:
         """The server refused this client or its sender, not one message: the
@@ -281,6 +287,24 @@ class SmtpTransport:
             f"sender {cfg.return_path or cfg.sender_address} ([smtp] return_path, sender); "
             "mailer retries on the next pass",
         )
+
+
+async def _reset(client: aiosmtplib.SMTP) -> None:
+    """RSET after a refusal, as ``SMTP.sendmail`` does; a server gone or
+    refusing it too is left to the next command to find."""
+    with contextlib.suppress(ConnectionError, aiosmtplib.SMTPResponseException):
+        await client.rset()
+
+
+def wire_size(message: bytes) -> int:
+    """The length of ``message`` as DATA carries it (every line ending CRLF,
+    a final one added), for the SIZE parameter (RFC 1870): what aiosmtplib
+    counts with a regular expression over the whole message, by byte counts."""
+    if b"\r" in message:
+        crlf = message.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        return wire_size(crlf)
+    size = len(message) + message.count(b"\n")
+    return size if message.endswith(b"\n") else size + 2
 
 
 def make_transport(config: Config) -> Transport:

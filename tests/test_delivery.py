@@ -8,11 +8,18 @@ import os
 from pathlib import Path
 
 import pytest
+from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtplib.protocol import normalize_message_line_endings
 
 from mailer.config import SmtpConfig
-from mailer.delivery import MaildirTransport, SmtpTransport, TransportUnavailableError
+from mailer.delivery import (
+    MaildirTransport,
+    SmtpTransport,
+    TransportUnavailableError,
+    wire_size,
+)
 from mailer.errors import DeliveryError
-from tests.conftest import SMTP_LOGIN, Logins, SmtpServer, free_port
+from tests.conftest import SMTP_LOGIN, Logins, Sink, SmtpServer, free_port, running_smtp_server
 
 MESSAGE = b"From: d@example.org\r\nTo: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
 
@@ -22,6 +29,11 @@ def smtp(server_port: int, **settings: object) -> SmtpTransport:
     return SmtpTransport(
         SmtpConfig.model_validate({"host": "127.0.0.1", "port": server_port, **options})
     )
+
+
+async def send_one(transport: SmtpTransport, message: bytes) -> str:
+    async with transport as t:
+        return await t.send("d@example.org", "a@example.org", message)
 
 
 async def send_all(transport: SmtpTransport | MaildirTransport, recipients: list[str]) -> list[str]:
@@ -58,6 +70,53 @@ def test_refused_recipient_is_a_permanent_failure(smtp_server: SmtpServer) -> No
     assert info.value.permanent
     assert "550" in info.value.message
     assert "gone@example.org" in info.value.message
+
+
+def test_after_a_refused_recipient_the_next_message_goes_on_the_same_connection(
+    smtp_server: SmtpServer,
+) -> None:
+    smtp_server.sink.refuse["gone@example.org"] = "550 5.1.1 no such user"
+
+    async def refused_then_sent() -> str:
+        async with smtp(smtp_server.port) as t:
+            with pytest.raises(DeliveryError):
+                await t.send("d@example.org", "gone@example.org", MESSAGE)
+            return await t.send("d@example.org", "a@example.org", MESSAGE)
+
+    asyncio.run(refused_then_sent())
+    (got,) = smtp_server.messages
+    assert got.recipients == ["a@example.org"]
+
+
+def test_smtp_declares_the_size_of_the_message_as_sent() -> None:
+    declared: list[list[str]] = []
+
+    class Recording(Sink):
+        async def handle_MAIL(  # noqa: N802 - aiosmtpd's hook name
+            self,
+            server: SMTP,
+            session: Session,
+            envelope: Envelope,
+            address: str,
+            options: list[str],
+        ) -> str:
+            declared.append(options)
+            envelope.mail_from = address
+            envelope.mail_options.extend(options)
+            return "250 OK"
+
+    message = b"Subject: hi\n\n.dot\nbody"
+    with running_smtp_server(Recording()) as server:
+        asyncio.run(send_one(smtp(server.port), message))
+    assert declared == [[f"SIZE={len(normalize_message_line_endings(message))}"]]
+
+
+@pytest.mark.parametrize(
+    "message",
+    [b"", b"a", b"a\n", b"a\r\n", b"a\rb", b"a\r\r\nb\n\r", b"x\ny\r\n\r\n.z", b"\r", b"\n\n"],
+)
+def test_wire_size_counts_as_aiosmtplib_normalises_line_endings(message: bytes) -> None:
+    assert wire_size(message) == len(normalize_message_line_endings(message))
 
 
 def test_temporary_refusal_is_not_permanent(smtp_server: SmtpServer) -> None:
