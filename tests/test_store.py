@@ -15,7 +15,7 @@ from mailer.analysis import Stats
 from mailer.errors import StoreError
 from mailer.papers import Paper
 from mailer.store import MatchRow, NewMatch, Outgoing, PaperRow, Store
-from mailer.store.schema import MATCHES
+from mailer.store.schema import MATCHES, SUBSCRIPTIONS
 
 NOW = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 A = Paper("Diffusion Models Beat GANs", "We show diffusion models win.", authors=3, upvotes=2)
@@ -319,6 +319,38 @@ def test_removed_subscriber_is_inactive_and_returns_with_history(store: Store) -
     store.sync_subscribers([], NOW)
     assert store.active_subscriber_ids() == {}
     assert subscribe(store) == sid
+
+
+def stored_subscriptions(store: Store) -> dict[str, tuple[str, bool]]:
+    with store.transaction() as conn:
+        rows = conn.execute(
+            sa_select(SUBSCRIPTIONS.c.name, SUBSCRIPTIONS.c.query, SUBSCRIPTIONS.c.active)
+        ).all()
+    return {name: (query, bool(active)) for name, query, active in rows}
+
+
+def test_subscriptions_follow_the_config_when_their_number_stays_the_same(store: Store) -> None:
+    email = "ada@example.org"
+    store.sync_subscribers([(email, "Ada", [("X", "x"), ("Y", "y")])], NOW)
+    store.sync_subscribers([(email, "Ada", [("X", "x2"), ("Z", "z")])], NOW)
+    assert stored_subscriptions(store) == {"X": ("x2", True), "Y": ("y", False), "Z": ("z", True)}
+    store.sync_subscribers([(email, "Ada", [("X", "x2"), ("Y", "y"), ("Z", "z")])], NOW)
+    assert stored_subscriptions(store) == {"X": ("x2", True), "Y": ("y", True), "Z": ("z", True)}
+
+
+def test_a_resync_of_the_same_config_changes_nothing(store: Store) -> None:
+    subscribers = [("ada@example.org", "Ada", [("X", "x")]), ("bob@example.org", "Bob", [])]
+    first = store.sync_subscribers(subscribers, NOW)
+    before = stored_subscriptions(store)
+    assert store.sync_subscribers(subscribers, NOW + timedelta(days=1)) == first
+    assert stored_subscriptions(store) == before
+    assert store.active_subscriber_ids() == first
+
+
+def test_a_renamed_subscriber_keeps_their_id_and_takes_the_new_spelling(store: Store) -> None:
+    sid = subscribe(store)
+    store.sync_subscribers([("Ada@Example.org", "Ada L.", [("Diffusion", "diffusion")])], NOW)
+    assert store.active_subscriber_ids() == {"Ada@Example.org": sid}
 
 
 def test_papers_since_returns_only_recent_ones(store: Store) -> None:

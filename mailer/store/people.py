@@ -62,9 +62,10 @@ class People:
         wanted = {address_key(email): (email, name, subs) for email, name, subs in subscribers}
         ids: dict[str, int] = {}
         with self._transaction() as conn:
+            # key: (id, email, name, active, origin), as plain tuples.
             rows = {
-                r.email_key: r
-                for r in conn.execute(
+                key: (row_id, email, name, active, origin)
+                for row_id, email, key, name, active, origin in conn.execute(
                     select(
                         SUBSCRIBERS.c.id,
                         SUBSCRIBERS.c.email,
@@ -76,20 +77,19 @@ class People:
                 )
             }
             changed = [
-                {"b_id": r.id, "b_email": r.email, "b_name": r.name, "b_active": False}
-                for key, r in rows.items()
-                if key not in wanted and r.active and r.origin == Origin.CONFIG
+                {"b_id": row_id, "b_email": email, "b_name": name, "b_active": False}
+                for key, (row_id, email, name, active, origin) in rows.items()
+                if key not in wanted and active and origin == Origin.CONFIG
             ]
             ids.update(_insert_subscribers(conn, wanted, rows.keys(), now))
             for key, (email, name, _) in wanted.items():
                 found = rows.get(key)
                 if found is not None:
-                    ids[email] = found.id
+                    ids[email] = found[0]
                     # The configured spelling is the one mail goes to.
-                    now_as = (found.active, found.name, found.email, found.origin)
-                    if now_as != (True, name, email, Origin.CONFIG):
+                    if found[1:] != (email, name, True, Origin.CONFIG):
                         changed.append(
-                            {"b_id": found.id, "b_email": email, "b_name": name, "b_active": True}
+                            {"b_id": found[0], "b_email": email, "b_name": name, "b_active": True}
                         )
             if changed:
                 conn.execute(_SET_SUBSCRIBER, changed)
@@ -191,8 +191,11 @@ class People:
 
 def _sync_subscriptions(conn: Connection, wanted: Mapping[int, Sequence[tuple[str, str]]]) -> None:
     """Each given subscriber's subscriptions as configured: new ones added,
-    changed queries updated, the ones no longer configured deactivated."""
-    existing: dict[int, dict[str, Row[Any, Any, Any, Any, Any]]] = {}
+    changed queries updated, the ones no longer configured deactivated.
+    Rows are read as plain tuples and a subscriber whose stored
+    subscriptions are all active and as configured is passed over whole:
+    at every start-up, that is nearly everyone (ten thousand at most)."""
+    existing: dict[int, dict[str, tuple[int, str, bool]]] = {}
     query = select(
         SUBSCRIPTIONS.c.id,
         SUBSCRIPTIONS.c.subscriber_id,
@@ -202,18 +205,22 @@ def _sync_subscriptions(conn: Connection, wanted: Mapping[int, Sequence[tuple[st
     )
     if len(wanted) <= 100:  # one reader's save: their rows, not everyone's
         query = query.where(SUBSCRIPTIONS.c.subscriber_id.in_(list(wanted)))
-    for r in conn.execute(query):
-        if r.subscriber_id in wanted:
-            existing.setdefault(r.subscriber_id, {})[r.name] = r
+    for row_id, subscriber_id, name, stored, active in conn.execute(query):
+        if subscriber_id in wanted:
+            existing.setdefault(subscriber_id, {})[name] = (row_id, stored, active)
     added: list[dict[str, Any]] = []
     changed: list[dict[str, Any]] = []
     for subscriber_id, subs in wanted.items():
         have = existing.get(subscriber_id, {})
         queries = dict(subs)
-        for name, row in have.items():
-            active, query = name in queries, queries.get(name, row.query)
-            if (active, query) != (row.active, row.query):
-                changed.append({"b_id": row.id, "b_active": active, "b_query": query})
+        if len(have) == len(queries) and all(
+            active and queries.get(name) == stored for name, (_, stored, active) in have.items()
+        ):
+            continue
+        for name, (row_id, stored, active) in have.items():
+            now_as = (name in queries, queries.get(name, stored))
+            if now_as != (active, stored):
+                changed.append({"b_id": row_id, "b_active": now_as[0], "b_query": now_as[1]})
         added.extend(
             {"subscriber_id": subscriber_id, "name": name, "query": query, "active": True}
             for name, query in subs
