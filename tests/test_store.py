@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from operator import attrgetter
+from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import String, cast, func, insert
+from sqlalchemy import String, cast, event, func, insert
 from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
@@ -251,6 +253,31 @@ def test_equal_scores_are_written_as_json_writes_each(store: Store) -> None:
         NOW,
     )
     assert [row[5] for row in stored_matches(store, sid)] == ["[0.0]", "[-0.0]", "[0.0]"]
+
+
+def test_unclaimed_matches_of_some_readers_are_read_through_the_pending_index(
+    tmp_path: Path,
+) -> None:
+    """Not through every reader's unclaimed matches: SQLite once chose an
+    index on delivery_id for this and read the whole backlog per chunk."""
+    store = Store(f"sqlite:///{tmp_path / 'mailer.db'}")
+    statements: list[tuple[str, Any]] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if statement.lstrip().startswith("SELECT") and "FROM matches" in statement:
+            statements.append((statement, params))
+
+    try:
+        sid = subscribe(store)
+        event.listen(store.engine, "before_cursor_execute", seen)
+        store.pending_matches_for([sid])
+        event.remove(store.engine, "before_cursor_execute", seen)
+        (statement, params), *_ = statements
+        with store.engine.connect() as conn:
+            plan = conn.exec_driver_sql(f"EXPLAIN QUERY PLAN {statement}", params).all()
+    finally:
+        store.close()
+    assert any("USING INDEX ix_matches_pending" in row[-1] for row in plan), plan
 
 
 def test_enqueue_claims_matches_so_they_are_not_sent_again(store: Store) -> None:

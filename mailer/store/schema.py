@@ -21,6 +21,7 @@ from sqlalchemy import (
     Column,
     ColumnElement,
     ForeignKey,
+    Index,
     Integer,
     Interval,
     LargeBinary,
@@ -29,6 +30,7 @@ from sqlalchemy import (
     event,
     func,
     literal,
+    text,
     type_coerce,
 )
 from sqlalchemy.engine import Connection, Engine, RowMapping, make_url
@@ -179,17 +181,31 @@ class DeliveryRow(SQLModel, table=True):
 
 class MatchRow(SQLModel, table=True):
     __tablename__ = "matches"
-    __table_args__ = (UniqueConstraint("subscriber_id", "paper_id"),)
+    __table_args__ = (
+        # Also how a reader's matches are found (it leads with subscriber_id).
+        UniqueConstraint("subscriber_id", "paper_id"),
+        # Each reader's unclaimed matches: what composing reads and claims
+        # and ``subs list`` counts. Partial, so it holds only the backlog
+        # and a claim takes one entry out: with a plain index on delivery_id,
+        # SQLite read every reader's unclaimed matches for each chunk of
+        # digests, and a claim moved an entry from NULL to its message.
+        Index(
+            "ix_matches_pending",
+            "subscriber_id",
+            sqlite_where=text("delivery_id IS NULL"),
+            postgresql_where=text("delivery_id IS NULL"),
+        ),
+    )
 
     id: int | None = Field(default=None, primary_key=True)
-    subscriber_id: int = Field(foreign_key="subscribers.id", index=True)
+    subscriber_id: int = Field(foreign_key="subscribers.id")
     paper_id: int = Field(foreign_key="papers.id")
     subscriptions: list[str] = Field(sa_column=Column(JSON, nullable=False))
     # Every matched term, heaviest first when matched.
     terms: list[str] = Field(sa_column=Column(JSON, nullable=False))
     scores: list[float] = Field(sa_column=Column(JSON, nullable=False))
     created_at: datetime
-    delivery_id: int | None = Field(default=None, foreign_key="deliveries.id", index=True)
+    delivery_id: int | None = Field(default=None, foreign_key="deliveries.id")
     # The terms of each subscription, parallel to ``subscriptions``, so a
     # digest can weigh them again against today's statistics (NULL in rows
     # recorded before they were kept: ``terms`` then stands for each).
