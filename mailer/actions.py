@@ -118,6 +118,8 @@ def trial_digest(
             m.scores,
             since,
             m.paper_id,
+            m.terms,
+            stats.papers,
         )
         for m in match_rows(
             subscription_engine(sub, stats), analysed(papers, stats), {sub.email: 0}, likes
@@ -167,4 +169,4 @@ def backfill(
         {sub.email: subscriber_id},
         like_index(compile_likes([sub]), like_examples(store, [sub]), stats),
     )
-    return store.add_matches(subscriber_id, rows, now)
+    return store.add_matches(subscriber_id, rows, now, stats.papers)

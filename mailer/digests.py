@@ -171,11 +171,19 @@ class Ranking:
         scores: Sequence[float] = (),
         similar: Collection[str] = (),
         paper_id: int | None = None,
+        terms: Sequence[str] = (),
+        scored_papers: int | None = None,
     ) -> Matched:
         """A paper with the terms each subscription matched: each one scored,
         and all its terms heaviest first. Subscriptions in ``similar`` take
         papers by similarity to examples: their recorded scores (and words)
-        stand, since BM25 of those words is not what ranked them."""
+        stand, since BM25 of those words is not what ranked them. A match
+        scored against statistics of as many papers as this ranking's
+        (``scored_papers``) has the scores and ``terms`` (all, heaviest
+        first) that weighing it again would give, and keeps them: most of a
+        pass's matches are composed right after they were recorded."""
+        if scored_papers == self.stats.papers and terms and len(scores) == len(subscriptions):
+            return Matched(paper, tuple(subscriptions), tuple(terms), tuple(scores), paper_id)
         if (
             len(subscriptions) == 1
             and len(subscription_terms) == 1

@@ -534,3 +534,33 @@ def test_a_ranking_is_kept_while_the_statistics_are_the_same() -> None:
 def test_a_paper_without_subscription_terms_scores_nothing() -> None:
     m = Ranking(CORPUS).matched(BOTH, [], [])
     assert (m.subscriptions, m.terms, m.scores, m.score) == ((), (), (), 0.0)
+
+
+def test_a_match_scored_against_statistics_of_as_many_papers_keeps_its_recorded_scores() -> None:
+    m = Ranking(CORPUS).matched(
+        BOTH,
+        ["S"],
+        [["agent", "diffusion"]],
+        (9.0,),
+        terms=("agent", "diffusion"),
+        scored_papers=10,
+    )
+    assert (m.terms, m.scores) == (("agent", "diffusion"), (9.0,))
+
+
+@pytest.mark.parametrize("scored_papers", [None, 9, 11])
+def test_a_match_scored_against_other_statistics_is_weighed_again(
+    scored_papers: int | None,
+) -> None:
+    ranking = Ranking(CORPUS)
+    again = ranking.matched(BOTH, ["S"], [["agent", "diffusion"]])
+    m = ranking.matched(
+        BOTH,
+        ["S"],
+        [["agent", "diffusion"]],
+        (9.0,),
+        terms=("agent", "diffusion"),
+        scored_papers=scored_papers,
+    )
+    assert (m.terms, m.scores) == (again.terms, again.scores) == (("diffusion", "agent"), m.scores)
+    assert m.scores != (9.0,)

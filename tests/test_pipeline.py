@@ -18,15 +18,18 @@ from email.utils import parseaddr
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 import mailer.pipeline.compose as compose_module
 from mailer.config import Config, parse_config
 from mailer.delivery import SmtpTransport, make_transport
 from mailer.dumps import format_dump
+from mailer.matching import Doc, rescore
 from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline
 from mailer.pipeline.compose import init_worker
 from mailer.store import Store
+from mailer.store.schema import MATCHES, PAPER_COLUMNS, PAPERS, paper_from_row
 from tests.conftest import SEEDS, SmtpServer, free_port
 from tests.test_faults import Rig
 
@@ -589,3 +592,35 @@ def test_a_pass_counts_every_new_paper_in_the_statistics(maildir: Harness) -> No
     maildir.drop_seeds()
     maildir.run()
     assert maildir.store.stats().papers == maildir.store.count_papers() > 0
+
+
+def test_every_batch_of_a_pass_is_scored_against_the_statistics_of_all_its_papers(
+    maildir: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """So the digests composed next, against those statistics, take the
+    scores as recorded: each batch's rows say how many papers they assumed."""
+    monkeypatch.setattr("mailer.pipeline.match.MATCH_BATCH", 7)
+    maildir.drop_seeds()
+    maildir.run()
+    stats = maildir.store.stats()
+    with maildir.store.transaction() as conn:
+        papers = {
+            row["id"]: paper_from_row(row)
+            for row in conn.execute(select(PAPERS.c.id, *PAPER_COLUMNS)).mappings()
+        }
+        rows = conn.execute(
+            select(
+                MATCHES.c.paper_id,
+                MATCHES.c.subscription_terms,
+                MATCHES.c.terms,
+                MATCHES.c.scores,
+                MATCHES.c.scored_papers,
+            )
+        ).all()
+    assert len(papers) > 3 * 7
+    assert rows
+    for paper_id, each, terms, scores, scored_papers in rows:
+        assert scored_papers == stats.papers == len(papers)
+        doc = Doc(papers[paper_id], stats)
+        assert scores == pytest.approx([rescore(doc, t)[1] for t in each], rel=1e-12)
+        assert tuple(terms) == rescore(doc, [t for ts in each for t in ts])[0]

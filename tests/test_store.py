@@ -255,6 +255,21 @@ def test_equal_scores_are_written_as_json_writes_each(store: Store) -> None:
     assert [row[5] for row in stored_matches(store, sid)] == ["[0.0]", "[-0.0]", "[0.0]"]
 
 
+def test_pending_matches_carry_all_their_terms_and_the_papers_their_scores_counted(
+    store: Store,
+) -> None:
+    sid = subscribe(store)
+    ingest(store, "h1", [A, B])
+    first, second = (pid for pid, _ in store.unmatched_papers())
+    two = NewMatch(sid, first, ("x", "y"), (("b",), ("a",)), (1.0, 2.0), ("a", "b"))
+    store.record_matches([first], [two], NOW, scored_papers=42)
+    store.add_matches(sid, [NewMatch(sid, second, ("x",), (("c",),), (1.0,), ("c",))], NOW)
+    assert [(m.terms, m.scored_papers) for m in store.pending_matches(sid)] == [
+        (("a", "b"), 42),
+        (("c",), None),
+    ]
+
+
 def test_unclaimed_matches_of_some_readers_are_read_through_the_pending_index(
     tmp_path: Path,
 ) -> None:

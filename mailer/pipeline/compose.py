@@ -160,7 +160,14 @@ def compose_digest(
 
     def matched(m: PendingMatch) -> Matched:
         return ranking.matched(
-            m.paper, m.subscriptions, m.subscription_terms, m.scores, similar, m.paper_id
+            m.paper,
+            m.subscriptions,
+            m.subscription_terms,
+            m.scores,
+            similar,
+            m.paper_id,
+            m.terms,
+            m.scored_papers,
         )
 
     similar = order.similar | {SUGGESTED}

@@ -212,21 +212,27 @@ def match_new_papers(
     """The match stage: the papers not yet matched, in batches, each counted
     in the corpus statistics in the transaction that records its matches
     (they are analysed here anyway, so ingest does not analyse them twice).
-    Scores recorded here are provisional: digests weigh every match again
-    against the stored statistics when they are composed (similarity
-    subscriptions' scores stand as recorded). Readers in ``suggesting``
-    (emails) with a trained model get suggestions."""
+    Every batch is scored against the statistics as they will be once all
+    of them are counted (``_ahead``), and its rows say so (``scored_papers``):
+    the digests composed next weigh against those same statistics and take
+    the scores as recorded. Matches composed later, after more papers were
+    counted, are weighed again then (similarity subscriptions' scores stand
+    as recorded). Readers in ``suggesting`` (emails) with a trained model
+    get suggestions."""
     active = store.active_subscriber_ids()
     examples: dict[str, Paper] | None = None
     suggester: Suggester | None = None
+    final: Stats | None = None
     while True:
         with gc_paused():
             with report.timed("statistics"):
                 batch = store.unmatched_papers(MATCH_BATCH)
                 if not batch:
                     break
-                engine.stats = store.stats()
-                docs = analysed(batch, engine.stats)
+                if final is None:
+                    final = _counted(store.stats(), _ahead(store))
+                engine.stats = final
+                docs = analysed(batch, final)
                 added = Stats()
                 for _, doc in docs:
                     added.observe(doc)
@@ -235,18 +241,29 @@ def match_new_papers(
                 if likes:
                     if examples is None:
                         examples = store.papers_by_keys(example_keys(likes.values()))
-                    # Weighed with this batch counted too: the first pass of a new
-                    # database has no statistics yet, and similarity is not rescored.
-                    index = like_index(likes, examples, _counted(engine.stats, added))
+                    index = like_index(likes, examples, final)
                 if suggester is None:
                     ids = [active[e] for e in suggesting if e in active]
                     suggester = Suggester(store.reader_models(ids) if ids else {})
                 rows = match_rows(engine, docs, active, index, suggester or None)
             with report.timed("record_matches"):
                 pids = [pid for pid, _ in batch]
-                report.matches += store.record_matches(pids, rows, clock(), added)
+                report.matches += store.record_matches(pids, rows, clock(), added, final.papers)
             del batch, docs, rows
             give_back_memory()
+
+
+def _ahead(store: Store) -> Stats:
+    """What the papers not yet matched add to the statistics, read in
+    batches. Papers are only ever added, so once the match stage has counted
+    as many papers as this says, it has counted these very ones."""
+    ahead = Stats()
+    after = 0
+    while batch := store.unmatched_papers(MATCH_BATCH, after=after):
+        for _, paper in batch:
+            ahead.observe_paper(paper)
+        after = batch[-1][0]
+    return ahead
 
 
 def refresh_models(store: Store, clock: Clock) -> int:

@@ -316,8 +316,8 @@ class Store:
             batch=batch,
         )
 
-    def unmatched_papers(self, limit: int = 5000) -> list[tuple[int, Paper]]:
-        return self.papers.unmatched_papers(limit)
+    def unmatched_papers(self, limit: int = 5000, after: int = 0) -> list[tuple[int, Paper]]:
+        return self.papers.unmatched_papers(limit, after)
 
     def papers_since(self, since: datetime) -> list[tuple[int, Paper]]:
         return self.papers.papers_since(since)
@@ -422,14 +422,21 @@ class Store:
         matches: Iterable[NewMatch],
         now: datetime,
         counted: Stats | None = None,
+        scored_papers: int | None = None,
     ) -> int:
-        recorded = self.matches.record_matches(paper_ids, matches, now, counted)
+        recorded = self.matches.record_matches(paper_ids, matches, now, counted, scored_papers)
         if counted is not None:
             self.papers.counted(counted)
         return recorded
 
-    def add_matches(self, subscriber_id: int, matches: Iterable[NewMatch], now: datetime) -> int:
-        return self.matches.add_matches(subscriber_id, matches, now)
+    def add_matches(
+        self,
+        subscriber_id: int,
+        matches: Iterable[NewMatch],
+        now: datetime,
+        scored_papers: int | None = None,
+    ) -> int:
+        return self.matches.add_matches(subscriber_id, matches, now, scored_papers)
 
     def pending_matches(self, subscriber_id: int) -> list[PendingMatch]:
         return self.matches.pending_matches(subscriber_id)

@@ -51,6 +51,10 @@ class PendingMatch(NamedTuple):
     scores: tuple[float, ...]
     first_seen_at: datetime
     paper_id: int | None = None
+    # All its terms, heaviest first, and the papers the statistics of its
+    # scores had counted (``MatchRow.scored_papers``; None: unknown).
+    terms: tuple[str, ...] = ()
+    scored_papers: int | None = None
 
 
 class Matches:
@@ -65,12 +69,14 @@ class Matches:
         matches: Iterable[NewMatch],
         now: datetime,
         counted: Stats | None = None,
+        scored_papers: int | None = None,
     ) -> int:
         """Store matches, mark the papers matched and add ``counted`` (those
         papers' statistics) to the corpus, together, so no paper is matched
-        or counted twice or never."""
+        or counted twice or never. ``scored_papers``: how many papers the
+        statistics the matches were scored against had counted."""
         with self._transaction() as conn:
-            recorded = _insert_matches(conn, matches, now)
+            recorded = _insert_matches(conn, matches, now, scored_papers)
             for start in range(0, len(paper_ids), 1000):
                 chunk = paper_ids[start : start + 1000]
                 conn.execute(update(PAPERS).where(PAPERS.c.id.in_(chunk)).values(matched=True))
@@ -78,9 +84,15 @@ class Matches:
                 add_statistics(conn, counted)
         return recorded
 
-    def add_matches(self, subscriber_id: int, matches: Iterable[NewMatch], now: datetime) -> int:
+    def add_matches(
+        self,
+        subscriber_id: int,
+        matches: Iterable[NewMatch],
+        now: datetime,
+        scored_papers: int | None = None,
+    ) -> int:
         """Record matches for one subscriber, skipping papers they already
-        have a match for."""
+        have a match for (``scored_papers`` as for ``record_matches``)."""
         with self._transaction() as conn:
             have = set(
                 conn.execute(
@@ -92,7 +104,7 @@ class Matches:
                 if m.paper_id not in have:
                     new.append(m)
                     have.add(m.paper_id)
-            return _insert_matches(conn, new, now)
+            return _insert_matches(conn, new, now, scored_papers)
 
     def pending_matches(self, subscriber_id: int) -> list[PendingMatch]:
         """One subscriber's unclaimed matches, oldest first."""
@@ -123,6 +135,7 @@ class Matches:
                         cast(MATCHES.c.terms, String),
                         cast(MATCHES.c.scores, String),
                         cast(MATCHES.c.subscription_terms, String),
+                        MATCHES.c.scored_papers,
                     )
                     .where(MATCHES.c.subscriber_id.in_(chunk), MATCHES.c.delivery_id.is_(None))
                     .order_by(MATCHES.c.id)
@@ -135,7 +148,7 @@ class Matches:
                         )
                     ).mappings():
                         papers[row["id"]] = (paper_from_row(row), row["first_seen_at"])
-                for match_id, subscriber_id, paper_id, subs, terms, scores, each in matches:
+                for match_id, subscriber_id, paper_id, subs, terms, scores, each, n in matches:
                     paper, first_seen = papers[paper_id]
                     names = _json_tuple(subs)
                     found[subscriber_id].append(
@@ -147,6 +160,8 @@ class Matches:
                             scores=_json_tuple(scores),
                             first_seen_at=first_seen,
                             paper_id=paper_id,
+                            terms=_json_tuple(terms),
+                            scored_papers=n,
                         )
                     )
         return found
@@ -175,14 +190,19 @@ def _subscription_terms(each: str | None, terms: str, count: int) -> tuple[tuple
 
 
 # The matches table's columns as ``_insert_matches`` fills them, in order.
-_COLUMNS = "subscriber_id, paper_id, subscriptions, terms, scores, subscription_terms, created_at"
+_COLUMNS = (
+    "subscriber_id, paper_id, subscriptions, terms, scores, subscription_terms, created_at,"
+    " scored_papers"
+)
 _SQLITE_INSERT = (
-    f"INSERT INTO {MATCHES.name} ({_COLUMNS}, delivery_id) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)"
+    f"INSERT INTO {MATCHES.name} ({_COLUMNS}, delivery_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, NULL)"
 )
 _POSTGRES_COPY = f"COPY {MATCHES.name} ({_COLUMNS}) FROM STDIN"
 
 
-def _insert_matches(conn: Connection, matches: Iterable[NewMatch], now: datetime) -> int:
+def _insert_matches(
+    conn: Connection, matches: Iterable[NewMatch], now: datetime, scored_papers: int | None
+) -> int:
     """Insert match rows, in order, with their JSON columns holding the text
     SQLAlchemy's JSON type would have written (``json.dumps``), so every
     reader sees the same values. Bypasses Core's per-row bind processing,
@@ -212,7 +232,18 @@ def _insert_matches(conn: Connection, matches: Iterable[NewMatch], now: datetime
             scores_json = _scores_json(scores)
             if all(scores):  # 0.0 == -0.0: zeros are written out each time
                 numbers[scores] = scores_json
-        rows.append((subscriber_id, paper_id, subs_json, terms_json, scores_json, each_json, at))
+        rows.append(
+            (
+                subscriber_id,
+                paper_id,
+                subs_json,
+                terms_json,
+                scores_json,
+                each_json,
+                at,
+                scored_papers,
+            )
+        )
     if not rows:
         return 0
     # Each subscriber's rows together (in their order), so that a table

@@ -159,10 +159,11 @@ class Papers:
             )
             return IngestOutcome(dump_id, new, seen, completed)
 
-    def unmatched_papers(self, limit: int = 5000) -> list[tuple[int, Paper]]:
+    def unmatched_papers(self, limit: int = 5000, after: int = 0) -> list[tuple[int, Paper]]:
+        """(id, paper) of up to ``limit`` papers not yet matched, by id, past ``after``."""
         return self._papers(
             select(PAPERS.c.id, *PAPER_COLUMNS)
-            .where(PAPERS.c.matched.is_(False))
+            .where(PAPERS.c.matched.is_(False), PAPERS.c.id > after)
             .order_by(PAPERS.c.id)
             .limit(limit)
         )

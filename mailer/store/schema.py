@@ -212,6 +212,11 @@ class MatchRow(SQLModel, table=True):
     subscription_terms: list[list[str]] | None = Field(
         default=None, sa_column=Column(JSON, nullable=True)
     )
+    # How many papers the statistics the scores were worked out against had
+    # counted (the store identifies statistics by that count, see
+    # ``Papers.stats``): a digest composed against the same count takes the
+    # scores as recorded instead of weighing every term again. NULL: unknown.
+    scored_papers: int | None = None
 
 
 class CorpusRow(SQLModel, table=True):
