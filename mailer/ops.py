@@ -509,15 +509,18 @@ def suppression_entry(suppression: Suppression) -> dict[str, object]:
 
 
 def subscriber_rows(
-    config: Config, states: Mapping[str, SubscriberState], web: Sequence[WebSubscriber] = ()
+    config: Config,
+    unsubscribed: Mapping[str, datetime],
+    web: Sequence[WebSubscriber] = (),
 ) -> list[dict[str, object]]:
     """Every subscriber as ``mailer subs list`` shows them: config.toml's,
-    with whether the database has them unsubscribed, then those who signed
-    up on the web pages (``origin``: config or web; ``status``: active,
-    unsubscribed, and for web ones pending, paused or removed)."""
+    with when the database has them unsubscribed (by address key), then
+    those who signed up on the web pages (``origin``: config or web;
+    ``status``: active, unsubscribed, and for web ones pending, paused or
+    removed)."""
     rows: list[dict[str, object]] = []
     for sub in config.subscribers:
-        state = states.get(address_key(sub.email))
+        gone = unsubscribed.get(address_key(sub.email))
         rows.append(
             {
                 "email": sub.email,
@@ -533,12 +536,10 @@ def subscriber_rows(
                     )
                     for q in sub.subscriptions
                 ],
-                "unsubscribed": bool(state and state.unsubscribed_at),
-                "unsubscribed_at": state.unsubscribed_at.isoformat()
-                if state and state.unsubscribed_at
-                else None,
+                "unsubscribed": gone is not None,
+                "unsubscribed_at": gone.isoformat() if gone else None,
                 "origin": "config",
-                "status": "unsubscribed" if state and state.unsubscribed_at else "active",
+                "status": "unsubscribed" if gone else "active",
             }
         )
     configured = {address_key(s.email) for s in config.subscribers}

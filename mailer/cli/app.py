@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mailer.config import Config
     from mailer.papers import Paper
     from mailer.store import Store
+    from mailer.store.listing import Listing
 
 # The commands: name -> (module of mailer.cli, its function or Typer), in the
 # order ``mailer --help`` lists them; mailer.cli fills it in.
@@ -245,6 +246,14 @@ def _sqlite_missing(config: Config) -> bool:
 def open_existing(config: Config) -> Store | None:
     """The store, or None when it does not exist yet (read-only commands)."""
     return None if _sqlite_missing(config) else open_store(config)
+
+
+def stored_listing(config: Config) -> Listing:
+    """What ``mailer subs list`` shows from the database (none when it does
+    not exist yet), read without opening the store when it can be."""
+    from mailer.store.listing import Listing, stored_listing
+
+    return Listing() if _sqlite_missing(config) else stored_listing(config.database.url)
 
 
 def meta_line(paper: Paper) -> str:
