@@ -105,8 +105,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Text as written: no colours guessed from its shape, and no ":name:" in an
+# address, query or path turned into an emoji (nor their table loaded).
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False)
 log = logging.getLogger("mailer")
 
 

@@ -24,7 +24,8 @@ def aligned_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
     A column of printable ASCII (nearly every one) is measured and padded by
     ``str`` methods, in C; another line by line, by the cells each takes."""
-    cells = [[cell.splitlines() or [""] for cell in row] for row in rows]
+    # A printable cell has no line break of any kind (splitlines knows eight).
+    cells = [[[c] if c.isprintable() else c.splitlines() or [""] for c in row] for row in rows]
     widths: list[int] = []
     plain: list[bool] = []
     by_column = list(zip(*cells, strict=True)) if cells else [()] * len(columns)
@@ -33,18 +34,18 @@ def aligned_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
         joined = "".join(lines)
         plain.append(joined.isascii() and joined.isprintable())
         widths.append(max(map(len if plain[-1] else _width, lines)))
-    fill = GAP.join(f"{{:<{w}}}" if p else "{}" for w, p in zip(widths, plain, strict=True)).format
+    layout = GAP.join(f"%-{w}s" if p else "%s" for w, p in zip(widths, plain, strict=True))
     padded = all(plain)
 
-    def line(texts: Sequence[str]) -> str:
+    def line(texts: tuple[str, ...]) -> str:
         if not padded:
-            texts = [
+            texts = tuple(
                 t if p else t + " " * (w - _width(t))
                 for t, w, p in zip(texts, widths, plain, strict=True)
-            ]
-        return fill(*texts).rstrip()
+            )
+        return (layout % texts).rstrip()
 
-    out = [line(columns), line(["-" * w for w in widths])]
+    out = [line(tuple(columns)), line(tuple("-" * w for w in widths))]
     for row in cells:
         out.extend(map(line, zip_longest(*row, fillvalue="")))
     return "\n".join(out) + "\n"
