@@ -73,6 +73,8 @@ _CHECK_QUERIES: ContextVar[bool] = ContextVar("check_queries", default=True)
 
 
 def _no_control(value: str) -> str:
+    if value.isprintable():  # nearly every value, checked in C: no control character
+        return value
     if _CONTROL.search(value):
         raise ValueError("must not contain control characters (CR, LF, NUL, ESC, ...)")
     return value
@@ -86,6 +88,9 @@ def _address(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_no_control)]
+# The length checked on the string itself, by pydantic's core, not after the
+# validator in Python (for every subscription of a large configuration).
+NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_no_control)]
 # A host name of letters, digits and hyphens (IDNA form), or an address literal.
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -334,12 +339,12 @@ class DaemonConfig(_Section):
 
 
 class SubscriptionConfig(_Section):
-    name: Annotated[Text, Field(min_length=1)]
+    name: NonEmptyText
     stemming: bool = True  # before query, so the query validator sees it
     query: str = ""
     # "More like these": titles of stored papers and/or a description; then
     # ``query`` (if any) only filters, and papers are ranked by similarity.
-    like: list[Annotated[Text, Field(min_length=1)]] = Field(default_factory=list)
+    like: list[NonEmptyText] = Field(default_factory=list)
     like_text: Text = ""
     top: int | None = Field(default=None, ge=1, le=MAX_PAPERS)  # None: DEFAULT_TOP
     threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
@@ -427,8 +432,8 @@ class SubscriberConfig(_Section):
     @model_validator(mode="after")
     def _unique_subscription_names(self) -> SubscriberConfig:
         names = [s.name for s in self.subscriptions]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"subscription names must be unique; repeated: {', '.join(dupes)}")
         return self
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     # it needs of the store, pipeline and matching is imported where used.
     from rich.progress import Progress
 
-    from mailer.config import Config, SubscriberConfig
+    from mailer.config import Config, SubscriberConfig, SubscriptionConfig
     from mailer.matching import Doc, Query, Stats
     from mailer.papers import Paper
     from mailer.pipeline import Pipeline
@@ -508,6 +508,13 @@ def suppression_entry(suppression: Suppression) -> dict[str, object]:
     }
 
 
+def _subscription_row(q: SubscriptionConfig) -> dict[str, object]:
+    row: dict[str, object] = {"name": q.name, "query": q.query}
+    if q.similar:
+        row.update(like=q.like, like_text=q.like_text, described=q.described)
+    return row
+
+
 def subscriber_rows(
     config: Config,
     unsubscribed: Mapping[str, datetime],
@@ -527,15 +534,7 @@ def subscriber_rows(
                 "name": sub.name,
                 "schedule": sub.schedule,
                 "timezone": sub.timezone,
-                "subscriptions": [
-                    {"name": q.name, "query": q.query}
-                    | (
-                        {"like": q.like, "like_text": q.like_text, "described": q.described}
-                        if q.similar
-                        else {}
-                    )
-                    for q in sub.subscriptions
-                ],
+                "subscriptions": [_subscription_row(q) for q in sub.subscriptions],
                 "unsubscribed": gone is not None,
                 "unsubscribed_at": gone.isoformat() if gone else None,
                 "origin": "config",
