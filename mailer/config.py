@@ -477,7 +477,7 @@ class Config(BaseModel):
 def settings(data: dict[str, Any]) -> Config:
     """The configuration of a file's ``data``, with the MAILER_* environment
     variables over its keys. pydantic-settings reads those (EnvConfig); it is
-    loaded only when a variable may name a key, as loading it costs a sixth
+    loaded only when a variable may name a key, as loading it costs a tenth
     of a quick command such as ``mailer subs list``."""
     if not _environment_overrides():
         return Config(**data)

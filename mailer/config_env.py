@@ -1,6 +1,6 @@
 """The configuration with MAILER_* environment variables over the file's keys,
 read by pydantic-settings: ``mailer.config.settings`` validates with this
-class only when such a variable is set, as the library takes a sixth of a
+class only when such a variable is set, as the library takes a tenth of a
 quick command's time to load."""
 
 from __future__ import annotations
