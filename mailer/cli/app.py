@@ -250,7 +250,7 @@ def open_existing(config: Config) -> Store | None:
     return None if _sqlite_missing(config) else open_store(config)
 
 
-def stored_listing(config: Config) -> Listing:
+def stored_subscribers(config: Config) -> Listing:
     """What ``mailer subs list`` shows from the database (none when it does
     not exist yet), read without opening the store when it can be."""
     from mailer.store.listing import Listing, stored_listing
