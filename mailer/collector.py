@@ -3,7 +3,6 @@ once (apart from the pipeline, so loading the configuration imports no stage).""
 
 from __future__ import annotations
 
-import ctypes
 import gc
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -35,6 +34,8 @@ def give_back_memory() -> None:
     nothing happens."""
     global _trim
     if _trim is None:
+        import ctypes  # here: loading the configuration pauses the collector too
+
         try:
             _trim = ctypes.CDLL(None).malloc_trim  # the C library's, where it has one
         except (OSError, AttributeError):

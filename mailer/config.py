@@ -19,7 +19,6 @@ import pickle
 import re
 import sys
 import tempfile
-import tomllib
 from collections import Counter
 from contextvars import ContextVar
 from datetime import UTC, date, datetime
@@ -42,7 +41,6 @@ from pydantic import (
     field_validator,
     model_validator,
 )
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from mailer import __version__
 from mailer.addresses import (
@@ -54,9 +52,9 @@ from mailer.addresses import (
 from mailer.collector import gc_paused
 from mailer.dumpfiles import DEFAULT_MAX_DUMP_BYTES, DEFAULT_MAX_LINE_BYTES
 from mailer.errors import ConfigError, QueryError
-from mailer.query import parsed_query
 
 DEFAULT_CONFIG = Path("config.toml")
+ENV_PREFIX = "MAILER_"  # MAILER_SMTP__PASSWORD overrides [smtp] password
 DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
 # Every number has a range, so inf, nan, 1e-6 or 1e300 is refused at load,
 # naming its key, instead of spinning the scheduler or crashing a send.
@@ -75,6 +73,8 @@ _CHECK_QUERIES: ContextVar[bool] = ContextVar("check_queries", default=True)
 
 
 def _no_control(value: str) -> str:
+    if value.isprintable():  # nearly every value, checked in C: no control character
+        return value
     if _CONTROL.search(value):
         raise ValueError("must not contain control characters (CR, LF, NUL, ESC, ...)")
     return value
@@ -88,6 +88,9 @@ def _address(value: str) -> str:
 
 
 Text = Annotated[str, AfterValidator(_no_control)]
+# The length checked on the string itself, by pydantic's core, not after the
+# validator in Python (for every subscription of a large configuration).
+NonEmptyText = Annotated[str, Field(min_length=1), AfterValidator(_no_control)]
 # A host name of letters, digits and hyphens (IDNA form), or an address literal.
 _HOSTNAME = re.compile(
     r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
@@ -336,12 +339,12 @@ class DaemonConfig(_Section):
 
 
 class SubscriptionConfig(_Section):
-    name: Annotated[Text, Field(min_length=1)]
+    name: NonEmptyText
     stemming: bool = True  # before query, so the query validator sees it
     query: str = ""
     # "More like these": titles of stored papers and/or a description; then
     # ``query`` (if any) only filters, and papers are ranked by similarity.
-    like: list[Annotated[Text, Field(min_length=1)]] = Field(default_factory=list)
+    like: list[NonEmptyText] = Field(default_factory=list)
     like_text: Text = ""
     top: int | None = Field(default=None, ge=1, le=MAX_PAPERS)  # None: DEFAULT_TOP
     threshold: float | None = Field(default=None, ge=0, le=1, allow_inf_nan=False)
@@ -352,6 +355,8 @@ class SubscriptionConfig(_Section):
         if not value or not _CHECK_QUERIES.get():
             return value  # a similarity subscription needs none (checked below)
         try:
+            from mailer.query import parsed_query  # a listing's load parses no query
+
             parsed_query(value, bool(info.data.get("stemming", True)))
         except QueryError as exc:
             raise ValueError(exc.message) from exc
@@ -427,18 +432,18 @@ class SubscriberConfig(_Section):
     @model_validator(mode="after")
     def _unique_subscription_names(self) -> SubscriberConfig:
         names = [s.name for s in self.subscriptions]
-        dupes = sorted({n for n in names if names.count(n) > 1})
-        if dupes:
+        if len(set(names)) != len(names):
+            dupes = sorted({n for n in names if names.count(n) > 1})
             raise ValueError(f"subscription names must be unique; repeated: {', '.join(dupes)}")
         return self
 
 
-class Config(BaseSettings):
-    """All settings; see config.example.toml for every key with its meaning."""
+class Config(BaseModel):
+    """All settings; see config.example.toml for every key with its meaning.
+    MAILER_* environment variables override the file's keys: see :func:`settings`."""
 
-    model_config = SettingsConfigDict(
-        env_prefix="MAILER_", env_nested_delimiter="__", extra="forbid", frozen=True
-    )
+    # As pydantic-settings' BaseSettings validates (mailer.config_env.EnvConfig).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
     watch: WatchConfig = WatchConfig()
     database: DatabaseConfig = DatabaseConfig()
@@ -459,18 +464,6 @@ class Config(BaseSettings):
             raise ValueError(f"subscriber emails must be unique; repeated: {', '.join(dupes)}")
         return self
 
-    @classmethod
-    def settings_customise_sources(
-        cls,
-        settings_cls: type[BaseSettings],
-        init_settings: PydanticBaseSettingsSource,
-        env_settings: PydanticBaseSettingsSource,
-        dotenv_settings: PydanticBaseSettingsSource,
-        file_secret_settings: PydanticBaseSettingsSource,
-    ) -> tuple[PydanticBaseSettingsSource, ...]:
-        """The environment overrides the file, which arrives as init values."""
-        return env_settings, init_settings
-
     def subscriber(self, email: str) -> SubscriberConfig:
         for sub in self.subscribers:
             if address_key(sub.email) == address_key(email):
@@ -479,6 +472,30 @@ class Config(BaseSettings):
             f"no subscriber {email!r} in the configuration",
             hint="see the [[subscribers]] tables, or 'mailer check-config'",
         )
+
+
+def settings(data: dict[str, Any]) -> Config:
+    """The configuration of a file's ``data``, with the MAILER_* environment
+    variables over its keys. pydantic-settings reads those (EnvConfig); it is
+    loaded only when a variable may name a key, as loading it costs a tenth
+    of a quick command such as ``mailer subs list``."""
+    if not _environment_overrides():
+        return Config(**data)
+    from mailer.config_env import EnvConfig
+
+    return EnvConfig(**data)
+
+
+def _environment_overrides() -> bool:
+    """Whether a MAILER_<KEY> or MAILER_<KEY>__... variable names a top-level
+    key, however it is cased, as pydantic-settings matches them."""
+    for name in os.environ:
+        upper = name.upper()
+        if upper.startswith(ENV_PREFIX) and (
+            upper[len(ENV_PREFIX) :].split("__", 1)[0].lower() in Config.model_fields
+        ):
+            return True
+    return False
 
 
 def example_config_text() -> str:
@@ -501,6 +518,8 @@ def parse_config(
 
 def _validated(text: str, source: str, check_queries: bool) -> tuple[Config, dict[str, Any]]:
     """The configuration, unresolved, and the TOML data it was validated from."""
+    import tomllib  # not for a load from the cache
+
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -510,7 +529,7 @@ def _validated(text: str, source: str, check_queries: bool) -> tuple[Config, dic
     checking = _CHECK_QUERIES.set(check_queries)
     try:
         with gc_paused():  # a third of a large configuration's load, finding nothing
-            config = Config(**data)
+            config = settings(data)
     except ValidationError as exc:
         raise ConfigError(_explain(exc, source, data), hint="see config.example.toml") from exc
     finally:
@@ -599,9 +618,9 @@ def _cache_key(raw: bytes) -> str:
     and pydantic versions and the code that validates addresses and queries
     (a changed checkout must not trust an old verdict)."""
     stamps = [sys.version, __version__, pydantic_core.__version__]
-    for name in ("mailer.config", "mailer.addresses", "mailer.query", "mailer.analysis"):
-        stamps.append(_stamp(getattr(sys.modules.get(name), "__file__", None)))
-    for name in ("email_validator", "luqum"):
+    # Found, not imported: a load from the cache imports no query parser.
+    judges = ("mailer.config", "mailer.addresses", "mailer.query", "mailer.analysis")
+    for name in (*judges, "email_validator", "luqum"):
         spec = importlib.util.find_spec(name)
         stamps.append(_stamp(spec.origin if spec else None))
     digest = hashlib.sha256(raw)
@@ -647,7 +666,7 @@ def _from_cache(cache: Path, key: str) -> Config | None:
             return None
         checking = _CHECK_QUERIES.set(False)  # every query parsed when this was written
         try:
-            return Config(**data)
+            return settings(data)
         except ValidationError:
             return None
         finally:

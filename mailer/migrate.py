@@ -11,11 +11,9 @@ file, numbered after the newest one (``alembic revision`` needs an ini file).
 
 from __future__ import annotations
 
-import argparse
 import logging
 import re
 import sqlite3
-import tempfile
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -23,18 +21,17 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from sqlalchemy import create_engine, inspect, text
-from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import SQLAlchemyError
-
 from mailer.errors import StoreError
 
 if TYPE_CHECKING:
     # Alembic is imported where it works: opening a database already at head
     # (every command, nearly every time) reads one row and never loads it,
-    # a fifth of a second of ``mailer subs list``.
+    # a fifth of a second of ``mailer subs list``. SQLAlchemy too, as
+    # ``subs list`` checks the revision of a database it reads with the
+    # driver alone (VERSION_QUERY, from mailer.store.listing).
     from alembic.config import Config
     from alembic.script import ScriptDirectory
+    from sqlalchemy.engine import Connection, Engine
 
 log = logging.getLogger("mailer")
 
@@ -110,18 +107,30 @@ def packaged_head(location: Path) -> str:
     return max(names)
 
 
+# The database's revision, in plain SQL any connection runs.
+VERSION_QUERY = "SELECT version_num FROM alembic_version"
+
+
+def is_head(found: Sequence[str], location: Path = MIGRATIONS) -> bool:
+    """Whether the revisions VERSION_QUERY read are exactly the packaged head;
+    anything else (another revision, several rows) is for the full check in
+    :func:`upgrade`, which says what is wrong."""
+    return list(found) == [packaged_head(location)]
+
+
 def _at_head(conn: Connection, location: Path) -> bool:
-    """Whether the database's one ``alembic_version`` row is the packaged head,
-    read with one plain query. Anything else (no such table, another revision,
-    several rows, an unreadable file) is for the full check, which says what is
-    wrong; the connection is left with no transaction either way."""
+    """Whether the database is at the packaged head, read with one plain
+    query; no such table or an unreadable file is for the full check too.
+    The connection is left with no transaction either way."""
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
-        found = conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all()
+        found = conn.exec_driver_sql(VERSION_QUERY).scalars().all()
     except SQLAlchemyError:
         return False
     finally:
         conn.rollback()
-    return found == [packaged_head(location)]
+    return is_head(found, location)
 
 
 def head() -> str:
@@ -151,7 +160,9 @@ def upgrade(engine: Engine) -> None:
 
 
 def _upgrade(engine: Engine) -> None:
-    from mailer.store import hide_password  # here: mailer.store imports this module
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from mailer.store.schema import hide_password  # here: it imports this module
 
     safe = hide_password(engine.url.render_as_string(hide_password=False))
     with engine.connect() as conn:
@@ -201,6 +212,7 @@ def _current(
 ) -> str | None:
     """The database's revision; None when it has no alembic_version."""
     from alembic.runtime.migration import MigrationContext
+    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         heads = MigrationContext.configure(conn).get_current_heads()
@@ -224,6 +236,8 @@ def _current(
 
 
 def _legacy_tables(conn: Connection) -> frozenset[str]:
+    from sqlalchemy import inspect
+
     return BASELINE_TABLES & set(inspect(conn).get_table_names())
 
 
@@ -239,6 +253,8 @@ def _migrating(conn: Connection) -> Iterator[None]:
     recreates tables that other tables refer to; ``foreign_key_check``
     confirms the result before committing.
     """
+    from sqlalchemy import text
+
     if conn.dialect.name != "sqlite":
         with conn.begin():
             if conn.dialect.name == "postgresql":
@@ -281,8 +297,11 @@ def new_revision(message: str, *, autogenerate: bool = False) -> Path:
     scratch SQLite database upgraded to the current head (batch ops, which
     also run on PostgreSQL); review them, they are a draft.
     """
+    import tempfile
+
     from alembic import command
     from alembic.script import ScriptDirectory
+    from sqlalchemy import create_engine
 
     config = alembic_config()
     script = ScriptDirectory.from_config(config)
@@ -313,6 +332,8 @@ def new_revision(message: str, *, autogenerate: bool = False) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
+    import argparse
+
     parser = argparse.ArgumentParser(prog="python -m mailer.migrate")
     commands = parser.add_subparsers(dest="command", required=True)
     revision = commands.add_parser("revision", help="start a new revision file after the head")

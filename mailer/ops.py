@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     # it needs of the store, pipeline and matching is imported where used.
     from rich.progress import Progress
 
-    from mailer.config import Config, SubscriberConfig
+    from mailer.config import Config, SubscriberConfig, SubscriptionConfig
     from mailer.matching import Doc, Query, Stats
     from mailer.papers import Paper
     from mailer.pipeline import Pipeline
@@ -508,37 +508,37 @@ def suppression_entry(suppression: Suppression) -> dict[str, object]:
     }
 
 
+def _subscription_row(q: SubscriptionConfig) -> dict[str, object]:
+    row: dict[str, object] = {"name": q.name, "query": q.query}
+    if q.similar:
+        row.update(like=q.like, like_text=q.like_text, described=q.described)
+    return row
+
+
 def subscriber_rows(
-    config: Config, states: Mapping[str, SubscriberState], web: Sequence[WebSubscriber] = ()
+    config: Config,
+    unsubscribed: Mapping[str, datetime],
+    web: Sequence[WebSubscriber] = (),
 ) -> list[dict[str, object]]:
     """Every subscriber as ``mailer subs list`` shows them: config.toml's,
-    with whether the database has them unsubscribed, then those who signed
-    up on the web pages (``origin``: config or web; ``status``: active,
-    unsubscribed, and for web ones pending, paused or removed)."""
+    with when the database has them unsubscribed (by address key), then
+    those who signed up on the web pages (``origin``: config or web;
+    ``status``: active, unsubscribed, and for web ones pending, paused or
+    removed)."""
     rows: list[dict[str, object]] = []
     for sub in config.subscribers:
-        state = states.get(address_key(sub.email))
+        gone = unsubscribed.get(address_key(sub.email))
         rows.append(
             {
                 "email": sub.email,
                 "name": sub.name,
                 "schedule": sub.schedule,
                 "timezone": sub.timezone,
-                "subscriptions": [
-                    {"name": q.name, "query": q.query}
-                    | (
-                        {"like": q.like, "like_text": q.like_text, "described": q.described}
-                        if q.similar
-                        else {}
-                    )
-                    for q in sub.subscriptions
-                ],
-                "unsubscribed": bool(state and state.unsubscribed_at),
-                "unsubscribed_at": state.unsubscribed_at.isoformat()
-                if state and state.unsubscribed_at
-                else None,
+                "subscriptions": [_subscription_row(q) for q in sub.subscriptions],
+                "unsubscribed": gone is not None,
+                "unsubscribed_at": gone.isoformat() if gone else None,
                 "origin": "config",
-                "status": "unsubscribed" if state and state.unsubscribed_at else "active",
+                "status": "unsubscribed" if gone else "active",
             }
         )
     configured = {address_key(s.email) for s in config.subscribers}

@@ -71,6 +71,24 @@ def test_environment_overrides_the_file(monkeypatch: pytest.MonkeyPatch) -> None
     assert config.smtp.port == 2525
 
 
+def test_only_a_variable_naming_a_key_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("MAILER_CONFIG", "elsewhere.toml")
+    monkeypatch.setenv("MAILER_CACHE_DIR", "")
+    assert type(parse_config("", source="c.toml")) is Config
+    monkeypatch.setenv("mailer_smtp__port", "2525")
+    assert parse_config("", source="c.toml").smtp.port == 2525
+
+
+def test_the_environment_reader_validates_a_file_as_the_plain_configuration_does() -> None:
+    from mailer.config_env import EnvConfig
+
+    for text in (example_config_text(), VALID):
+        data = tomllib.loads(text)
+        assert EnvConfig(**data).model_dump() == Config(**data).model_dump()
+
+
 def test_password_is_not_shown_in_repr() -> None:
     config = parse_config('[smtp]\npassword = "hunter2"\n', source="c.toml")
     assert "hunter2" not in repr(config)

@@ -203,6 +203,15 @@ def test_subs_list_shows_a_table_and_json(tmp_path: Path) -> None:
     assert not (tmp_path / "mailer.db").exists()
 
 
+def test_subs_list_names_a_config_path_as_written_without_emoji(tmp_path: Path) -> None:
+    folder = tmp_path / ":fire:"
+    folder.mkdir()
+    config = write_config(folder)
+    done = mailer("--config", str(config), "subs", "list", cwd=folder)
+    assert done.returncode == 0, done.stderr
+    assert f"2 subscribers in {config}," in " ".join(done.stdout.split())
+
+
 def test_subs_list_reads_unsubscribed_from_the_database(tmp_path: Path) -> None:
     from datetime import UTC, datetime
 

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from mailer.config import Config
     from mailer.papers import Paper
     from mailer.store import Store
+    from mailer.store.listing import Listing
 
 # The commands: name -> (module of mailer.cli, its function or Typer), in the
 # order ``mailer --help`` lists them; mailer.cli fills it in.
@@ -104,8 +105,10 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, highlight=False)
-out = Console(highlight=False)
+# Text as written: no colours guessed from its shape, and no ":name:" in an
+# address, query or path turned into an emoji (nor their table loaded).
+err = Console(stderr=True, highlight=False, emoji=False)
+out = Console(highlight=False, emoji=False)
 log = logging.getLogger("mailer")
 
 
@@ -245,6 +248,14 @@ def _sqlite_missing(config: Config) -> bool:
 def open_existing(config: Config) -> Store | None:
     """The store, or None when it does not exist yet (read-only commands)."""
     return None if _sqlite_missing(config) else open_store(config)
+
+
+def stored_subscribers(config: Config) -> Listing:
+    """What ``mailer subs list`` shows from the database (none when it does
+    not exist yet), read without opening the store when it can be."""
+    from mailer.store.listing import Listing, stored_listing
+
+    return Listing() if _sqlite_missing(config) else stored_listing(config.database.url)
 
 
 def meta_line(paper: Paper) -> str:

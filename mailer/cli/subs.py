@@ -14,7 +14,7 @@ import typer
 from rich.markup import escape
 from rich.text import Text
 
-from mailer.cli.app import meta_line, open_existing, open_store, out, state_of
+from mailer.cli.app import meta_line, open_existing, open_store, out, state_of, stored_subscribers
 from mailer.cli.columns import aligned_table
 from mailer.errors import ConfigError, QueryError
 from mailer.ops import (
@@ -198,14 +198,8 @@ def subs_list(
     """The subscribers of config.toml and of the web pages: origin, schedule, time zone,
     subscriptions, unsubscribed or not."""
     config = state_of(ctx).config(check_queries=False)
-    store = open_existing(config)
-    try:
-        states = store.subscriber_states() if store else {}
-        web = store.web.listing() if store else []
-    finally:
-        if store:
-            store.close()
-    rows = subscriber_rows(config, states, web)
+    stored = stored_subscribers(config)
+    rows = subscriber_rows(config, stored.unsubscribed, stored.web)
     if as_json:
         sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
         return

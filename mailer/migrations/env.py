@@ -15,7 +15,7 @@ from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 from sqlmodel.sql.sqltypes import AutoString, UTCDateTime
 
-import mailer.store  # noqa: F401 - registers the models on SQLModel.metadata, for autogenerate
+import mailer.store.schema  # noqa: F401 - registers the models on SQLModel.metadata, for autogenerate
 
 
 def render_item(kind: str, obj: Any, autogen_context: AutogenContext) -> str | Literal[False]:

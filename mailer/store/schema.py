@@ -44,6 +44,8 @@ from mailer.migrate import database_error, upgrade
 from mailer.outbox_states import DeliveryStatus as DeliveryStatus  # re-exported
 from mailer.outbox_states import OutboxState as OutboxState  # re-exported by mailer.store
 from mailer.papers import Paper
+from mailer.store.records import Origin as Origin  # re-exported
+from mailer.store.records import utc as utc  # re-exported
 
 
 class DumpStatus(StrEnum):
@@ -52,14 +54,6 @@ class DumpStatus(StrEnum):
     INGESTED = "ingested"
     EMPTY = "empty"  # a dump with no records
     REFUSED = "refused"  # not a dump; the reason is kept
-
-
-class Origin(StrEnum):
-    """Who owns a subscriber: the operator's config.toml, or the reader's own
-    web pages (mailer.selfservice). The config sync never touches web ones."""
-
-    CONFIG = "config"
-    WEB = "web"
 
 
 class DeliveryKind(StrEnum):
@@ -428,12 +422,6 @@ def paper_values(key: str, paper: Paper, now: datetime, dump_id: int) -> dict[st
         "first_dump_id": dump_id,
         "matched": False,
     }
-
-
-def utc(value: datetime) -> datetime:
-    """Times come back naive from SQLite and PostgreSQL timestamp columns;
-    they were stored as UTC."""
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 def db_time(conn: Connection, seconds: float = 0.0) -> ColumnElement[datetime]:

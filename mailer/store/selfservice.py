@@ -12,7 +12,7 @@ when something changed.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal
@@ -22,7 +22,9 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
 from mailer.addresses import address_key
+from mailer.store.listing import connection_query, web_subscribers
 from mailer.store.people import _sync_subscriptions
+from mailer.store.records import Profile, WebSubscriber, web_subscriber
 from mailer.store.schema import (
     DELIVERIES,
     STATE,
@@ -37,73 +39,6 @@ from mailer.store.schema import (
 )
 
 VERSION_KEY = "web_subscribers"  # state key: changes whenever a web subscriber does
-
-
-@dataclass(frozen=True, slots=True)
-class Profile:
-    """What a reader chooses for themselves; validated by the caller with
-    the rules of ``check-config`` (mailer.selfservice.profile)."""
-
-    email: str
-    name: str
-    schedule: str
-    timezone: str
-    max_papers: int | None
-    subscriptions: tuple[tuple[str, str], ...]
-
-
-@dataclass(frozen=True, slots=True)
-class WebSubscriber:
-    """A subscriber as their own page shows them. Config subscribers come
-    back too (origin ``config``), with no web choices: the pages read those
-    from config.toml."""
-
-    id: int
-    email: str
-    email_key: str
-    name: str
-    origin: str
-    active: bool
-    created_at: datetime
-    unsubscribed_at: datetime | None
-    subscriptions: tuple[tuple[str, str], ...]
-    schedule: str | None = None
-    timezone: str | None = None
-    max_papers: int | None = None
-    paused_until: date | None = None
-    confirmed_at: datetime | None = None
-    signed_up_at: datetime | None = None
-    awaiting: bool = False  # a confirmation link is outstanding
-
-    @property
-    def web(self) -> bool:
-        return self.origin == Origin.WEB
-
-    @property
-    def confirmed(self) -> bool:
-        """A web subscriber whose sign-up was confirmed and not removed since."""
-        return self.web and self.active and self.confirmed_at is not None
-
-    @property
-    def status(self) -> str:
-        """pending, active, paused (as of the last saved pause), unsubscribed or removed."""
-        if self.web and self.confirmed_at is None:
-            return "pending" if self.awaiting else "removed"
-        if not self.active:
-            return "removed"
-        if self.unsubscribed_at is not None:
-            return "unsubscribed"
-        return "paused" if self.paused_until is not None else "active"
-
-    def profile(self) -> Profile:
-        return Profile(
-            self.email,
-            self.name,
-            self.schedule or "instant",
-            self.timezone or "UTC",
-            self.max_papers,
-            self.subscriptions,
-        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,8 +198,10 @@ class WebSubscribers:
         )
 
     def listing(self) -> list[WebSubscriber]:
-        """Every web subscriber in any state, for the operator."""
-        return self._load(SUBSCRIBERS.c.origin == Origin.WEB)
+        """Every web subscriber in any state, for the operator (``mailer subs
+        list`` reads them with the driver alone, mailer.store.listing)."""
+        with self._transaction() as conn:
+            return web_subscribers(connection_query(conn))
 
     def counts(self) -> dict[str, int]:
         """Web subscribers by state: active, paused, pending, unsubscribed, removed."""
@@ -421,7 +358,7 @@ class WebSubscribers:
         with self._transaction() as conn:
             rows = conn.execute(query if limit is None else query.limit(limit)).all()
             subscriptions = _subscriptions(conn, [r.id for r in rows])
-        return [_subscriber(r, subscriptions.get(r.id, ())) for r in rows]
+        return [web_subscriber(r._mapping, subscriptions.get(r.id, ())) for r in rows]
 
 
 def _subscriptions(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[tuple[str, str], ...]]:
@@ -441,27 +378,6 @@ def _subscriptions(conn: Connection, ids: Sequence[int]) -> dict[int, tuple[tupl
         if subscriber_id in wanted:
             found.setdefault(subscriber_id, []).append((name, query_text))
     return {k: tuple(v) for k, v in found.items()}
-
-
-def _subscriber(row: Any, subscriptions: Iterable[tuple[str, str]]) -> WebSubscriber:
-    return WebSubscriber(
-        id=row.id,
-        email=row.email,
-        email_key=row.email_key,
-        name=row.name,
-        origin=row.origin,
-        active=row.active,
-        created_at=utc(row.created_at),
-        unsubscribed_at=utc(row.unsubscribed_at) if row.unsubscribed_at else None,
-        subscriptions=tuple(subscriptions),
-        schedule=row.schedule,
-        timezone=row.timezone,
-        max_papers=row.max_papers,
-        paused_until=row.paused_until,
-        confirmed_at=utc(row.confirmed_at) if row.confirmed_at else None,
-        signed_up_at=utc(row.signed_up_at) if row.signed_up_at else None,
-        awaiting=bool(row.awaiting),
-    )
 
 
 def _bump(conn: Connection, now: datetime) -> None:
