@@ -14,6 +14,7 @@ from datetime import datetime
 from functools import partial
 from typing import cast
 
+from mailer.analysis import Scale
 from mailer.collector import give_back_memory
 from mailer.config import Config, SubscriberConfig, SubscriptionConfig
 from mailer.matching import Doc, Engine, Query, Stats, rescore
@@ -94,8 +95,10 @@ def build_engine(queries: Mapping[str, Mapping[str, Query]], stats: Stats) -> En
 
 
 def analysed(papers: Iterable[tuple[int, Paper]], stats: Stats) -> list[tuple[int, Doc]]:
-    """(id, paper) -> (id, Doc) scored against ``stats``."""
-    return [(paper_id, Doc(paper, stats)) for paper_id, paper in papers]
+    """(id, paper) -> (id, Doc) scored against ``stats``, sharing one ``Scale``
+    (each stem's IDF worked out once for them all)."""
+    scale = Scale(stats)
+    return [(paper_id, Doc(paper, stats, scale)) for paper_id, paper in papers]
 
 
 # (subscriber id, subscription name) of each subscription a hit stands for.
