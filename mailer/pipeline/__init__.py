@@ -202,7 +202,15 @@ class Pipeline:
             warn_missing_examples(self.store, self.config)  # after ingest: they may just be in
             self._examples_checked = self.config
         refresh_models(self.store, self.clock)
-        match_new_papers(self.store, self.engine, self.clock, report, self.likes, self.suggesting)
+        match_new_papers(
+            self.store,
+            self.engine,
+            self.clock,
+            report,
+            self.likes,
+            self.suggesting,
+            self.compose_pool,
+        )
 
     def compose(self, report: PassReport) -> None:
         """Matches -> digests -> messages in the outbox (the leader's step)."""

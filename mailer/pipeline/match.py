@@ -8,11 +8,14 @@ backfill and ``send-test``, so each finds what the others would.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
-from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+import uuid
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from datetime import datetime
 from functools import partial
-from typing import cast
+from typing import NamedTuple, cast
 
 from mailer.analysis import Scale
 from mailer.collector import give_back_memory
@@ -25,7 +28,7 @@ from mailer.relevance.defaults import DEFAULT_TOP
 from mailer.relevance.likes import Like, LikeIndex, example_keys, missing_titles
 from mailer.relevance.reader import NEGATIVES, Suggester, train
 from mailer.relevance.vectors import TfidfEncoder, Vector
-from mailer.store import NewMatch, Store
+from mailer.store import MatchFields, NewMatch, ReaderModel, Store
 
 log = logging.getLogger("mailer")
 
@@ -204,6 +207,76 @@ def subscription_engine(sub: SubscriberConfig, stats: Stats) -> Engine:
     return build_engine({sub.email: _queries(sub)}, stats)
 
 
+class MatchSetup(NamedTuple):
+    """What matching a pass's batches needs besides their papers and the
+    statistics (see ``match_rows``): the engine, the active subscribers' ids
+    by email, the similarity subscriptions with their stored example papers,
+    and the reader models of those who get suggestions."""
+
+    engine: Engine
+    subscriber_ids: Mapping[str, int]
+    likes: Mapping[tuple[str, str], Like]
+    examples: Mapping[str, Paper]
+    models: Mapping[int, ReaderModel]
+
+
+# A batch's match rows (plain tuples, see ``MatchFields``) and its papers' statistics.
+Matched = tuple[list[MatchFields], Stats]
+
+
+class Matcher:
+    """A pass's batches of papers -> their match rows and statistics, all
+    scored against the same statistics; in this process or in a worker
+    (``match_in_worker``)."""
+
+    def __init__(self, setup: MatchSetup, stats: Stats) -> None:
+        self.setup = setup
+        self.stats = stats
+        setup.engine.stats = stats
+        self.index = like_index(setup.likes, setup.examples, stats)
+        self.suggester = Suggester(setup.models)
+
+    def __call__(self, papers: Sequence[tuple[int, Paper]]) -> Matched:
+        setup = self.setup
+        with gc_paused():
+            docs = analysed(papers, self.stats)
+            added = Stats()
+            for _, doc in docs:
+                added.observe(doc)
+            rows = match_rows(
+                setup.engine, docs, setup.subscriber_ids, self.index, self.suggester or None
+            )
+            return [(*row,) for row in rows], added
+
+
+# In a worker process: the pass it last served, its setup and its matcher
+# (made at its first batch, when the statistics are known).
+_served: tuple[str, MatchSetup, Matcher | None] | None = None
+
+
+def prepare_worker(token: str, setup: bytes) -> None:
+    """Run in a worker process: unpickle a pass's ``MatchSetup`` (building
+    its engine), once per pass (``token``), not once per batch."""
+    global _served
+    if _served is None or _served[0] != token:
+        _served = (token, pickle.loads(setup), None)  # noqa: S301  (pickled by our parent)
+
+
+def match_in_worker(
+    token: str, setup: bytes, stats: bytes, papers: Sequence[tuple[int, Paper]]
+) -> Matched:
+    """Run in a worker process: ``Matcher`` over one batch of a pass, its
+    setup and statistics as the pass pickled them once."""
+    global _served
+    prepare_worker(token, setup)
+    assert _served is not None
+    token, found, matcher = _served
+    if matcher is None:
+        matcher = Matcher(found, pickle.loads(stats))  # noqa: S301  (pickled by our parent)
+        _served = (token, found, matcher)
+    return matcher(papers)
+
+
 def match_new_papers(
     store: Store,
     engine: Engine,
@@ -211,6 +284,7 @@ def match_new_papers(
     report: PassReport,
     likes: Mapping[tuple[str, str], Like] | None = None,
     suggesting: Collection[str] = (),
+    pool: Executor | None = None,
 ) -> None:
     """The match stage: the papers not yet matched, in batches, each counted
     in the corpus statistics in the transaction that records its matches
@@ -221,39 +295,89 @@ def match_new_papers(
     the scores as recorded. Matches composed later, after more papers were
     counted, are weighed again then (similarity subscriptions' scores stand
     as recorded). Readers in ``suggesting`` (emails) with a trained model
-    get suggestions."""
+    get suggestions.
+
+    With a ``pool`` (the compose workers) and more than one batch, a worker
+    matches each batch while this process records the one before, in its
+    own transaction as ever: the batches are scored against the same
+    statistics, so none waits for the one before to be recorded."""
+    with report.timed("statistics"):
+        batch = store.unmatched_papers(MATCH_BATCH + 1)
+    if not batch:
+        return
     active = store.active_subscriber_ids()
-    examples: dict[str, Paper] | None = None
-    suggester: Suggester | None = None
-    final: Stats | None = None
+    examples = store.papers_by_keys(example_keys(likes.values())) if likes else {}
+    ids = [active[e] for e in suggesting if e in active]
+    models = store.reader_models(ids) if ids else {}
+    setup = MatchSetup(engine, active, likes or {}, examples, models)
+    # The worker starts (and builds the engine) while the statistics are counted.
+    worker = _Worker(pool, setup) if pool is not None and len(batch) > MATCH_BATCH else None
+    batch = batch[:MATCH_BATCH]
+    with report.timed("statistics"):
+        final = _counted(store.stats(), _ahead(store))
+    match = worker.bound(final) if worker else _here(setup, final)
+    with report.timed("match"):
+        job = match(batch)
     while True:
         with gc_paused():
-            with report.timed("statistics"):
-                batch = store.unmatched_papers(MATCH_BATCH)
-                if not batch:
-                    break
-                if final is None:
-                    final = _counted(store.stats(), _ahead(store))
-                engine.stats = final
-                docs = analysed(batch, final)
-                added = Stats()
-                for _, doc in docs:
-                    added.observe(doc)
             with report.timed("match"):
-                index = None
-                if likes:
-                    if examples is None:
-                        examples = store.papers_by_keys(example_keys(likes.values()))
-                    index = like_index(likes, examples, final)
-                if suggester is None:
-                    ids = [active[e] for e in suggesting if e in active]
-                    suggester = Suggester(store.reader_models(ids) if ids else {})
-                rows = match_rows(engine, docs, active, index, suggester or None)
+                rows, added = job.result()
+            with report.timed("statistics"):
+                following = store.unmatched_papers(MATCH_BATCH, after=batch[-1][0])
+            if following:
+                with report.timed("match"):
+                    job = match(following)
             with report.timed("record_matches"):
                 pids = [pid for pid, _ in batch]
                 report.matches += store.record_matches(pids, rows, clock(), added, final.papers)
-            del batch, docs, rows
+            del rows
             give_back_memory()
+        if not following:
+            break
+        batch = following
+
+
+# Starts matching a batch of papers; the future gives its rows and statistics.
+Start = Callable[[Sequence[tuple[int, Paper]]], "Future[Matched]"]
+
+
+def _here(setup: MatchSetup, stats: Stats) -> Start:
+    """Match in this process, at once: the future is already done."""
+    matcher = Matcher(setup, stats)
+
+    def start(papers: Sequence[tuple[int, Paper]]) -> Future[Matched]:
+        done: Future[Matched] = Future()
+        try:
+            done.set_result(matcher(papers))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    return start
+
+
+class _Worker:
+    """Matching in one of ``pool``'s workers: the pass's setup pickled once,
+    and sent ahead so the worker prepares while this process counts the
+    statistics."""
+
+    def __init__(self, pool: Executor, setup: MatchSetup) -> None:
+        self.pool = pool
+        self.token = uuid.uuid4().hex
+        self.setup = pickle.dumps(setup, protocol=pickle.HIGHEST_PROTOCOL)
+        self.prepared = pool.submit(prepare_worker, self.token, self.setup)
+
+    def bound(self, stats: Stats) -> Start:
+        """Batches matched against ``stats``, one at a time: the worker that
+        prepared is done before the first goes, so no second one is started
+        for it (composing starts the others)."""
+        self.prepared.result()
+        blob = pickle.dumps(stats, protocol=pickle.HIGHEST_PROTOCOL)
+
+        def start(papers: Sequence[tuple[int, Paper]]) -> Future[Matched]:
+            return self.pool.submit(match_in_worker, self.token, self.setup, blob, papers)
+
+        return start
 
 
 def _ahead(store: Store) -> Stats:

@@ -62,7 +62,7 @@ if TYPE_CHECKING:
     from mailer.analysis import Stats
     from mailer.papers import Paper
     from mailer.store.feedback import Feedback, Mark, MarkOutcome, ReaderModel
-    from mailer.store.matches import Matches, NewMatch, PendingMatch
+    from mailer.store.matches import Matches, MatchFields, NewMatch, PendingMatch
     from mailer.store.nodes import NodeBeat, Nodes
     from mailer.store.outbox import Claimed, Outbox, Outgoing
     from mailer.store.papers import IngestOutcome, Papers, add_statistics
@@ -73,7 +73,7 @@ if TYPE_CHECKING:
 # imported on first use, a tenth of opening the store.
 _LAZY = {
     "feedback": ("Feedback", "Mark", "MarkOutcome", "ReaderModel"),
-    "matches": ("Matches", "NewMatch", "PendingMatch"),
+    "matches": ("MatchFields", "Matches", "NewMatch", "PendingMatch"),
     "nodes": ("NodeBeat", "Nodes"),
     "outbox": ("Claimed", "Outbox", "Outgoing"),
     "papers": ("IngestOutcome", "Papers", "add_statistics"),
@@ -107,6 +107,7 @@ __all__ = [
     "Mark",
     "MarkKind",
     "MarkOutcome",
+    "MatchFields",
     "MatchRow",
     "NewMatch",
     "NodeBeat",
@@ -419,7 +420,7 @@ class Store:
     def record_matches(
         self,
         paper_ids: Sequence[int],
-        matches: Iterable[NewMatch],
+        matches: Iterable[MatchFields],
         now: datetime,
         counted: Stats | None = None,
         scored_papers: int | None = None,
