@@ -9,13 +9,14 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import select
@@ -624,7 +625,12 @@ query = 'transformer upvotes>=0'
 """
 
 
-def recorded_matches(store: Store) -> set[tuple[object, ...]]:
+# A match row as ``recorded_matches`` gives it: subscriber, paper, each
+# subscription's (name, terms, score), all terms, scored_papers.
+Recorded = tuple[int, int, frozenset[tuple[str, tuple[str, ...], float]], tuple[str, ...], int]
+
+
+def recorded_matches(store: Store) -> set[Recorded]:
     """Each match row as recorded, its subscriptions in no particular order
     (they follow the order of a set of words, which differs between processes)."""
     with store.transaction() as conn:
@@ -647,12 +653,22 @@ def recorded_matches(store: Store) -> set[tuple[object, ...]]:
     }
 
 
+class Counted(match_module.Matcher):
+    """A Matcher that counts the papers of each batch it matches."""
+
+    batches: ClassVar[list[int]] = []
+
+    def __call__(self, papers: Sequence[tuple[int, Paper]]) -> match_module.Matched:
+        self.batches.append(len(papers))
+        return super().__call__(papers)
+
+
 def test_a_worker_process_matches_what_this_process_would_while_it_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With the compose pool, a worker matches each batch while this process
-    records the one before: the same rows, flags and statistics as matching
-    here, and this process matches nothing itself."""
+    """With the compose pool, a worker matches the batches while this process
+    records them: the same rows, flags and statistics as matching here, where
+    only the first batch is matched (while the worker takes the second)."""
     monkeypatch.setattr("mailer.pipeline.match.MATCH_BATCH", 40)
     config = parse_config(
         f'[database]\nurl = "sqlite:///{tmp_path / "unused.db"}"\n{MATCHING}',
@@ -676,7 +692,7 @@ def test_a_worker_process_matches_what_this_process_would_while_it_records(
         if where == "here":
             match_new_papers(store, engine, lambda: now, PassReport())
         else:
-            monkeypatch.setattr(match_module, "Matcher", None)  # not in this process
+            monkeypatch.setattr(match_module, "Matcher", Counted)
             with ProcessPoolExecutor(
                 max_workers=1,
                 mp_context=multiprocessing.get_context("spawn"),
@@ -688,6 +704,7 @@ def test_a_worker_process_matches_what_this_process_would_while_it_records(
         store.close()
     (here, here_stats), (worker, worker_stats) = found
     assert len(papers) > 3 * 40
+    assert Counted.batches == [40]
     assert any(len(names) > 1 for _, _, names, _, _ in here)
     assert worker == here
     assert worker_stats == here_stats

@@ -220,7 +220,9 @@ class MatchSetup(NamedTuple):
     models: Mapping[int, ReaderModel]
 
 
-# A batch's match rows (plain tuples, see ``MatchFields``) and its papers' statistics.
+# A batch of papers to match, (id, paper) by id; its match rows (plain
+# tuples, see ``MatchFields``) and its papers' statistics.
+Batch = list[tuple[int, Paper]]
 Matched = tuple[list[MatchFields], Stats]
 
 
@@ -298,9 +300,12 @@ def match_new_papers(
     get suggestions.
 
     With a ``pool`` (the compose workers) and more than one batch, a worker
-    matches each batch while this process records the one before, in its
-    own transaction as ever: the batches are scored against the same
-    statistics, so none waits for the one before to be recorded."""
+    matches the batches one after another while this process records each
+    as it comes, in its own transaction as ever: they are all scored against
+    the same statistics, so none waits for the one before to be recorded.
+    This process matches the first itself, while the worker takes the
+    second (it has just started: it prepared while the statistics were
+    counted)."""
     with report.timed("statistics"):
         batch = store.unmatched_papers(MATCH_BATCH + 1)
     if not batch:
@@ -310,31 +315,38 @@ def match_new_papers(
     ids = [active[e] for e in suggesting if e in active]
     models = store.reader_models(ids) if ids else {}
     setup = MatchSetup(engine, active, likes or {}, examples, models)
-    # The worker starts (and builds the engine) while the statistics are counted.
     worker = _Worker(pool, setup) if pool is not None and len(batch) > MATCH_BATCH else None
     batch = batch[:MATCH_BATCH]
     with report.timed("statistics"):
         final = _counted(store.stats(), _ahead(store))
-    match = worker.bound(final) if worker else _here(setup, final)
-    with report.timed("match"):
-        job = match(batch)
-    while True:
-        with gc_paused():
-            with report.timed("match"):
-                rows, added = job.result()
+    here = _here(setup, final)
+    match = worker.bound(final) if worker else here
+    # The batch being recorded next and, when one is in hand, the one after.
+    upcoming: tuple[Batch, Future[Matched]] | None = None
+    with gc_paused():
+        if worker:
             with report.timed("statistics"):
                 following = store.unmatched_papers(MATCH_BATCH, after=batch[-1][0])
-            if following:
+            with report.timed("match"):
+                upcoming = (following, match(following)) if following else None
+        with report.timed("match"):
+            current: tuple[Batch, Future[Matched]] | None = (batch, here(batch))
+    while current is not None:
+        with gc_paused():
+            batch, job = current
+            with report.timed("match"):
+                rows, added = job.result()
+            if upcoming is None:  # the worker is free again: the next batch goes now
+                with report.timed("statistics"):
+                    following = store.unmatched_papers(MATCH_BATCH, after=batch[-1][0])
                 with report.timed("match"):
-                    job = match(following)
+                    upcoming = (following, match(following)) if following else None
             with report.timed("record_matches"):
                 pids = [pid for pid, _ in batch]
                 report.matches += store.record_matches(pids, rows, clock(), added, final.papers)
-            del rows
+            del rows, job
+            current, upcoming = upcoming, None
             give_back_memory()
-        if not following:
-            break
-        batch = following
 
 
 # Starts matching a batch of papers; the future gives its rows and statistics.
