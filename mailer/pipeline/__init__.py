@@ -90,7 +90,8 @@ class Pipeline:
         self.transport = transport
         self.clock = clock
         # Composing many digests at once runs here (a ProcessPoolExecutor whose
-        # initializer is mailer.pipeline.compose.init_worker); None composes in-process.
+        # initializer is mailer.pipeline.compose.init_worker), and so does matching
+        # a pass of several batches; None composes and matches in-process.
         self.compose_pool = compose_pool
         self.pause = TransportPause()
         self.scanner = Scanner(config.watch.dir, config.watch.settle_seconds, sleep)
