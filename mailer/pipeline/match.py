@@ -317,7 +317,7 @@ def match_new_papers(
     setup = MatchSetup(engine, active, likes or {}, examples, models)
     worker = _Worker(pool, setup) if pool is not None and len(batch) > MATCH_BATCH else None
     batch = batch[:MATCH_BATCH]
-    with report.timed("statistics"):
+    with gc_paused(), report.timed("statistics"):
         final = _counted(store.stats(), _ahead(store))
     here = _here(setup, final)
     match = worker.bound(final) if worker else here
