@@ -303,9 +303,8 @@ def match_new_papers(
     matches the batches one after another while this process records each
     as it comes, in its own transaction as ever: they are all scored against
     the same statistics, so none waits for the one before to be recorded.
-    This process matches the first itself, while the worker takes the
-    second (it has just started: it prepared while the statistics were
-    counted)."""
+    This process matches the first itself, while the worker (started while
+    the statistics were counted) takes the second or is still starting."""
     with report.timed("statistics"):
         batch = store.unmatched_papers(MATCH_BATCH + 1)
     if not batch:
@@ -322,15 +321,20 @@ def match_new_papers(
     here = _here(setup, final)
     match = worker.bound(final) if worker else here
     # The batch being recorded next and, when one is in hand, the one after.
+    current: tuple[Batch, Future[Matched]] | None = None
     upcoming: tuple[Batch, Future[Matched]] | None = None
     with gc_paused():
+        if worker and not worker.prepared.done():  # still starting: the first goes here now
+            with report.timed("match"):
+                current = (batch, here(batch))
         if worker:
             with report.timed("statistics"):
                 following = store.unmatched_papers(MATCH_BATCH, after=batch[-1][0])
             with report.timed("match"):
                 upcoming = (following, match(following)) if following else None
-        with report.timed("match"):
-            current: tuple[Batch, Future[Matched]] | None = (batch, here(batch))
+        if current is None:
+            with report.timed("match"):
+                current = (batch, here(batch))
     while current is not None:
         with gc_paused():
             batch, job = current
@@ -380,13 +384,13 @@ class _Worker:
         self.prepared = pool.submit(prepare_worker, self.token, self.setup)
 
     def bound(self, stats: Stats) -> Start:
-        """Batches matched against ``stats``, one at a time: the worker that
-        prepared is done before the first goes, so no second one is started
-        for it (composing starts the others)."""
-        self.prepared.result()
+        """Batches matched against ``stats``, one at a time, each once the
+        worker is done preparing, so that no second worker is started for it
+        (composing starts the others)."""
         blob = pickle.dumps(stats, protocol=pickle.HIGHEST_PROTOCOL)
 
         def start(papers: Sequence[tuple[int, Paper]]) -> Future[Matched]:
+            self.prepared.result()
             return self.pool.submit(match_in_worker, self.token, self.setup, blob, papers)
 
         return start
