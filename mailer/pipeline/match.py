@@ -11,6 +11,7 @@ import logging
 import pickle
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
 from concurrent.futures import Executor, Future
 from datetime import datetime
@@ -303,8 +304,8 @@ def match_new_papers(
     matches the batches one after another while this process records each
     as it comes, in its own transaction as ever: they are all scored against
     the same statistics, so none waits for the one before to be recorded.
-    This process matches the first itself, while the worker (started while
-    the statistics were counted) takes the second or is still starting."""
+    The worker starts while the statistics are counted; until it is ready,
+    this process matches the batches itself."""
     with report.timed("statistics"):
         batch = store.unmatched_papers(MATCH_BATCH + 1)
     if not batch:
@@ -320,36 +321,46 @@ def match_new_papers(
         final = _counted(store.stats(), _ahead(store))
     here = _here(setup, final)
     match = worker.bound(final) if worker else here
-    # The batch being recorded next and, when one is in hand, the one after.
-    current: tuple[Batch, Future[Matched]] | None = None
-    upcoming: tuple[Batch, Future[Matched]] | None = None
-    with gc_paused():
-        if worker and not worker.prepared.done():  # still starting: the first goes here now
+    # Batches matched or being matched, in order; the worker's latest job; the
+    # last batch read, and whether there may be more.
+    queue: deque[tuple[Batch, Future[Matched]]] = deque()
+    working: Future[Matched] | None = None
+    last, more = batch, True
+
+    def read() -> Batch:
+        nonlocal last, more
+        with report.timed("statistics"):
+            following = store.unmatched_papers(MATCH_BATCH, after=last[-1][0])
+        last, more = following or last, bool(following)
+        return following
+
+    def feed() -> None:
+        """The next batch to the worker once it is free (here: one ahead)."""
+        nonlocal working
+        free = (working is None or working.done()) if worker else not queue
+        if free and more and (following := read()):
             with report.timed("match"):
-                current = (batch, here(batch))
-        if worker:
-            with report.timed("statistics"):
-                following = store.unmatched_papers(MATCH_BATCH, after=batch[-1][0])
-            with report.timed("match"):
-                upcoming = (following, match(following)) if following else None
-        if current is None:
-            with report.timed("match"):
-                current = (batch, here(batch))
-    while current is not None:
+                working = match(following)
+            queue.append((following, working))
+
+    with gc_paused(), report.timed("match"):
+        queue.append((batch, here(batch)))
+    while worker and not worker.prepared.done() and more:  # still starting: match here
         with gc_paused():
-            batch, job = current
+            if following := read():
+                with report.timed("match"):
+                    queue.append((following, here(following)))
+    while queue:
+        with gc_paused():
+            feed()
+            batch, job = queue.popleft()
             with report.timed("match"):
                 rows, added = job.result()
-            if upcoming is None:  # the worker is free again: the next batch goes now
-                with report.timed("statistics"):
-                    following = store.unmatched_papers(MATCH_BATCH, after=batch[-1][0])
-                with report.timed("match"):
-                    upcoming = (following, match(following)) if following else None
+            feed()
             with report.timed("record_matches"):
                 pids = [pid for pid, _ in batch]
                 report.matches += store.record_matches(pids, rows, clock(), added, final.papers)
             del rows, job
-            current, upcoming = upcoming, None
             give_back_memory()
 
 
