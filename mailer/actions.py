@@ -53,10 +53,11 @@ def check_rendering(config: Config) -> Renderer:
 @contextmanager
 def compose_pool(config: Config) -> Iterator[Executor]:
     """Worker processes that compose digests, each building its Renderer and
-    opening the store once.
+    opening the store once; one also matches the papers of a pass of more
+    than one batch (mailer.pipeline.match) while the pass records them.
 
-    Processes, not threads: rendering is CPU-bound Python. Spawned lazily by
-    the executor when the first large batch of digests is composed.
+    Processes, not threads: rendering and matching are CPU-bound Python.
+    Spawned lazily by the executor when first used (a large pass).
     """
     pool = ProcessPoolExecutor(
         max_workers=os.cpu_count() or 1,

@@ -106,7 +106,15 @@ class FieldText:
     """One field of a paper: its folded tokens, and lazily their set, stems,
     positions and counts (most papers are only ever looked at as a whole)."""
 
-    __slots__ = ("_sorted", "_stem_list", "_stemset", "_tokset", "tokens")
+    __slots__ = (
+        "_sorted",
+        "_stem_counts",
+        "_stem_list",
+        "_stemset",
+        "_token_counts",
+        "_tokset",
+        "tokens",
+    )
 
     def __init__(self, text: str) -> None:
         self.tokens = tokens(text)
@@ -114,6 +122,8 @@ class FieldText:
         self._stemset: set[str] | None = None
         self._stem_list: list[str] | None = None
         self._sorted: list[str] | None = None
+        self._token_counts: Counter[str] | None = None
+        self._stem_counts: Counter[str] | None = None
 
     @property
     def tokset(self) -> set[str]:
@@ -159,7 +169,18 @@ class FieldText:
             return out
 
     def count(self, exact: bool, key: str) -> int:
-        return (self.tokens if exact else self.stem_list).count(key)
+        """How often ``key`` occurs: looked up in the field's counts, made on
+        first use (a paper's terms are weighed for many subscriptions, and
+        ``list.count`` compares every word each time)."""
+        if exact:
+            counts = self._token_counts
+            if counts is None:
+                counts = self._token_counts = Counter(self.tokens)
+        else:
+            counts = self._stem_counts
+            if counts is None:
+                counts = self._stem_counts = Counter(self.stem_list)
+        return counts.get(key, 0)
 
 
 @dataclass
@@ -212,6 +233,7 @@ class Doc:
 
     __slots__ = (
         "_org",
+        "_scale",
         "_text_tokens",
         "_weights",
         "abstract",
@@ -223,9 +245,14 @@ class Doc:
         "upvotes",
     )
 
-    def __init__(self, paper: Paper, stats: Stats = EMPTY_STATS) -> None:
+    def __init__(
+        self, paper: Paper, stats: Stats = EMPTY_STATS, scale: Scale | None = None
+    ) -> None:
         self.paper = paper
         self.stats = stats
+        # ``stats`` as weighing reads it; papers analysed together share one
+        # (see ``Scale``), others make their own on first use.
+        self._scale = scale
         self.title = FieldText(paper.title)
         self.abstract = FieldText(paper.abstract)
         self._org: FieldText | None = None
@@ -235,7 +262,8 @@ class Doc:
         self.text_stems = set(self.title.stem_list + self.abstract.stem_list)
         self.upvotes = paper.upvotes
         self.authors = paper.authors
-        self._weights: dict[tuple[bool, str], float] = {}
+        # By key, exact ones as "=word" (a stem never holds "=").
+        self._weights: dict[str, float] = {}
 
     @property
     def text_tokens(self) -> set[str]:
@@ -255,17 +283,20 @@ class Doc:
     def weight(self, exact: bool, key: str) -> float:
         """BM25F contribution of one term (a token if ``exact``, else a stem)
         over title and abstract, title hits weighted above abstract hits."""
-        cached = self._weights.get((exact, key))
+        memo = "=" + key if exact else key
+        cached = self._weights.get(memo)
         if cached is not None:
             return cached
+        scale = self._scale
+        if scale is None:
+            scale = self._scale = Scale(self.stats)
         title, abstract = self.title, self.abstract
-        value = bm25f(
-            self.stats.idf(key if not exact else stem(key)),
-            self.stats.average(),
+        value = self._weights[memo] = bm25f(
+            scale.idf(stem(key) if exact else key),
+            scale.average,
             (title.count(exact, key), len(title.tokens)),
             (abstract.count(exact, key), len(abstract.tokens)),
         )
-        self._weights[(exact, key)] = value
         return value
 
     def with_prefix(self, prefix: str) -> list[str]:

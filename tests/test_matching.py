@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Hashable, Iterable
 from operator import attrgetter
 
@@ -361,6 +362,24 @@ def test_scored_gives_each_matching_tree_once_with_its_hits_terms_and_score() ->
     ((uid, terms, score),) = matches.scored()
     assert engine.keys[uid] == ["a", "b"]
     assert {(h.terms, h.score) for h in matches} == {(terms, score)}
+
+
+def test_an_engine_pickled_and_loaded_again_finds_the_same_hits() -> None:
+    """A pass's engine goes to a worker process pickled (its checks and
+    scorers are closures): it is built there again from its queries."""
+    queries: dict[Hashable, Query] = {
+        ("ada", "a"): parse_query("graph study"),
+        ("ada", "b"): parse_query('"graph study"~3 OR grap*'),
+        ("lin", "c"): parse_query("NOT survey upvotes>=0"),
+        ("lin", "d"): parse_query("title:nothing"),
+    }
+    engine = Engine(queries)
+    again = pickle.loads(pickle.dumps(engine))
+    stats = Stats()
+    stats.observe(Doc(PAPER))
+    found = _by_query(engine.match(Doc(PAPER, stats)))
+    assert len(found) == 3
+    assert _by_query(again.match(Doc(PAPER, stats))) == found
 
 
 VOCAB = [

@@ -9,25 +9,33 @@ import multiprocessing
 import os
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, date, datetime
 from email import message_from_bytes, policy
 from email.message import EmailMessage
 from email.utils import parseaddr
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 from sqlalchemy import select
 
 import mailer.pipeline.compose as compose_module
+import mailer.pipeline.match as match_module
 from mailer.config import Config, parse_config
 from mailer.delivery import SmtpTransport, make_transport
-from mailer.dumps import format_dump
-from mailer.matching import Doc, rescore
+from mailer.dumps import format_dump, parse_dump
+from mailer.matching import Doc, Stats, rescore
 from mailer.papers import Paper
 from mailer.pipeline import PassReport, Pipeline
 from mailer.pipeline.compose import init_worker
+from mailer.pipeline.match import (
+    build_engine,
+    compile_queries,
+    match_new_papers,
+    sync_subscribers,
+)
 from mailer.store import Store
 from mailer.store.schema import MATCHES, PAPER_COLUMNS, PAPERS, paper_from_row
 from tests.conftest import SEEDS, SmtpServer, free_port
@@ -592,6 +600,117 @@ def test_a_pass_counts_every_new_paper_in_the_statistics(maildir: Harness) -> No
     maildir.drop_seeds()
     maildir.run()
     assert maildir.store.stats().papers == maildir.store.count_papers() > 0
+
+
+MATCHING = """
+[[subscribers]]
+email = "ada@example.org"
+[[subscribers.subscriptions]]
+name = "Diffusion"
+query = 'diffusion OR "score matching"'
+[[subscribers.subscriptions]]
+name = "Sampling"
+query = 'sampling -language'
+[[subscribers]]
+email = "lin@example.org"
+[[subscribers.subscriptions]]
+name = "Models"
+query = 'language model*'
+[[subscribers.subscriptions]]
+name = "Reasoning"
+query = 'title:reasoning OR "chain of thought"~2'
+[[subscribers.subscriptions]]
+name = "Transformers"
+query = 'transformer upvotes>=0'
+"""
+
+
+# A match row as ``recorded_matches`` gives it: subscriber, paper, each
+# subscription's (name, terms, score), all terms, scored_papers.
+Recorded = tuple[int, int, frozenset[tuple[str, tuple[str, ...], float]], tuple[str, ...], int]
+
+
+def recorded_matches(store: Store) -> set[Recorded]:
+    """Each match row as recorded, its subscriptions in no particular order
+    (they follow the order of a set of words, which differs between processes)."""
+    with store.transaction() as conn:
+        rows = conn.execute(
+            select(
+                MATCHES.c.subscriber_id,
+                MATCHES.c.paper_id,
+                MATCHES.c.subscriptions,
+                MATCHES.c.subscription_terms,
+                MATCHES.c.scores,
+                MATCHES.c.terms,
+                MATCHES.c.scored_papers,
+            )
+        ).all()
+        unmatched = conn.execute(select(PAPERS.c.id).where(PAPERS.c.matched.is_(False))).all()
+    assert unmatched == []
+    return {
+        (sub, paper, frozenset(zip(names, map(tuple, each), scores, strict=True)), tuple(t), n)
+        for sub, paper, names, each, scores, t, n in rows
+    }
+
+
+class Counted(match_module.Matcher):
+    """A Matcher that counts the papers of each batch it matches."""
+
+    batches: ClassVar[list[int]] = []
+
+    def __call__(self, papers: Sequence[tuple[int, Paper]]) -> match_module.Matched:
+        self.batches.append(len(papers))
+        return super().__call__(papers)
+
+
+def test_a_worker_process_matches_what_this_process_would_while_it_records(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With the compose pool, a worker matches the batches while this process
+    records them: the same rows, flags and statistics as matching here. This
+    process matches the first batch (and those after while the worker is
+    still starting: here it has started), the worker the rest."""
+    monkeypatch.setattr("mailer.pipeline.match.MATCH_BATCH", 40)
+    config = parse_config(
+        f'[database]\nurl = "sqlite:///{tmp_path / "unused.db"}"\n{MATCHING}',
+        source="test.toml",
+        base_dir=tmp_path,
+    )
+    papers = [
+        paper
+        for seed in sorted(SEEDS.glob("*.txt"))
+        for paper in parse_dump(seed.read_bytes(), source=seed.name, today=TODAY).papers
+    ]
+    now = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    found = []
+    for where in ("here", "worker"):
+        store = Store(f"sqlite:///{tmp_path / where}.db")
+        sync_subscribers(store, config, now)
+        store.ingest(
+            path=where, sha256=where, size=1, page_date=TODAY, papers=papers, warnings=0, now=now
+        )
+        engine = build_engine(compile_queries(config), Stats())
+        if where == "here":
+            match_new_papers(store, engine, lambda: now, PassReport())
+        else:
+            monkeypatch.setattr(match_module, "Matcher", Counted)
+            with ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=init_worker,
+                initargs=(store.url,),
+            ) as pool:
+                pool.submit(int).result()  # started
+                match_new_papers(store, engine, lambda: now, PassReport(), pool=pool)
+        found.append((recorded_matches(store), store.stats()))
+        store.close()
+    (here, here_stats), (worker, worker_stats) = found
+    assert len(papers) > 3 * 40
+    assert Counted.batches[0] == 40
+    assert sum(Counted.batches) < len(papers)
+    assert any(len(names) > 1 for _, _, names, _, _ in here)
+    assert worker == here
+    assert worker_stats == here_stats
 
 
 def test_every_batch_of_a_pass_is_scored_against_the_statistics_of_all_its_papers(

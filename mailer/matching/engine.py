@@ -170,6 +170,10 @@ class Engine:
 
     def __init__(self, queries: Mapping[Hashable, Query], stats: Stats | None = None) -> None:
         self.stats = stats or Stats()
+        # What it was built from: a pickled engine is built again from them
+        # (its checks and scorers are closures), in a worker process that
+        # matches for the pass (mailer.pipeline.match).
+        self._built_from = (dict(queries), self.stats)
         unique: dict[Node, int] = {}
         self.keys: list[list[Hashable]] = []
         self.counts: list[int] = []
@@ -210,6 +214,9 @@ class Engine:
         self.papers = 0
         self.candidates = 0
         self.always_checked = 0
+
+    def __reduce__(self) -> tuple[type[Engine], tuple[dict[Hashable, Query], Stats]]:
+        return (Engine, self._built_from)
 
     @property
     def size(self) -> int:

@@ -75,7 +75,7 @@ def phrase_in(text: FieldText, exact: bool, keys: tuple[str, ...], slop: int) ->
         seq = text.tokens if exact else text.stem_list
         first, rest, n = keys[0], list(keys[1:]), len(keys)
         at = -1
-        for _ in range(seq.count(first)):
+        for _ in range(text.count(exact, first)):
             at = seq.index(first, at + 1)
             if seq[at + 1 : at + n] == rest:
                 return True

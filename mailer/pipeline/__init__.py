@@ -90,7 +90,8 @@ class Pipeline:
         self.transport = transport
         self.clock = clock
         # Composing many digests at once runs here (a ProcessPoolExecutor whose
-        # initializer is mailer.pipeline.compose.init_worker); None composes in-process.
+        # initializer is mailer.pipeline.compose.init_worker), and so does matching
+        # a pass of several batches; None composes and matches in-process.
         self.compose_pool = compose_pool
         self.pause = TransportPause()
         self.scanner = Scanner(config.watch.dir, config.watch.settle_seconds, sleep)
@@ -202,7 +203,15 @@ class Pipeline:
             warn_missing_examples(self.store, self.config)  # after ingest: they may just be in
             self._examples_checked = self.config
         refresh_models(self.store, self.clock)
-        match_new_papers(self.store, self.engine, self.clock, report, self.likes, self.suggesting)
+        match_new_papers(
+            self.store,
+            self.engine,
+            self.clock,
+            report,
+            self.likes,
+            self.suggesting,
+            self.compose_pool,
+        )
 
     def compose(self, report: PassReport) -> None:
         """Matches -> digests -> messages in the outbox (the leader's step)."""

@@ -8,12 +8,17 @@ backfill and ``send-test``, so each finds what the others would.
 from __future__ import annotations
 
 import logging
+import pickle
 import time
-from collections.abc import Collection, Hashable, Iterable, Mapping, Sequence
+import uuid
+from collections import deque
+from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, Sequence
+from concurrent.futures import Executor, Future
 from datetime import datetime
 from functools import partial
-from typing import cast
+from typing import NamedTuple, cast
 
+from mailer.analysis import Scale
 from mailer.collector import give_back_memory
 from mailer.config import Config, SubscriberConfig, SubscriptionConfig
 from mailer.matching import Doc, Engine, Query, Stats, rescore
@@ -24,7 +29,7 @@ from mailer.relevance.defaults import DEFAULT_TOP
 from mailer.relevance.likes import Like, LikeIndex, example_keys, missing_titles
 from mailer.relevance.reader import NEGATIVES, Suggester, train
 from mailer.relevance.vectors import TfidfEncoder, Vector
-from mailer.store import NewMatch, Store
+from mailer.store import MatchFields, NewMatch, ReaderModel, Store
 
 log = logging.getLogger("mailer")
 
@@ -94,8 +99,10 @@ def build_engine(queries: Mapping[str, Mapping[str, Query]], stats: Stats) -> En
 
 
 def analysed(papers: Iterable[tuple[int, Paper]], stats: Stats) -> list[tuple[int, Doc]]:
-    """(id, paper) -> (id, Doc) scored against ``stats``."""
-    return [(paper_id, Doc(paper, stats)) for paper_id, paper in papers]
+    """(id, paper) -> (id, Doc) scored against ``stats``, sharing one ``Scale``
+    (each stem's IDF worked out once for them all)."""
+    scale = Scale(stats)
+    return [(paper_id, Doc(paper, stats, scale)) for paper_id, paper in papers]
 
 
 # (subscriber id, subscription name) of each subscription a hit stands for.
@@ -201,6 +208,78 @@ def subscription_engine(sub: SubscriberConfig, stats: Stats) -> Engine:
     return build_engine({sub.email: _queries(sub)}, stats)
 
 
+class MatchSetup(NamedTuple):
+    """What matching a pass's batches needs besides their papers and the
+    statistics (see ``match_rows``): the engine, the active subscribers' ids
+    by email, the similarity subscriptions with their stored example papers,
+    and the reader models of those who get suggestions."""
+
+    engine: Engine
+    subscriber_ids: Mapping[str, int]
+    likes: Mapping[tuple[str, str], Like]
+    examples: Mapping[str, Paper]
+    models: Mapping[int, ReaderModel]
+
+
+# A batch of papers to match, (id, paper) by id; its match rows (plain
+# tuples, see ``MatchFields``) and its papers' statistics.
+Batch = list[tuple[int, Paper]]
+Matched = tuple[list[MatchFields], Stats]
+
+
+class Matcher:
+    """A pass's batches of papers -> their match rows and statistics, all
+    scored against the same statistics; in this process or in a worker
+    (``match_in_worker``)."""
+
+    def __init__(self, setup: MatchSetup, stats: Stats) -> None:
+        self.setup = setup
+        self.stats = stats
+        setup.engine.stats = stats
+        self.index = like_index(setup.likes, setup.examples, stats)
+        self.suggester = Suggester(setup.models)
+
+    def __call__(self, papers: Sequence[tuple[int, Paper]]) -> Matched:
+        setup = self.setup
+        with gc_paused():
+            docs = analysed(papers, self.stats)
+            added = Stats()
+            for _, doc in docs:
+                added.observe(doc)
+            rows = match_rows(
+                setup.engine, docs, setup.subscriber_ids, self.index, self.suggester or None
+            )
+            return [(*row,) for row in rows], added
+
+
+# In a worker process: the pass it last served, its setup and its matcher
+# (made at its first batch, when the statistics are known).
+_served: tuple[str, MatchSetup, Matcher | None] | None = None
+
+
+def prepare_worker(token: str, setup: bytes) -> None:
+    """Run in a worker process: unpickle a pass's ``MatchSetup`` (building
+    its engine), once per pass (``token``), not once per batch."""
+    global _served
+    if _served is None or _served[0] != token:
+        _served = (token, pickle.loads(setup), None)  # noqa: S301  (pickled by our parent)
+
+
+def match_in_worker(
+    token: str, setup: bytes, stats: bytes, papers: Sequence[tuple[int, Paper]]
+) -> Matched:
+    """Run in a worker process: ``Matcher`` over one batch of a pass, its
+    setup and statistics as the pass pickled them once."""
+    global _served
+    prepare_worker(token, setup)
+    assert _served is not None
+    token, found, matcher = _served
+    if matcher is None:
+        matcher = Matcher(found, pickle.loads(stats))  # noqa: S301  (pickled by our parent)
+        _served = (token, found, matcher)
+    return matcher(papers)
+
+
 def match_new_papers(
     store: Store,
     engine: Engine,
@@ -208,6 +287,7 @@ def match_new_papers(
     report: PassReport,
     likes: Mapping[tuple[str, str], Like] | None = None,
     suggesting: Collection[str] = (),
+    pool: Executor | None = None,
 ) -> None:
     """The match stage: the papers not yet matched, in batches, each counted
     in the corpus statistics in the transaction that records its matches
@@ -218,39 +298,113 @@ def match_new_papers(
     the scores as recorded. Matches composed later, after more papers were
     counted, are weighed again then (similarity subscriptions' scores stand
     as recorded). Readers in ``suggesting`` (emails) with a trained model
-    get suggestions."""
+    get suggestions.
+
+    With a ``pool`` (the compose workers) and more than one batch, a worker
+    matches the batches one after another while this process records each
+    as it comes, in its own transaction as ever: they are all scored against
+    the same statistics, so none waits for the one before to be recorded.
+    The worker starts while the statistics are counted; until it is ready,
+    this process matches the batches itself."""
+    with report.timed("statistics"):
+        batch = store.unmatched_papers(MATCH_BATCH + 1)
+    if not batch:
+        return
     active = store.active_subscriber_ids()
-    examples: dict[str, Paper] | None = None
-    suggester: Suggester | None = None
-    final: Stats | None = None
-    while True:
-        with gc_paused():
-            with report.timed("statistics"):
-                batch = store.unmatched_papers(MATCH_BATCH)
-                if not batch:
-                    break
-                if final is None:
-                    final = _counted(store.stats(), _ahead(store))
-                engine.stats = final
-                docs = analysed(batch, final)
-                added = Stats()
-                for _, doc in docs:
-                    added.observe(doc)
+    examples = store.papers_by_keys(example_keys(likes.values())) if likes else {}
+    ids = [active[e] for e in suggesting if e in active]
+    models = store.reader_models(ids) if ids else {}
+    setup = MatchSetup(engine, active, likes or {}, examples, models)
+    worker = _Worker(pool, setup) if pool is not None and len(batch) > MATCH_BATCH else None
+    batch = batch[:MATCH_BATCH]
+    with gc_paused(), report.timed("statistics"):
+        final = _counted(store.stats(), _ahead(store))
+    here = _here(setup, final)
+    match = worker.bound(final) if worker else here
+    # Batches matched or being matched, in order; the worker's latest job; the
+    # last batch read, and whether there may be more.
+    queue: deque[tuple[Batch, Future[Matched]]] = deque()
+    working: Future[Matched] | None = None
+    last, more = batch, True
+
+    def read() -> Batch:
+        nonlocal last, more
+        with report.timed("statistics"):
+            following = store.unmatched_papers(MATCH_BATCH, after=last[-1][0])
+        last, more = following or last, bool(following)
+        return following
+
+    def feed() -> None:
+        """The next batch to the worker once it is free (here: one ahead)."""
+        nonlocal working
+        free = (working is None or working.done()) if worker else not queue
+        if free and more and (following := read()):
             with report.timed("match"):
-                index = None
-                if likes:
-                    if examples is None:
-                        examples = store.papers_by_keys(example_keys(likes.values()))
-                    index = like_index(likes, examples, final)
-                if suggester is None:
-                    ids = [active[e] for e in suggesting if e in active]
-                    suggester = Suggester(store.reader_models(ids) if ids else {})
-                rows = match_rows(engine, docs, active, index, suggester or None)
+                working = match(following)
+            queue.append((following, working))
+
+    with gc_paused(), report.timed("match"):
+        queue.append((batch, here(batch)))
+    while worker and not worker.prepared.done() and more:  # still starting: match here
+        with gc_paused():
+            if following := read():
+                with report.timed("match"):
+                    queue.append((following, here(following)))
+    while queue:
+        with gc_paused():
+            feed()
+            batch, job = queue.popleft()
+            with report.timed("match"):
+                rows, added = job.result()
+            feed()
             with report.timed("record_matches"):
                 pids = [pid for pid, _ in batch]
                 report.matches += store.record_matches(pids, rows, clock(), added, final.papers)
-            del batch, docs, rows
+            del rows, job
             give_back_memory()
+
+
+# Starts matching a batch of papers; the future gives its rows and statistics.
+Start = Callable[[Sequence[tuple[int, Paper]]], "Future[Matched]"]
+
+
+def _here(setup: MatchSetup, stats: Stats) -> Start:
+    """Match in this process, at once: the future is already done."""
+    matcher = Matcher(setup, stats)
+
+    def start(papers: Sequence[tuple[int, Paper]]) -> Future[Matched]:
+        done: Future[Matched] = Future()
+        try:
+            done.set_result(matcher(papers))
+        except Exception as exc:
+            done.set_exception(exc)
+        return done
+
+    return start
+
+
+class _Worker:
+    """Matching in one of ``pool``'s workers: the pass's setup pickled once,
+    and sent ahead so the worker prepares while this process counts the
+    statistics."""
+
+    def __init__(self, pool: Executor, setup: MatchSetup) -> None:
+        self.pool = pool
+        self.token = uuid.uuid4().hex
+        self.setup = pickle.dumps(setup, protocol=pickle.HIGHEST_PROTOCOL)
+        self.prepared = pool.submit(prepare_worker, self.token, self.setup)
+
+    def bound(self, stats: Stats) -> Start:
+        """Batches matched against ``stats``, one at a time, each once the
+        worker is done preparing, so that no second worker is started for it
+        (composing starts the others)."""
+        blob = pickle.dumps(stats, protocol=pickle.HIGHEST_PROTOCOL)
+
+        def start(papers: Sequence[tuple[int, Paper]]) -> Future[Matched]:
+            self.prepared.result()
+            return self.pool.submit(match_in_worker, self.token, self.setup, blob, papers)
+
+        return start
 
 
 def _ahead(store: Store) -> Stats:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from mailer.outbox_states import DeliveryStatus, OutboxState
     from mailer.store.database import LAST_PASS, Store
     from mailer.store.feedback import Feedback, Mark, MarkOutcome, ReaderModel
-    from mailer.store.matches import Matches, NewMatch, PendingMatch
+    from mailer.store.matches import Matches, MatchFields, NewMatch, PendingMatch
     from mailer.store.nodes import NodeBeat, Nodes
     from mailer.store.outbox import Claimed, Outbox, Outgoing
     from mailer.store.papers import IngestOutcome, Papers, add_statistics
@@ -60,7 +60,7 @@ _MODULES = {
     "mailer.outbox_states": ("DeliveryStatus", "OutboxState"),
     "mailer.store.database": ("LAST_PASS", "Store"),
     "mailer.store.feedback": ("Feedback", "Mark", "MarkOutcome", "ReaderModel"),
-    "mailer.store.matches": ("Matches", "NewMatch", "PendingMatch"),
+    "mailer.store.matches": ("MatchFields", "Matches", "NewMatch", "PendingMatch"),
     "mailer.store.nodes": ("NodeBeat", "Nodes"),
     "mailer.store.outbox": ("Claimed", "Outbox", "Outgoing"),
     "mailer.store.papers": ("IngestOutcome", "Papers", "add_statistics"),
@@ -107,6 +107,7 @@ __all__ = [
     "Mark",
     "MarkKind",
     "MarkOutcome",
+    "MatchFields",
     "MatchRow",
     "Matches",
     "NewMatch",

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from mailer.analysis import Stats
     from mailer.papers import Paper
     from mailer.store.feedback import Feedback, Mark, MarkOutcome, ReaderModel
-    from mailer.store.matches import Matches, NewMatch, PendingMatch
+    from mailer.store.matches import Matches, MatchFields, NewMatch, PendingMatch
     from mailer.store.nodes import NodeBeat, Nodes
     from mailer.store.outbox import Claimed, Outbox, Outgoing
     from mailer.store.papers import IngestOutcome, Papers
@@ -331,7 +331,7 @@ class Store:
     def record_matches(
         self,
         paper_ids: Sequence[int],
-        matches: Iterable[NewMatch],
+        matches: Iterable[MatchFields],
         now: datetime,
         counted: Stats | None = None,
         scored_papers: int | None = None,
