@@ -3,22 +3,15 @@
 Everything is validated when loaded (including every subscription query), so
 a bad value is reported once, at start, naming its key, never at send time.
 A file whose very bytes were validated before, by the same code, is read
-back from a cache of that load (``_cache_file``): a start with thousands of
+back from a cache of that load (mailer.config_cache): a start with thousands of
 subscribers then parses no TOML, address or query again. ``check-config``
 always validates the file itself.
 """
 
 from __future__ import annotations
 
-import datetime as datetime_module
-import hashlib
-import importlib.util
-import io
 import os
-import pickle
 import re
-import sys
-import tempfile
 from collections import Counter
 from contextvars import ContextVar
 from datetime import UTC, date, datetime
@@ -29,7 +22,6 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-import pydantic_core
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -42,19 +34,26 @@ from pydantic import (
     model_validator,
 )
 
-from mailer import __version__
 from mailer.addresses import (
     address_key,
     normalise_address,
-    remember_addresses,
     remembered_addresses,
 )
 from mailer.collector import gc_paused
+from mailer.config_cache import (
+    Cached,
+    Summary,
+    cache_file,
+    cache_key,
+    config_file,
+    environment_overrides,
+    read_cache,
+    resolved_url,
+    write_cache,
+)
 from mailer.dumpfiles import DEFAULT_MAX_DUMP_BYTES, DEFAULT_MAX_LINE_BYTES
 from mailer.errors import ConfigError, QueryError
 
-DEFAULT_CONFIG = Path("config.toml")
-ENV_PREFIX = "MAILER_"  # MAILER_SMTP__PASSWORD overrides [smtp] password
 DEFAULT_PAPER_URL = "https://arxiv.org/search/?query={title}&searchtype=title"
 # Every number has a range, so inf, nan, 1e-6 or 1e300 is refused at load,
 # naming its key, instead of spinning the scheduler or crashing a send.
@@ -487,15 +486,8 @@ def settings(data: dict[str, Any]) -> Config:
 
 
 def _environment_overrides() -> bool:
-    """Whether a MAILER_<KEY> or MAILER_<KEY>__... variable names a top-level
-    key, however it is cased, as pydantic-settings matches them."""
-    for name in os.environ:
-        upper = name.upper()
-        if upper.startswith(ENV_PREFIX) and (
-            upper[len(ENV_PREFIX) :].split("__", 1)[0].lower() in Config.model_fields
-        ):
-            return True
-    return False
+    """Whether a MAILER_<KEY> variable names a top-level key."""
+    return environment_overrides(Config.model_fields, os.environ)
 
 
 def example_config_text() -> str:
@@ -507,12 +499,21 @@ def example_config_text() -> str:
 
 
 def parse_config(
-    text: str, *, source: str, base_dir: Path | None = None, check_queries: bool = True
+    text: str,
+    *,
+    source: str,
+    base_dir: Path | None = None,
+    check_queries: bool = True,
+    file: Path | None = None,
 ) -> Config:
     """Validate TOML text as a configuration; relative paths resolve from
     ``base_dir``. ``check_queries=False`` leaves the queries unparsed, for
-    commands that only show them."""
-    config, _ = _validated(text, source, check_queries)
+    commands that only show them. ``file``: the file ``text`` is (or is about
+    to be) the contents of; a full validation is cached for it, as by
+    ``load_config``, so the next command to read it starts warm."""
+    config, data = _validated(text, source, check_queries)
+    if file is not None and check_queries and (cache := cache_file(file)):
+        _save_cache(cache, cache_key(text.encode("utf-8")), data, config)
     return _resolve(config, base_dir) if base_dir else config
 
 
@@ -544,15 +545,12 @@ def load_config(
     ``cached``: a file whose very bytes were fully validated before by this
     code is taken from the cache (``_cache_file``) without parsing its TOML,
     addresses or queries again; ``check-config`` passes False."""
+    path = config_file(path)
     if path is None:
-        env = os.environ.get("MAILER_CONFIG")
-        path = Path(env) if env else None
-    if path is None and not DEFAULT_CONFIG.exists():
         example = parse_config(
             example_config_text(), source="<embedded example>", check_queries=check_queries
         )
         return example, "embedded example"
-    path = path or DEFAULT_CONFIG
     try:
         raw = path.read_bytes()
         text = raw.decode("utf-8")
@@ -564,8 +562,8 @@ def load_config(
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text", hint="save it as UTF-8") from exc
     base_dir = path.resolve().parent
-    cache = _cache_file(path) if not _subscribers_from_env() else None
-    key = _cache_key(raw) if cache else ""
+    cache = cache_file(path)
+    key = cache_key(raw) if cache else ""
     config = _from_cache(cache, key) if cache and cached else None
     if config is None:
         # As Path.read_text reads it: universal newlines.
@@ -576,133 +574,42 @@ def load_config(
     return _resolve(config, base_dir), str(path)
 
 
-# --- the cache of validated configurations -------------------------------------
-
-# What a cache file holds: a line naming this format and the key, then the
-# TOML data and the addresses it validated, pickled (plain data only, see
-# _CacheReader).
-_CACHE_FORMAT = 1
-
-
-def _cache_file(path: Path) -> Path | None:
-    """Where a configuration file's cache lives: $MAILER_CACHE_DIR (empty: no
-    cache), else systemd's cache or state directory, else the user's cache
-    folder; one file per configuration path."""
-    env = os.environ
-    try:
-        if "MAILER_CACHE_DIR" in env:
-            if not env["MAILER_CACHE_DIR"]:
-                return None
-            folder = Path(env["MAILER_CACHE_DIR"])
-        elif env.get("CACHE_DIRECTORY"):
-            folder = Path(env["CACHE_DIRECTORY"].split(":")[0])
-        elif env.get("STATE_DIRECTORY"):
-            folder = Path(env["STATE_DIRECTORY"].split(":")[0]) / "cache"
-        elif env.get("XDG_CACHE_HOME"):
-            folder = Path(env["XDG_CACHE_HOME"]) / "mailer"
-        else:
-            folder = Path.home() / ".cache" / "mailer"
-        where = str(path.resolve()).encode("utf-8", "surrogateescape")
-    except (OSError, RuntimeError):  # no home folder, or an unresolvable path
-        return None
-    return folder / f"config-{hashlib.sha256(where).hexdigest()[:32]}.pickle"
-
-
-def _subscribers_from_env() -> bool:
-    """Subscribers given in the environment: their queries are not the file's."""
-    return any(k.upper().startswith("MAILER_SUBSCRIBERS") for k in os.environ)
-
-
-def _cache_key(raw: bytes) -> str:
-    """The file's bytes and everything that judged them: the Python, mailer
-    and pydantic versions and the code that validates addresses and queries
-    (a changed checkout must not trust an old verdict)."""
-    stamps = [sys.version, __version__, pydantic_core.__version__]
-    # Found, not imported: a load from the cache imports no query parser.
-    judges = ("mailer.config", "mailer.addresses", "mailer.query", "mailer.analysis")
-    for name in (*judges, "email_validator", "luqum"):
-        spec = importlib.util.find_spec(name)
-        stamps.append(_stamp(spec.origin if spec else None))
-    digest = hashlib.sha256(raw)
-    digest.update("\0".join(stamps).encode("utf-8", "surrogateescape"))
-    return digest.hexdigest()
-
-
-def _cache_head(key: str) -> bytes:
-    return f"mailer config cache {_CACHE_FORMAT} {key}".encode("ascii")
-
-
-def _stamp(file: str | None) -> str:
-    if not file:
-        return "-"
-    try:
-        st = Path(file).stat()
-    except OSError:
-        return "-"
-    return f"{file}:{st.st_mtime_ns}:{st.st_size}"
-
-
-class _CacheReader(pickle.Unpickler):
-    """Unpickles plain data and dates only: a planted cache file cannot run code."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "datetime" and name in ("datetime", "date", "time", "timedelta", "timezone"):
-            return getattr(datetime_module, name)
-        raise pickle.UnpicklingError(f"{module}.{name} is not allowed in a configuration cache")
+# --- the cache of validated configurations (mailer.config_cache) -------------
 
 
 def _from_cache(cache: Path, key: str) -> Config | None:
     """The configuration as validated when the cache was written; None when
     there is no usable cache for exactly these bytes (or the environment now
     makes it invalid: then the full load says why, as always)."""
-    with gc_paused():  # the unpickled data and the models: many objects, no cycles
-        try:
-            head, _, body = cache.read_bytes().partition(b"\n")
-            if head != _cache_head(key):
-                return None
-            data, addresses = _CacheReader(io.BytesIO(body)).load()
-            remember_addresses(addresses)
-        except Exception:  # unreadable, torn or foreign: rebuilt by the full load
-            return None
-        checking = _CHECK_QUERIES.set(False)  # every query parsed when this was written
-        try:
-            return settings(data)
-        except ValidationError:
-            return None
-        finally:
-            _CHECK_QUERIES.reset(checking)
+    found = read_cache(cache, key)
+    if found is None:
+        return None
+    checking = _CHECK_QUERIES.set(False)  # every query parsed when this was written
+    try:
+        with gc_paused():  # the models: many objects, no cycles
+            return settings(found.data)
+    except ValidationError:
+        return None
+    finally:
+        _CHECK_QUERIES.reset(checking)
 
 
 def _save_cache(cache: Path, key: str, data: dict[str, Any], config: Config) -> None:
-    """Write the cache atomically (a reader sees the old file or the new one),
-    with the addresses validated so far (all valid: failures are not kept);
-    a cache that cannot be written is no error."""
+    """Cache the load, with the addresses validated so far (all valid:
+    failures are not kept) and the summary quick commands read."""
+    from mailer.subscriber_list import config_rows
+
     for sub in config.subscribers:  # as the store will look them up
         normalise_address(sub.email)
-    addresses = remembered_addresses()
-    try:
-        cache.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd, temp = tempfile.mkstemp(dir=cache.parent, prefix=".config-", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(_cache_head(key) + b"\n")
-                pickle.dump((data, addresses), f, protocol=5)
-            Path(temp).replace(cache)
-        except BaseException:
-            Path(temp).unlink()
-            raise
-    except (OSError, pickle.PicklingError):
-        return
+    summary = Summary(tuple(Config.model_fields), config.database.url, config_rows(config))
+    write_cache(cache, key, Cached(data, remembered_addresses(), summary))
 
 
 def _resolve(config: Config, base: Path) -> Config:
     def at(p: Path) -> Path:
         return p if p.is_absolute() else base / p
 
-    url = config.database.url
-    prefix = "sqlite:///"
-    if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
-        url = prefix + str(at(Path(url.removeprefix(prefix))))
+    url = resolved_url(config.database.url, base)
     templates = config.render.templates
     key_file = config.dkim.private_key_file
     bounces = config.bounces

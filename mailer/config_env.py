@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from mailer.config import ENV_PREFIX, Config
+from mailer.config import Config
+from mailer.config_cache import ENV_PREFIX
 
 
 class EnvConfig(Config, BaseSettings):

@@ -281,6 +281,7 @@ class Daemon:
                 data.decode("utf-8", errors="replace"),
                 source=str(path),
                 base_dir=path.resolve().parent,
+                file=path,
             )
             Renderer(config.render.templates, paper_url=config.render.paper_url)
         except MailerError as exc:

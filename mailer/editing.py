@@ -334,7 +334,7 @@ def _apply_locked(path: Path, target: Path, edit: Callable[[str], str]) -> Confi
         raise ConfigError(f"{path}: not UTF-8 text", hint="save it as UTF-8") from exc
     edited = edit(text)
     try:
-        config = parse_config(edited, source=str(path), base_dir=target.parent)
+        config = parse_config(edited, source=str(path), base_dir=target.parent, file=target)
     except ConfigError as exc:
         raise ConfigError(f"{exc.message}\n{path} was not changed", hint=exc.hint) from exc
     write_atomic(target, edited.encode("utf-8"), expected=before)

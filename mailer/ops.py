@@ -26,12 +26,12 @@ if TYPE_CHECKING:
     # it needs of the store, pipeline and matching is imported where used.
     from rich.progress import Progress
 
-    from mailer.config import Config, SubscriberConfig, SubscriptionConfig
+    from mailer.config import Config, SubscriberConfig
     from mailer.matching import Doc, Query, Stats
     from mailer.papers import Paper
     from mailer.pipeline import Pipeline
     from mailer.relevance.likes import Like
-    from mailer.store import DeliveryRow, Store, SubscriberState, Suppression, WebSubscriber
+    from mailer.store import DeliveryRow, Store, SubscriberState, Suppression
 
 log = logging.getLogger("mailer")
 
@@ -506,58 +506,3 @@ def suppression_entry(suppression: Suppression) -> dict[str, object]:
         "source": suppression.source,
         "reason": suppression.reason,
     }
-
-
-def _subscription_row(q: SubscriptionConfig) -> dict[str, object]:
-    row: dict[str, object] = {"name": q.name, "query": q.query}
-    if q.similar:
-        row.update(like=q.like, like_text=q.like_text, described=q.described)
-    return row
-
-
-def subscriber_rows(
-    config: Config,
-    unsubscribed: Mapping[str, datetime],
-    web: Sequence[WebSubscriber] = (),
-) -> list[dict[str, object]]:
-    """Every subscriber as ``mailer subs list`` shows them: config.toml's,
-    with when the database has them unsubscribed (by address key), then
-    those who signed up on the web pages (``origin``: config or web;
-    ``status``: active, unsubscribed, and for web ones pending, paused or
-    removed)."""
-    rows: list[dict[str, object]] = []
-    for sub in config.subscribers:
-        gone = unsubscribed.get(address_key(sub.email))
-        rows.append(
-            {
-                "email": sub.email,
-                "name": sub.name,
-                "schedule": sub.schedule,
-                "timezone": sub.timezone,
-                "subscriptions": [_subscription_row(q) for q in sub.subscriptions],
-                "unsubscribed": gone is not None,
-                "unsubscribed_at": gone.isoformat() if gone else None,
-                "origin": "config",
-                "status": "unsubscribed" if gone else "active",
-            }
-        )
-    configured = {address_key(s.email) for s in config.subscribers}
-    for w in web:
-        if w.email_key in configured:
-            continue  # config.toml owns the address now
-        rows.append(
-            {
-                "email": w.email,
-                "name": w.name,
-                "schedule": w.schedule,
-                "timezone": w.timezone,
-                "subscriptions": [{"name": n, "query": q} for n, q in w.subscriptions],
-                "unsubscribed": w.unsubscribed_at is not None,
-                "unsubscribed_at": w.unsubscribed_at.isoformat() if w.unsubscribed_at else None,
-                "origin": "web",
-                "status": w.status,
-                "paused_until": w.paused_until.isoformat() if w.paused_until else None,
-                "max_papers": w.max_papers,
-            }
-        )
-    return rows

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import typer
 
-from mailer.cli import app
+from mailer.cli.app import app
 from tests.conftest import ROOT, SEEDS, SmtpServer
 from tests.waiting import passes, wait_for, wait_for_fresh_passes
 

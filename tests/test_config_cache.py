@@ -43,9 +43,9 @@ def cache_files(folder: Path) -> list[Path]:
 def tamper(cache: Path, name: str) -> None:
     """Keep the cache's key line, change the subscriber's name inside."""
     head, _, body = cache.read_bytes().partition(b"\n")
-    data, addresses = pickle.loads(body)
-    data["subscribers"][0]["name"] = name
-    cache.write_bytes(head + b"\n" + pickle.dumps((data, addresses)))
+    cached = pickle.loads(body)
+    cached.data["subscribers"][0]["name"] = name
+    cache.write_bytes(head + b"\n" + pickle.dumps(cached))
 
 
 class Planted:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from mailer import migrate
+from mailer.config import load_config
 from mailer.store import Store
 
 HEAVY = ("sqlalchemy", "sqlmodel", "alembic", "aiohttp", "apscheduler", "jinja2")
@@ -53,14 +54,20 @@ def test_the_pass_loads_scikit_learn_only_for_similarity_or_readers_models() -> 
     assert [m for m in done.stdout.split() if m.split(".")[0] == "sklearn"] == []
 
 
-def test_subs_list_on_a_database_at_head_reads_it_without_sqlalchemy(tmp_path: Path) -> None:
-    config = tmp_path / "config.toml"
+def listed_config(folder: Path) -> Path:
+    """A configuration of one subscriber, and its database, created at head."""
+    config = folder / "config.toml"
     config.write_text(
-        '[[subscribers]]\nemail = "ada@example.org"\n'
+        '[[subscribers]]\nemail = "Ada@Example.org"\n'
         '[[subscribers.subscriptions]]\nname = "LLM"\nquery = "llm"\n',
         encoding="utf-8",
     )
-    Store(f"sqlite:///{tmp_path / 'mailer.db'}").close()  # created, at head
+    Store(f"sqlite:///{folder / 'mailer.db'}").close()
+    return config
+
+
+def test_subs_list_on_a_database_at_head_reads_it_without_sqlalchemy(tmp_path: Path) -> None:
+    config = listed_config(tmp_path)
     modules = imported_modules("--config", str(config), "subs", "list", cwd=tmp_path)
     assert "mailer.store.listing" in modules
     quick = (*HEAVY, "sklearn", "pydantic_settings")  # no MAILER_ variable sets a key
@@ -70,3 +77,13 @@ def test_subs_list_on_a_database_at_head_reads_it_without_sqlalchemy(tmp_path: P
 
 def test_the_head_known_from_the_revision_files_names_is_alembics_head() -> None:
     assert migrate.packaged_head(migrate.MIGRATIONS) == migrate.head()
+
+
+def test_a_warm_subs_list_loads_no_typer_pydantic_or_address_validator(tmp_path: Path) -> None:
+    config = listed_config(tmp_path)
+    load_config(config)  # a full load caches the file
+    modules = imported_modules("--config", str(config), "subs", "list", cwd=tmp_path)
+    assert "mailer.cli.quick" in modules
+    full = (*HEAVY, "typer", "pydantic", "pydantic_core", "email_validator", "mailer.config")
+    loaded = sorted(m for m in modules if m in full or m.split(".")[0] in full)
+    assert loaded == []

@@ -24,6 +24,7 @@ from rich.logging import RichHandler
 from rich.markup import escape
 
 from mailer import __version__
+from mailer.cli import COMMANDS
 from mailer.errors import MailerError
 from mailer.ops import EMBEDDED, JsonFormatter, LogFormat
 
@@ -36,10 +37,6 @@ if TYPE_CHECKING:
     from mailer.papers import Paper
     from mailer.store import Store
     from mailer.store.listing import Listing
-
-# The commands: name -> (module of mailer.cli, its function or Typer), in the
-# order ``mailer --help`` lists them; mailer.cli fills it in.
-COMMANDS: dict[str, tuple[str, str]] = {}
 
 
 class _Commands(MutableMapping[str, "click.Command"]):
@@ -236,26 +233,20 @@ def open_store(config: Config) -> Store:
     return Store(config.database.url)
 
 
-def _sqlite_missing(config: Config) -> bool:
-    """A SQLite database that does not exist yet: read-only commands don't create it."""
-    url = config.database.url
-    prefix = "sqlite:///"
-    return (
-        url.startswith(prefix) and ":memory:" not in url and not Path(url[len(prefix) :]).exists()
-    )
-
-
 def open_existing(config: Config) -> Store | None:
     """The store, or None when it does not exist yet (read-only commands)."""
-    return None if _sqlite_missing(config) else open_store(config)
+    from mailer.store.listing import sqlite_missing
+
+    return None if sqlite_missing(config.database.url) else open_store(config)
 
 
 def stored_subscribers(config: Config) -> Listing:
     """What ``mailer subs list`` shows from the database (none when it does
     not exist yet), read without opening the store when it can be."""
-    from mailer.store.listing import Listing, stored_listing
+    from mailer.store.listing import Listing, sqlite_missing, stored_listing
 
-    return Listing() if _sqlite_missing(config) else stored_listing(config.database.url)
+    url = config.database.url
+    return Listing() if sqlite_missing(url) else stored_listing(url)
 
 
 def meta_line(paper: Paper) -> str:

@@ -15,13 +15,11 @@ from rich.markup import escape
 from rich.text import Text
 
 from mailer.cli.app import meta_line, open_existing, open_store, out, state_of, stored_subscribers
-from mailer.cli.columns import aligned_table
 from mailer.errors import ConfigError, QueryError
 from mailer.ops import (
     highlighted,
     missing_examples,
     missing_lines,
-    subscriber_rows,
     tried_rows,
     try_like,
     try_query,
@@ -114,7 +112,7 @@ def _report_missing(config: Config, email: str, name: str) -> None:
 
 
 def _config_to_edit(ctx: typer.Context) -> Path:
-    from mailer.config import DEFAULT_CONFIG
+    from mailer.config_cache import DEFAULT_CONFIG
 
     path = state_of(ctx).config_path or DEFAULT_CONFIG
     if not path.exists():
@@ -197,33 +195,15 @@ def subs_list(
 ) -> None:
     """The subscribers of config.toml and of the web pages: origin, schedule, time zone,
     subscriptions, unsubscribed or not."""
-    config = state_of(ctx).config(check_queries=False)
+    from mailer.cli.listing import listing
+    from mailer.subscriber_list import config_rows, subscriber_rows
+
+    state = state_of(ctx)
+    config = state.config(check_queries=False)
     stored = stored_subscribers(config)
-    rows = subscriber_rows(config, stored.unsubscribed, stored.web)
-    if as_json:
-        sys.stdout.write(json.dumps(rows, ensure_ascii=False, indent=2) + "\n")
-        return
-    columns = ("subscriber", "origin", "schedule", "time zone", "subscriptions", "unsubscribed")
-    cells: list[tuple[str, ...]] = []
-    for row in rows:
-        who = f"{row['name']} <{row['email']}>" if row["name"] else str(row["email"])
-        subscriptions = row["subscriptions"]
-        assert isinstance(subscriptions, list)
-        queries = "\n".join(f"{q['name']}: {q.get('described', q['query'])}" for q in subscriptions)
-        gone = str(row["unsubscribed_at"])[:16] if row["unsubscribed"] else "no"
-        origin = str(row["origin"])
-        if row["status"] not in ("active", "unsubscribed"):
-            origin += f" ({row['status']})"
-        cells.append(
-            (who, origin, str(row["schedule"]), str(row["timezone"]), queries or "-", gone)
-        )
-    sys.stdout.write(aligned_table(columns, cells))
+    rows = subscriber_rows(config_rows(config), stored.unsubscribed, stored.web)
+    sys.stdout.write(listing(rows, state.config_source, as_json=as_json))
     sys.stdout.flush()
-    web_rows = sum(1 for r in rows if r["origin"] == "web")
-    out.print(
-        f"{len(rows) - web_rows} subscribers in {escape(state_of(ctx).config_source)}, "
-        f"{web_rows} signed up on the web pages"
-    )
 
 
 @subs_app.command("add")

@@ -85,6 +85,13 @@ def web_subscribers(query: Query) -> list[WebSubscriber]:
     return [web_subscriber(r, subscriptions.get(r["id"], ())) for r in found]
 
 
+def sqlite_missing(url: str) -> bool:
+    """A SQLite database that does not exist yet: read-only commands don't create it."""
+    return (
+        url.startswith(SQLITE) and ":memory:" not in url and not Path(url[len(SQLITE) :]).exists()
+    )
+
+
 def stored_listing(url: str) -> Listing:
     """The listing of the database at ``url``: read with the driver alone
     when it can be, else through the Store (which migrates an older
