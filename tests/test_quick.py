@@ -5,8 +5,10 @@ anything else is left to the full command line (None)."""
 from __future__ import annotations
 
 import os
+import pickle
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -262,3 +264,39 @@ def test_a_database_at_an_older_revision_is_left_to_the_full_command_line(tmp_pa
     path = write_config(tmp_path, "sqlite:///mailer.db")
     load_config(path)
     assert answer(["-c", str(path), "subs", "list"]) is None
+
+
+def plant(listed: Path, cache_folder: Path, **summary: object) -> None:
+    """Rewrite the file's cache with the same key and ``summary``'s fields changed."""
+    (cache,) = cache_folder.glob("config-*.pickle")
+    head, _, body = cache.read_bytes().partition(b"\n")
+    cached = pickle.loads(body)
+    cached = replace(cached, summary=replace(cached.summary, **summary))
+    cache.write_bytes(head + b"\n" + pickle.dumps(cached))
+
+
+@pytest.mark.parametrize(
+    "summary",
+    [
+        {"subscribers": [{"email": "ada@example.org"}]},
+        {"subscribers": "not rows"},
+        {"fields": 7},
+        {"database_url": None},
+    ],
+    ids=["row without keys", "rows of another type", "fields", "url"],
+)
+def test_a_summary_of_another_shape_is_left_to_the_full_command_line(
+    listed: Path, config_cache: Path, summary: dict[str, object]
+) -> None:
+    load_config(listed)
+    plant(listed, config_cache, **summary)
+    assert answer(["-c", str(listed), "subs", "list"]) is None
+
+
+def test_a_summary_with_control_characters_is_left_to_the_full_command_line(
+    listed: Path, config_cache: Path
+) -> None:
+    load_config(listed)
+    row = {"email": "ada@example.org", "name": "\x1b]0;owned\x07", "schedule": "instant"}
+    plant(listed, config_cache, subscribers=[{**row, "timezone": "UTC", "subscriptions": []}])
+    assert answer(["-c", str(listed), "subs", "list"]) is None
