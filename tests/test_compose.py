@@ -7,7 +7,11 @@ worker pools are stood in for by in-process executors (no processes here).
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
+import sys
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from datetime import UTC, datetime, timedelta
@@ -44,6 +48,7 @@ from mailer.render import Renderer
 from mailer.store import NewMatch, Outgoing, PendingMatch, Store
 from mailer.textfmt import format_since
 from mailer.tokens import read_token
+from tests.conftest import ROOT
 
 NOW = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
 SECRET = "a-secret-of-twenty-chars"
@@ -941,3 +946,48 @@ def test_a_pooled_stage_stops_submitting_when_told(
     report = PassReport()
     stage(store, config, pool).run(report, lambda: len(pool.calls) >= 2)
     assert (len(pool.calls), report.digests) == (2, 2)
+
+
+# The compose pool of a process that is then killed: its workers' pids on
+# the first line, then it waits for its kill.
+KILLED_PARENT = """
+import os, sys
+from mailer.actions import compose_pool
+from mailer.config import parse_config
+
+config = parse_config(f'[database]\\nurl = "sqlite:///{sys.argv[1]}"\\n', source="test")
+with compose_pool(config) as pool:
+    print(*{pool.submit(os.getpid).result() for _ in range(8)}, flush=True)
+    sys.stdin.read()
+"""
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (a zombie, exited but not reaped, is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    return state != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_compose_workers_exit_when_their_daemon_is_killed(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED_PARENT, str(tmp_path / "mailer.db")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ) as parent:
+        try:
+            assert parent.stdout is not None
+            workers = [int(pid) for pid in parent.stdout.readline().split()]
+            assert workers
+            assert all(map(running, workers))
+        finally:
+            parent.kill()
+    deadline = time.monotonic() + 30
+    while any(map(running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(running, workers))

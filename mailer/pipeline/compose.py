@@ -9,7 +9,11 @@ that open their store once and build their Renderer once per configuration
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import multiprocessing.connection
+import os
 import secrets
+import threading
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
@@ -476,9 +480,26 @@ _renderer: tuple[RenderSettings, Renderer] | None = None
 
 
 def init_worker(database_url: str) -> None:
-    """Process-pool initializer: open the store once per worker."""
+    """Process-pool initializer: open the store once per worker, and leave
+    with the daemon."""
     global _store
+    _exit_with_parent()
     _store = Store(database_url)
+
+
+def _exit_with_parent() -> None:
+    """A worker whose daemon died without shutting the pool down (SIGKILL,
+    the OOM killer) would wait for work forever, holding its memory and a
+    database connection: it exits when its parent's sentinel says so."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+
+    def watch() -> None:
+        multiprocessing.connection.wait([parent.sentinel])
+        os._exit(1)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def compose_chunk(chunk: ComposeChunk, settings: RenderSettings) -> list[Queued]:
