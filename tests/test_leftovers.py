@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import subprocess
 import sys
@@ -16,9 +17,11 @@ WITH_A_MAILER_PROCESS = "tests/test_cli.py::test_ingest_runs_one_pass_into_a_mai
 
 
 @pytest.mark.slow
-def test_a_run_of_the_suite_removes_the_config_cache_its_mailer_processes_share(
+def test_a_passing_run_of_the_suite_leaves_nothing_in_the_temporary_folder(
     tmp_path: Path,
 ) -> None:
+    """Neither the config cache its mailer processes share nor its tests'
+    folders: only pytest's own folder for the user, empty."""
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     run = subprocess.run(
@@ -32,4 +35,4 @@ def test_a_run_of_the_suite_removes_the_config_cache_its_mailer_processes_share(
     )
     assert run.returncode == 0, run.stdout + run.stderr
     assert "1 passed" in run.stdout
-    assert [p.name for p in scratch.iterdir() if p.name.startswith("mailer-")] == []
+    assert list(scratch.rglob("*")) == [scratch / f"pytest-of-{getpass.getuser()}"]
