@@ -29,6 +29,7 @@ from mailer.pipeline import (
     like_index,
     match_rows,
     subscription_engine,
+    subscription_order,
     sync_subscribers,
     unsubscribe_url,
 )
@@ -123,7 +124,11 @@ def trial_digest(
             stats.papers,
         )
         for m in match_rows(
-            subscription_engine(sub, stats), analysed(papers, stats), {sub.email: 0}, likes
+            subscription_engine(sub, stats),
+            analysed(papers, stats),
+            {sub.email: 0},
+            likes,
+            order=subscription_order([sub]),
         )
     ]
     order = replace(
@@ -169,5 +174,6 @@ def backfill(
         analysed(store.backfill_candidates(subscriber_id, now - timedelta(days=days)), stats),
         {sub.email: subscriber_id},
         like_index(compile_likes([sub]), like_examples(store, [sub]), stats),
+        order=subscription_order([sub]),
     )
     return store.add_matches(subscriber_id, rows, now, stats.papers)

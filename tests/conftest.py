@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from email import message_from_bytes, policy
 from email.message import EmailMessage
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,17 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parent.parent
 SEEDS = ROOT / "seeds"
 POSTGRES_ENV = "MAILER_TEST_POSTGRES_URL"
-# Processes started with a copy of the environment taken at import time get
-# a cache of validated configurations of this run, not the user's.
-os.environ["MAILER_CACHE_DIR"] = tempfile.mkdtemp(prefix="mailer-test-config-cache-")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Processes started with a copy of the environment taken when the test
+    modules are imported (after this) get a cache of validated
+    configurations of this run, not the user's, removed when the run ends."""
+    folder = tempfile.mkdtemp(prefix="mailer-test-config-cache-")
+    config.add_cleanup(partial(shutil.rmtree, folder, ignore_errors=True))
+    environment = pytest.MonkeyPatch()
+    environment.setenv("MAILER_CACHE_DIR", folder)
+    config.add_cleanup(environment.undo)
 
 
 @dataclass

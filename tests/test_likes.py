@@ -13,12 +13,19 @@ from pathlib import Path
 import pytest
 
 from mailer.analysis import Doc, Stats
-from mailer.config import parse_config
+from mailer.config import SubscriberConfig, SubscriptionConfig, parse_config
 from mailer.digests import Matched, Recipient, build_digest
 from mailer.errors import ConfigError
 from mailer.matching import Engine, parse_query
 from mailer.papers import Paper, paper_key
-from mailer.pipeline import analysed, match_rows
+from mailer.pipeline import (
+    analysed,
+    compile_likes,
+    like_index,
+    match_rows,
+    subscription_engine,
+    subscription_order,
+)
 from mailer.relevance.defaults import DEFAULT_THRESHOLD
 from mailer.relevance.likes import Like, LikeIndex, closest_titles
 from mailer.relevance.vectors import TfidfEncoder, cosine
@@ -302,3 +309,28 @@ def test_subs_add_query_like_writes_the_subscription_and_names_titles_not_found(
         "like": [EDITING[0], "Model Editing with Canonical Exemples"],
         "top": 5,
     }
+
+
+def test_a_row_lists_query_and_similarity_subscriptions_in_the_order_configured(
+    corpus: tuple[dict[str, Paper], Stats],
+) -> None:
+    """The engine's hits come before the similarity subscriptions' own, but
+    a paper both match lists them as the subscriber did."""
+    papers, stats = corpus
+    title = "Potential and Challenges of Model Editing for Social Debiasing"
+    sub = SubscriberConfig(
+        email=KEY[0],
+        subscriptions=[
+            SubscriptionConfig(name="Editing", query="editing"),
+            SubscriptionConfig(name="Like editing", like=list(EDITING)),
+            SubscriptionConfig(name="Debiasing", query="debiasing"),
+        ],
+    )
+    (row,) = match_rows(
+        subscription_engine(sub, stats),
+        analysed([(1, papers[paper_key(title)])], stats),
+        {sub.email: 1},
+        like_index(compile_likes([sub]), papers, stats),
+        order=subscription_order([sub]),
+    )
+    assert row.subscriptions == ("Editing", "Like editing", "Debiasing")

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from mailer.analysis import _WORD, stem, stem_set, stems, tokens
+from mailer.config import SubscriberConfig, SubscriptionConfig
 from mailer.errors import QueryError
 from mailer.matching import (
     Doc,
@@ -25,7 +26,8 @@ from mailer.matching import (
 )
 from mailer.matching.highlight import spans_by_tokens
 from mailer.papers import Paper
-from mailer.pipeline import analysed, match_rows
+from mailer.pipeline import analysed, match_rows, subscription_engine
+from mailer.pipeline.match import subscription_order
 from mailer.store import NewMatch
 
 PAPER = Paper(
@@ -560,18 +562,41 @@ def test_match_rows_give_one_row_per_subscriber_and_drop_unknown_subscribers() -
     engine = Engine(queries)
     (doc,) = (d for _, d in analysed([(7, PAPER)], engine.stats))
     hits = {h.query: h for h in engine.match(doc)}
-    rows = match_rows(engine, [(7, doc)], {"ada@x": 1, "bob@x": 2})
+    order = {("ada@x", "Graphs"): 0, ("ada@x", "RL"): 1, ("bob@x", "Thought"): 0}
+    rows = match_rows(engine, [(7, doc)], {"ada@x": 1, "bob@x": 2}, order=order)
     ada, bob = sorted(rows, key=attrgetter("subscriber_id"))
-    # A subscriber's subscriptions come in the engine's order of hits.
-    order = sorted([("ada@x", "Graphs"), ("ada@x", "RL")], key=list(hits).index)
-    first, second = (hits[q] for q in order)
+    first, second = hits["ada@x", "Graphs"], hits["ada@x", "RL"]
     assert ada == NewMatch(
         1,
         7,
-        tuple(name for _, name in order),
+        ("Graphs", "RL"),
         (first.terms, second.terms),
         (first.score, second.score),
         rescore(doc, [*first.terms, *second.terms])[0],
     )
     thought = hits["bob@x", "Thought"]
     assert bob == NewMatch(2, 7, ("Thought",), (thought.terms,), (thought.score,), thought.terms)
+
+
+def test_a_paper_several_subscriptions_match_lists_them_in_the_order_configured() -> None:
+    """Not in the order the engine found them (that of a set of words, which
+    differs between processes) nor by name: as the subscriber listed them,
+    which is also the order of their digest's sections."""
+    words = ["tokenization", "graph", "model", "chain", "reinforcement", "thought", "study"]
+    sub = SubscriberConfig(
+        email="ada@example.org",
+        subscriptions=[
+            SubscriptionConfig(name=f"{len(words) - n} {word}", query=word)
+            for n, word in enumerate(words)
+        ],
+    )
+    engine = subscription_engine(sub, Stats())
+    rows = match_rows(
+        engine,
+        analysed([(7, PAPER)], engine.stats),
+        {sub.email: 1},
+        order=subscription_order([sub]),
+    )
+    (row,) = rows
+    assert row.subscriptions == tuple(q.name for q in sub.subscriptions)
+    assert row.subscription_terms == tuple((w,) for w in words)

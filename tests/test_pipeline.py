@@ -34,10 +34,12 @@ from mailer.pipeline.match import (
     build_engine,
     compile_queries,
     match_new_papers,
+    subscription_order,
     sync_subscribers,
 )
 from mailer.store import Store
 from mailer.store.schema import MATCHES, PAPER_COLUMNS, PAPERS, paper_from_row
+from mailer.textfmt import join_names
 from tests.conftest import SEEDS, SmtpServer, free_port
 from tests.test_faults import Rig
 
@@ -627,12 +629,11 @@ query = 'transformer upvotes>=0'
 
 # A match row as ``recorded_matches`` gives it: subscriber, paper, each
 # subscription's (name, terms, score), all terms, scored_papers.
-Recorded = tuple[int, int, frozenset[tuple[str, tuple[str, ...], float]], tuple[str, ...], int]
+Recorded = tuple[int, int, tuple[tuple[str, tuple[str, ...], float], ...], tuple[str, ...], int]
 
 
 def recorded_matches(store: Store) -> set[Recorded]:
-    """Each match row as recorded, its subscriptions in no particular order
-    (they follow the order of a set of words, which differs between processes)."""
+    """Each match row as recorded."""
     with store.transaction() as conn:
         rows = conn.execute(
             select(
@@ -648,7 +649,7 @@ def recorded_matches(store: Store) -> set[Recorded]:
         unmatched = conn.execute(select(PAPERS.c.id).where(PAPERS.c.matched.is_(False))).all()
     assert unmatched == []
     return {
-        (sub, paper, frozenset(zip(names, map(tuple, each), scores, strict=True)), tuple(t), n)
+        (sub, paper, tuple(zip(names, map(tuple, each), scores, strict=True)), tuple(t), n)
         for sub, paper, names, each, scores, t, n in rows
     }
 
@@ -667,9 +668,10 @@ def test_a_worker_process_matches_what_this_process_would_while_it_records(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """With the compose pool, a worker matches the batches while this process
-    records them: the same rows, flags and statistics as matching here. This
-    process matches the first batch (and those after while the worker is
-    still starting: here it has started), the worker the rest."""
+    records them: the same rows, flags and statistics as matching here (the
+    worker's sets of words iterate in another order). This process matches
+    the first batch (and those after while the worker is still starting:
+    here it has started), the worker the rest."""
     monkeypatch.setattr("mailer.pipeline.match.MATCH_BATCH", 40)
     config = parse_config(
         f'[database]\nurl = "sqlite:///{tmp_path / "unused.db"}"\n{MATCHING}',
@@ -690,8 +692,9 @@ def test_a_worker_process_matches_what_this_process_would_while_it_records(
             path=where, sha256=where, size=1, page_date=TODAY, papers=papers, warnings=0, now=now
         )
         engine = build_engine(compile_queries(config), Stats())
+        order = subscription_order(config.subscribers)
         if where == "here":
-            match_new_papers(store, engine, lambda: now, PassReport())
+            match_new_papers(store, engine, lambda: now, PassReport(), order=order)
         else:
             monkeypatch.setattr(match_module, "Matcher", Counted)
             with ProcessPoolExecutor(
@@ -701,7 +704,7 @@ def test_a_worker_process_matches_what_this_process_would_while_it_records(
                 initargs=(store.url,),
             ) as pool:
                 pool.submit(int).result()  # started
-                match_new_papers(store, engine, lambda: now, PassReport(), pool=pool)
+                match_new_papers(store, engine, lambda: now, PassReport(), pool=pool, order=order)
         found.append((recorded_matches(store), store.stats()))
         store.close()
     (here, here_stats), (worker, worker_stats) = found
@@ -711,6 +714,46 @@ def test_a_worker_process_matches_what_this_process_would_while_it_records(
     assert any(len(names) > 1 for _, _, names, _, _ in here)
     assert worker == here
     assert worker_stats == here_stats
+
+
+SEVERAL = """
+[[subscribers]]
+email = "lin@example.org"
+[[subscribers.subscriptions]]
+name = "Steps"
+query = "steps"
+[[subscribers.subscriptions]]
+name = "Guided"
+query = "guided"
+[[subscribers.subscriptions]]
+name = "Distillation"
+query = "distillation"
+[[subscribers.subscriptions]]
+name = "Diffusion"
+query = "diffusion"
+"""
+
+
+def test_a_pass_lists_the_subscriptions_a_paper_matched_in_the_order_configured(
+    tmp_path: Path,
+) -> None:
+    """In its match row and in the digest's "Also matches" (the one it is
+    shown under left out), whatever order they matched in."""
+    harness = maildir_harness(tmp_path, SEVERAL)
+    harness.drop("new.txt", format_dump(TODAY, [NEW]))
+    harness.run()
+    lin = harness.store.active_subscriber_ids()["lin@example.org"]
+    (row,) = (r for r in recorded_matches(harness.store) if r[0] == lin)
+    harness.store.close()
+    configured = ("Steps", "Guided", "Distillation", "Diffusion")
+    assert tuple(name for name, _, _ in row[2]) == configured
+    shown = max(row[2], key=lambda each: each[2])[0]
+    also = [
+        line
+        for line in part(maildir_digests(tmp_path)["lin@example.org"], "plain").splitlines()
+        if line.startswith("Also matches:")
+    ]
+    assert also == [f"Also matches: {join_names([n for n in configured if n != shown])}"]
 
 
 def test_every_batch_of_a_pass_is_scored_against_the_statistics_of_all_its_papers(

@@ -37,6 +37,7 @@ from mailer.pipeline.match import (
     match_rows,
     refresh_models,
     subscription_engine,
+    subscription_order,
     sync_subscribers,
     warn_missing_examples,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "like_index",
     "match_rows",
     "subscription_engine",
+    "subscription_order",
     "sync_subscribers",
     "unsubscribe_url",
     "utc_now",
@@ -211,6 +213,7 @@ class Pipeline:
             self.likes,
             self.suggesting,
             self.compose_pool,
+            subscription_order(self.subscribers.subscribers),
         )
 
     def compose(self, report: PassReport) -> None:

@@ -16,6 +16,7 @@ from collections.abc import Callable, Collection, Hashable, Iterable, Mapping, S
 from concurrent.futures import Executor, Future
 from datetime import datetime
 from functools import partial
+from operator import itemgetter
 from typing import NamedTuple, cast
 
 from mailer.analysis import Scale
@@ -45,6 +46,19 @@ def compile_queries(config: Config) -> dict[str, dict[str, Query]]:
 
 def _queries(sub: SubscriberConfig) -> dict[str, Query]:
     return {q.name: parsed(q.query, q.stemming) for q in sub.subscriptions if q.query}
+
+
+# Each subscription's place among its subscriber's, keyed (email, name) like
+# the engine's queries (see ``subscription_order``).
+Order = Mapping[tuple[str, str], int]
+
+
+def subscription_order(subscribers: Iterable[SubscriberConfig]) -> dict[tuple[str, str], int]:
+    """Each subscription's place among its subscriber's as configured: a
+    match row of several lists them so, as the digest lists its sections,
+    whichever order the engine found them in (that of a set of words,
+    which differs between processes)."""
+    return {(s.email, q.name): at for s in subscribers for at, q in enumerate(s.subscriptions)}
 
 
 def like_of(q: SubscriptionConfig) -> Like:
@@ -105,10 +119,12 @@ def analysed(papers: Iterable[tuple[int, Paper]], stats: Stats) -> list[tuple[in
     return [(paper_id, Doc(paper, stats, scale)) for paper_id, paper in papers]
 
 
-# (subscriber id, subscription name) of each subscription a hit stands for.
-Owners = tuple[tuple[int, str], ...]
-# A subscriber's further hits on one paper: (subscription name, terms, score).
-More = list[tuple[str, tuple[str, ...], float]]
+# (subscriber id, subscription name, its place in ``Order``) of each
+# subscription a hit stands for.
+Owners = tuple[tuple[int, str, int], ...]
+# A subscriber's hits on one paper, when several: (place, subscription name,
+# terms, score).
+More = list[tuple[int, str, tuple[str, ...], float]]
 
 
 def match_rows(
@@ -117,13 +133,17 @@ def match_rows(
     subscriber_ids: Mapping[str, int],
     likes: LikeIndex | None = None,
     suggester: Suggester | None = None,
+    order: Order | None = None,
 ) -> list[NewMatch]:
     """Analysed papers -> match rows: the one way a paper becomes a match,
     for the pass, backfill and ``send-test``. Similarity subscriptions
     (``likes``) and readers' models (``suggester``: "Suggested for you",
     for papers none of a reader's subscriptions matched) score the whole
     batch at once. Hits of subscribers not in ``subscriber_ids``
-    (unsubscribed, removed) are dropped."""
+    (unsubscribed, removed) are dropped. A row of several subscriptions
+    lists them in ``order`` (``subscription_order``), those not in it
+    last, by name."""
+    order = order or {}
     rows: list[NewMatch] = []
     vectors: list[Vector] = []
     if likes or suggester:
@@ -141,13 +161,13 @@ def match_rows(
             for query, terms, score in likes.hits(doc, vectors[at], matches, similar[at]):
                 mine = by_key.get(query)
                 if mine is None:
-                    mine = by_key[query] = _owners([query], subscriber_ids)
+                    mine = by_key[query] = _owners([query], subscriber_ids, order)
                 found.append((mine, terms, score))
         else:
             for uid, terms, score in matches.scored():
                 mine = owners[uid]
                 if mine is None:
-                    mine = owners[uid] = _owners(engine.keys[uid], subscriber_ids)
+                    mine = owners[uid] = _owners(engine.keys[uid], subscriber_ids, order)
                 found.append((mine, terms, score))
         _add_rows(rows, paper_id, doc, found)
     if suggester:
@@ -163,43 +183,49 @@ def _add_rows(
 ) -> None:
     """One paper's hits -> its rows, one per subscriber in the order of their
     first hit: a subscriber matched by several subscriptions gets one row
-    of them all, its terms ranked again together (most have one)."""
-    at: dict[int, int] = {}  # subscriber id: where their row is
+    of them all in their places' order, its terms ranked again together
+    (most have one)."""
+    at: dict[int, tuple[int, int]] = {}  # subscriber id: where their row is, its place
     more: dict[int, More] | None = None
     for mine, terms, score in found:
-        for subscriber_id, name in mine:
-            where = at.get(subscriber_id)
-            if where is None:
-                at[subscriber_id] = len(rows)
+        for subscriber_id, name, place in mine:
+            first = at.get(subscriber_id)
+            if first is None:
+                at[subscriber_id] = (len(rows), place)
                 rows.append(NewMatch(subscriber_id, paper_id, (name,), (terms,), (score,), terms))
-            else:
-                if more is None:
-                    more = {}
-                more.setdefault(where, []).append((name, terms, score))
+                continue
+            where, first_place = first
+            if more is None:
+                more = {}
+            hits = more.get(where)
+            if hits is None:
+                row = rows[where]
+                hits = more[where] = [
+                    (first_place, row.subscriptions[0], row.subscription_terms[0], row.scores[0])
+                ]
+            hits.append((place, name, terms, score))
     if more is None:
         return
-    for where, extra in more.items():
-        first = rows[where]
-        names, each, scores = zip(*extra, strict=True)
-        each = first.subscription_terms + each
+    for where, hits in more.items():
+        hits.sort(key=itemgetter(0, 1))
+        _, names, each, scores = zip(*hits, strict=True)
         terms = rescore(doc, dict.fromkeys(t for ts in each for t in ts))[0]
-        rows[where] = first._replace(
-            subscriptions=first.subscriptions + names,
-            subscription_terms=each,
-            scores=first.scores + scores,
-            terms=terms,
+        rows[where] = rows[where]._replace(
+            subscriptions=names, subscription_terms=each, scores=scores, terms=terms
         )
 
 
-def _owners(keys: Iterable[Hashable], subscriber_ids: Mapping[str, int]) -> Owners:
-    """The (subscriber id, subscription name) of engine keys (email, name),
-    those of subscribers not among ``subscriber_ids`` left out."""
+def _owners(keys: Iterable[Hashable], subscriber_ids: Mapping[str, int], order: Order) -> Owners:
+    """The (subscriber id, subscription name, place) of engine keys (email,
+    name), those of subscribers not among ``subscriber_ids`` left out;
+    keys not in ``order`` are placed after all that are."""
     out = []
+    unplaced = len(order)
     for key in keys:
         email, name = cast(tuple[str, str], key)
         subscriber_id = subscriber_ids.get(email)
         if subscriber_id is not None:
-            out.append((subscriber_id, name))
+            out.append((subscriber_id, name, order.get((email, name), unplaced)))
     return tuple(out)
 
 
@@ -212,13 +238,15 @@ class MatchSetup(NamedTuple):
     """What matching a pass's batches needs besides their papers and the
     statistics (see ``match_rows``): the engine, the active subscribers' ids
     by email, the similarity subscriptions with their stored example papers,
-    and the reader models of those who get suggestions."""
+    the reader models of those who get suggestions, and the subscriptions'
+    configured order."""
 
     engine: Engine
     subscriber_ids: Mapping[str, int]
     likes: Mapping[tuple[str, str], Like]
     examples: Mapping[str, Paper]
     models: Mapping[int, ReaderModel]
+    order: Order
 
 
 # A batch of papers to match, (id, paper) by id; its match rows (plain
@@ -247,7 +275,12 @@ class Matcher:
             for _, doc in docs:
                 added.observe(doc)
             rows = match_rows(
-                setup.engine, docs, setup.subscriber_ids, self.index, self.suggester or None
+                setup.engine,
+                docs,
+                setup.subscriber_ids,
+                self.index,
+                self.suggester or None,
+                setup.order,
             )
             return [(*row,) for row in rows], added
 
@@ -288,6 +321,7 @@ def match_new_papers(
     likes: Mapping[tuple[str, str], Like] | None = None,
     suggesting: Collection[str] = (),
     pool: Executor | None = None,
+    order: Order | None = None,
 ) -> None:
     """The match stage: the papers not yet matched, in batches, each counted
     in the corpus statistics in the transaction that records its matches
@@ -298,7 +332,8 @@ def match_new_papers(
     the scores as recorded. Matches composed later, after more papers were
     counted, are weighed again then (similarity subscriptions' scores stand
     as recorded). Readers in ``suggesting`` (emails) with a trained model
-    get suggestions.
+    get suggestions. A row of several subscriptions lists them in ``order``
+    (``subscription_order``).
 
     With a ``pool`` (the compose workers) and more than one batch, a worker
     matches the batches one after another while this process records each
@@ -314,7 +349,7 @@ def match_new_papers(
     examples = store.papers_by_keys(example_keys(likes.values())) if likes else {}
     ids = [active[e] for e in suggesting if e in active]
     models = store.reader_models(ids) if ids else {}
-    setup = MatchSetup(engine, active, likes or {}, examples, models)
+    setup = MatchSetup(engine, active, likes or {}, examples, models, order or {})
     worker = _Worker(pool, setup) if pool is not None and len(batch) > MATCH_BATCH else None
     batch = batch[:MATCH_BATCH]
     with gc_paused(), report.timed("statistics"):
