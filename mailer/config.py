@@ -543,7 +543,7 @@ def load_config(
 ) -> tuple[Config, str]:
     """Load ``path`` (or config.toml, or else the embedded example) and say which.
     ``cached``: a file whose very bytes were fully validated before by this
-    code is taken from the cache (``_cache_file``) without parsing its TOML,
+    code is taken from the cache (mailer.config_cache) without parsing its TOML,
     addresses or queries again; ``check-config`` passes False."""
     path = config_file(path)
     if path is None:
@@ -601,7 +601,12 @@ def _save_cache(cache: Path, key: str, data: dict[str, Any], config: Config) -> 
 
     for sub in config.subscribers:  # as the store will look them up
         normalise_address(sub.email)
-    summary = Summary(tuple(Config.model_fields), config.database.url, config_rows(config))
+    # A summary of the file alone: not of values the environment put over it.
+    summary = (
+        None
+        if _environment_overrides()
+        else Summary(tuple(Config.model_fields), config.database.url, config_rows(config))
+    )
     write_cache(cache, key, Cached(data, remembered_addresses(), summary))
 
 

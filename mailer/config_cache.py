@@ -69,7 +69,8 @@ class Cached:
 
     data: dict[str, Any]
     addresses: list[tuple[str, str]]
-    summary: Summary
+    # None when the load that wrote it had MAILER_ variables over the file's keys.
+    summary: Summary | None
 
 
 def config_file(path: Path | None) -> Path | None:

@@ -300,3 +300,14 @@ def test_a_summary_with_control_characters_is_left_to_the_full_command_line(
     row = {"email": "ada@example.org", "name": "\x1b]0;owned\x07", "schedule": "instant"}
     plant(listed, config_cache, subscribers=[{**row, "timezone": "UTC", "subscriptions": []}])
     assert answer(["-c", str(listed), "subs", "list"]) is None
+
+
+def test_a_file_cached_under_variables_over_its_keys_is_left_to_the_full_command_line(
+    listed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon's environment may point at another database than the
+    operator's shell: the summary is of the file alone, or none."""
+    monkeypatch.setenv("MAILER_DATABASE__URL", f"sqlite:///{listed.parent / 'other.db'}")
+    load_config(listed)
+    monkeypatch.delenv("MAILER_DATABASE__URL")
+    assert answer(["-c", str(listed), "subs", "list"]) is None

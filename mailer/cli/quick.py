@@ -89,9 +89,9 @@ def _subs_list(path: Path | None, options: tuple[str, ...]) -> str | None:
     except OSError:
         return None
     cached = read_cache(cache, cache_key(raw)) if cache else None
-    if cached is None:
+    summary = cached.summary if cached else None
+    if summary is None:
         return None
-    summary = cached.summary
     try:
         if environment_overrides(summary.fields, os.environ):
             return None
