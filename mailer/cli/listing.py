@@ -7,7 +7,8 @@ Both ways of answering the command (the typer command in ``subs``, and
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import cast
 
 from mailer.cli.columns import aligned_table
 
@@ -22,8 +23,7 @@ def listing(rows: Sequence[Mapping[str, object]], source: str, *, as_json: bool)
     cells: list[tuple[str, ...]] = []
     for row in rows:
         who = f"{row['name']} <{row['email']}>" if row["name"] else str(row["email"])
-        subscriptions = row["subscriptions"]
-        assert isinstance(subscriptions, list)
+        subscriptions = cast(Iterable[Mapping[str, object]], row["subscriptions"])
         queries = "\n".join(f"{q['name']}: {q.get('described', q['query'])}" for q in subscriptions)
         gone = str(row["unsubscribed_at"])[:16] if row["unsubscribed"] else "no"
         origin = str(row["origin"])
